@@ -1,0 +1,5 @@
+"""`python -m flinger` runs the CLI."""
+
+from flinger.cli import main
+
+main()

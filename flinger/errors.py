@@ -1,0 +1,83 @@
+"""The error types flinger raises and the exit statuses they map to.
+
+Only `flinger.cli` turns these into messages and exit statuses (the one error boundary).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit statuses of the command contract (DESIGN.md)."""
+
+    OK = 0
+    FAILED = 1  # the operation failed on at least one server
+    USAGE = 2  # bad usage or configuration; nothing was touched
+    UNREACHABLE = 4  # a server was unreachable, and none failed otherwise
+    INTERRUPTED = 130
+
+
+class FlingerError(Exception):
+    """An error with a one-line message for the operator and an exit status."""
+
+    exit_status: ExitStatus = ExitStatus.FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(FlingerError):
+    """Bad command-line usage."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class ConfigError(FlingerError):
+    """Bad input in a file: names the file, the line and the dotted key."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.key = key
+        where = ""
+        if self.file is not None:
+            where = self.file if line is None else f"{self.file}:{line}"
+        prefix = ": ".join(p for p in (where, key) if p)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class HostKeyError(FlingerError):
+    """A host key that is unknown or does not match what was recorded."""
+
+    exit_status = ExitStatus.UNREACHABLE
+
+
+class UnreachableError(FlingerError):
+    """A server could not be reached over SSH."""
+
+    exit_status = ExitStatus.UNREACHABLE
+
+
+class RemoteCommandError(FlingerError):
+    """A remote command exited non-zero."""
+
+    def __init__(self, command: str, exit_code: int, tail: list[str]) -> None:
+        self.command = command
+        self.exit_code = exit_code
+        self.tail = tail
+        super().__init__(f"`{command}` exited with status {exit_code}")

@@ -1,0 +1,91 @@
+"""Typed, validated model of a deploy.toml (what the loader returns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRIVILEGES = ("sudo", "pfexec", "none")
+SERVICE_MANAGERS = ("systemd", "smf", "runit")
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    addr: str
+    user: str | None = None
+    port: int | None = None
+    roles: tuple[str, ...] = ()
+    privilege: str = "none"
+    service_manager: str = "systemd"
+    host_key: str | None = None  # "SHA256:..." pin
+    python: str = "python3"
+
+    def has_any_role(self, roles: tuple[str, ...] | list[str]) -> bool:
+        """True when `roles` contains "*" or one of this server's roles."""
+        return "*" in roles or any(r in self.roles for r in roles)
+
+
+@dataclass(frozen=True)
+class Builder:
+    server: str
+    source_dir: str
+    artifacts_dir: str = "out"
+
+    @property
+    def artifacts_path(self) -> str:
+        """The artifacts dir on the builder (relative ones are under source_dir)."""
+        if self.artifacts_dir.startswith(("/", "~", "$HOME")):
+            return self.artifacts_dir
+        return f"{self.source_dir.rstrip('/')}/{self.artifacts_dir}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    servers: tuple[str, ...]
+    staging_dir: str
+    install_dir: str
+    threshold: int
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    known_hosts: Path
+    connect_timeout: float = 10.0
+    jump: str | None = None
+    retries: int = 3
+    use_ssh_config: bool = True
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole deploy.toml: where the client tree is, the builder, and the servers."""
+
+    config_path: Path
+    name: str
+    source_dir: Path
+    manifest: str
+    builder: Builder
+    deployment: Deployment
+    ssh: SshSettings
+    servers: dict[str, Server]
+    sync_exclude: tuple[str, ...] = ()
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def manifest_path(self) -> Path:
+        return (self.source_dir / self.manifest).resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        """Client-side state (overlay, logs) next to deploy.toml."""
+        return self.config_path.parent / ".flinger" / self.name
+
+    def builder_server(self) -> Server:
+        return self.servers[self.builder.server]
+
+    def deployment_servers(self) -> list[Server]:
+        return [self.servers[n] for n in self.deployment.servers]
+
+    def line_of(self, key: str) -> int | None:
+        return self.lines.get(key)
