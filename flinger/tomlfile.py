@@ -149,7 +149,7 @@ class Fields:
             return None
         return self.table[name]
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
         value = self._get(name, required)
         if value is None:
             return default  # type: ignore[return-value]
@@ -160,9 +160,9 @@ class Fields:
         return value
 
     def opt_str(self, name: str) -> str | None:
-        return self.str(name) if name in self.table else None
+        return self.string(name) if name in self.table else None
 
-    def int(
+    def integer(
         self,
         name: str,
         default: int | None = None,
@@ -190,7 +190,7 @@ class Fields:
             raise self.error(name, f"must be positive, got {value}")
         return float(value)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         value = self._get(name, False)
         if value is None:
             return default
@@ -223,7 +223,7 @@ class Fields:
         return out
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.str(name, default)
+        value = self.string(name, default)
         if value not in choices:
             options = ", ".join(choices)
             raise self.error(name, f'must be one of {options}, got "{value}"{suggest(value, choices)}')

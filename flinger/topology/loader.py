@@ -44,7 +44,7 @@ def find_config(explicit: Path | None) -> Path:
 
 
 def _remote_path(f: Fields, name: str, default: str | None = None) -> str:
-    value = f.str(name, default, required=default is None)
+    value = f.string(name, default, required=default is None)
     if not value.startswith(("/", "~", "$HOME")):
         raise f.error(name, f'must be absolute or start with ~ or $HOME, got "{value}"')
     return value
@@ -62,17 +62,17 @@ def _server(file: TomlFile, name: str, table: object) -> Server:
     host_key = f.opt_str("host_key")
     if host_key is not None and not _FINGERPRINT.match(host_key):
         raise f.error("host_key", 'expected "SHA256:" and 43 base64 characters, as ssh-keygen -l prints')
-    port = f.int("port", low=1, high=65535) if f.has("port") else None
+    port = f.integer("port", low=1, high=65535) if f.has("port") else None
     return Server(
         name=name,
-        addr=f.str("addr", required=True),
+        addr=f.string("addr", required=True),
         user=f.opt_str("user"),
         port=port,
         roles=roles,
         privilege=f.choice("privilege", PRIVILEGES, "none"),
         service_manager=f.choice("service_manager", SERVICE_MANAGERS, "systemd"),
         host_key=host_key,
-        python=f.str("python", "python3"),
+        python=f.string("python", "python3"),
     )
 
 
@@ -101,12 +101,12 @@ def load_topology(path: Path) -> Topology:
         seen_addr[ident] = server.name
 
     b = top.sub("builder", BUILDER_KEYS, required=True)
-    builder_name = b.str("server", required=True)
+    builder_name = b.string("server", required=True)
     _known_server(b, "server", builder_name, servers)
     builder = Builder(
         server=builder_name,
         source_dir=_remote_path(b, "source_dir"),
-        artifacts_dir=b.str("artifacts_dir", "out"),
+        artifacts_dir=b.string("artifacts_dir", "out"),
     )
 
     d = top.sub("deployment", DEPLOYMENT_KEYS, required=True)
@@ -120,7 +120,7 @@ def load_topology(path: Path) -> Topology:
             raise d.error(f"servers.{i}", f'"{name}" is listed twice')
         seen.add(name)
     majority = len(names) // 2 + 1
-    threshold = d.int("threshold", majority)
+    threshold = d.integer("threshold", majority)
     if not 1 <= threshold <= len(names):
         raise d.error(
             "threshold",
@@ -134,7 +134,7 @@ def load_topology(path: Path) -> Topology:
     )
 
     s = top.sub("ssh", SSH_KEYS)
-    known_hosts = s.str("known_hosts", "~/.ssh/known_hosts")
+    known_hosts = s.string("known_hosts", "~/.ssh/known_hosts")
     if not known_hosts.startswith(("/", "~", "$HOME")):
         known_hosts = str(path.parent / known_hosts)
     jump = s.opt_str("jump")
@@ -142,16 +142,16 @@ def load_topology(path: Path) -> Topology:
         known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))),
         connect_timeout=s.number("connect_timeout", 10.0),
         jump=jump,
-        retries=s.int("retries", 3, low=0, high=10),
-        use_ssh_config=s.bool("use_ssh_config", True),
+        retries=s.integer("retries", 3, low=0, high=10),
+        use_ssh_config=s.flag("use_ssh_config", True),
     )
 
     sync = top.sub("sync", SYNC_KEYS)
-    source = Path(os.path.expandvars(os.path.expanduser(top.str("source_dir", required=True))))
+    source = Path(os.path.expandvars(os.path.expanduser(top.string("source_dir", required=True))))
     if not source.is_absolute():
         source = (path.parent / source).resolve()
-    manifest = top.str("manifest", "packaging/package-manifest.toml")
-    name = top.str("name", path.stem)
+    manifest = top.string("manifest", "packaging/package-manifest.toml")
+    name = top.string("name", path.stem)
     if not _NAME.match(name):
         raise top.error("name", "use letters, digits, '.', '_' and '-'")
 

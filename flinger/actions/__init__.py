@@ -1,0 +1,1 @@
+"""What flinger does: each action makes a plan (data) and carries it out over SSH."""

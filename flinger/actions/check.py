@@ -1,0 +1,77 @@
+"""`flinger check`: validate the topology against the package manifest, without any network."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from typing import Any
+
+from flinger.manifest.loader import manifest_error
+from flinger.manifest.model import Manifest
+from flinger.topology.model import Topology
+
+
+@dataclass
+class CheckReport:
+    name: str
+    config: str
+    manifest: str
+    threshold: int
+    server_rows: list[tuple[str, ...]] = field(default_factory=list)
+    package_rows: list[tuple[str, ...]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "deployment": self.name,
+            "config": self.config,
+            "manifest": self.manifest,
+            "threshold": self.threshold,
+            "servers": [dict(zip(("server", "addr", "roles", "builder", "deploy", "manager"), r, strict=True)) for r in self.server_rows],
+            "packages": [dict(zip(("package", "service", "source", "roles", "servers"), r, strict=True)) for r in self.package_rows],
+            "warnings": self.warnings,
+        }
+
+
+def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
+    """Cross-check: paths exist, templates exist, every role a package names is held by a server."""
+    report = CheckReport(
+        name=topology.name,
+        config=str(topology.config_path),
+        manifest=manifest.path,
+        threshold=topology.deployment.threshold,
+    )
+    deploy = topology.deployment_servers()
+    for server in topology.servers.values():
+        addr = server.addr if server.port is None else f"{server.addr}:{server.port}"
+        report.server_rows.append((
+            server.name, addr, ",".join(server.roles) or "-",
+            "yes" if server.name == topology.builder.server else "",
+            "yes" if server.name in topology.deployment.servers else "",
+            server.service_manager,
+        ))
+    held = {role for s in deploy for role in s.roles}
+    for pkg in manifest.packages.values():
+        for role in pkg.roles:
+            if role != "*" and role not in held:
+                report.warnings.append(
+                    f"{manifest.path}:{pkg.line or '?'}: packages.{pkg.name}.roles: no deployment server has role \"{role}\""
+                )
+        if pkg.source.type == "local" and not pkg.source.build:
+            # Without build commands every path must already exist in the client's tree.
+            for i, mapping in enumerate(pkg.source.paths):
+                if not glob.glob(str(topology.source_dir / mapping.src)):
+                    raise manifest_error(manifest, f"packages.{pkg.name}.source.paths.{i}.from",
+                                         f'"{mapping.src}" matches nothing under {topology.source_dir}')
+        for i, overlay in enumerate(pkg.overlay):
+            if not (topology.source_dir / overlay.template).is_file():
+                raise manifest_error(manifest, f"packages.{pkg.name}.overlay.{i}.template",
+                                     f'template "{overlay.template}" not found under {topology.source_dir}')
+        getting = [s.name for s in deploy if s.has_any_role(pkg.roles)]
+        report.package_rows.append((pkg.name, pkg.service_name if pkg.service else "-", pkg.source.type,
+                                    ",".join(pkg.roles), ",".join(getting) or "-"))
+    for spec in manifest.secrets.values():
+        for role in (*spec.roles, *spec.visible_to):
+            if role != "*" and role not in held:
+                report.warnings.append(f"{manifest.path}: secrets.{spec.name}: no deployment server has role \"{role}\"")
+    return report

@@ -1,0 +1,36 @@
+"""`flinger exec`: run one command on many servers in parallel, output prefixed by server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flinger.ssh.connection import ConnectionPool, privileged
+from flinger.ssh.fanout import Board, Reporter, ServerResult, fan_out
+from flinger.topology.model import Server, Topology
+
+
+def run_exec(
+    topology: Topology,
+    servers: list[Server],
+    command: str,
+    *,
+    parallel: int,
+    board: Board | None = None,
+    use_privilege: bool = False,
+) -> list[ServerResult]:
+    """Run `command` (a shell command line, given by the operator) on each server."""
+    pool = ConnectionPool(topology.servers, topology.ssh)
+
+    def work(server: Server, report: Reporter) -> dict[str, Any]:
+        report.step("connect")
+        conn = pool.get(server.name)
+        conn.open()
+        report.step("run")
+        line = privileged(command, server.privilege) if use_privilege else command
+        result = conn.run(line, on_line=lambda _stream, text: report.line(text), check=True)
+        return {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+
+    try:
+        return fan_out(servers, work, parallel=parallel, board=board)
+    finally:
+        pool.close()

@@ -1,0 +1,126 @@
+"""`flinger sync`: rsync the client's source tree to the builder (delta, --delete, excludes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flinger.errors import ConfigError, FlingerError, UnreachableError
+from flinger.ssh.openssh import remote_rsync_path, rsync_rsh
+from flinger.topology.model import Topology
+
+STAT_FIELDS = {
+    "Number of regular files transferred": "files_transferred",
+    "Total file size": "total_size",
+    "Total transferred file size": "transferred_size",
+    "Literal data": "literal_bytes",
+    "Matched data": "matched_bytes",
+    "Total bytes sent": "bytes_sent",
+    "Total bytes received": "bytes_received",
+}
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    argv: list[str]
+    source: Path
+    destination: str
+
+    def describe(self) -> str:
+        return f"rsync {self.source}/ -> {self.destination}"
+
+
+@dataclass
+class SyncResult:
+    stats: dict[str, int]
+    deleted: list[str]
+    transferred: list[str]
+
+
+def plan_sync(topology: Topology) -> SyncPlan:
+    source = topology.source_dir
+    if not source.is_dir():
+        raise ConfigError(f"source_dir {source} is not a directory", file=topology.config_path,
+                          line=topology.line_of("source_dir"), key="source_dir")
+    builder = topology.builder_server()
+    excludes = [".git/", ".flinger/"]
+    artifacts = topology.builder.artifacts_dir
+    if not artifacts.startswith(("/", "~", "$HOME")):
+        excludes.append(f"/{artifacts.strip('/')}/")
+    excludes += list(topology.sync_exclude)
+    argv = [
+        "rsync", "--recursive", "--links", "--perms", "--times", "--compress",
+        "--delete", "--mkpath", "--stats", "--itemize-changes", "--info=progress2",
+        "-e", rsync_rsh(builder, topology.ssh),
+    ]
+    for pattern in excludes:
+        argv += ["--exclude", pattern]
+    if (source / ".gitignore").exists():
+        # Each directory's .gitignore applies below it, as git does; the files themselves go too.
+        argv += ["--filter", ":- .gitignore"]
+    host = builder.addr if ":" not in builder.addr else f"[{builder.addr}]"
+    dest_path = remote_rsync_path(topology.builder.source_dir).rstrip("/") + "/"
+    destination = f"{host}:{dest_path}"
+    # "--" ends options: a source path can never be read as one.
+    argv += ["--", f"{source}/", destination]
+    return SyncPlan(argv=argv, source=source, destination=destination)
+
+
+_ITEM = re.compile(r"^([<>ch.*][fdLDS][^ ]{9}) (.+)$")
+_DELETE = re.compile(r"^\*deleting\s+(.+)$")
+
+
+def run_sync(plan: SyncPlan, on_progress: Callable[[str], None] | None = None) -> SyncResult:
+    """Run rsync; progress lines go to `on_progress`; the stats come back as numbers."""
+    proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    stats: dict[str, int] = {}
+    deleted: list[str] = []
+    transferred: list[str] = []
+    buf = b""
+    while True:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        buf += chunk
+        *parts, buf = re.split(rb"[\r\n]", buf)
+        for raw in parts:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            _parse_line(line, stats, deleted, transferred, on_progress)
+    if buf.strip():
+        _parse_line(buf.decode("utf-8", "replace").strip(), stats, deleted, transferred, on_progress)
+    err = proc.stderr.read().decode("utf-8", "replace").strip()
+    code = proc.wait()
+    if code != 0:
+        last = err.splitlines()[-1] if err else f"exit status {code}"
+        if code == 255 or "Host key verification failed" in err or "Connection refused" in err:
+            raise UnreachableError(f"sync: cannot reach the builder: {last}")
+        raise FlingerError(f"sync: rsync exited with status {code}: {last}")
+    return SyncResult(stats=stats, deleted=deleted, transferred=transferred)
+
+
+def _parse_line(line: str, stats: dict[str, int], deleted: list[str], transferred: list[str],
+                on_progress: Callable[[str], None] | None) -> None:
+    for label, key in STAT_FIELDS.items():
+        if line.startswith(label + ":"):
+            number = line.split(":", 1)[1].split()[0].replace(",", "")
+            if number.isdigit():
+                stats[key] = int(number)
+            return
+    m = _DELETE.match(line)
+    if m:
+        deleted.append(m.group(1))
+        return
+    m = _ITEM.match(line)
+    if m:
+        if m.group(1)[1] == "f" and m.group(1)[0] in "<>":
+            transferred.append(m.group(2))
+        return
+    if on_progress is not None and "%" in line:
+        on_progress(line)

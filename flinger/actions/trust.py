@@ -1,0 +1,57 @@
+"""`flinger trust`: fetch host keys, show their fingerprints, and record them (explicit first use)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flinger.errors import HostKeyError
+from flinger.ssh.connection import Connection, ConnectionPool
+from flinger.ssh.fanout import Board, Reporter, ServerResult, fan_out
+from flinger.ssh.hostkeys import fetch_host_key, fingerprint, record_host_key, recorded_fingerprint
+from flinger.topology.model import Server, Topology
+
+
+def run_trust(
+    topology: Topology,
+    servers: list[Server],
+    *,
+    replace: bool = False,
+    parallel: int = 16,
+    board: Board | None = None,
+) -> list[ServerResult]:
+    """Record each server's key in [ssh] known_hosts; a changed key needs `replace`."""
+    known_hosts = topology.ssh.known_hosts
+    record_lock = threading.Lock()  # keys are fetched in parallel, written one at a time
+    jump: Connection | None = None
+    if topology.ssh.jump:
+        jump = ConnectionPool({}, topology.ssh).jump_connection()
+
+    def work(server: Server, report: Reporter) -> dict[str, Any]:
+        port = server.port or 22
+        report.step("key exchange")
+        sock = None
+        if jump is not None:
+            sock = jump.direct_channel(server.addr, port)
+        key = fetch_host_key(server.addr, port, topology.ssh.connect_timeout, sock)
+        seen = fingerprint(key)
+        report.details.update({"fingerprint": seen, "key_type": key.get_name()})
+        if server.host_key is not None and server.host_key != seen:
+            raise HostKeyError(f"{server.name}: host key {seen} does not match the pinned host_key {server.host_key}")
+        with record_lock:
+            return _record(server, key, port)
+
+    def _record(server: Server, key: Any, port: int) -> dict[str, Any]:
+        seen = fingerprint(key)
+        before = recorded_fingerprint(known_hosts, server.addr, port)
+        if before is not None and before != seen and not replace:
+            raise HostKeyError(
+                f"{server.name}: host key CHANGED from {before} to {seen}; if the server was re-keyed, "
+                f"run again with --replace"
+            )
+        changed = record_host_key(known_hosts, server.addr, port, key)
+        state = "recorded" if before is None else ("replaced" if changed else "already trusted")
+        return {"fingerprint": seen, "key_type": key.get_name(), "previous": before, "state": state,
+                "summary": f"{seen} {key.get_name()} ({state})"}
+
+    return fan_out(servers, work, parallel=parallel, board=board)

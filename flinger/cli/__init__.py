@@ -1,0 +1,41 @@
+"""The `flinger` command line: the typer app and the one error boundary.
+
+Commands are thin: they read options, call an action, and hand results to the UI. Every
+FlingerError becomes a one-line message and its exit status here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from flinger.cli.app import app
+from flinger.errors import ExitStatus, FlingerError
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="flinger", standalone_mode=False)
+    except FlingerError as exc:
+        print(f"flinger: error: {exc.message}", file=sys.stderr)
+        return int(exc.exit_status)
+    except click.exceptions.Abort:
+        print("flinger: interrupted", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)
+    except KeyboardInterrupt:
+        print("flinger: interrupted", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return int(ExitStatus.USAGE)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    return int(result) if isinstance(result, int) else 0

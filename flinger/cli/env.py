@@ -1,0 +1,54 @@
+"""The environment every command gets: global options, the UI, and lazily loaded inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flinger.errors import UsageError
+from flinger.manifest import Manifest, load_manifest
+from flinger.topology import Topology, find_config, load_topology
+from flinger.topology.model import Server
+from flinger.tomlfile import suggest
+from flinger.ui import UI
+
+
+@dataclass
+class Env:
+    config: Path | None
+    parallel: int
+    json: bool
+    verbose: bool
+    ui: UI
+    _topology: Topology | None = field(default=None, repr=False)
+    _manifest: Manifest | None = field(default=None, repr=False)
+
+    def topology(self) -> Topology:
+        if self._topology is None:
+            self._topology = load_topology(find_config(self.config))
+        return self._topology
+
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = load_manifest(self.topology().manifest_path)
+        return self._manifest
+
+    def select_servers(self, names: str | None, *, include_builder: bool = False) -> list[Server]:
+        """The deployment servers (plus the builder if asked), or those named in `--servers a,b`."""
+        topo = self.topology()
+        if not names:
+            chosen = topo.deployment_servers()
+            if include_builder and topo.builder.server not in topo.deployment.servers:
+                chosen = [topo.builder_server(), *chosen]
+            return chosen
+        out: list[Server] = []
+        for name in (n.strip() for n in names.split(",")):
+            if not name:
+                continue
+            if name not in topo.servers:
+                raise UsageError(f'--servers: no server named "{name}"{suggest(name, topo.servers)}')
+            if topo.servers[name] not in out:
+                out.append(topo.servers[name])
+        if not out:
+            raise UsageError("--servers: name at least one server")
+        return out

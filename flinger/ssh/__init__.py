@@ -1,0 +1,1 @@
+"""SSH: strict host-key checking, connections to servers, and fan-out over many servers."""

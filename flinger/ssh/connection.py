@@ -1,0 +1,316 @@
+"""One SSH connection per server: strict host keys, ~/.ssh/config, jump hosts, retries.
+
+Built on fabric's `Connection` (it resolves User/Port/IdentityFile from ~/.ssh/config and
+forwards the agent); flinger replaces its host-key policy and its gateway with strict ones.
+Commands run on raw paramiko channels so stdin can be closed and output streamed by line.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fabric
+import paramiko
+
+from flinger.errors import FlingerError, HostKeyError, RemoteCommandError, UnreachableError
+from flinger.ssh.hostkeys import StrictHostKeyPolicy, fingerprint
+from flinger.topology.model import Server, SshSettings
+
+LineSink = Callable[[str, str], None]  # (stream "out" | "err", line)
+TAIL_LINES = 20
+
+
+@dataclass
+class CommandResult:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    tail: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def privileged(command: str, privilege: str) -> str:
+    """Wrap a command line for the server's privilege tool (sudo, pfexec or none)."""
+    if privilege == "sudo":
+        return f"sudo -n -- sh -c {shlex.quote(command)}"
+    if privilege == "pfexec":
+        return f"pfexec sh -c {shlex.quote(command)}"
+    return command
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    if isinstance(exc, paramiko.AuthenticationException | HostKeyError | paramiko.BadHostKeyException):
+        return False
+    return isinstance(exc, OSError | socket.timeout | paramiko.SSHException | EOFError)
+
+
+class Connection:
+    """A connection to one server, opened on first use and reused for every step of a run."""
+
+    _conn: fabric.Connection
+
+    def __init__(
+        self,
+        server: Server,
+        settings: SshSettings,
+        *,
+        forward_agent: bool = False,
+        gateway: Connection | None = None,
+    ) -> None:
+        self.server = server
+        self.settings = settings
+        self.forward_agent = forward_agent
+        self.gateway = gateway
+        self._lock = threading.Lock()
+        if settings.use_ssh_config:
+            config = fabric.Config()
+        else:
+            config = fabric.Config(ssh_config=paramiko.SSHConfig())
+        self._conn = fabric.Connection(
+            server.addr,
+            user=server.user,
+            port=server.port,
+            config=config,
+            forward_agent=forward_agent,
+            connect_timeout=max(1, int(settings.connect_timeout)),
+            gateway=gateway._conn if gateway is not None else False,
+        )
+        # Proxies: an explicit [ssh] jump wins; else ProxyJump from ~/.ssh/config. Both are
+        # built here, so every hop is checked with the same strict policy.
+        self._client: paramiko.SSHClient = self._conn.client
+        self._client.set_missing_host_key_policy(
+            StrictHostKeyPolicy(server.name, server.host_key, settings.known_hosts)
+        )
+        if settings.known_hosts.exists():
+            self._client.load_host_keys(str(settings.known_hosts))
+
+    @property
+    def port(self) -> int:
+        return int(self._conn.port)
+
+    @property
+    def user(self) -> str:
+        return str(self._conn.user)
+
+    @property
+    def ssh_config(self) -> dict[str, Any]:
+        return dict(self._conn.ssh_config)
+
+    def open(self) -> None:
+        """Connect (once), retrying connection errors only, with backoff."""
+        with self._lock:
+            if self._conn.is_connected:
+                return
+            attempts = self.settings.retries + 1
+            for attempt in range(attempts):
+                try:
+                    self._conn.open()
+                    break
+                except HostKeyError:
+                    raise
+                except paramiko.BadHostKeyException as exc:
+                    raise HostKeyError(
+                        f"{self.server.name}: host key CHANGED: got {fingerprint(exc.key)}, "
+                        f"known_hosts has {fingerprint(exc.expected_key)}; refusing to connect. If the "
+                        f"server was really re-keyed, run: flinger trust --servers {self.server.name}"
+                    ) from None
+                except paramiko.AuthenticationException as exc:
+                    raise UnreachableError(
+                        f"{self.server.name}: authentication failed as {self._conn.user}: {exc}"
+                    ) from None
+                except Exception as exc:
+                    if not _is_connect_error(exc) or attempt == attempts - 1:
+                        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                        raise UnreachableError(
+                            f"{self.server.name}: cannot connect to {self.server.addr}:{self.port}: {reason}"
+                        ) from None
+                    time.sleep(min(0.5 * 2**attempt, 4.0))
+            self._check_pin()
+
+    def _check_pin(self) -> None:
+        if self.server.host_key is None:
+            return
+        transport = self._client.get_transport()
+        assert transport is not None
+        seen = fingerprint(transport.get_remote_server_key())
+        if seen != self.server.host_key:
+            self._conn.close()
+            raise HostKeyError(
+                f"{self.server.name}: host key {seen} does not match the pinned host_key "
+                f"{self.server.host_key}; refusing to connect"
+            )
+
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: bytes | None = None,
+        on_line: LineSink | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """Run a command line (already quoted by the caller) and collect its output."""
+        self.open()
+        try:
+            channel = self._conn.create_session()
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            result = _collect(channel, command, on_line, timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise UnreachableError(f"{self.server.name}: connection lost: {exc or type(exc).__name__}") from None
+        if check and result.exit_code != 0:
+            raise RemoteCommandError(command, result.exit_code, result.tail)
+        return result
+
+    def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        """Write a file over SFTP; the caller makes its directory private first."""
+        self.open()
+        sftp = self._conn.sftp()
+        with sftp.open(remote_path, "wb") as handle:
+            handle.chmod(mode)
+            handle.write(data)
+
+    def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None:
+        self.put_bytes(local.read_bytes(), remote_path, mode)
+
+    def sftp_mkdir(self, remote_path: str, mode: int = 0o700) -> None:
+        self.open()
+        self._conn.sftp().mkdir(remote_path, mode)
+
+    def direct_channel(self, addr: str, port: int) -> paramiko.Channel:
+        """A TCP channel through this server to addr:port (for fetching keys behind a jump)."""
+        self.open()
+        transport = self._client.get_transport()
+        assert transport is not None
+        return transport.open_channel("direct-tcpip", (addr, port), ("", 0))
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection must not mask results
+            pass
+
+
+def _collect(channel: paramiko.Channel, command: str, on_line: LineSink | None, timeout: float | None) -> CommandResult:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    partial = {"out": b"", "err": b""}
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def feed(stream: str, data: bytes) -> None:
+        buf = partial[stream] + data
+        *lines, partial[stream] = buf.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            tail.append(line)
+            if on_line is not None:
+                on_line(stream, line)
+
+    channel.settimeout(0.2)
+    while True:
+        got = False
+        while channel.recv_ready():
+            data = channel.recv(65536)
+            out.append(data)
+            feed("out", data)
+            got = True
+        while channel.recv_stderr_ready():
+            data = channel.recv_stderr(65536)
+            err.append(data)
+            feed("err", data)
+            got = True
+        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break
+        if channel.closed and not got:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            channel.close()
+            raise FlingerError(f"`{command}` did not finish within {timeout:.0f}s")
+        if not got:
+            time.sleep(0.02)
+    for stream in ("out", "err"):
+        if partial[stream]:
+            feed(stream, b"\n")
+    code = channel.recv_exit_status()
+    channel.close()
+    return CommandResult(
+        command=command,
+        exit_code=code,
+        stdout=b"".join(out).decode("utf-8", "replace"),
+        stderr=b"".join(err).decode("utf-8", "replace"),
+        tail=list(tail),
+    )
+
+
+class ConnectionPool:
+    """The connections of one run: one per server, made on first use, closed at the end.
+
+    Only the builder's connection forwards the agent (DESIGN.md); servers never get one.
+    """
+
+    def __init__(self, servers: dict[str, Server], settings: SshSettings, *, agent_for: set[str] | None = None) -> None:
+        self.servers = servers
+        self.settings = settings
+        self.agent_for = agent_for or set()
+        self._conns: dict[str, Connection] = {}
+        self._lock = threading.Lock()
+        self._jump: Connection | None = None
+
+    def jump_connection(self) -> Connection | None:
+        if self.settings.jump is None:
+            return None
+        if self._jump is None:
+            target = self.settings.jump
+            user, _, hostport = target.rpartition("@")
+            host, _, port = hostport.partition(":")
+            jump = Server(name=f"jump:{host}", addr=host, user=user or None, port=int(port) if port else None)
+            self._jump = Connection(jump, self.settings)
+        return self._jump
+
+    def get(self, name: str) -> Connection:
+        with self._lock:
+            if name not in self._conns:
+                server = self.servers[name]
+                gateway = self.jump_connection()
+                if gateway is None:
+                    gateway = self._proxyjump_from_ssh_config(server)
+                self._conns[name] = Connection(
+                    server, self.settings, forward_agent=name in self.agent_for, gateway=gateway
+                )
+            return self._conns[name]
+
+    def _proxyjump_from_ssh_config(self, server: Server) -> Connection | None:
+        if not self.settings.use_ssh_config:
+            return None
+        probe = fabric.Connection(server.addr, config=fabric.Config(), gateway=False)
+        hops = probe.ssh_config.get("proxyjump")
+        if not hops or hops.lower() == "none":
+            return None
+        gateway: Connection | None = None
+        for hop in hops.split(","):
+            user, _, hostport = hop.strip().rpartition("@")
+            host, _, port = hostport.partition(":")
+            hop_server = Server(name=f"jump:{host}", addr=host, user=user or None, port=int(port) if port else None)
+            gateway = Connection(hop_server, self.settings, gateway=gateway)
+        return gateway
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        if self._jump is not None:
+            self._jump.close()

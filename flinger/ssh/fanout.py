@@ -1,0 +1,172 @@
+"""Fan-out: run one function per server on a bounded pool and collect per-server results.
+
+A server's outcome is data (`ServerResult`): ok, failed (at which step, exit status, last
+lines of output) or unreachable. One server failing never stops the others unless
+`fail_fast`; then servers not yet started are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flinger.errors import ExitStatus, FlingerError, RemoteCommandError, UnreachableError
+from flinger.topology.model import Server
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class ServerResult:
+    server: str
+    status: Status
+    duration: float = 0.0
+    step: str | None = None
+    exit_code: int | None = None
+    message: str | None = None
+    tail: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "status": self.status.value,
+            "duration": round(self.duration, 3),
+            "step": self.step,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "tail": self.tail,
+            "details": self.details,
+        }
+
+
+class Board(Protocol):
+    """Where per-server progress goes (the live view, or nothing)."""
+
+    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None: ...
+
+    def line(self, server: str, text: str) -> None: ...
+
+
+class NullBoard:
+    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None:
+        return None
+
+    def line(self, server: str, text: str) -> None:
+        return None
+
+
+class Reporter:
+    """Handed to the per-server function: report the step, output lines and details."""
+
+    def __init__(self, server: str, board: Board) -> None:
+        self.server = server
+        self.board = board
+        self.current_step: str | None = None
+        self.details: dict[str, Any] = {}
+        self.tail: deque[str] = deque(maxlen=20)
+
+    def step(self, name: str) -> None:
+        self.current_step = name
+        self.board.update(self.server, step=name)
+
+    def info(self, text: str) -> None:
+        self.board.update(self.server, info=text)
+
+    def line(self, text: str) -> None:
+        self.tail.append(text)
+        self.board.line(self.server, text)
+
+
+Work = Callable[[Server, Reporter], dict[str, Any] | None]
+
+
+def _run_one(server: Server, work: Work, board: Board) -> ServerResult:
+    reporter = Reporter(server.name, board)
+    board.update(server.name, state="running")
+    started = time.monotonic()
+    tail: list[str] = []
+    code: int | None
+    message: str | None
+    try:
+        details = work(server, reporter) or {}
+        status, code, message = Status.OK, 0, None
+    except UnreachableError as exc:
+        details, status, code, message = reporter.details, Status.UNREACHABLE, None, exc.message
+    except RemoteCommandError as exc:
+        details, status, code = reporter.details, Status.FAILED, exc.exit_code
+        message, tail = exc.message, exc.tail or list(reporter.tail)
+    except FlingerError as exc:
+        details, status, code, message = reporter.details, Status.FAILED, None, exc.message
+        tail = list(reporter.tail)
+    except Exception as exc:  # noqa: BLE001 - one server's bug must not hide the others' results
+        details, status, code = reporter.details, Status.FAILED, None
+        message, tail = f"internal error: {type(exc).__name__}: {exc}", list(reporter.tail)
+    result = ServerResult(
+        server=server.name,
+        status=status,
+        duration=time.monotonic() - started,
+        step=reporter.current_step if status is not Status.OK else None,
+        exit_code=code,
+        message=message,
+        tail=tail,
+        details={**reporter.details, **details},
+    )
+    board.update(server.name, state=status.value)
+    return result
+
+
+def fan_out(
+    servers: Iterable[Server],
+    work: Work,
+    *,
+    parallel: int = 16,
+    board: Board | None = None,
+    fail_fast: bool = False,
+) -> list[ServerResult]:
+    """Run `work` for every server, at most `parallel` at once; results in server order."""
+    servers = list(servers)
+    board = board or NullBoard()
+    results: dict[str, ServerResult] = {}
+    stop = threading.Event()
+    pending = list(servers)
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="flinger") as pool:
+        running: dict[Future[ServerResult], Server] = {}
+        while pending or running:
+            while pending and len(running) < parallel and not stop.is_set():
+                server = pending.pop(0)
+                running[pool.submit(_run_one, server, work, board)] = server
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                server = running.pop(fut)
+                result = fut.result()
+                results[server.name] = result
+                if fail_fast and result.status is not Status.OK:
+                    stop.set()
+        for server in pending:
+            results[server.name] = ServerResult(server.name, Status.SKIPPED, message="not started (--fail-fast)")
+            board.update(server.name, state="skipped")
+    return [results[s.name] for s in servers]
+
+
+def exit_status(results: Iterable[ServerResult]) -> ExitStatus:
+    """1 if any server failed (or was skipped), else 4 if any was unreachable, else 0."""
+    statuses = {r.status for r in results}
+    if Status.FAILED in statuses or Status.SKIPPED in statuses:
+        return ExitStatus.FAILED
+    if Status.UNREACHABLE in statuses:
+        return ExitStatus.UNREACHABLE
+    return ExitStatus.OK

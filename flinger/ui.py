@@ -1,0 +1,178 @@
+"""Everything the operator sees: messages, the live per-server view, summary tables, JSON.
+
+The only module that imports rich. Human text goes to stderr except results and command
+output, which go to stdout; with --json, stdout carries nothing but one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from flinger.ssh.fanout import ServerResult, Status
+
+STATE_STYLE = {
+    "waiting": "dim",
+    "running": "cyan",
+    "ok": "green",
+    "failed": "bold red",
+    "unreachable": "bold magenta",
+    "skipped": "yellow",
+}
+
+
+class LiveBoard:
+    """A live table of servers: state, current step, elapsed time and a short info field."""
+
+    def __init__(self, ui: UI, names: Sequence[str], title: str) -> None:
+        self.ui = ui
+        self.title = title
+        self.rows: dict[str, dict[str, Any]] = {
+            n: {"state": "waiting", "step": "", "info": "", "start": None, "end": None} for n in names
+        }
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+
+    def _render(self) -> Table:
+        table = Table(title=self.title, title_justify="left", expand=False)
+        for col in ("server", "state", "step", "elapsed", ""):
+            table.add_column(col)
+        now = time.monotonic()
+        for name, row in self.rows.items():
+            start, end = row["start"], row["end"]
+            elapsed = "" if start is None else f"{(end or now) - start:5.1f}s"
+            table.add_row(
+                escape(name),
+                Text(row["state"], style=STATE_STYLE.get(row["state"], "")),
+                escape(row["step"]),
+                elapsed,
+                escape(row["info"]),
+            )
+        return table
+
+    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None:
+        with self._lock:
+            row = self.rows.setdefault(server, {"state": "waiting", "step": "", "info": "", "start": None, "end": None})
+            if state is not None:
+                row["state"] = state
+                if state == "running" and row["start"] is None:
+                    row["start"] = time.monotonic()
+                if state in ("ok", "failed", "unreachable", "skipped"):
+                    row["end"] = time.monotonic()
+            if step is not None:
+                row["step"] = step
+            if info is not None:
+                row["info"] = info
+            if self._live is not None:
+                self._live.update(self._render())
+            elif state is not None and self.ui.verbose and not self.ui.json_mode:
+                self.ui.note(f"{server}: {state}")
+
+    def line(self, server: str, text: str) -> None:
+        if self.ui.json_mode:
+            return
+        message = Text.assemble((f"[{server}] ", "bold"), text)
+        with self._lock:
+            if self._live is not None and self.ui.out_is_err_terminal:
+                self._live.console.print(message, highlight=False, soft_wrap=True)
+            else:
+                self.ui.out.print(message, highlight=False, soft_wrap=True)
+
+    @contextmanager
+    def running(self) -> Iterator[LiveBoard]:
+        if self.ui.live_enabled:
+            with Live(self._render(), console=self.ui.err, refresh_per_second=4, transient=True) as live:
+                self._live = live
+                try:
+                    yield self
+                finally:
+                    self._live = None
+        else:
+            yield self
+
+
+class UI:
+    def __init__(self, *, json_mode: bool = False, verbose: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self.json_mode = json_mode
+        self.verbose = verbose
+        self.out = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=True)
+        self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
+
+    @property
+    def live_enabled(self) -> bool:
+        return self.err.is_terminal and not self.json_mode
+
+    @property
+    def out_is_err_terminal(self) -> bool:
+        return self.out.is_terminal and self.err.is_terminal
+
+    def note(self, message: str) -> None:
+        self.err.print(escape(message))
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            self.err.print(Text(message, style="dim"))
+
+    def warn(self, message: str) -> None:
+        self.err.print(Text.assemble(("warning: ", "bold yellow"), message))
+
+    def error(self, message: str) -> None:
+        self.err.print(Text.assemble(("error: ", "bold red"), message))
+
+    def success(self, message: str) -> None:
+        if not self.json_mode:
+            self.out.print(Text(message, style="green"))
+
+    def board(self, names: Sequence[str], title: str) -> LiveBoard:
+        return LiveBoard(self, names, title)
+
+    def emit_json(self, document: Any) -> None:
+        self.out.file.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+        self.out.file.flush()
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.json_mode:
+            return
+        table = Table(title=title, title_justify="left")
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*(escape(str(c)) for c in row))
+        self.out.print(table)
+
+    def summary(self, title: str, results: Sequence[ServerResult]) -> None:
+        """A table naming every server and what happened to it (and why, if it failed)."""
+        if self.json_mode:
+            return
+        table = Table(title=title, title_justify="left")
+        for col in ("server", "result", "step", "exit", "time", "detail"):
+            table.add_column(col)
+        for r in results:
+            detail = r.message or ""
+            if r.status is Status.OK and r.details.get("summary"):
+                detail = str(r.details["summary"])
+            table.add_row(
+                escape(r.server),
+                Text(r.status.value, style=STATE_STYLE.get(r.status.value, "")),
+                escape(r.step or ""),
+                "" if r.exit_code is None else str(r.exit_code),
+                f"{r.duration:.1f}s",
+                escape(detail),
+            )
+        self.out.print(table)
+        for r in results:
+            if r.status is Status.FAILED and r.tail:
+                self.out.print(Text(f"last lines from {r.server}:", style="bold"))
+                for line in r.tail[-10:]:
+                    self.out.print(Text.assemble((f"  [{r.server}] ", "dim"), line), highlight=False)
