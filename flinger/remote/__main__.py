@@ -6,6 +6,7 @@ Commands that need a plan read it as JSON on stdin; every command writes JSON li
 
 import importlib
 import sys
+from typing import List, Optional
 
 # command -> module in flinger.remote that defines `main(argv: list) -> int`
 COMMANDS = {
@@ -23,7 +24,7 @@ COMMANDS = {
 }
 
 
-def main(argv=None):  # type: ignore[no-untyped-def]
+def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
         sys.stderr.write("usage: flinger-remote {%s} ...\n" % ",".join(sorted(COMMANDS)))

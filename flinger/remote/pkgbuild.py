@@ -1,0 +1,450 @@
+"""The `build` command (run on the builder): build packages into deterministic tarballs.
+
+Plan on stdin: {"source_dir", "artifacts_dir", "no_cache", "check_only", "jobs",
+"packages": [{"name", "version", "type": "local"|"prebuilt"|"composite", "build", "paths",
+"inputs", "url", "sha256", "to", "packages", "files"}]}.
+
+Artifacts: `<artifacts>/packages/<name>.tar.gz`, `<artifacts>/cache/<sha256>` (downloads),
+`<artifacts>/manifest.json` = {"packages": {name: {version, sha256, inputs_digest, size, file}}}.
+
+Cache rule (the inputs digest). A package's inputs digest is SHA-256 over its canonical
+spec (type, version, build commands, path mappings, url + sha256, member names, extra
+files) plus, for a local package, the relative path, mode and content digest of every file
+its `paths` and declared `inputs` name, and for a composite the sha256 of each member
+tarball. The digest recorded is always the one taken after the build commands ran, so it
+describes exactly what was packed.
+- A package without build commands, a prebuilt or a composite is skipped outright when its
+  digest matches the manifest and the tarball still has its recorded sha256.
+- A local package with build commands cannot be judged before building, because nothing
+  says which files its commands read (a changed source file changes no `paths` file until
+  the build has run). Its commands always run (build tools have their own incremental
+  caches) and only the packing is skipped when the result is unchanged. A package that
+  declares `inputs` (globs of the files its commands read) is judged before building and
+  skipped outright, commands included, when nothing changed.
+A stale package deployed as if fresh is the worst outcome of a cache, hence this choice.
+"""
+
+import collections
+import concurrent.futures
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+
+from flinger.remote import events, files, tarball, unpack
+
+METADATA_FILE = ".flinger-package.json"
+_TAIL_LINES = 20
+_DOWNLOAD_TIMEOUT = 60
+
+
+class BuildFailed(Exception):
+    """One package failed; carries what the failure event reports."""
+
+    def __init__(self, message: str, command: Optional[str] = None,
+                 exit_status: Optional[int] = None, tail: Optional[List[str]] = None) -> None:
+        super().__init__(message)
+        self.command = command
+        self.exit_status = exit_status
+        self.tail = tail or []
+
+
+# ---------------------------------------------------------------------------- the plan
+
+def _relative(path: str, what: str) -> str:
+    """A plan path that must stay inside its root: no absolute path, no '..'."""
+    clean = os.path.normpath(path) if path else "."
+    if os.path.isabs(clean) or clean == ".." or clean.startswith("../"):
+        raise events.PlanError("%s %r must be relative and stay inside its tree" % (what, path))
+    return clean
+
+
+def parse_packages(plan: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Validate the plan's packages; return them by name."""
+    raw = events.require(plan, "packages", list)
+    packages: Dict[str, Dict[str, Any]] = {}
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise events.PlanError("every package needs a name")
+        name = item["name"]
+        if name in packages:
+            raise events.PlanError("package %s appears twice" % name)
+        if "/" in name or name in (".", ".."):
+            raise events.PlanError("package name %r is not a plain name" % name)
+        kind = item.get("type", "local")
+        if kind not in ("local", "prebuilt", "composite"):
+            raise events.PlanError("package %s: unknown type %r" % (name, kind))
+        spec = {
+            "name": name,
+            "version": str(item.get("version", "0.0.0")),
+            "type": kind,
+            "build": [str(c) for c in item.get("build") or []],
+            "paths": [{"from": _relative(str(p["from"]), "paths.from"),
+                       "to": _relative(str(p.get("to", "")), "paths.to")}
+                      for p in item.get("paths") or []],
+            "inputs": [_relative(str(p), "inputs") for p in item.get("inputs") or []],
+            "url": item.get("url"),
+            "sha256": (item.get("sha256") or "").lower() or None,
+            "to": item.get("to"),
+            "packages": [str(m) for m in item.get("packages") or []],
+            "files": {_relative(str(k), "files"): str(v)
+                      for k, v in (item.get("files") or {}).items()},
+        }
+        if kind == "prebuilt" and (not spec["url"] or not spec["sha256"]):
+            raise events.PlanError("prebuilt package %s needs url and sha256" % name)
+        packages[name] = spec
+    for spec in packages.values():
+        for member in spec["packages"]:
+            if member not in packages:
+                raise events.PlanError("composite %s: no package named %s" % (spec["name"], member))
+    _check_acyclic(packages)
+    return packages
+
+
+def _check_acyclic(packages: Dict[str, Dict[str, Any]]) -> None:
+    state: Dict[str, int] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise events.PlanError("composite packages form a cycle through %s" % name)
+        state[name] = 1
+        for member in packages[name]["packages"]:
+            visit(member)
+        state[name] = 2
+
+    for name in packages:
+        visit(name)
+
+
+# ------------------------------------------------------------------------ the inputs
+
+def _matches(source_dir: str, pattern: str) -> List[str]:
+    found = sorted(glob.glob(os.path.join(source_dir, pattern), recursive=True))
+    root = os.path.realpath(source_dir)
+    inside = [f for f in found if os.path.realpath(f) == root
+              or os.path.realpath(f).startswith(root + os.sep)]
+    return inside
+
+
+def _files_under(path: str) -> List[str]:
+    if os.path.isdir(path) and not os.path.islink(path):
+        out: List[str] = []
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+            out.extend(os.path.join(dirpath, d) for d in dirnames
+                       if os.path.islink(os.path.join(dirpath, d)))
+        return out
+    return [path]
+
+
+def _describe_files(source_dir: str, patterns: List[str]) -> List[str]:
+    """'relpath mode digest' of every file the patterns name (missing ones marked)."""
+    lines = []
+    for pattern in patterns:
+        found = _matches(source_dir, pattern)
+        if not found:
+            lines.append("missing %s" % pattern)
+        for match in found:
+            for path in _files_under(match):
+                rel = os.path.relpath(path, source_dir)
+                if os.path.islink(path):
+                    lines.append("link %s %s" % (rel, os.readlink(path)))
+                else:
+                    mode = os.stat(path).st_mode & 0o777
+                    lines.append("file %s %o %s" % (rel, mode, files.sha256_file(path)))
+    return lines
+
+
+def inputs_digest(spec: Dict[str, Any], source_dir: str, member_digests: List[str]) -> str:
+    """The cache key of a package (see the module docstring)."""
+    digest = hashlib.sha256()
+    described = {k: spec[k] for k in ("name", "version", "type", "build", "paths", "inputs",
+                                      "url", "sha256", "to", "packages", "files")}
+    digest.update(files.canonical_json(described).encode())
+    if spec["type"] == "local":
+        patterns = [p["from"] for p in spec["paths"]] + spec["inputs"]
+        for line in _describe_files(source_dir, patterns):
+            digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    for member in member_digests:
+        digest.update(("member %s\n" % member).encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------- the builder
+
+class Builder:
+    """Builds the packages of one plan, sharing the artifacts manifest between threads."""
+
+    def __init__(self, plan: Dict[str, Any]) -> None:
+        self.source_dir = os.path.abspath(events.require(plan, "source_dir"))
+        self.artifacts_dir = os.path.abspath(events.require(plan, "artifacts_dir"))
+        self.no_cache = bool(plan.get("no_cache", False))
+        self.check_only = bool(plan.get("check_only", False))
+        self.jobs = max(1, int(plan.get("jobs") or os.cpu_count() or 1))
+        self.packages = parse_packages(plan)
+        self.packages_dir = os.path.join(self.artifacts_dir, "packages")
+        self.cache_dir = os.path.join(self.artifacts_dir, "cache")
+        self.manifest_path = os.path.join(self.artifacts_dir, "manifest.json")
+        self._lock = threading.Lock()
+        recorded = files.read_json(self.manifest_path, {}) or {}
+        self.manifest: Dict[str, Dict[str, Any]] = dict(recorded.get("packages") or {})
+
+    # -- one package
+
+    def build_one(self, name: str) -> str:
+        """Build (or reuse) one package; return "built" or "cached"."""
+        spec = self.packages[name]
+        if self.check_only:
+            self._run_commands(spec)
+            events.emit("checked", package=name, ok=True)
+            return "checked"
+        members = [self.manifest[m]["sha256"] for m in spec["packages"]]
+        judged_early = spec["type"] != "local" or not spec["build"] or bool(spec["inputs"])
+        if judged_early and self._is_cached(name, inputs_digest(spec, self.source_dir, members)):
+            events.emit("cached", package=name)
+            return "cached"
+        self._run_commands(spec)
+        digest = inputs_digest(spec, self.source_dir, members)
+        if not judged_early and self._is_cached(name, digest):
+            events.emit("cached", package=name, commands_ran=True)
+            return "cached"
+        sha, size = self._pack(spec, digest)
+        events.emit("built", package=name, sha256=sha, size=size)
+        return "built"
+
+    def _is_cached(self, name: str, digest: str) -> bool:
+        if self.no_cache:
+            return False
+        with self._lock:
+            entry = self.manifest.get(name)
+        if not entry or entry.get("inputs_digest") != digest:
+            return False
+        path = os.path.join(self.artifacts_dir, entry.get("file", ""))
+        return os.path.isfile(path) and files.sha256_file(path) == entry.get("sha256")
+
+    def _run_commands(self, spec: Dict[str, Any]) -> None:
+        for command in spec["build"]:
+            events.emit("command", package=spec["name"], command=command)
+            tail: Deque[str] = collections.deque(maxlen=_TAIL_LINES)
+            process = subprocess.Popen(
+                ["sh", "-c", command], cwd=self.source_dir, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert process.stdout is not None
+            for raw in process.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                tail.append(line)
+                events.emit("output", package=spec["name"], line=line)
+            status = process.wait()
+            if status != 0:
+                raise BuildFailed("command failed", command=command, exit_status=status,
+                                  tail=list(tail))
+
+    def _pack(self, spec: Dict[str, Any], digest: str) -> Tuple[str, int]:
+        os.makedirs(self.packages_dir, exist_ok=True)
+        root = tempfile.mkdtemp(dir=self.artifacts_dir, prefix=".staging-%s-" % spec["name"])
+        try:
+            tree = os.path.join(root, "tree")
+            if spec["type"] == "local":
+                os.mkdir(tree)
+                self._copy_paths(spec, tree)
+            elif spec["type"] == "prebuilt":
+                self._place_prebuilt(spec, tree)
+            else:
+                os.mkdir(tree)
+                self._merge_members(spec, tree, os.path.join(root, "members"))
+            for rel, content in sorted(spec["files"].items()):
+                target = os.path.join(tree, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "w", encoding="utf-8") as handle:
+                    handle.write(content)
+                os.chmod(target, 0o755 if content.startswith("#!") else 0o644)
+            metadata = {"name": spec["name"], "version": spec["version"], "inputs_digest": digest}
+            with open(os.path.join(tree, METADATA_FILE), "w", encoding="utf-8") as handle:
+                handle.write(files.canonical_json(metadata) + "\n")
+            relfile = "packages/%s.tar.gz" % spec["name"]
+            final = os.path.join(self.artifacts_dir, relfile)
+            partial = os.path.join(root, "package.tar.gz")
+            try:
+                tarball.pack_tree(tree, partial)
+            except tarball.PackError as exc:
+                raise BuildFailed(str(exc)) from None
+            sha = files.sha256_file(partial)
+            size = os.path.getsize(partial)
+            os.replace(partial, final)
+            with self._lock:
+                self.manifest[spec["name"]] = {"version": spec["version"], "sha256": sha,
+                                               "inputs_digest": digest, "size": size,
+                                               "file": relfile}
+                self._write_manifest()
+            return sha, size
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _copy_paths(self, spec: Dict[str, Any], tree: str) -> None:
+        for mapping in spec["paths"]:
+            found = _matches(self.source_dir, mapping["from"])
+            if not found:
+                raise BuildFailed("paths: %r matches nothing in the source tree" % mapping["from"])
+            dest = os.path.normpath(os.path.join(tree, mapping["to"]))
+            many = glob.has_magic(mapping["from"]) or mapping["to"].endswith("/")
+            for match in found:
+                target = os.path.join(dest, os.path.basename(match)) if many else dest
+                if os.path.isdir(match) and not os.path.islink(match):
+                    shutil.copytree(match, target, symlinks=True, dirs_exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copy2(match, target, follow_symlinks=False)
+
+    def _download(self, spec: Dict[str, Any]) -> str:
+        """The prebuilt file in the download cache, fetched when absent or corrupt."""
+        os.makedirs(self.cache_dir, exist_ok=True)
+        cached = os.path.join(self.cache_dir, spec["sha256"])
+        if os.path.isfile(cached) and files.sha256_file(cached) == spec["sha256"]:
+            events.emit("download", package=spec["name"], reused=True)
+            return cached
+        scheme = urllib.parse.urlparse(spec["url"]).scheme
+        if scheme not in ("http", "https", "file"):
+            raise BuildFailed("url scheme %r is not supported" % scheme)
+        events.emit("download", package=spec["name"], url=spec["url"])
+        fd, partial = tempfile.mkstemp(dir=self.cache_dir, prefix=".download-")
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(  # noqa: S310 (scheme checked)
+                    spec["url"], timeout=_DOWNLOAD_TIMEOUT) as response:
+                while True:
+                    chunk = response.read(1 << 20)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != spec["sha256"]:
+                raise BuildFailed("download of %s has sha256 %s, expected %s"
+                                  % (spec["url"], digest.hexdigest(), spec["sha256"]))
+            os.replace(partial, cached)
+        except OSError as exc:
+            raise BuildFailed("cannot download %s: %s" % (spec["url"], exc)) from None
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        return cached
+
+    def _place_prebuilt(self, spec: Dict[str, Any], tree: str) -> None:
+        cached = self._download(spec)
+        path = urllib.parse.urlparse(spec["url"]).path
+        if path.endswith((".tar.gz", ".tgz")):
+            try:
+                unpack.extract(cached, tree)
+            except (unpack.UnsafeArchive, OSError) as exc:
+                raise BuildFailed("cannot unpack %s: %s" % (spec["url"], exc)) from None
+            return
+        os.mkdir(tree)
+        to = spec["to"] or (spec["paths"][0]["to"] if spec["paths"] else "")
+        rel = _relative(to or os.path.basename(path) or spec["name"], "to")
+        target = os.path.join(tree, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(cached, target)
+        with open(target, "rb") as handle:
+            magic = handle.read(4)
+        # downloaded programs must stay runnable: executables by their magic number
+        os.chmod(target, 0o755 if magic == b"\x7fELF" or magic[:2] == b"#!" else 0o644)
+
+    def _merge_members(self, spec: Dict[str, Any], tree: str, scratch: str) -> None:
+        os.mkdir(scratch)
+        for member in spec["packages"]:
+            extracted = os.path.join(scratch, member)
+            unpack.extract(os.path.join(self.artifacts_dir, self.manifest[member]["file"]),
+                           extracted)
+            for dirpath, dirnames, filenames in os.walk(extracted):
+                rel_dir = os.path.relpath(dirpath, extracted)
+                for name in sorted(dirnames + filenames):
+                    rel = os.path.normpath(os.path.join(rel_dir, name))
+                    if rel == METADATA_FILE:
+                        continue
+                    source, target = os.path.join(dirpath, name), os.path.join(tree, rel)
+                    if os.path.isdir(source) and not os.path.islink(source):
+                        os.makedirs(target, exist_ok=True)
+                    elif os.path.lexists(target):
+                        if not _same_file(source, target):
+                            raise BuildFailed("members of %s disagree about %s"
+                                              % (spec["name"], rel))
+                    else:
+                        shutil.copy2(source, target, follow_symlinks=False)
+
+    def _write_manifest(self) -> None:
+        os.makedirs(self.artifacts_dir, exist_ok=True)
+        files.write_json_atomic(self.manifest_path, {"packages": self.manifest})
+
+    # -- all packages
+
+    def run(self) -> Dict[str, List[str]]:
+        """Build every package, members before composites, independent ones in parallel."""
+        os.makedirs(self.artifacts_dir, exist_ok=True)
+        outcome: Dict[str, List[str]] = {"built": [], "cached": [], "checked": [],
+                                         "failed": [], "skipped": []}
+        done: Set[str] = set()
+        bad: Set[str] = set()
+        pending = dict(self.packages)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            running: Dict["concurrent.futures.Future[str]", str] = {}
+            while pending or running:
+                for name in sorted(pending):
+                    members = pending[name]["packages"]
+                    if any(m in bad for m in members):
+                        events.emit("skipped", package=name, reason="a member failed")
+                        outcome["skipped"].append(name)
+                        bad.add(name)
+                        del pending[name]
+                    elif all(m in done for m in members):
+                        events.emit("start", package=name)
+                        running[pool.submit(self.build_one, name)] = name
+                        del pending[name]
+                if not running:
+                    continue
+                finished, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    try:
+                        outcome[future.result()].append(name)
+                        done.add(name)
+                    except BuildFailed as exc:
+                        self._report_failure(name, exc)
+                        outcome["failed"].append(name)
+                        bad.add(name)
+                    except (OSError, ValueError) as exc:
+                        self._report_failure(name, BuildFailed(str(exc)))
+                        outcome["failed"].append(name)
+                        bad.add(name)
+        return outcome
+
+    def _report_failure(self, name: str, exc: BuildFailed) -> None:
+        events.emit("failed", package=name, error=str(exc), command=exc.command,
+                    exit_status=exc.exit_status, tail=exc.tail)
+        if self.check_only:
+            events.emit("checked", package=name, ok=False)
+
+
+def _same_file(first: str, second: str) -> bool:
+    if os.path.islink(first) or os.path.islink(second):
+        return (os.path.islink(first) and os.path.islink(second)
+                and os.readlink(first) == os.readlink(second))
+    return files.sha256_file(first) == files.sha256_file(second)
+
+
+def main(argv: List[str]) -> int:
+    try:
+        builder = Builder(events.read_plan())
+    except events.PlanError as exc:
+        return events.result(False, error=str(exc))
+    outcome = builder.run()
+    return events.result(not outcome["failed"] and not outcome["skipped"],
+                         manifest=builder.manifest_path, **outcome)
