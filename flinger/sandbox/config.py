@@ -1,0 +1,81 @@
+"""The deploy.toml a sandbox writes: the builder and nodes as a flinger topology."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tomlkit
+
+from flinger.errors import FlingerError
+from flinger.sandbox.keys import write_private_file
+from flinger.sandbox.paths import BUILDER_NAME, SandboxPaths
+from flinger.sandbox.state import Endpoint
+from flinger.topology import Topology, load_topology
+
+MANIFEST = "packaging/package-manifest.toml"
+BUILDER_SOURCE_DIR = "/root/src"
+STAGING_DIR = "/root/flinger-staging"
+INSTALL_DIR = "/opt/quorum"
+SEED = "node1"
+
+
+def repository_root() -> Path:
+    """The flinger source tree this package runs from (the dir holding pyproject.toml)."""
+    here = Path(__file__).resolve()
+    for candidate in here.parents:
+        if (candidate / "pyproject.toml").is_file() and (candidate / "flinger").is_dir():
+            return candidate
+    raise FlingerError(
+        "flinger does not run from its source tree here: give the sandbox a source_dir"
+    )
+
+
+def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint]) -> str:
+    """deploy.toml text for `hosts` (builder first, then the nodes)."""
+    nodes = [name for name in hosts if name != BUILDER_NAME]
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("A local sandbox, written by flinger sandbox up."))
+    doc["name"] = "sandbox"
+    doc["source_dir"] = str(source_dir)
+    doc["manifest"] = MANIFEST
+
+    builder = tomlkit.table()
+    builder["server"] = BUILDER_NAME
+    builder["source_dir"] = BUILDER_SOURCE_DIR
+    builder["artifacts_dir"] = "out"
+    doc["builder"] = builder
+
+    deployment = tomlkit.table()
+    deployment["servers"] = nodes
+    deployment["staging_dir"] = STAGING_DIR
+    deployment["install_dir"] = INSTALL_DIR
+    deployment["threshold"] = len(nodes) // 2 + 1
+    doc["deployment"] = deployment
+
+    ssh = tomlkit.table()
+    ssh["known_hosts"] = str(known_hosts)
+    ssh["connect_timeout"] = 5
+    ssh["use_ssh_config"] = False
+    doc["ssh"] = ssh
+
+    servers = tomlkit.table(is_super_table=True)
+    for name, (addr, port) in hosts.items():
+        server = tomlkit.table()
+        server["addr"] = addr
+        server["user"] = "root"
+        server["port"] = port
+        if name == BUILDER_NAME:
+            server["roles"] = ["builder"]
+        else:
+            server["roles"] = ["seed", "node"] if name == SEED else ["node"]
+        server["privilege"] = "none"
+        server["service_manager"] = "runit"
+        servers[name] = server
+    doc["servers"] = servers
+    return tomlkit.dumps(doc)
+
+
+def write(paths: SandboxPaths, source_dir: Path, hosts: dict[str, Endpoint]) -> Topology:
+    """Write <dir>/deploy.toml and load it back, so a sandbox never hands out a bad config."""
+    write_private_file(paths.config, render(source_dir, paths.known_hosts, hosts), 0o644)
+    return load_topology(paths.config)

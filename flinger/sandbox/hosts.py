@@ -1,0 +1,231 @@
+"""One sandbox host: its sshd_config, and starting/stopping its sshd + runsvdir in a namespace.
+
+A host is `unshare --mount --uts` running a fixed sh script that bind-mounts the host's own
+directories over /root, /opt, /srv, /etc/sv and /etc/service, starts `runsvdir -P /etc/service`
+in the background and then execs sshd. unshare and sh both exec, so the pid we spawn *is* the
+sshd, and everything sshd forks (login sessions, what users start) shares the private mounts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from flinger.errors import FlingerError
+from flinger.sandbox.net import wait_listening, wait_not_listening
+from flinger.sandbox.paths import PRIVATE_MOUNTS, HostPaths
+from flinger.sandbox.procs import (
+    ProcessRef,
+    mount_namespace,
+    processes_in_namespace,
+    terminate,
+    wait_gone,
+)
+from flinger.sandbox.state import HostRecord
+from flinger.sandbox.tools import SSHD
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+# What sessions and supervised services inherit: nothing of the caller's environment.
+HOST_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+
+# Arguments: host dir, host name, then (mount target, backing dir) pairs. Values only ever
+# arrive as positional parameters, never spliced into the script text.
+_HOST_SCRIPT = r"""
+set -eu
+host_dir=$1
+host_name=$2
+shift 2
+while [ "$#" -gt 1 ]; do
+    [ -d "$1" ] || mkdir -p "$1"
+    mount --bind "$2" "$1"
+    shift 2
+done
+hostname "$host_name"
+cd /
+runsvdir -P /etc/service 'log: ..........................................................' \
+    </dev/null >>"$host_dir/runsvdir.log" 2>&1 &
+echo "$!" >"$host_dir/runsvdir.pid"
+exec "$SANDBOX_SSHD" -D -e -f "$host_dir/sshd_config"
+"""
+
+_BACKING_MODES = {"root": 0o700}
+
+
+def sshd_config(paths: HostPaths, addr: str, port: int) -> str:
+    """The sshd_config of a sandbox host (root logs in with a key, agent forwarding on)."""
+    return "\n".join(
+        [
+            f"# sandbox host {paths.name}, written by flinger sandbox up",
+            f"ListenAddress {addr}:{port}",
+            f"HostKey {paths.host_key}",
+            f"PidFile {paths.sshd_pid_file}",
+            "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            # Resolved inside the host's namespace: <host dir>/root/.ssh/authorized_keys. sshd's
+            # StrictModes refuses a file below a world-writable dir such as /tmp, and the
+            # host's private /root is 0700, so this works wherever the sandbox directory is.
+            "AuthorizedKeysFile /root/.ssh/authorized_keys",
+            "AllowAgentForwarding yes",
+            "AllowTcpForwarding yes",
+            "X11Forwarding no",
+            "PrintMotd no",
+            "UseDNS no",
+            "MaxSessions 64",
+            "MaxStartups 64:30:256",
+            "LogLevel VERBOSE",
+            "Subsystem sftp internal-sftp",
+            "",
+        ]
+    )
+
+
+def prepare(paths: HostPaths, addr: str, port: int, client_public_key: str) -> None:
+    """Create the host's directories and write its sshd_config and authorized_keys."""
+    paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for _, backing_name in PRIVATE_MOUNTS:
+        backing = paths.directory / backing_name
+        backing.mkdir(exist_ok=True)
+        backing.chmod(_BACKING_MODES.get(backing_name, 0o755))
+    ssh_dir = paths.authorized_keys.parent
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    ssh_dir.chmod(0o700)
+    paths.authorized_keys.write_text(client_public_key.strip() + "\n")
+    paths.authorized_keys.chmod(0o600)
+    paths.sshd_config.write_text(sshd_config(paths, addr, port))
+    check = subprocess.run(
+        [SSHD, "-t", "-f", str(paths.sshd_config)], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        detail = (check.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FlingerError(f"sshd rejects {paths.sshd_config}: {detail}")
+
+
+def _last_log_line(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "nothing logged"
+
+
+def _spawn(argv: list[str], paths: HostPaths) -> subprocess.Popen[bytes]:
+    with paths.sshd_log.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C aimed at the caller must not take the host down.
+            start_new_session=True,
+            close_fds=True,
+            env={**HOST_ENV, "SANDBOX_SSHD": SSHD},
+        )
+
+
+def _await_sshd(
+    proc: subprocess.Popen[bytes], paths: HostPaths, addr: str, port: int
+) -> ProcessRef:
+    sshd = ProcessRef.of(proc.pid)
+    if sshd is not None and wait_listening(addr, port, START_TIMEOUT, lambda: proc.poll() is None):
+        return sshd
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    raise FlingerError(
+        f"sandbox host {paths.name} did not listen on {addr}:{port}: "
+        f"{_last_log_line(paths.sshd_log)} (log: {paths.sshd_log})"
+    )
+
+
+def start(paths: HostPaths, addr: str, port: int) -> HostRecord:
+    """Start the host (namespace, mounts, runsvdir, sshd) and wait until sshd listens."""
+    paths.runsvdir_pid_file.unlink(missing_ok=True)
+    mounts = [str(v) for target, _ in PRIVATE_MOUNTS for v in (target, paths.backing(target))]
+    argv = [
+        "unshare", "--mount", "--uts", "--propagation", "private",
+        "sh", "-c", _HOST_SCRIPT, "sandbox-host", str(paths.directory), paths.name, *mounts,
+    ]  # fmt: skip
+    proc = _spawn(argv, paths)
+    sshd = _await_sshd(proc, paths, addr, port)
+    namespace = mount_namespace(sshd.pid)
+    runsvdir = None
+    try:
+        runsvdir = ProcessRef.of(int(paths.runsvdir_pid_file.read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    record = HostRecord(paths.name, addr, port, sshd, runsvdir, namespace)
+    if namespace is None or namespace == mount_namespace(os.getpid()):
+        stop(record)
+        raise FlingerError(f"sandbox host {paths.name} did not get its own mount namespace")
+    if runsvdir is None or mount_namespace(runsvdir.pid) != namespace:
+        stop(record)
+        raise FlingerError(
+            f"runsvdir of sandbox host {paths.name} did not start (log: {paths.runsvdir_log})"
+        )
+    return record
+
+
+def start_sshd_in_namespace(paths: HostPaths, record: HostRecord) -> HostRecord:
+    """Start only sshd again, inside the namespace the host's runsvdir still runs in."""
+    runsvdir = record.runsvdir
+    if runsvdir is None or record.namespace is None or not runsvdir.alive():
+        raise FlingerError(f"sandbox host {paths.name} has no running runsvdir to join")
+    if mount_namespace(runsvdir.pid) != record.namespace:
+        raise FlingerError(f"runsvdir of sandbox host {paths.name} left its namespace")
+    ns = f"/proc/{runsvdir.pid}/ns"
+    argv = [
+        "nsenter", f"--mount={ns}/mnt", f"--uts={ns}/uts", "--wd=/",
+        SSHD, "-D", "-e", "-f", str(paths.sshd_config),
+    ]  # fmt: skip
+    proc = _spawn(argv, paths)
+    sshd = _await_sshd(proc, paths, record.addr, record.port)
+    return HostRecord(record.name, record.addr, record.port, sshd, runsvdir, record.namespace)
+
+
+def stop_sshd(record: HostRecord) -> list[ProcessRef]:
+    """Stop the host's sshd listener (sessions already open stay); return survivors."""
+    survivors = terminate([record.sshd] if record.sshd else [], timeout=STOP_TIMEOUT)
+    if not survivors:
+        wait_not_listening(record.addr, record.port, STOP_TIMEOUT)
+    return survivors
+
+
+def _verified_namespaces(record: HostRecord) -> set[str]:
+    """The host's mount namespace, only while a recorded process of ours still proves it."""
+    found = {ns for p in record.processes() if (ns := p.mount_namespace()) is not None}
+    # Never the namespace flinger itself or init runs in: that would be the whole machine.
+    found -= {ns for ns in (mount_namespace(os.getpid()), mount_namespace(1)) if ns}
+    if record.namespace is not None:
+        found &= {record.namespace}
+    return found
+
+
+def _members(namespaces: set[str]) -> list[ProcessRef]:
+    return [p for ns in sorted(namespaces) for p in processes_in_namespace(ns)]
+
+
+def stop(record: HostRecord) -> tuple[bool, list[ProcessRef]]:
+    """Stop the whole host: runsvdir (HUP: its runsv stop their services), sshd, and anything
+    else still running in the host's namespace. Returns (was running, survivors)."""
+    namespaces = _verified_namespaces(record)
+    members = _members(namespaces)
+    running = any(p.alive() for p in record.processes()) or bool(members)
+    if record.runsvdir is not None:
+        record.runsvdir.signal(signal.SIGHUP)
+    if record.sshd is not None:
+        record.sshd.signal(signal.SIGTERM)
+    wait_gone([*record.processes(), *members], STOP_TIMEOUT)
+    # Whatever is left, including what daemonized away from sshd or runsv meanwhile.
+    survivors = terminate([*record.processes(), *_members(namespaces)], timeout=STOP_TIMEOUT)
+    return running, survivors

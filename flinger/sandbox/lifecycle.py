@@ -1,0 +1,273 @@
+"""Bringing a sandbox up and down, and acting on one of its hosts (the public operations)."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from flinger.errors import FlingerError
+from flinger.sandbox import agent, config, hosts, keys, state
+from flinger.sandbox.net import is_listening, pick_addresses, wait_not_listening
+from flinger.sandbox.paths import PRIVATE_MOUNTS, SandboxPaths, host_names
+from flinger.sandbox.procs import ProcessRef, terminate
+from flinger.sandbox.state import HostRecord, HostStatus, SandboxRecord, SandboxState
+from flinger.sandbox.tools import require_environment
+
+# sshd_config takes paths unquoted, and ssh expands % and ~ in some of them.
+_SAFE_PATH_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@,="
+)
+PRIVSEP_DIR = Path("/run/sshd")
+
+
+def _check_directory(directory: Path) -> Path:
+    directory = directory.expanduser().resolve()
+    if not set(str(directory)) <= _SAFE_PATH_CHARS:
+        raise FlingerError(
+            f"the sandbox directory {directory} holds characters sshd_config cannot take: "
+            "use letters, digits and / . _ - only"
+        )
+    for target, _ in PRIVATE_MOUNTS:
+        # Inside a host these paths are replaced, so the sandbox's own files would vanish.
+        hidden = Path(target).resolve()
+        if directory == hidden or hidden in directory.parents:
+            raise FlingerError(
+                f"the sandbox directory must not be under {target} (each host mounts its own "
+                f"{target}): use e.g. /var/tmp/flinger-sandbox"
+            )
+    return directory
+
+
+def _running(record: SandboxRecord) -> list[ProcessRef]:
+    procs = [p for h in record.hosts for p in h.processes()]
+    if record.agent is not None:
+        procs.append(record.agent)
+    return [p for p in procs if p.alive()]
+
+
+def _fully_running(record: SandboxRecord) -> bool:
+    return (
+        record.agent is not None
+        and record.agent.alive()
+        and all(
+            h.sshd and h.sshd.alive() and h.runsvdir and h.runsvdir.alive() for h in record.hosts
+        )
+    )
+
+
+def up(
+    directory: Path,
+    servers: int = 4,
+    *,
+    base_addr: str | None = None,
+    port: int = 2222,
+    source_dir: Path | None = None,
+) -> SandboxState:
+    """Start `servers` hosts (build1, node1..) in `directory`, or return the running sandbox."""
+    require_environment()
+    directory = _check_directory(directory)
+    if servers < 2:
+        raise FlingerError("a sandbox needs at least 2 hosts: the builder and one node")
+    if not 1 <= port <= 65535:
+        raise FlingerError(f"port must be between 1 and 65535, got {port}")
+    existing = state.load(directory)
+    if existing is not None:
+        if _fully_running(existing) and len(existing.hosts) == servers:
+            return SandboxState.of(existing)
+        if _running(existing):
+            raise FlingerError(
+                f"a sandbox with {len(existing.hosts)} hosts already runs in {directory}: "
+                "bring it down first (flinger sandbox down)"
+            )
+        state.remove(directory)  # stale: everything it recorded is gone
+
+    paths = SandboxPaths(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    paths.hosts_dir.mkdir(mode=0o700, exist_ok=True)
+    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+    names = host_names(servers)
+    addrs = pick_addresses(base_addr, servers, port)
+    keys.ensure_key(paths.client_key, "flinger-sandbox-client")
+    client_public = " ".join(keys.public_key(paths.client_key))
+    for name, addr in zip(names, addrs, strict=True):
+        host = paths.host(name)
+        keys.ensure_key(host.host_key, f"flinger-sandbox-{name}")
+        hosts.prepare(host, addr, port, client_public)
+
+    record = SandboxRecord(directory=directory, port=port)
+    state.save(record)
+    try:
+        record = SandboxRecord(directory, port, agent.start(paths))
+        state.save(record)
+        for name, addr in zip(names, addrs, strict=True):
+            record = record.with_host(hosts.start(paths.host(name), addr, port))
+            state.save(record)
+        _write_known_hosts(record)
+        config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts)
+    except BaseException:
+        _stop_all(record)
+        raise
+    return SandboxState.of(record)
+
+
+def _write_known_hosts(record: SandboxRecord) -> None:
+    paths = SandboxPaths(record.directory)
+    keys.write_known_hosts(
+        paths.known_hosts, [(h.addr, h.port, paths.host(h.name).host_key) for h in record.hosts]
+    )
+
+
+def _stop_all(record: SandboxRecord) -> tuple[list[str], list[ProcessRef]]:
+    stopped: list[str] = []
+    survivors: list[ProcessRef] = []
+    for host in record.hosts:
+        was_running, left = hosts.stop(host)
+        if was_running:
+            stopped.append(host.name)
+        survivors += left
+    if record.agent is not None:
+        survivors += terminate([record.agent])
+    return stopped, survivors
+
+
+def down(directory: Path, *, purge: bool = False) -> list[str]:
+    """Stop every process the sandbox in `directory` started; return the hosts stopped.
+
+    Keys and host directories stay for the next `up` unless `purge`.
+    """
+    directory = directory.expanduser().resolve()
+    paths = SandboxPaths(directory)
+    record = state.load(directory)
+    stopped: list[str] = []
+    if record is not None:
+        stopped, survivors = _stop_all(record)
+        if survivors:
+            pids = ", ".join(str(p.pid) for p in survivors)
+            raise FlingerError(f"sandbox processes survived SIGKILL: {pids}")
+        listening = [
+            h.name
+            for h in record.hosts
+            if not wait_not_listening(h.addr, h.port, hosts.STOP_TIMEOUT)
+        ]
+        if listening:
+            raise FlingerError(f"something still listens on the address of {', '.join(listening)}")
+        state.remove(directory)
+    paths.agent_socket.unlink(missing_ok=True)
+    if purge:
+        _purge(paths)
+    return stopped
+
+
+def _purge(paths: SandboxPaths) -> None:
+    """Remove what `up` created (and only that); the directory itself if left empty."""
+    if paths.hosts_dir.exists():
+        shutil.rmtree(paths.hosts_dir)
+    for path in (
+        paths.client_key,
+        paths.client_key.with_name(paths.client_key.name + ".pub"),
+        paths.known_hosts,
+        paths.config,
+        paths.agent_log,
+    ):
+        path.unlink(missing_ok=True)
+    flinger_state = paths.directory / ".flinger"
+    if flinger_state.is_dir():
+        shutil.rmtree(flinger_state)
+    try:
+        paths.directory.rmdir()
+    except OSError:
+        pass  # the user keeps other files there
+
+
+def _load_running(directory: Path) -> SandboxRecord:
+    directory = directory.expanduser().resolve()
+    record = state.load(directory)
+    if record is None:
+        raise FlingerError(f"no sandbox in {directory}: start one with flinger sandbox up")
+    return record
+
+
+def status(directory: Path) -> list[HostStatus]:
+    """Each recorded host and whether its sshd and runsvdir run (empty when no sandbox)."""
+    record = state.load(directory.expanduser().resolve())
+    if record is None:
+        return []
+    return [
+        HostStatus(
+            name=h.name,
+            addr=h.addr,
+            port=h.port,
+            sshd_alive=h.sshd is not None and h.sshd.alive(),
+            runsvdir_alive=h.runsvdir is not None and h.runsvdir.alive(),
+        )
+        for h in record.hosts
+    ]
+
+
+def state_of(directory: Path) -> SandboxState:
+    """The SandboxState of the sandbox recorded in `directory` (running or not)."""
+    return SandboxState.of(_load_running(directory))
+
+
+def env(directory: Path) -> str:
+    """Shell lines to `eval`: the sandbox agent and its deploy.toml."""
+    record = _load_running(directory)
+    paths = SandboxPaths(record.directory)
+    return (
+        f"export SSH_AUTH_SOCK={shlex.quote(str(paths.agent_socket))}\n"
+        f"export FLINGER_CONFIG={shlex.quote(str(paths.config))}\n"
+    )
+
+
+def stop_host(directory: Path, name: str) -> None:
+    """Stop only that host's sshd, so it refuses connections (its services keep running)."""
+    record = _load_running(directory)
+    host = record.host(name)
+    survivors = hosts.stop_sshd(host)
+    if survivors:
+        raise FlingerError(
+            f"sshd of sandbox host {name} (pid {host.sshd and host.sshd.pid}) did not stop"
+        )
+    state.save(
+        record.with_host(
+            HostRecord(host.name, host.addr, host.port, None, host.runsvdir, host.namespace)
+        )
+    )
+
+
+def start_host(directory: Path, name: str) -> None:
+    """Start that host's sshd again (the whole host if its runsvdir is gone too)."""
+    record = _load_running(directory)
+    host = record.host(name)
+    paths = SandboxPaths(record.directory).host(name)
+    if host.sshd is not None and host.sshd.alive():
+        return
+    if host.runsvdir is not None and host.runsvdir.alive():
+        started = hosts.start_sshd_in_namespace(paths, host)
+    else:
+        hosts.stop(host)  # whatever is left of it
+        if is_listening(host.addr, host.port):
+            raise FlingerError(f"{host.addr}:{host.port} of sandbox host {name} is taken")
+        started = hosts.start(paths, host.addr, host.port)
+    state.save(record.with_host(started))
+
+
+def rotate_host_key(directory: Path, name: str) -> None:
+    """Give that host a new host key and restart its sshd; known_hosts keeps the old key
+    (so clients see a changed key) until `refresh_known_hosts`."""
+    record = _load_running(directory)
+    host = record.host(name)
+    paths = SandboxPaths(record.directory).host(name)
+    keys.generate_key(paths.host_key, f"flinger-sandbox-{name}")
+    if host.sshd is not None and host.sshd.alive():
+        stop_host(directory, name)
+        start_host(directory, name)
+
+
+def refresh_known_hosts(directory: Path) -> Path:
+    """Rewrite <dir>/known_hosts with every host's current key; return its path."""
+    record = _load_running(directory)
+    _write_known_hosts(record)
+    return SandboxPaths(record.directory).known_hosts
