@@ -19,7 +19,9 @@ import tomlkit.exceptions
 from flinger.errors import ConfigError
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEYLINE = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+_KEYLINE = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
 
 
 def _split_key(raw: str) -> list[str]:
@@ -56,6 +58,17 @@ def line_index(text: str) -> dict[str, int]:
     return lines
 
 
+def locate(lines: dict[str, int], key: str) -> int | None:
+    """The line of `key`, or of its nearest enclosing key (inline tables and arrays)."""
+    parts = key.split(".")
+    while parts:
+        line = lines.get(".".join(parts))
+        if line is not None:
+            return line
+        parts.pop()
+    return None
+
+
 @dataclass
 class TomlFile:
     """A parsed TOML file: plain data plus the line of each key."""
@@ -65,12 +78,7 @@ class TomlFile:
     lines: dict[str, int]
 
     def error(self, key: str, message: str) -> ConfigError:
-        line = self.lines.get(key)
-        parts = key.split(".")
-        while line is None and parts:
-            parts.pop()
-            line = self.lines.get(".".join(parts))
-        return ConfigError(message, file=self.path, line=line, key=key or None)
+        return ConfigError(message, file=self.path, line=locate(self.lines, key), key=key or None)
 
     def table(self, key: str, value: Any, allowed: Iterable[str]) -> Fields:
         if not isinstance(value, dict):

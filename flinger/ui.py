@@ -61,7 +61,9 @@ class LiveBoard:
             )
         return table
 
-    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None:
+    def update(
+        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
+    ) -> None:
         with self._lock:
             row = self.rows.setdefault(server, {"state": "waiting", "step": "", "info": "", "start": None, "end": None})
             if state is not None:
@@ -103,7 +105,14 @@ class LiveBoard:
 
 
 class UI:
-    def __init__(self, *, json_mode: bool = False, verbose: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        json_mode: bool = False,
+        verbose: bool = False,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
         self.json_mode = json_mode
         self.verbose = verbose
         self.out = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=True)

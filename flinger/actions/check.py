@@ -27,8 +27,14 @@ class CheckReport:
             "config": self.config,
             "manifest": self.manifest,
             "threshold": self.threshold,
-            "servers": [dict(zip(("server", "addr", "roles", "builder", "deploy", "manager"), r, strict=True)) for r in self.server_rows],
-            "packages": [dict(zip(("package", "service", "source", "roles", "servers"), r, strict=True)) for r in self.package_rows],
+            "servers": [
+                dict(zip(("server", "addr", "roles", "builder", "deploy", "manager"), r, strict=True))
+                for r in self.server_rows
+            ],
+            "packages": [
+                dict(zip(("package", "service", "source", "roles", "servers"), r, strict=True))
+                for r in self.package_rows
+            ],
             "warnings": self.warnings,
         }
 
@@ -44,34 +50,50 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
     deploy = topology.deployment_servers()
     for server in topology.servers.values():
         addr = server.addr if server.port is None else f"{server.addr}:{server.port}"
-        report.server_rows.append((
-            server.name, addr, ",".join(server.roles) or "-",
-            "yes" if server.name == topology.builder.server else "",
-            "yes" if server.name in topology.deployment.servers else "",
-            server.service_manager,
-        ))
+        report.server_rows.append(
+            (
+                server.name,
+                addr,
+                ",".join(server.roles) or "-",
+                "yes" if server.name == topology.builder.server else "",
+                "yes" if server.name in topology.deployment.servers else "",
+                server.service_manager,
+            )
+        )
     held = {role for s in deploy for role in s.roles}
     for pkg in manifest.packages.values():
         for role in pkg.roles:
             if role != "*" and role not in held:
-                report.warnings.append(
-                    f"{manifest.path}:{pkg.line or '?'}: packages.{pkg.name}.roles: no deployment server has role \"{role}\""
-                )
+                where = f"{manifest.path}:{pkg.line or '?'}: packages.{pkg.name}.roles"
+                report.warnings.append(f'{where}: no deployment server has role "{role}"')
         if pkg.source.type == "local" and not pkg.source.build:
             # Without build commands every path must already exist in the client's tree.
             for i, mapping in enumerate(pkg.source.paths):
                 if not glob.glob(str(topology.source_dir / mapping.src)):
-                    raise manifest_error(manifest, f"packages.{pkg.name}.source.paths.{i}.from",
-                                         f'"{mapping.src}" matches nothing under {topology.source_dir}')
+                    raise manifest_error(
+                        manifest,
+                        f"packages.{pkg.name}.source.paths.{i}.from",
+                        f'"{mapping.src}" matches nothing under {topology.source_dir}',
+                    )
         for i, overlay in enumerate(pkg.overlay):
             if not (topology.source_dir / overlay.template).is_file():
-                raise manifest_error(manifest, f"packages.{pkg.name}.overlay.{i}.template",
-                                     f'template "{overlay.template}" not found under {topology.source_dir}')
+                raise manifest_error(
+                    manifest,
+                    f"packages.{pkg.name}.overlay.{i}.template",
+                    f'template "{overlay.template}" not found under {topology.source_dir}',
+                )
         getting = [s.name for s in deploy if s.has_any_role(pkg.roles)]
-        report.package_rows.append((pkg.name, pkg.service_name if pkg.service else "-", pkg.source.type,
-                                    ",".join(pkg.roles), ",".join(getting) or "-"))
+        report.package_rows.append(
+            (
+                pkg.name,
+                pkg.service_name if pkg.service else "-",
+                pkg.source.type,
+                ",".join(pkg.roles),
+                ",".join(getting) or "-",
+            )
+        )
     for spec in manifest.secrets.values():
         for role in (*spec.roles, *spec.visible_to):
             if role != "*" and role not in held:
-                report.warnings.append(f"{manifest.path}: secrets.{spec.name}: no deployment server has role \"{role}\"")
+                report.warnings.append(f'{manifest.path}: secrets.{spec.name}: no deployment server has role "{role}"')
     return report

@@ -44,8 +44,12 @@ class SyncResult:
 def plan_sync(topology: Topology) -> SyncPlan:
     source = topology.source_dir
     if not source.is_dir():
-        raise ConfigError(f"source_dir {source} is not a directory", file=topology.config_path,
-                          line=topology.line_of("source_dir"), key="source_dir")
+        raise ConfigError(
+            f"source_dir {source} is not a directory",
+            file=topology.config_path,
+            line=topology.line_of("source_dir"),
+            key="source_dir",
+        )
     builder = topology.builder_server()
     excludes = [".git/", ".flinger/"]
     artifacts = topology.builder.artifacts_dir
@@ -53,9 +57,19 @@ def plan_sync(topology: Topology) -> SyncPlan:
         excludes.append(f"/{artifacts.strip('/')}/")
     excludes += list(topology.sync_exclude)
     argv = [
-        "rsync", "--recursive", "--links", "--perms", "--times", "--compress",
-        "--delete", "--mkpath", "--stats", "--itemize-changes", "--info=progress2",
-        "-e", rsync_rsh(builder, topology.ssh),
+        "rsync",
+        "--recursive",
+        "--links",
+        "--perms",
+        "--times",
+        "--compress",
+        "--delete",
+        "--mkpath",
+        "--stats",
+        "--itemize-changes",
+        "--info=progress2",
+        "-e",
+        rsync_rsh(builder, topology.ssh),
     ]
     for pattern in excludes:
         argv += ["--exclude", pattern]
@@ -105,8 +119,13 @@ def run_sync(plan: SyncPlan, on_progress: Callable[[str], None] | None = None) -
     return SyncResult(stats=stats, deleted=deleted, transferred=transferred)
 
 
-def _parse_line(line: str, stats: dict[str, int], deleted: list[str], transferred: list[str],
-                on_progress: Callable[[str], None] | None) -> None:
+def _parse_line(
+    line: str,
+    stats: dict[str, int],
+    deleted: list[str],
+    transferred: list[str],
+    on_progress: Callable[[str], None] | None,
+) -> None:
     for label, key in STAT_FIELDS.items():
         if line.startswith(label + ":"):
             number = line.split(":", 1)[1].split()[0].replace(",", "")

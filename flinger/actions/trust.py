@@ -51,7 +51,12 @@ def run_trust(
             )
         changed = record_host_key(known_hosts, server.addr, port, key)
         state = "recorded" if before is None else ("replaced" if changed else "already trusted")
-        return {"fingerprint": seen, "key_type": key.get_name(), "previous": before, "state": state,
-                "summary": f"{seen} {key.get_name()} ({state})"}
+        return {
+            "fingerprint": seen,
+            "key_type": key.get_name(),
+            "previous": before,
+            "state": state,
+            "summary": f"{seen} {key.get_name()} ({state})",
+        }
 
     return fan_out(servers, work, parallel=parallel, board=board)

@@ -25,12 +25,18 @@ app = typer.Typer(
 @app.callback()
 def _global(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("-c", "--config", help="deploy.toml (default ./deploy.toml, then $FLINGER_CONFIG)")] = None,
+    config: Annotated[
+        Path | None, typer.Option("-c", "--config", help="deploy.toml (default ./deploy.toml, then $FLINGER_CONFIG)")
+    ] = None,
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=256, help="servers worked on at once")] = 16,
     json_: Annotated[bool, typer.Option("--json", help="print results as JSON on stdout")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="more detail (paths and fingerprints, never secrets)")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="more detail (paths and fingerprints, never secrets)")
+    ] = False,
 ) -> None:
-    ctx.obj = Env(config=config, parallel=parallel, json=json_, verbose=verbose, ui=UI(json_mode=json_, verbose=verbose))
+    ctx.obj = Env(
+        config=config, parallel=parallel, json=json_, verbose=verbose, ui=UI(json_mode=json_, verbose=verbose)
+    )
 
 
 def env_of(ctx: typer.Context) -> Env:
@@ -38,14 +44,18 @@ def env_of(ctx: typer.Context) -> Env:
     return ctx.obj
 
 
-ServersOpt = Annotated[str | None, typer.Option("--servers", help="comma-separated server names (default: the deployment servers)")]
+ServersOpt = Annotated[
+    str | None, typer.Option("--servers", help="comma-separated server names (default: the deployment servers)")
+]
 
 
 def finish(env: Env, title: str, results: list[ServerResult], extra: dict[str, Any] | None = None) -> int:
     """Print the summary (or JSON) of a fan-out and return the exit status."""
     status = exit_status(results)
     if env.json:
-        env.ui.emit_json({"command": title, "exit_status": int(status), "servers": [r.as_json() for r in results], **(extra or {})})
+        env.ui.emit_json(
+            {"command": title, "exit_status": int(status), "servers": [r.as_json() for r in results], **(extra or {})}
+        )
     else:
         env.ui.summary(title, results)
     return int(status)
@@ -63,9 +73,17 @@ def check(ctx: typer.Context) -> int:
     if env.json:
         env.ui.emit_json(report.as_json())
         return 0
-    env.ui.table(f"deployment {report.name}: {report.config}", ("server", "address", "roles", "builder", "deploy", "manager"), report.server_rows)
-    env.ui.table(f"packages: {report.manifest}", ("package", "service", "source", "roles", "servers"), report.package_rows)
-    env.ui.success(f"ok: {len(report.server_rows)} servers, {len(report.package_rows)} packages, threshold {report.threshold}")
+    env.ui.table(
+        f"deployment {report.name}: {report.config}",
+        ("server", "address", "roles", "builder", "deploy", "manager"),
+        report.server_rows,
+    )
+    env.ui.table(
+        f"packages: {report.manifest}", ("package", "service", "source", "roles", "servers"), report.package_rows
+    )
+    env.ui.success(
+        f"ok: {len(report.server_rows)} servers, {len(report.package_rows)} packages, threshold {report.threshold}"
+    )
     return 0
 
 
@@ -73,7 +91,9 @@ def check(ctx: typer.Context) -> int:
 def trust(
     ctx: typer.Context,
     servers: ServersOpt = None,
-    replace: Annotated[bool, typer.Option("--replace", help="accept a CHANGED key (after checking it out of band)")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="accept a CHANGED key (after checking it out of band)")
+    ] = False,
 ) -> int:
     """Show host key fingerprints and record them in [ssh] known_hosts (explicit first use)."""
     from flinger.actions.trust import run_trust
@@ -91,7 +111,9 @@ def exec_(
     ctx: typer.Context,
     command: Annotated[str, typer.Argument(help="shell command line to run on each server")],
     servers: ServersOpt = None,
-    privileged: Annotated[bool, typer.Option("--privileged", help="run through each server's privilege tool (sudo/pfexec)")] = False,
+    privileged: Annotated[
+        bool, typer.Option("--privileged", help="run through each server's privilege tool (sudo/pfexec)")
+    ] = False,
 ) -> int:
     """Run a command on servers in parallel; each output line is prefixed with the server name."""
     from flinger.actions.remote_exec import run_exec
@@ -100,7 +122,9 @@ def exec_(
     chosen = env.select_servers(servers)
     board = env.ui.board([s.name for s in chosen], f"exec: {command}")
     with board.running():
-        results = run_exec(env.topology(), chosen, command, parallel=env.parallel, board=board, use_privilege=privileged)
+        results = run_exec(
+            env.topology(), chosen, command, parallel=env.parallel, board=board, use_privilege=privileged
+        )
     if env.json:
         for r in results:
             r.details.pop("stderr", None)
@@ -124,7 +148,15 @@ def sync(ctx: typer.Context) -> int:
         result = run_sync(plan, on_progress=lambda line: board.update(env.topology().builder.server, info=line))
     stats = result.stats
     if env.json:
-        env.ui.emit_json({"command": "sync", "exit_status": 0, "stats": stats, "transferred": result.transferred, "deleted": result.deleted})
+        env.ui.emit_json(
+            {
+                "command": "sync",
+                "exit_status": 0,
+                "stats": stats,
+                "transferred": result.transferred,
+                "deleted": result.deleted,
+            }
+        )
         return 0
     env.ui.success(
         f"synced to {plan.destination}: {len(result.transferred)} files sent, {len(result.deleted)} deleted, "
@@ -134,7 +166,9 @@ def sync(ctx: typer.Context) -> int:
     return 0
 
 
-sandbox_app = typer.Typer(help="A local multi-host test bed: real sshd hosts on loopback addresses.", no_args_is_help=True)
+sandbox_app = typer.Typer(
+    help="A local multi-host test bed: real sshd hosts on loopback addresses.", no_args_is_help=True
+)
 app.add_typer(sandbox_app, name="sandbox")
 DirOpt = Annotated[Path, typer.Option("--dir", help="sandbox directory")]
 DEFAULT_SANDBOX = Path(".flinger-sandbox")
@@ -152,9 +186,17 @@ def sandbox_up(
     env = env_of(ctx)
     state = sandbox.up(directory.resolve(), servers)
     if env.json:
-        env.ui.emit_json({"command": "sandbox up", "config": str(state.config_path), "hosts": {k: list(v) for k, v in state.hosts.items()}})
+        env.ui.emit_json(
+            {
+                "command": "sandbox up",
+                "config": str(state.config_path),
+                "hosts": {k: list(v) for k, v in state.hosts.items()},
+            }
+        )
         return 0
-    env.ui.table(f"sandbox {state.directory}", ("host", "address", "port"), [(n, a, p) for n, (a, p) in state.hosts.items()])
+    env.ui.table(
+        f"sandbox {state.directory}", ("host", "address", "port"), [(n, a, p) for n, (a, p) in state.hosts.items()]
+    )
     env.ui.note(f'config: {state.config_path}\nagent:  eval "$(flinger sandbox env --dir {directory})"')
     return 0
 
@@ -179,8 +221,14 @@ def sandbox_status(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> i
     if env.json:
         env.ui.emit_json([vars(r) for r in rows])
     else:
-        env.ui.table("sandbox", ("host", "address", "port", "sshd", "runsvdir"),
-                     [(r.name, r.addr, r.port, "up" if r.sshd_alive else "down", "up" if r.runsvdir_alive else "down") for r in rows])
+        env.ui.table(
+            "sandbox",
+            ("host", "address", "port", "sshd", "runsvdir"),
+            [
+                (r.name, r.addr, r.port, "up" if r.sshd_alive else "down", "up" if r.runsvdir_alive else "down")
+                for r in rows
+            ],
+        )
     return 0 if rows and all(r.sshd_alive for r in rows) else int(ExitStatus.UNREACHABLE)
 
 
@@ -191,5 +239,3 @@ def sandbox_env(directory: DirOpt = DEFAULT_SANDBOX) -> int:
 
     typer.echo(sandbox.env(directory.resolve()))
     return 0
-
-

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from flinger.errors import UsageError
 from flinger.manifest import Manifest, load_manifest
+from flinger.tomlfile import suggest
 from flinger.topology import Topology, find_config, load_topology
 from flinger.topology.model import Server
-from flinger.tomlfile import suggest
 from flinger.ui import UI
 
 

@@ -21,7 +21,7 @@ from flinger.manifest.model import (
     Service,
     Source,
 )
-from flinger.tomlfile import Fields, TomlFile, load_toml
+from flinger.tomlfile import Fields, TomlFile, line_index, load_toml, locate, suggest
 
 TOP_KEYS = ("packages", "secrets", "prereqs")
 PACKAGE_KEYS = ("service_name", "version", "roles", "setup_hint", "source", "service", "overlay")
@@ -32,8 +32,17 @@ SOURCE_KEYS = {
     "composite": ("type", "packages"),
 }
 SERVICE_KEYS = (
-    "command", "working_dir", "environment", "user", "group", "restart", "restart_sec",
-    "after", "limits", "log_file", "health",
+    "command",
+    "working_dir",
+    "environment",
+    "user",
+    "group",
+    "restart",
+    "restart_sec",
+    "after",
+    "limits",
+    "log_file",
+    "health",
 )
 HEALTH_KEYS = ("url", "command", "timeout", "interval", "ca")
 OVERLAY_KEYS = ("template", "to", "roles", "mode")
@@ -54,9 +63,9 @@ def _relative(f: Fields, name: str, value: str) -> str:
 def _source(f: Fields) -> Source:
     kind = f.string("type", required=True)
     if kind not in SOURCE_TYPES:
-        from flinger.tomlfile import suggest
-
-        raise f.error("type", f'unknown source type "{kind}": use local, prebuilt or composite{suggest(kind, SOURCE_TYPES)}')
+        raise f.error(
+            "type", f'unknown source type "{kind}": use local, prebuilt or composite{suggest(kind, SOURCE_TYPES)}'
+        )
     f.reject_unknown(SOURCE_KEYS[kind])
     if kind == "local":
         paths = []
@@ -66,7 +75,10 @@ def _source(f: Fields) -> Source:
         for i, item in enumerate(raw):
             p = f.file.table(f.key(f"paths.{i}"), item, ("from", "to"))
             paths.append(
-                PathMapping(_relative(p, "from", p.string("from", required=True)), _relative(p, "to", p.string("to", required=True)))
+                PathMapping(
+                    _relative(p, "from", p.string("from", required=True)),
+                    _relative(p, "to", p.string("to", required=True)),
+                )
             )
         return Source(type=kind, build=f.str_list("build"), paths=tuple(paths))
     if kind == "prebuilt":
@@ -201,7 +213,7 @@ def _check_composites(file: TomlFile, packages: dict[str, Package]) -> None:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = " -> ".join([*trail[trail.index(name):], name])
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
             raise file.error(f"packages.{trail[0]}.source.packages", f"composite cycle: {cycle}")
         state[name] = 1
         for member in packages[name].source.packages:
@@ -242,7 +254,5 @@ def load_manifest(path: Path) -> Manifest:
 
 def manifest_error(manifest: Manifest, key: str, message: str) -> ConfigError:
     """A ConfigError about `key` of a loaded manifest (line looked up again from the file)."""
-    from flinger.tomlfile import line_index
-
     lines = line_index(Path(manifest.path).read_text(encoding="utf-8"))
-    return ConfigError(message, file=manifest.path, line=lines.get(key), key=key)
+    return ConfigError(message, file=manifest.path, line=locate(lines, key), key=key)

@@ -7,6 +7,7 @@ Commands run on raw paramiko channels so stdin can be closed and output streamed
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import socket
 import threading
@@ -130,7 +131,7 @@ class Connection:
                     raise UnreachableError(
                         f"{self.server.name}: authentication failed as {self._conn.user}: {exc}"
                     ) from None
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - classified just below
                     if not _is_connect_error(exc) or attempt == attempts - 1:
                         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
                         raise UnreachableError(
@@ -199,10 +200,9 @@ class Connection:
         return transport.open_channel("direct-tcpip", (addr, port), ("", 0))
 
     def close(self) -> None:
-        try:
+        # Closing a dead connection must not mask the results of the run.
+        with contextlib.suppress(Exception):
             self._conn.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection must not mask results
-            pass
 
 
 def _collect(channel: paramiko.Channel, command: str, on_line: LineSink | None, timeout: float | None) -> CommandResult:

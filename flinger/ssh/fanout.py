@@ -20,7 +20,7 @@ from flinger.errors import ExitStatus, FlingerError, RemoteCommandError, Unreach
 from flinger.topology.model import Server
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
@@ -54,13 +54,17 @@ class ServerResult:
 class Board(Protocol):
     """Where per-server progress goes (the live view, or nothing)."""
 
-    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None: ...
+    def update(
+        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
+    ) -> None: ...
 
     def line(self, server: str, text: str) -> None: ...
 
 
 class NullBoard:
-    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None:
+    def update(
+        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
+    ) -> None:
         return None
 
     def line(self, server: str, text: str) -> None:

@@ -58,7 +58,9 @@ def load_host_keys(path: Path) -> paramiko.HostKeys:
     return keys
 
 
-def fetch_host_key(addr: str, port: int, timeout: float, sock: socket.socket | paramiko.Channel | None = None) -> paramiko.PKey:
+def fetch_host_key(
+    addr: str, port: int, timeout: float, sock: socket.socket | paramiko.Channel | None = None
+) -> paramiko.PKey:
     """Ask a server for its host key (key exchange only; no authentication)."""
     try:
         if sock is None:

@@ -14,11 +14,16 @@ def ssh_argv(server: Server, settings: SshSettings, *, known_hosts: str | None =
     """`ssh` with strict host-key options for `server` (without the destination)."""
     argv = [
         "ssh",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts or settings.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts or settings.known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
     ]
     if not settings.use_ssh_config:
         argv[1:1] = ["-F", "/dev/null"]
@@ -40,7 +45,7 @@ def remote_rsync_path(path: str) -> str:
     """rsync does not expand $HOME or ~ on the remote side: make those relative to home."""
     for prefix in ("$HOME/", "~/"):
         if path.startswith(prefix):
-            return path[len(prefix):] or "."
+            return path[len(prefix) :] or "."
     if path in ("$HOME", "~"):
         return "."
     return path
@@ -50,7 +55,7 @@ def remote_shell_path(path: str) -> str:
     """A path for a remote shell: quoted, with a leading $HOME or ~ left to the shell."""
     for prefix in ("$HOME/", "~/"):
         if path.startswith(prefix):
-            return '"$HOME"/' + shlex.quote(path[len(prefix):])
+            return '"$HOME"/' + shlex.quote(path[len(prefix) :])
     if path in ("$HOME", "~"):
         return '"$HOME"'
     return shlex.quote(path)

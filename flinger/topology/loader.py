@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from flinger.errors import ConfigError, UsageError
-from flinger.tomlfile import Fields, TomlFile, load_toml, suggest
+from flinger.tomlfile import Fields, TomlFile, load_toml, locate, suggest
 from flinger.topology.model import (
     PRIVILEGES,
     SERVICE_MANAGERS,
@@ -24,7 +24,14 @@ DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold")
 SSH_KEYS = ("known_hosts", "connect_timeout", "jump", "retries", "use_ssh_config")
 SYNC_KEYS = ("exclude",)
 SERVER_KEYS = (
-    "addr", "user", "port", "roles", "privilege", "service_manager", "host_key", "python",
+    "addr",
+    "user",
+    "port",
+    "roles",
+    "privilege",
+    "service_manager",
+    "host_key",
+    "python",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
@@ -171,4 +178,4 @@ def load_topology(path: Path) -> Topology:
 
 def config_error(topology: Topology, key: str, message: str) -> ConfigError:
     """A ConfigError about `key` of an already loaded topology."""
-    return ConfigError(message, file=topology.config_path, line=topology.line_of(key), key=key)
+    return ConfigError(message, file=topology.config_path, line=locate(topology.lines, key), key=key)
