@@ -78,7 +78,9 @@ class ShareCollector(threading.Thread):
                 break
             if not any(not self.seal.has_share_of(p.name) for p in self.peers):
                 # every peer counted and still sealed: nothing more to ask
-                log.warning("all peers answered but the threshold is not met; staying sealed")
+                status = self.seal.status()
+                log.warning("no peer left to ask and %d of %d shares held; staying sealed",
+                            status["shares"], status["threshold"])
                 break
             delay = self.retry_initial if progressed else min(delay * 2, self.retry_max)
             # jitter keeps a fleet that restarted together from asking in lockstep
