@@ -107,7 +107,10 @@ def up(
         _write_known_hosts(record)
         config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts)
     except BaseException:
-        _stop_all(record)
+        _, survivors = _stop_all(record)
+        if not survivors:  # else keep the record, so `down` can try again
+            state.remove(directory)
+            paths.agent_socket.unlink(missing_ok=True)
         raise
     return SandboxState.of(record)
 
