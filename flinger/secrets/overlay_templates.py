@@ -1,0 +1,149 @@
+"""Rendering overlay templates (jinja2, StrictUndefined) with secret visibility enforced.
+
+A template sees `secrets` (its own server's per-server secrets) and `peer_secrets` (every
+server's values of the secrets its roles are allowed to see). Asking for any other secret
+stops the render with a ConfigError naming the template, the line, the secret and the server:
+a mistake in a template must not hand one server another server's secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+from jinja2.utils import missing
+
+from flinger.errors import ConfigError
+
+
+class SecretRefused(Exception):
+    """A template asked for a secret its server may not see (carries names, never values)."""
+
+    def __init__(self, secret: str, reason: str) -> None:
+        super().__init__(f"secret '{secret}': {reason}")
+        self.secret = secret
+        self.reason = reason
+
+
+class Namespace(dict[str, Any]):
+    """A dict that knows its dotted name in the template context, so an undefined attribute
+    is reported as `server.prot` instead of "'dict object' has no attribute 'prot'"."""
+
+    def __init__(self, path: str, items: Mapping[str, Any]) -> None:
+        super().__init__(items)
+        self.flinger_path = path
+
+
+class SecretView(Namespace):
+    """The secrets one server may see; asking for a known secret it may not see raises
+    SecretRefused (jinja2 reaches dict items through __getitem__, hence __missing__)."""
+
+    def __init__(self, path: str, visible: Mapping[str, Any], refused: Mapping[str, str]) -> None:
+        super().__init__(path, visible)
+        self._refused = dict(refused)
+
+    def __missing__(self, key: str) -> Any:
+        if key in self._refused:
+            raise SecretRefused(key, self._refused[key])
+        raise KeyError(key)
+
+
+class _Undefined(jinja2.StrictUndefined):
+    @property
+    def _undefined_message(self) -> str:
+        if self._undefined_hint:
+            return self._undefined_hint
+        if self._undefined_obj is missing:
+            return f"undefined variable '{self._undefined_name}'"
+        path = getattr(self._undefined_obj, "flinger_path", None)
+        if isinstance(path, str):
+            name = self._undefined_name
+            sub = f".{name}" if isinstance(name, str) else f"[{name!r}]"
+            return f"undefined variable '{path}{sub}'"
+        return f"undefined variable: {super()._undefined_message}"
+
+
+def make_environment(template_root: Path) -> jinja2.Environment:
+    """The one jinja2 environment for overlay templates under `template_root`."""
+    # Overlay files are config files (JSON, TOML, env files), not HTML: escaping would corrupt
+    # them, and templates use filters such as tojson where quoting matters.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_root)),
+        undefined=_Undefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701
+    )
+
+
+def _template_frame(tb: TracebackType | None, root: Path) -> tuple[str | None, int | None]:
+    """The innermost traceback frame inside a template file under `root` (jinja2 rewrites
+    tracebacks so that template frames carry the template's file name and line)."""
+    where: tuple[str | None, int | None] = (None, None)
+    prefix = str(root.resolve())
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.startswith(prefix):
+            where = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return where
+
+
+def _scrub(text: str, sensitive: Iterable[str]) -> str:
+    for value in sensitive:
+        if value and value in text:
+            text = text.replace(value, "<redacted>")
+    return text
+
+
+def render(
+    env: jinja2.Environment,
+    template_name: str,
+    context: Mapping[str, Any],
+    *,
+    server: str,
+    sensitive: Iterable[str] = (),
+    manifest_path: str | None = None,
+    manifest_key: str | None = None,
+) -> bytes:
+    """Render one template for `server`; every failure is a ConfigError naming the template
+    file and line (and never a value from `sensitive`)."""
+    root = Path(getattr(env.loader, "searchpath", ["."])[0])
+    display = str(root / template_name)
+    try:
+        template = env.get_template(template_name)
+        return template.render(context).encode("utf-8")
+    except jinja2.TemplateNotFound:
+        raise ConfigError(
+            f"template {template_name} not found under {root}",
+            file=manifest_path,
+            key=manifest_key,
+        ) from None
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(
+            f"template syntax: {_scrub(e.message or 'invalid', sensitive)}",
+            file=e.filename or display,
+            line=e.lineno,
+        ) from None
+    except SecretRefused as e:
+        file, line = _template_frame(e.__traceback__, root)
+        raise ConfigError(
+            f"secret '{e.secret}' may not be seen by server {server}: {e.reason}",
+            file=file or display,
+            line=line,
+        ) from None
+    except jinja2.UndefinedError as e:
+        file, line = _template_frame(e.__traceback__, root)
+        message = _scrub(e.message or "undefined variable", sensitive)
+        raise ConfigError(
+            f"{message} (rendering for server {server})", file=file or display, line=line
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any failure inside a template is the template's
+        file, line = _template_frame(e.__traceback__, root)
+        raise ConfigError(
+            f"{type(e).__name__}: {_scrub(str(e), sensitive)} (rendering for server {server})",
+            file=file or display,
+            line=line,
+        ) from None

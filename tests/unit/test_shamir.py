@@ -1,0 +1,252 @@
+"""Shamir sharing with Feldman commitments (flinger/remote/shamir.py): the group, recovery from
+any threshold of shares, verification, the share file format and the verify-share command."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flinger.remote import shamir
+
+REPO = Path(__file__).resolve().parents[2]
+PY39 = Path("/root/.pyenv/versions/3.9.18/bin/python3")
+
+
+def _probably_prime(n: int, rounds: int = 8) -> bool:
+    rng = random.Random(1)
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        r += 1
+    for _ in range(rounds):
+        x = pow(rng.randrange(2, n - 2), d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def test_group_is_a_safe_prime_and_g_generates_the_order_q_subgroup() -> None:
+    assert shamir.P.bit_length() == 2048
+    assert shamir.P == 2 * shamir.Q + 1
+    assert _probably_prime(shamir.P) and _probably_prime(shamir.Q)
+    assert shamir.P % 8 == 7  # why 2 is a quadratic residue
+    assert pow(shamir.G, shamir.Q, shamir.P) == 1 and shamir.G != 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=shamir.Q - 1))
+def test_fixed_base_power_matches_pow(e: int) -> None:
+    assert shamir.pow_g(e) == pow(shamir.G, e, shamir.P)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_any_t_of_n_shares_recover_the_secret(data: st.DataObject) -> None:
+    n = data.draw(st.integers(min_value=1, max_value=64), label="n")
+    t = data.draw(st.integers(min_value=1, max_value=n), label="t")
+    secret = data.draw(st.integers(min_value=0, max_value=2**256 - 1), label="secret")
+    commitments, shares = shamir.split(secret, n, t)
+    assert len(commitments) == t and [i for i, _ in shares] == list(range(1, n + 1))
+    subset = data.draw(st.permutations(shares), label="order")[:t]
+    assert shamir.combine(subset) == secret
+    assert shamir.check_secret(secret, commitments)
+    # more than t shares recover it too
+    assert shamir.combine(shares) == secret
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_t_minus_one_shares_do_not_recover_the_secret(data: st.DataObject) -> None:
+    n = data.draw(st.integers(min_value=2, max_value=64), label="n")
+    t = data.draw(st.integers(min_value=2, max_value=n), label="t")
+    secret = data.draw(st.integers(min_value=0, max_value=2**256 - 1), label="secret")
+    commitments, shares = shamir.split(secret, n, t)
+    subset = data.draw(st.permutations(shares), label="order")[: t - 1]
+    recovered = shamir.combine(subset)
+    assert recovered != secret
+    assert not shamir.check_secret(recovered, commitments)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_every_share_verifies_against_its_commitments(data: st.DataObject) -> None:
+    n = data.draw(st.integers(min_value=1, max_value=24), label="n")
+    t = data.draw(st.integers(min_value=1, max_value=n), label="t")
+    commitments, shares = shamir.split(shamir.random_secret(), n, t)
+    assert all(shamir.verify_share(i, v, commitments) for i, v in shares)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=16),
+    pick=st.integers(min_value=0, max_value=15),
+    byte=st.integers(min_value=0, max_value=255),
+    flip=st.integers(min_value=1, max_value=255),
+)
+def test_a_share_altered_in_one_byte_fails_verification(n: int, pick: int, byte: int, flip: int) -> None:
+    commitments, shares = shamir.split(shamir.random_secret(), n, n // 2 + 1)
+    index, value = shares[pick % n]
+    altered = value ^ (flip << (8 * (byte % 32)))
+    assert altered != value
+    assert not shamir.verify_share(index, altered, commitments)
+    # the same value presented under another index fails as well
+    assert not shamir.verify_share(index % n + 1, value, commitments)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(min_value=2, max_value=12))
+def test_one_deployments_verifier_rejects_anothers_share(n: int) -> None:
+    t = n // 2 + 1
+    commitments_a, shares_a = shamir.split(shamir.random_secret(), n, t)
+    commitments_b, shares_b = shamir.split(shamir.random_secret(), n, t)
+    assert not any(shamir.verify_share(i, v, commitments_a) for i, v in shares_b)
+    assert not any(shamir.verify_share(i, v, commitments_b) for i, v in shares_a)
+
+
+def test_split_and_combine_refuse_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        shamir.split(1, 3, 4)
+    with pytest.raises(ValueError):
+        shamir.split(1, 3, 0)
+    with pytest.raises(ValueError):
+        shamir.split(shamir.Q, 3, 2)
+    with pytest.raises(ValueError):
+        shamir.combine([(1, 5), (1, 6)])
+    with pytest.raises(ValueError):
+        shamir.combine([])
+    assert not shamir.verify_share(0, 1, [4])
+    assert not shamir.verify_share(1, shamir.Q, [4])
+    assert not shamir.verify_share(1, 1, [])
+
+
+def test_fingerprint_is_sha256_of_the_32_byte_secret() -> None:
+    import hashlib
+
+    assert shamir.fingerprint(1) == "SHA256:" + hashlib.sha256(b"\0" * 31 + b"\1").hexdigest()
+
+
+def _write_shares(tmp: Path, deployment: str, n: int, t: int, secret: int) -> list[Path]:
+    commitments, shares = shamir.split(secret, n, t)
+    paths = []
+    for i, v in shares:
+        p = tmp / f"{deployment}-{i}.json"
+        p.write_text(json.dumps(shamir.share_document(deployment, t, n, i, v, commitments)))
+        paths.append(p)
+    return paths
+
+
+def test_share_document_round_trips_through_load_share(tmp_path: Path) -> None:
+    secret = shamir.random_secret()
+    paths = _write_shares(tmp_path, "demo", 3, 2, secret)
+    raw = json.loads(paths[0].read_text())
+    assert raw["version"] == 1 and raw["verifier"]["group"] == "rfc3526-2048"
+    assert raw["verifier"]["generator"] == shamir.G
+    doc = shamir.load_share(str(paths[0]))
+    assert doc["index"] == 1 and doc["threshold"] == 2 and doc["total"] == 3
+    assert shamir.verify_share(doc["index"], doc["share"], doc["verifier"]["commitments"])
+    other = shamir.load_share(str(paths[2]))
+    assert shamir.combine([(1, doc["share"]), (3, other["share"])]) == secret
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expect"),
+    [
+        ("version", 2, "version"),
+        ("threshold", 9, "threshold"),
+        ("threshold", True, "threshold"),
+        ("index", 0, "index"),
+        ("share", "zz-not-hex", "share"),
+        ("share", "f" * 600, "share: out of range"),
+        ("deployment", "", "deployment"),
+    ],
+)
+def test_load_share_names_the_file_and_field_but_never_the_value(
+    tmp_path: Path, field: str, value: object, expect: str
+) -> None:
+    path = _write_shares(tmp_path, "demo", 3, 2, shamir.random_secret())[0]
+    doc = json.loads(path.read_text())
+    real_share = doc["share"]
+    doc[field] = value
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError) as info:
+        shamir.load_share(str(path))
+    message = str(info.value)
+    assert str(path) in message and expect in message
+    assert real_share not in message
+    if field == "share":
+        assert str(value) not in message
+
+
+def test_load_share_of_broken_json_says_so_without_content(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"share": "abcdef0123456789abcdef", oops')
+    with pytest.raises(ValueError, match="not valid JSON") as info:
+        shamir.load_share(str(path))
+    assert "abcdef0123456789" not in str(info.value)
+
+
+def test_verify_share_command_reports_each_file_and_hides_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = _write_shares(tmp_path, "demo", 3, 2, shamir.random_secret())
+    values = [json.loads(p.read_text())["share"] for p in paths]
+    assert shamir.main(["verify-share", *map(str, paths)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["valid"] for e in lines[:-1]] == [True, True, True]
+    assert [e["index"] for e in lines[:-1]] == [1, 2, 3]
+    assert lines[-1] == {"event": "result", "ok": True}
+
+    doc = json.loads(paths[1].read_text())
+    doc["share"] = format(int(doc["share"], 16) ^ 1, "x")
+    paths[1].write_text(json.dumps(doc))
+    other = _write_shares(tmp_path, "other", 3, 2, shamir.random_secret())[0]
+    assert shamir.main(["verify-share", *map(str, paths), str(other)]) == 1
+    out = capsys.readouterr().out
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["valid"] for e in events[:-1]] == [True, False, True, False]
+    assert events[-1]["ok"] is False
+    for v in [*values, doc["share"]]:
+        assert v not in out
+
+
+def test_verify_share_command_without_files_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert shamir.main(["verify-share"]) == 2
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ok"] is False
+
+
+@pytest.mark.skipif(not PY39.exists(), reason="python 3.9 is not installed here")
+def test_runs_on_python39_with_the_standard_library_only() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _write_shares(Path(tmp), "demo", 3, 2, 12345)
+        code = (
+            "import sys; sys.path.insert(0, %r)\n"
+            "from flinger.remote import shamir\n"
+            "c, s = shamir.split(12345, 5, 3)\n"
+            "assert shamir.combine(s[2:]) == 12345\n"
+            "sys.exit(shamir.main(['verify-share'] + sys.argv[1:]))\n"
+        ) % str(REPO)
+        proc = subprocess.run(
+            [str(PY39), "-S", "-c", code, *map(str, paths)], capture_output=True, text=True, check=False
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"event": "result", "ok": True}
+
+
+def test_parses_with_the_python_39_grammar() -> None:
+    import ast
+
+    source = (REPO / "flinger" / "remote" / "shamir.py").read_text()
+    ast.parse(source, feature_version=(3, 9))
