@@ -27,7 +27,7 @@ TOP_KEYS = ("packages", "secrets", "prereqs")
 PACKAGE_KEYS = ("service_name", "version", "roles", "setup_hint", "source", "service", "overlay")
 SOURCE_TYPES = ("local", "prebuilt", "composite")
 SOURCE_KEYS = {
-    "local": ("type", "build", "paths"),
+    "local": ("type", "build", "paths", "inputs"),
     "prebuilt": ("type", "url", "sha256", "to"),
     "composite": ("type", "packages"),
 }
@@ -80,7 +80,7 @@ def _source(f: Fields) -> Source:
                     _relative(p, "to", p.string("to", required=True)),
                 )
             )
-        return Source(type=kind, build=f.str_list("build"), paths=tuple(paths))
+        return Source(type=kind, build=f.str_list("build"), paths=tuple(paths), inputs=f.str_list("inputs"))
     if kind == "prebuilt":
         url = f.string("url", required=True)
         if not url.startswith(("https://", "http://", "file://")):
@@ -88,7 +88,8 @@ def _source(f: Fields) -> Source:
         digest = f.string("sha256", required=True)
         if not _SHA256.match(digest):
             raise f.error("sha256", "expected 64 lowercase hex digits")
-        return Source(type=kind, url=url, sha256=digest)
+        to = f.opt_str("to")
+        return Source(type=kind, url=url, sha256=digest, to=_relative(f, "to", to) if to else None)
     members = f.str_list("packages", required=True)
     if not members:
         raise f.error("packages", "a composite needs at least one member package")
@@ -163,7 +164,7 @@ def _package(file: TomlFile, name: str, table: Any) -> Package:
         name=name,
         service_name=f.string("service_name", name),
         roles=roles,
-        source=_source(f.sub("source", (*SOURCE_KEYS["local"], "url", "sha256", "to", "packages"), required=True)),
+        source=_source(f.sub("source", (*SOURCE_KEYS["local"], *SOURCE_KEYS["prebuilt"], "packages"), required=True)),
         version=f.string("version", "0.0.0"),
         setup_hint=f.opt_str("setup_hint"),
         service=service,

@@ -20,8 +20,10 @@ class Source:
     type: str  # "local" | "prebuilt" | "composite"
     build: tuple[str, ...] = ()  # local: shell commands run in the source tree on the builder
     paths: tuple[PathMapping, ...] = ()  # local
+    inputs: tuple[str, ...] = ()  # local: globs of the files the build commands read (lets the cache skip them)
     url: str | None = None  # prebuilt
     sha256: str | None = None  # prebuilt
+    to: str | None = None  # prebuilt: where a non-tarball download goes in the package
     packages: tuple[str, ...] = ()  # composite
 
 

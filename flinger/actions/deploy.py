@@ -1,0 +1,321 @@
+"""`flinger deploy install | uninstall | clean | status | unlock`: carry out per-server plans.
+
+install, per server and in parallel (bounded, by waves): the builder pushes that server's
+packages, manifest.json and the remote tool with rsync over the client's agent (forwarded
+to the builder only, host keys checked with a known_hosts file made from the client's);
+the client sends that server's overlay, and only that one, over SFTP; then one remote
+`install` switches to the new release, (re)starts services and waits for their health.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import re
+import shlex
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flinger.actions.deploy_plan import ServerPlan, plan_deploy
+from flinger.actions.remote_tool import (
+    ZIPAPP_NAME,
+    local_zipapp,
+    read_remote_json,
+    resolve_remote_path,
+    run_tool,
+    upload_tool,
+)
+from flinger.errors import FlingerError, HostKeyError, RemoteCommandError
+from flinger.manifest.model import Manifest
+from flinger.ssh.connection import Connection, ConnectionPool
+from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, Status, fan_out
+from flinger.ssh.hostkeys import known_hosts_name, load_host_keys
+from flinger.ssh.openssh import remote_rsync_path, rsync_rsh
+from flinger.topology.model import Server, Topology
+
+_RSYNC_STAT = re.compile(r"^(Total bytes sent|Literal data|Total transferred file size): ([\d,]+)")
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+
+
+class RunLog:
+    """A Board that also writes one log per server for this run (steps and output lines)."""
+
+    def __init__(self, directory: Path, inner: Board) -> None:
+        self.directory = directory
+        self.inner = inner
+        self._lock = threading.Lock()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _write(self, server: str, text: str) -> None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
+        with self._lock, open(self.directory / f"{server}.log", "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {text}\n")
+
+    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None:
+        if state is not None:
+            self._write(server, f"state: {state}")
+        if step is not None:
+            self._write(server, f"step: {step}")
+        self.inner.update(server, state=state, step=step, info=info)
+
+    def line(self, server: str, text: str) -> None:
+        self._write(server, text)
+        self.inner.line(server, text)
+
+
+class Deployer:
+    """One run of a deploy subcommand: its connections, paths on the builder, and the run id."""
+
+    def __init__(self, topology: Topology, manifest: Manifest, *, board: Board | None = None) -> None:
+        self.topology = topology
+        self.manifest = manifest
+        self.run_id = new_run_id()
+        self.log_dir = topology.state_dir / "logs" / self.run_id
+        self.board: Board = RunLog(self.log_dir, board or NullBoard())
+        builder = topology.builder.server
+        self.pool = ConnectionPool(topology.servers, topology.ssh, agent_for={builder})
+        self.holder = f"{getpass.getuser()}@{socket.gethostname()} run {self.run_id}"
+        self._builder_ready: dict[str, Any] | None = None
+        self._builder_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- the builder side, prepared once per run ------------------------------------------
+    def builder_side(self) -> dict[str, Any]:
+        """Artifacts manifest, tool and known_hosts on the builder (once, on first use)."""
+        with self._builder_lock:
+            if self._builder_ready is None:
+                conn = self.pool.get(self.topology.builder.server)
+                artifacts = resolve_remote_path(conn, self.topology.builder.artifacts_path)
+                manifest = read_remote_json(conn, f"{artifacts}/manifest.json")
+                local, _ = local_zipapp(self.topology)
+                conn.put_file(local, f"{artifacts}/{ZIPAPP_NAME}", mode=0o644)
+                known = self._known_hosts_for_builder()
+                kh_dir = resolve_remote_path(conn, f"$HOME/.flinger/{self.topology.name}")
+                conn.run(f"mkdir -p {shlex.quote(kh_dir)} && chmod 700 {shlex.quote(kh_dir)}")
+                conn.put_bytes(known.encode(), f"{kh_dir}/known_hosts", mode=0o600)
+                self._builder_ready = {"artifacts": artifacts, "manifest": manifest, "known_hosts": f"{kh_dir}/known_hosts"}
+            return self._builder_ready
+
+    def _known_hosts_for_builder(self) -> str:
+        """Only the deployment servers' keys, as the client verified them (never learned anew)."""
+        keys = load_host_keys(self.topology.ssh.known_hosts)
+        lines = []
+        for server in self.topology.deployment_servers():
+            name = known_hosts_name(server.addr, server.port or 22)
+            entry = keys.lookup(name)
+            if not entry:
+                continue  # that server fails at its own push step, with the trust hint
+            for key in entry.values():
+                lines.append(f"{name} {key.get_name()} {key.get_base64()}")
+        return "\n".join(lines) + "\n"
+
+    def _check_trusted(self, server: Server) -> None:
+        entry = load_host_keys(self.topology.ssh.known_hosts).lookup(known_hosts_name(server.addr, server.port or 22))
+        if not entry:
+            raise HostKeyError(f"{server.name}: host key not in {self.topology.ssh.known_hosts}; "
+                               f"run: flinger trust --servers {server.name}")
+
+    # -- install --------------------------------------------------------------------------
+    def push(self, server: Server, plan: ServerPlan, conn: Connection, report: Reporter) -> dict[str, int]:
+        """The builder rsyncs this server's packages, manifest.json and the tool to its staging dir."""
+        side = self.builder_side()
+        artifacts, built = side["artifacts"], side["manifest"].get("packages", {})
+        missing = [p for p in plan.packages if p not in built]
+        if missing:
+            raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
+        staging = resolve_remote_path(conn, plan.staging_dir)
+        conn.run(f"mkdir -p {shlex.quote(staging)}/packages && chmod 700 {shlex.quote(staging)}")
+        builder_conn = self.pool.get(self.topology.builder.server)
+        sources = [f"{artifacts}/{built[p].get('file') or f'packages/{p}.tar.gz'}" for p in plan.packages]
+        rsh = rsync_rsh(server, self.topology.ssh, known_hosts=side["known_hosts"])
+        host = server.addr if ":" not in server.addr else f"[{server.addr}]"
+        dest_root = remote_rsync_path(plan.staging_dir).rstrip("/")
+        stats: dict[str, int] = {}
+        for srcs, sub in ((sources, "packages/"), ([f"{artifacts}/manifest.json", f"{artifacts}/{ZIPAPP_NAME}"], "")):
+            if not srcs:
+                continue
+            argv = ["rsync", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats", "-e", rsh,
+                    "--", *srcs, f"{host}:{dest_root}/{sub}"]
+            result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
+                                      check=False)
+            if result.exit_code != 0:
+                raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
+            for line in result.stdout.splitlines():
+                m = _RSYNC_STAT.match(line.strip())
+                if m:
+                    key = {"Total bytes sent": "bytes_sent", "Literal data": "literal_bytes",
+                           "Total transferred file size": "transferred_size"}[m.group(1)]
+                    stats[key] = stats.get(key, 0) + int(m.group(2).replace(",", ""))
+        report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
+        return stats
+
+    def send_overlay(self, plan: ServerPlan, conn: Connection, staging: str) -> str:
+        """This server's overlay, and only this server's, over SFTP: dirs 0700, files 0600."""
+        remote = f"{staging}/overlay-{self.run_id}"
+        conn.sftp_mkdir(remote, 0o700)
+        for rel in plan.overlay_files:
+            parts = Path(rel).parts
+            for i in range(1, len(parts)):
+                sub = f"{remote}/{'/'.join(parts[:i])}"
+                conn.run(f"mkdir -p -m 700 {shlex.quote(sub)}")
+            conn.put_file(plan.overlay_dir / rel, f"{remote}/{rel}", mode=0o600)
+        return remote
+
+    def install_one(self, server: Server, plan: ServerPlan, report: Reporter, lock_wait: float) -> dict[str, Any]:
+        self._check_trusted(server)
+        if not plan.overlay_files:
+            raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
+        report.step("connect")
+        conn = self.pool.get(server.name)
+        conn.open()
+        report.step("push")
+        stats = self.push(server, plan, conn, report)
+        report.details["push"] = stats
+        staging = resolve_remote_path(conn, plan.staging_dir)
+        tool = f"{staging}/{ZIPAPP_NAME}"
+        install_dir = resolve_remote_path(conn, plan.install_dir)
+        report.step("lock")
+        self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
+        try:
+            report.step("overlay")
+            overlay_remote = self.send_overlay(plan, conn, staging)
+            report.step("install")
+            built = self.builder_side()["manifest"].get("packages", {})
+            remote_plan = {
+                "install_dir": install_dir,
+                "staging_dir": staging,
+                "release": self.run_id,
+                "packages": [{"name": p, "digest": built[p]["sha256"], "tarball": f"{staging}/packages/{Path(built[p].get('file') or p + '.tar.gz').name}"}
+                             for p in plan.packages],
+                "overlay_dir": overlay_remote,
+                "services": [s.as_remote() for s in plan.services],
+            }
+
+            def on_event(event: dict[str, Any]) -> None:
+                if event.get("event") == "step":
+                    report.step(f"install: {event.get('step')}")
+                elif event.get("event") in ("failed", "error"):
+                    report.line(str(event.get("error") or event))
+                else:
+                    report.line(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event))
+
+            result = run_tool(conn, server, tool, ["install"], remote_plan, on_event=on_event, on_text=report.line)
+        finally:
+            self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
+        changed = bool(result.get("changed", True))
+        summary = f"release {result.get('release', self.run_id)}" if changed else "no change"
+        return {"changed": changed, "release": result.get("release"), "push": stats, "summary":
+                f"{summary}; {stats.get('bytes_sent', 0):,} bytes pushed"}
+
+    def lock(self, server: Server, conn: Connection, tool: str, install_dir: str, action: str, *,
+             wait: float = 0.0, report: Reporter | None = None, quiet: bool = False) -> None:
+        args = ["lock", action, "--install-dir", install_dir, "--holder", self.holder]
+        if action == "acquire":
+            args += ["--wait", str(wait)]
+        try:
+            run_tool(conn, server, tool, args)
+        except RemoteCommandError as exc:
+            if quiet:
+                if report is not None:
+                    report.line(f"lock {action}: {exc.message}")
+                return
+            raise FlingerError(f"{server.name}: {exc.message}") from None
+
+    # -- the other subcommands ------------------------------------------------------------
+    def simple(self, server: Server, report: Reporter, command: str, extra: list[str] | None = None,
+               hold_lock: bool = True, lock_wait: float = 0.0) -> dict[str, Any]:
+        self._check_trusted(server)
+        report.step("connect")
+        conn = self.pool.get(server.name)
+        conn.open()
+        report.step("ship tool")
+        tool = upload_tool(conn, self.topology, self.topology.deployment.staging_dir)
+        install_dir = resolve_remote_path(conn, self.topology.deployment.install_dir)
+        staging = resolve_remote_path(conn, self.topology.deployment.staging_dir)
+        args = [command, "--install-dir", install_dir, *(extra or [])]
+        if command == "clean":
+            args += ["--staging-dir", staging]
+        report.step(command)
+        if hold_lock:
+            self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
+        try:
+            result = run_tool(conn, server, tool, args, plan={"install_dir": install_dir, "staging_dir": staging},
+                              on_text=report.line)
+        finally:
+            if hold_lock and command not in ("uninstall", "clean"):
+                self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
+        result.pop("event", None)
+        return result
+
+
+def run_deploy(
+    topology: Topology,
+    manifest: Manifest,
+    servers: list[Server],
+    action: str,
+    *,
+    parallel: int,
+    board: Board | None = None,
+    fail_fast: bool = False,
+    lock_wait: float = 0.0,
+    on_start: Callable[[Deployer], None] | None = None,
+) -> list[ServerResult]:
+    """Run one deploy subcommand on `servers`; results in the servers' order."""
+    deployer = Deployer(topology, manifest, board=board)
+    if on_start is not None:
+        on_start(deployer)
+    try:
+        if action == "install":
+            plans = {p.server: p for p in plan_deploy(topology, manifest, servers)}
+            results: dict[str, ServerResult] = {}
+            stop = False
+            for wave in sorted({p.wave for p in plans.values()}):
+                group = [s for s in servers if plans[s.name].wave == wave]
+                if stop:
+                    for s in group:
+                        results[s.name] = ServerResult(s.name, Status.SKIPPED, message="not started: an earlier wave failed")
+                    continue
+
+                def work(server: Server, report: Reporter) -> dict[str, Any]:
+                    return deployer.install_one(server, plans[server.name], report, lock_wait)
+
+                for r in fan_out(group, work, parallel=parallel, board=deployer.board, fail_fast=fail_fast):
+                    results[r.server] = r
+                if any(r.status is not Status.OK for r in results.values()) and (fail_fast or _has_dependents(plans, wave)):
+                    stop = True
+            return [results[s.name] for s in servers]
+
+        if action == "unlock":
+            def unlock(server: Server, report: Reporter) -> dict[str, Any]:
+                conn = deployer.pool.get(server.name)
+                tool = upload_tool(conn, topology, topology.deployment.staging_dir)
+                install_dir = resolve_remote_path(conn, topology.deployment.install_dir)
+                report.step("break lock")
+                run_tool(conn, server, tool, ["lock", "break", "--install-dir", install_dir, "--holder", deployer.holder])
+                return {"summary": "lock broken"}
+
+            return fan_out(servers, unlock, parallel=parallel, board=deployer.board)
+
+        hold = action != "status"
+
+        def other(server: Server, report: Reporter) -> dict[str, Any]:
+            return deployer.simple(server, report, action, hold_lock=hold, lock_wait=lock_wait)
+
+        return fan_out(servers, other, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
+    finally:
+        deployer.close()
+
+
+def _has_dependents(plans: dict[str, ServerPlan], wave: int) -> bool:
+    """A later wave exists only because its services start after this wave's."""
+    return any(p.wave > wave for p in plans.values())
+

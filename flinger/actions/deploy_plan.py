@@ -1,0 +1,170 @@
+"""The deploy plan: for each server, what the builder pushes, which overlay files the client
+sends, and what the remote tool installs and starts. Pure data: no host is contacted, so
+`--dry-run` prints exactly this, and it holds no secret (overlay files by name only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from flinger.errors import ConfigError, FlingerError
+from flinger.manifest.model import Manifest, Package
+from flinger.topology.model import Server, Topology
+
+
+@dataclass
+class ServicePlan:
+    name: str
+    package: str
+    manager: str
+    files: dict[str, str]
+    after: list[str]
+    health: dict[str, Any] | None
+
+    def as_remote(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "package": self.package,
+            "manager": self.manager,
+            "files": self.files,
+            "after": self.after,
+            "health": self.health,
+        }
+
+
+@dataclass
+class ServerPlan:
+    server: str
+    addr: str
+    wave: int
+    packages: list[str]
+    overlay_files: list[str]
+    services: list[ServicePlan]
+    staging_dir: str
+    install_dir: str
+    overlay_dir: Path
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "addr": self.addr,
+            "wave": self.wave,
+            "steps": [
+                {"step": "push", "by": "builder", "to": f"{self.staging_dir}/packages",
+                 "files": [f"{p}.tar.gz" for p in self.packages] + ["manifest.json", "flinger-remote.pyz"]},
+                {"step": "lock", "path": f"{self.install_dir}/.flinger/lock"},
+                {"step": "overlay", "by": "client", "to": f"{self.staging_dir}/overlay-<run>", "files": self.overlay_files},
+                {"step": "install", "install_dir": self.install_dir, "packages": self.packages,
+                 "services": [{"name": s.name, "package": s.package, "manager": s.manager, "after": s.after,
+                               "health": s.health, "files": sorted(s.files)} for s in self.services]},
+                {"step": "unlock"},
+            ],
+            "notes": self.notes,
+        }
+
+
+def template_context(topology: Topology, server: Server, package: Package | None = None) -> dict[str, Any]:
+    """What a service definition's {{ }} placeholders may use (no secrets in here)."""
+    dep = topology.deployment
+    context: dict[str, Any] = {
+        "server": {"name": server.name, "addr": server.addr, "roles": list(server.roles),
+                   "port": server.port, "user": server.user},
+        "servers": [{"name": s.name, "addr": s.addr, "roles": list(s.roles)} for s in topology.deployment_servers()],
+        "deployment": {"name": topology.name, "install_dir": dep.install_dir, "staging_dir": dep.staging_dir,
+                       "threshold": dep.threshold, "n": len(dep.servers)},
+        "install_dir": dep.install_dir,
+    }
+    if package is not None:
+        context["package"] = {"name": package.name, "version": package.version,
+                              "dir": f"{dep.install_dir}/current/{package.name}"}
+    return context
+
+
+def _render_text(text: str, context: dict[str, Any], where: str) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - not HTML
+    try:
+        return env.from_string(text).render(context)
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(f"{exc.message}", key=where) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"template syntax: {exc.message}", key=where, line=exc.lineno) from None
+
+
+def _health(pkg: Package, context: dict[str, Any]) -> dict[str, Any] | None:
+    if pkg.service is None or pkg.service.health is None:
+        return None
+    h = pkg.service.health
+    where = f"packages.{pkg.name}.service.health"
+    return {
+        "url": _render_text(h.url, context, f"{where}.url") if h.url else None,
+        "command": _render_text(h.command, context, f"{where}.command") if h.command else None,
+        "ca": _render_text(h.ca, context, f"{where}.ca") if h.ca else None,
+        "timeout": h.timeout,
+        "interval": h.interval,
+    }
+
+
+def _waves(manifest: Manifest, plans: dict[str, list[Package]]) -> dict[str, int]:
+    """Servers whose services others start `after` go in earlier waves (e.g. a scheduler
+    before its workers), so cross-server ordering holds; within a wave all run in parallel."""
+    by_service = {p.service_name: p for p in manifest.packages.values() if p.service}
+    depth: dict[str, int] = {}
+
+    def service_depth(name: str, trail: tuple[str, ...] = ()) -> int:
+        if name in depth:
+            return depth[name]
+        if name in trail:
+            raise FlingerError(f"services depend on each other in a cycle: {' -> '.join((*trail, name))}")
+        pkg = by_service.get(name)
+        after = pkg.service.after if pkg and pkg.service else ()
+        depth[name] = 1 + max((service_depth(a, (*trail, name)) for a in after), default=-1)
+        return depth[name]
+
+    return {
+        server: max((service_depth(p.service_name) for p in pkgs if p.service), default=0)
+        for server, pkgs in plans.items()
+    }
+
+
+def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -> list[ServerPlan]:
+    """Per-server plans, in wave order then topology order."""
+    from flinger.service_render import render_service
+
+    packages = {s.name: manifest.packages_for(s.roles) for s in servers}
+    waves = _waves(manifest, packages)
+    plans = []
+    overlay_root = topology.state_dir / "overlay"
+    for server in servers:
+        overlay_dir = overlay_root / server.name
+        overlay_files = sorted(
+            str(p.relative_to(overlay_dir)) for p in overlay_dir.rglob("*") if p.is_file()
+        ) if overlay_dir.is_dir() else []
+        services = []
+        for pkg in packages[server.name]:
+            if pkg.service is None:
+                continue
+            context = template_context(topology, server, pkg)
+            smf_dir = topology.source_dir / "smf" / pkg.service_name
+            files = render_service(pkg.service, pkg.service_name, server.service_manager, context,
+                                   override_dir=smf_dir if smf_dir.is_dir() else None)
+            services.append(ServicePlan(
+                name=pkg.service_name, package=pkg.name, manager=server.service_manager, files=files,
+                after=list(pkg.service.after), health=_health(pkg, context),
+            ))
+        plan = ServerPlan(
+            server=server.name, addr=server.addr, wave=waves[server.name],
+            packages=[p.name for p in packages[server.name]], overlay_files=overlay_files, services=services,
+            staging_dir=topology.deployment.staging_dir, install_dir=topology.deployment.install_dir,
+            overlay_dir=overlay_dir,
+        )
+        if not overlay_files:
+            plan.notes.append("no overlay for this server yet: run `flinger overlay` first")
+        if not plan.packages:
+            plan.notes.append("no package is meant for this server's roles")
+        plans.append(plan)
+    return sorted(plans, key=lambda p: p.wave)

@@ -1,0 +1,99 @@
+"""`flinger deploy install | uninstall | clean | status | unlock` (all with --dry-run)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from flinger.cli.app import ServersOpt, app, env_of, finish
+from flinger.cli.env import Env
+
+deploy_app = typer.Typer(help="Install to, or remove from, every deployment server in parallel.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+DryRun = Annotated[bool, typer.Option("--dry-run", help="print the per-server plan; contact no host")]
+FailFast = Annotated[bool, typer.Option("--fail-fast", help="start no new server once one has failed")]
+LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="seconds to wait for another deploy's lock")]
+
+
+def _dry_run(env: Env, action: str, servers: ServersOpt) -> int:
+    from flinger.actions.deploy_plan import plan_deploy
+
+    topology, manifest = env.topology(), env.manifest()
+    chosen = env.select_servers(servers)
+    plans = plan_deploy(topology, manifest, chosen)
+    if action != "install":
+        document = [{"server": p.server, "addr": p.addr, "steps": [
+            {"step": "ship tool", "to": f"{p.staging_dir}/flinger-remote.pyz"},
+            {"step": action, "install_dir": p.install_dir,
+             "removes": "services and files recorded in the install receipt" if action in ("uninstall", "clean") else None},
+            *([{"step": "remove staging", "path": p.staging_dir}] if action == "clean" else []),
+        ]} for p in plans]
+    else:
+        document = [p.as_json() for p in plans]
+    if env.json:
+        env.ui.emit_json({"command": f"deploy {action}", "dry_run": True, "servers": document})
+        return 0
+    for entry in document:
+        env.ui.out.print(f"[bold]{entry['server']}[/bold] ({entry['addr']})" + (f" wave {entry['wave']}" if "wave" in entry else ""))
+        for step in entry["steps"]:
+            name = step["step"]
+            rest = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step" and v not in (None, [], ""))
+            env.ui.out.print(f"  {name}: {rest}", markup=False)
+        for note in entry.get("notes", []):
+            env.ui.warn(f"{entry['server']}: {note}")
+    return 0
+
+
+def _run(env: Env, action: str, servers: ServersOpt, *, fail_fast: bool = False, lock_wait: float = 0.0) -> int:
+    from flinger.actions.deploy import run_deploy
+
+    topology, manifest = env.topology(), env.manifest()
+    chosen = env.select_servers(servers)
+    board = env.ui.board([s.name for s in chosen], f"deploy {action}")
+    log_dir: list[str] = []
+    with board.running():
+        results = run_deploy(topology, manifest, chosen, action, parallel=env.parallel, board=board,
+                             fail_fast=fail_fast, lock_wait=lock_wait,
+                             on_start=lambda d: log_dir.append(str(d.log_dir)))
+    status = finish(env, f"deploy {action}", results, {"log_dir": log_dir[0] if log_dir else None})
+    if not env.json and log_dir:
+        env.ui.note(f"logs: {log_dir[0]}")
+    return status
+
+
+@deploy_app.command("install")
+def install(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, fail_fast: FailFast = False,
+            lock_wait: LockWait = 0.0) -> int:
+    """Push packages from the builder, send each server its overlay, switch release, start services."""
+    env = env_of(ctx)
+    return _dry_run(env, "install", servers) if dry_run else _run(env, "install", servers, fail_fast=fail_fast,
+                                                                     lock_wait=lock_wait)
+
+
+@deploy_app.command("uninstall")
+def uninstall(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, lock_wait: LockWait = 0.0) -> int:
+    """Stop and remove the services and exactly the files flinger installed."""
+    env = env_of(ctx)
+    return _dry_run(env, "uninstall", servers) if dry_run else _run(env, "uninstall", servers, lock_wait=lock_wait)
+
+
+@deploy_app.command("clean")
+def clean(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, lock_wait: LockWait = 0.0) -> int:
+    """Uninstall, then remove the staging directory."""
+    env = env_of(ctx)
+    return _dry_run(env, "clean", servers) if dry_run else _run(env, "clean", servers, lock_wait=lock_wait)
+
+
+@deploy_app.command("status")
+def status(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False) -> int:
+    """Per server: reachable or not, installed release and package digests, service state."""
+    env = env_of(ctx)
+    return _dry_run(env, "status", servers) if dry_run else _run(env, "status", servers)
+
+
+@deploy_app.command("unlock")
+def unlock(ctx: typer.Context, servers: ServersOpt = None) -> int:
+    """Break a stale deploy lock (after checking its holder is gone)."""
+    return _run(env_of(ctx), "unlock", servers)
