@@ -16,10 +16,12 @@ from flinger.sandbox.lifecycle import (
     stop_host,
     up,
 )
+from flinger.sandbox.paths import DEFAULT_DIRECTORY
 from flinger.sandbox.state import Endpoint, HostStatus, SandboxState
 from flinger.sandbox.tools import missing_tools
 
 __all__ = [
+    "DEFAULT_DIRECTORY",
     "Endpoint",
     "HostStatus",
     "SandboxState",

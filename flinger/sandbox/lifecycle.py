@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -34,8 +35,10 @@ def _check_directory(directory: Path) -> Path:
         if directory == hidden or hidden in directory.parents:
             raise FlingerError(
                 f"the sandbox directory must not be under {target} (each host mounts its own "
-                f"{target}): use e.g. /var/tmp/flinger-sandbox"
+                f"{target}): use e.g. /var/lib/flinger-sandbox"
             )
+    if directory.exists() and directory.stat().st_uid != os.geteuid():
+        raise FlingerError(f"the sandbox directory {directory} belongs to another user")
     return directory
 
 

@@ -16,6 +16,9 @@ PRIVATE_MOUNTS: tuple[tuple[str, str], ...] = (
 
 BUILDER_NAME = "build1"
 
+# Outside every path a host mounts over, not world-writable, short enough for a unix socket.
+DEFAULT_DIRECTORY = Path("/var/lib/flinger-sandbox")
+
 
 def host_names(servers: int) -> list[str]:
     """Host 0 is the builder, the others are node1..nodeN-1."""
