@@ -1,0 +1,489 @@
+"""Server-side commands: `install`, `activate`, `deactivate`, `uninstall`, `clean`, `status`.
+
+Each reads a JSON plan on stdin. `install` unpacks the packages it does not have yet
+(content addressed under `packages/`), assembles `releases/<release>/` (links to the
+packages + the overlay), switches `current` atomically, then (re)starts the services in
+dependency order and waits for their health checks. If anything fails after the switch,
+`current` goes back to the previous release and the previous service definitions are
+restored and restarted, so the previous release keeps running. The receipt
+(`.flinger/state.json`) records every package, release, service and path created outside
+the install dir, and `uninstall` removes exactly those.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from flinger.remote import events, files, health, layout, lock, services, unpack
+
+KEEP_RELEASES = 2
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+
+
+class StepFailed(Exception):
+    """A step of the install failed: names the step."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+# ---------------------------------------------------------------------------- the plan
+
+def _plain_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise events.PlanError("%s %r must be a plain name (letters, digits, . _ @ -)"
+                               % (what, value))
+    return value
+
+
+def parse_services(plan: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The plan's services, validated and sorted so each comes after those it names in
+    `after` (names not in the plan, e.g. on other servers, are ignored)."""
+    parsed: Dict[str, Dict[str, Any]] = {}
+    for raw in plan.get("services") or []:
+        if not isinstance(raw, dict):
+            raise events.PlanError("every service must be an object")
+        name = _plain_name(raw.get("name"), "service name")
+        manager = raw.get("manager")
+        if manager not in services.MANAGERS:
+            raise events.PlanError("service %s: unknown manager %r" % (name, manager))
+        definition = raw.get("files") or {}
+        if not isinstance(definition, dict):
+            raise events.PlanError("service %s: files must be an object" % name)
+        for key in services.DEFINITION_KEYS[manager]:
+            if not isinstance(definition.get(key), str):
+                raise events.PlanError("service %s: files.%s is missing" % (name, key))
+        if name in parsed:
+            raise events.PlanError("service %s appears twice" % name)
+        parsed[name] = {
+            "name": name, "package": raw.get("package"), "manager": manager,
+            "files": {str(k): str(v) for k, v in sorted(definition.items())},
+            "health": raw.get("health") or None,
+            "after": [str(a) for a in raw.get("after") or []],
+            "log_files": [str(p) for p in raw.get("log_files") or []],
+        }
+    ordered: List[Dict[str, Any]] = []
+    state: Dict[str, int] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise events.PlanError("services form an `after` cycle through %s" % name)
+        state[name] = 1
+        for before in parsed[name]["after"]:
+            if before in parsed:
+                visit(before)
+        state[name] = 2
+        ordered.append(parsed[name])
+
+    for name in parsed:
+        visit(name)
+    return ordered
+
+
+def _install_dir(plan: Dict[str, Any]) -> str:
+    path = events.require(plan, "install_dir")
+    if not os.path.isabs(path) or os.path.normpath(path) == "/":
+        raise events.PlanError("install_dir must be an absolute path other than /")
+    return os.path.normpath(str(path))
+
+
+# ---------------------------------------------------------------------- the receipt
+
+def load_state(install_dir: str) -> Dict[str, Any]:
+    state = files.read_json(layout.state_file(install_dir), None)
+    return state if isinstance(state, dict) else {}
+
+
+def save_state(install_dir: str, state: Dict[str, Any]) -> None:
+    files.write_json_atomic(layout.state_file(install_dir), state, mode=0o600)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ---------------------------------------------------------------------- install steps
+
+def _package_dir(name: str, digest: str) -> str:
+    return os.path.join("packages", "%s-%s" % (name, digest[:16]))
+
+
+def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[str, str]]:
+    staging = plan.get("staging_dir") or ""
+    unpacked: Dict[str, Dict[str, str]] = {}
+    for raw in plan.get("packages") or []:
+        name = _plain_name(raw.get("name"), "package name")
+        digest = str(raw.get("digest", "")).lower()
+        if not re.match(r"^[0-9a-f]{64}$", digest):
+            raise StepFailed("unpack", "package %s: digest must be a sha256 hex digest" % name)
+        relative = _package_dir(name, digest)
+        target = os.path.join(install_dir, relative)
+        unpacked[name] = {"digest": digest, "dir": relative}
+        if os.path.isdir(target):
+            events.emit("step", step="unpack", package=name, reused=True)
+            continue
+        tarball = os.path.join(staging, str(raw.get("tarball", "")))
+        if not os.path.isfile(tarball):
+            raise StepFailed("unpack", "package %s: no tarball at %s" % (name, tarball))
+        actual = files.sha256_file(tarball)
+        if actual != digest:
+            raise StepFailed("unpack", "package %s: tarball sha256 %s does not match %s"
+                             % (name, actual, digest))
+        try:
+            unpack.extract(tarball, target)
+        except (unpack.UnsafeArchive, OSError) as exc:
+            raise StepFailed("unpack", "package %s: %s" % (name, exc)) from None
+        events.emit("step", step="unpack", package=name, reused=False)
+    return unpacked
+
+
+def _copy_overlay(source: str, dest: str, owner: Optional[Dict[str, Any]]) -> None:
+    """Copy the overlay with 0700 dirs and owner-only files, owned by the service user."""
+    shutil.copytree(source, dest, symlinks=False)
+    uid, gid = _owner_ids(owner)
+    for dirpath, dirnames, filenames in os.walk(dest):
+        os.chmod(dirpath, 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            os.chmod(path, os.stat(path).st_mode & 0o700 | 0o400)
+        for path in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
+            if uid >= 0 or gid >= 0:
+                os.chown(path, uid, gid)
+        dirnames.sort()
+
+
+def _owner_ids(owner: Optional[Dict[str, Any]]) -> Tuple[int, int]:
+    if not owner:
+        return -1, -1
+    import grp
+    import pwd
+    try:
+        uid = pwd.getpwnam(owner["user"]).pw_uid if owner.get("user") else -1
+        gid = grp.getgrnam(owner["group"]).gr_gid if owner.get("group") else -1
+    except KeyError as exc:
+        raise StepFailed("release", "overlay owner: no such user or group %s" % exc) from None
+    return uid, gid
+
+
+def _make_release(install_dir: str, release: str, unpacked: Dict[str, Dict[str, str]],
+                  overlay_dir: Optional[str], owner: Optional[Dict[str, Any]]) -> str:
+    """Assemble releases/<id> (a fresh name if that one exists) and return the id."""
+    releases = os.path.join(install_dir, "releases")
+    os.makedirs(releases, exist_ok=True)
+    name, serial = release, 1
+    while os.path.lexists(os.path.join(releases, name)):
+        name, serial = "%s.%d" % (release, serial), serial + 1
+    partial = os.path.join(releases, "." + name + ".partial")
+    files.remove_path(partial)
+    os.mkdir(partial, 0o755)
+    try:
+        for package, record in sorted(unpacked.items()):
+            os.symlink(os.path.join("..", "..", record["dir"]), os.path.join(partial, package))
+        if overlay_dir:
+            _copy_overlay(overlay_dir, os.path.join(partial, "overlay"), owner)
+        os.rename(partial, os.path.join(releases, name))
+    except BaseException:
+        files.remove_path(partial)
+        raise
+    return name
+
+
+def switch_current(install_dir: str, release: Optional[str]) -> None:
+    """Point `current` at releases/<release> atomically (rename of a new symlink), or
+    remove it when release is None."""
+    current = os.path.join(install_dir, "current")
+    if release is None:
+        files.remove_path(current)
+        return
+    temporary = os.path.join(install_dir, ".current.%d" % os.getpid())
+    files.remove_path(temporary)
+    os.symlink(os.path.join("releases", release), temporary)
+    os.replace(temporary, current)
+
+
+def _current_release(install_dir: str) -> Optional[str]:
+    current = os.path.join(install_dir, "current")
+    if not os.path.islink(current):
+        return None
+    target = os.readlink(current)
+    return os.path.basename(target) if os.path.isdir(current) else None
+
+
+def _fingerprint(plan: Dict[str, Any], svcs: List[Dict[str, Any]],
+                 roots: Dict[str, str], overlay_dir: Optional[str]) -> str:
+    content = {
+        "packages": sorted((str(p.get("name")), str(p.get("digest")).lower())
+                           for p in plan.get("packages") or []),
+        "overlay": files.tree_digest(overlay_dir) if overlay_dir else None,
+        "overlay_owner": plan.get("overlay_owner"),
+        "services": svcs,
+        "roots": roots,
+    }
+    return hashlib.sha256(files.canonical_json(content).encode()).hexdigest()
+
+
+def _activate(service: Dict[str, Any], roots: Dict[str, str]) -> services.Receipt:
+    manager = services.manager_for(service["manager"], roots)
+    try:
+        receipt: services.Receipt = manager.activate(service)
+    except (services.ServiceError, OSError) as exc:
+        raise StepFailed("service:" + service["name"], str(exc)) from None
+    return receipt
+
+
+def _wait_healthy(service: Dict[str, Any]) -> None:
+    passed, seen = health.wait_healthy(service["health"])
+    events.emit("health", service=service["name"], ok=passed, detail=seen)
+    if not passed:
+        raise StepFailed("health:" + service["name"], "%s is not healthy: %s"
+                         % (service["name"], seen))
+
+
+def _merge_receipts(*receipts: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    merged: List[Dict[str, str]] = []
+    for receipt in receipts:
+        for entry in receipt:
+            if entry not in merged:
+                merged.append(entry)
+    return merged
+
+
+def _prune(install_dir: str, history: List[str]) -> List[str]:
+    """Keep the last KEEP_RELEASES releases and the packages they use; return the kept."""
+    releases_dir = os.path.join(install_dir, "releases")
+    kept = history[-KEEP_RELEASES:]
+    for name in os.listdir(releases_dir):
+        if name not in kept:
+            files.remove_path(os.path.join(releases_dir, name))
+    used = set()
+    for name in kept:
+        release_dir = os.path.join(releases_dir, name)
+        for entry in os.listdir(release_dir) if os.path.isdir(release_dir) else []:
+            path = os.path.join(release_dir, entry)
+            if os.path.islink(path):
+                used.add(os.path.basename(os.readlink(path)))
+    packages_dir = os.path.join(install_dir, "packages")
+    for name in os.listdir(packages_dir) if os.path.isdir(packages_dir) else []:
+        if name not in used:
+            files.remove_path(os.path.join(packages_dir, name))
+    return kept
+
+
+def _rollback(install_dir: str, previous: Dict[str, Any], roots: Dict[str, str],
+              touched: List[Dict[str, Any]], removed: List[Dict[str, Any]],
+              failed_release: Optional[str]) -> List[str]:
+    """Put the previous release back: `current`, service definitions, running services."""
+    problems: List[str] = []
+    switch_current(install_dir, previous.get("release"))
+    before = {s["name"]: s for s in previous.get("services") or []}
+    for service in reversed(touched):
+        try:
+            if service["name"] in before:
+                _activate(before[service["name"]], roots)
+            else:
+                services.manager_for(service["manager"], roots).deactivate(service)
+                services.remove_receipt(service.get("paths") or [])
+        except (StepFailed, services.ServiceError, OSError) as exc:
+            problems.append("%s: %s" % (service["name"], exc))
+    for service in removed:
+        try:
+            _activate(service, roots)
+        except StepFailed as exc:
+            problems.append("%s: %s" % (service["name"], exc))
+    if failed_release:
+        files.remove_path(os.path.join(install_dir, "releases", failed_release))
+    return problems
+
+
+def install(plan: Dict[str, Any]) -> int:
+    overlay_dir = plan.get("overlay_dir") or None
+    try:
+        install_dir = _install_dir(plan)
+        release_id = _plain_name(events.require(plan, "release"), "release")
+        svcs = parse_services(plan)
+        roots = services.roots_from(plan)
+        if overlay_dir and not os.path.isdir(overlay_dir):
+            raise events.PlanError("overlay_dir %s does not exist" % overlay_dir)
+        holder = plan.get("lock_holder")
+        if holder:
+            current_lock = lock.read_holder(install_dir) or {}
+            if current_lock.get("holder") != holder:
+                return events.result(False, step="lock", error="the deploy lock is held by %s"
+                                     % (current_lock.get("holder") or "nobody"))
+        return _install(plan, install_dir, release_id, svcs, roots, overlay_dir)
+    finally:
+        if overlay_dir:
+            shutil.rmtree(overlay_dir, ignore_errors=True)  # staged secrets never linger
+
+
+def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
+             svcs: List[Dict[str, Any]], roots: Dict[str, str],
+             overlay_dir: Optional[str]) -> int:
+    layout.ensure_install_dir(install_dir)
+    previous = load_state(install_dir)
+    fingerprint = _fingerprint(plan, svcs, roots, overlay_dir)
+    if previous.get("fingerprint") == fingerprint and _current_release(install_dir) \
+            == previous.get("release"):
+        events.emit("step", step="compare", changed=False)
+        return events.result(True, changed=False, release=previous.get("release"))
+    events.emit("step", step="compare", changed=True)
+    try:
+        unpacked = _unpack_packages(plan, install_dir)
+        events.emit("step", step="release")
+        release = _make_release(install_dir, release_id, unpacked, overlay_dir,
+                                plan.get("overlay_owner"))
+    except StepFailed as exc:
+        return events.result(False, step=exc.step, error=str(exc), changed=False)
+    except OSError as exc:
+        return events.result(False, step="release", error=str(exc), changed=False)
+
+    events.emit("step", step="switch", release=release)
+    switch_current(install_dir, release)
+    before = {s["name"]: s for s in previous.get("services") or []}
+    wanted = {s["name"] for s in svcs}
+    touched: List[Dict[str, Any]] = []
+    removed: List[Dict[str, Any]] = []
+    try:
+        for old in previous.get("services") or []:
+            if old["name"] not in wanted:
+                events.emit("step", step="remove-service", service=old["name"])
+                services.manager_for(old["manager"], roots).deactivate(old)
+                services.remove_receipt(old.get("paths") or [])
+                removed.append(old)
+        for service in svcs:
+            events.emit("step", step="service", service=service["name"])
+            receipt = _activate(service, roots)
+            service["paths"] = _merge_receipts(
+                (before.get(service["name"]) or {}).get("paths") or [], receipt)
+            touched.append(service)
+            _wait_healthy(service)
+    except (StepFailed, services.ServiceError, OSError) as exc:
+        step = exc.step if isinstance(exc, StepFailed) else "services"
+        events.emit("step", step="rollback", to=previous.get("release"))
+        problems = _rollback(install_dir, previous, roots, touched, removed, release)
+        return events.result(False, step=step, error=str(exc), changed=False,
+                             rolled_back_to=previous.get("release"), rollback_problems=problems)
+
+    history = [r for r in previous.get("releases") or [] if r != release] + [release]
+    events.emit("step", step="prune")
+    history = _prune(install_dir, history)
+    save_state(install_dir, {
+        "version": 1, "install_dir": install_dir, "release": release,
+        "previous_release": previous.get("release"), "releases": history,
+        "installed_at": _now(), "fingerprint": fingerprint, "packages": unpacked,
+        "services": svcs, "roots": roots, "overlay_owner": plan.get("overlay_owner"),
+    })
+    return events.result(True, changed=True, release=release,
+                         previous_release=previous.get("release"))
+
+
+# ------------------------------------------------------------------- other commands
+
+def activate(plan: Dict[str, Any]) -> int:
+    roots = services.roots_from(plan)
+    created: List[Dict[str, str]] = []
+    for service in parse_services(plan):
+        try:
+            created.extend(_activate(service, roots))
+            _wait_healthy(service)
+        except StepFailed as exc:
+            return events.result(False, step=exc.step, error=str(exc), paths=created)
+    return events.result(True, paths=created)
+
+
+def deactivate(plan: Dict[str, Any]) -> int:
+    roots = services.roots_from(plan)
+    for service in reversed(parse_services(plan)):
+        events.emit("step", step="deactivate", service=service["name"])
+        services.manager_for(service["manager"], roots).deactivate(service)
+    return events.result(True)
+
+
+def uninstall_dir(install_dir: str) -> List[str]:
+    """Stop and remove every service and path the receipt lists, then what flinger made
+    in and for the install dir. Returns the problems met (the rest still goes)."""
+    state = load_state(install_dir)
+    roots = state.get("roots") or services.roots_from({})
+    problems: List[str] = []
+    for service in reversed(state.get("services") or []):
+        events.emit("step", step="deactivate", service=service["name"])
+        try:
+            services.manager_for(service["manager"], roots).deactivate(service)
+        except (services.ServiceError, OSError) as exc:
+            problems.append("%s: %s" % (service["name"], exc))
+        services.remove_receipt(service.get("paths") or [])
+        for log_file in service.get("log_files") or []:
+            files.remove_path(log_file)
+    made = layout.created_dirs(install_dir)
+    for name in ("current", "releases", "packages", layout.STATE_DIR):
+        files.remove_path(os.path.join(install_dir, name))
+    for directory in reversed(made):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            problems.append("%s is not empty; left in place" % directory)
+    return problems
+
+
+def uninstall(plan: Dict[str, Any], clean: bool = False) -> int:
+    install_dir = _install_dir(plan)
+    had_state = bool(load_state(install_dir))
+    problems = uninstall_dir(install_dir) if os.path.isdir(install_dir) else []
+    if clean and plan.get("staging_dir"):
+        staging = os.path.abspath(plan["staging_dir"])
+        if staging == "/" or staging == install_dir:
+            raise events.PlanError("refusing to remove staging_dir %s" % staging)
+        files.remove_path(staging)
+    return events.result(not problems, removed=had_state, problems=problems)
+
+
+def status(plan: Dict[str, Any]) -> int:
+    install_dir = _install_dir(plan)
+    state = load_state(install_dir)
+    if not state:
+        return events.result(True, installed=False)
+    roots = state.get("roots") or services.roots_from({})
+    report = []
+    for service in state.get("services") or []:
+        try:
+            run_state = services.manager_for(service["manager"], roots).state(service)
+        except (services.ServiceError, OSError) as exc:
+            run_state = "unknown (%s)" % exc
+        healthy: Optional[bool] = None
+        if service.get("health"):
+            healthy = health.check_once(service["health"])[0]
+        report.append({"name": service["name"], "manager": service["manager"],
+                       "package": service.get("package"), "state": run_state,
+                       "healthy": healthy})
+    return events.result(True, installed=True, release=state.get("release"),
+                         current=_current_release(install_dir),
+                         previous_release=state.get("previous_release"),
+                         installed_at=state.get("installed_at"),
+                         packages=state.get("packages"), services=report)
+
+
+def main(argv: List[str]) -> int:
+    command = argv[0]
+    try:
+        plan = events.read_plan()
+        if command == "install":
+            return install(plan)
+        if command == "activate":
+            return activate(plan)
+        if command == "deactivate":
+            return deactivate(plan)
+        if command in ("uninstall", "clean"):
+            return uninstall(plan, clean=command == "clean")
+        if command == "status":
+            return status(plan)
+    except events.PlanError as exc:
+        return events.result(False, error=str(exc))
+    except (services.ServiceError, OSError) as exc:
+        return events.result(False, error="%s: %s" % (command, exc))
+    return events.result(False, error="unknown command %s" % command)

@@ -1,0 +1,234 @@
+"""Service managers on a server: write a service's definition, start or restart it, report
+its state, stop and remove it. One class per manager (systemd, SMF, runit).
+
+Every path a manager creates outside the install dir is returned as a receipt entry
+{"path", "kind"}: "file" (a file or link), "tree" (a directory and all under it) or "dir"
+(a directory removed only if empty, e.g. /etc/sv when flinger created it), so uninstall
+removes exactly those. The roots (/etc/systemd/system, /var/svc/manifest/site, /etc/sv,
+/etc/service) come from the plan so tests and sandboxes can point them elsewhere.
+"""
+
+import errno
+import os
+import subprocess
+import time
+from typing import Any, Dict, List
+
+from flinger.remote import files
+
+DEFAULT_ROOTS = {
+    "systemd_dir": "/etc/systemd/system",
+    "smf_dir": "/var/svc/manifest/site",
+    "sv_dir": "/etc/sv",
+    "service_dir": "/etc/service",
+}
+Receipt = List[Dict[str, str]]
+_RUNSV_WAIT = 30.0  # runsvdir looks at its directory every 5 seconds
+
+
+class ServiceError(Exception):
+    """A service manager command failed."""
+
+
+def roots_from(plan: Dict[str, Any]) -> Dict[str, str]:
+    """The service-manager directories: the plan's, else the standard ones."""
+    return {key: os.path.abspath(str(plan.get(key) or default))
+            for key, default in DEFAULT_ROOTS.items()}
+
+
+def run(argv: List[str], check: bool = True) -> str:
+    """Run a manager command; raise ServiceError with its last output line on failure."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, check=False, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServiceError("%s: %s" % (" ".join(argv), exc)) from None
+    output = done.stdout.decode("utf-8", "replace").strip()
+    if check and done.returncode != 0:
+        last = output.splitlines()[-1:] or [""]
+        raise ServiceError("%s exited %d: %s" % (" ".join(argv), done.returncode, last[0]))
+    return output
+
+
+def _dirs(path: str, receipt: Receipt) -> None:
+    created: List[str] = []
+    files.make_dirs(path, created)
+    receipt.extend({"path": p, "kind": "dir"} for p in created)
+
+
+def remove_receipt(receipt: Receipt) -> None:
+    """Remove what a receipt lists, innermost last-created first."""
+    for entry in reversed(receipt):
+        path = entry["path"]
+        if entry["kind"] == "dir":
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass  # not empty: something that is not ours lives there now
+        else:
+            files.remove_path(path)
+
+
+class Systemd:
+    name = "systemd"
+
+    def __init__(self, roots: Dict[str, str]) -> None:
+        self.root = roots["systemd_dir"]
+
+    def unit_path(self, service: str) -> str:
+        return os.path.join(self.root, service + ".service")
+
+    def activate(self, service: Dict[str, Any]) -> Receipt:
+        receipt: Receipt = []
+        _dirs(self.root, receipt)
+        path = self.unit_path(service["name"])
+        fresh = not os.path.exists(path)
+        files.write_atomic(path, service["files"]["unit"].encode(), 0o644)
+        receipt.append({"path": path, "kind": "file"})
+        run(["systemctl", "daemon-reload"])
+        unit = service["name"] + ".service"
+        if fresh:
+            run(["systemctl", "enable", "--now", unit])
+        else:
+            run(["systemctl", "enable", unit])
+            run(["systemctl", "restart", unit])
+        return receipt
+
+    def deactivate(self, service: Dict[str, Any]) -> None:
+        path = self.unit_path(service["name"])
+        if os.path.exists(path):
+            run(["systemctl", "disable", "--now", service["name"] + ".service"], check=False)
+            os.unlink(path)
+            run(["systemctl", "daemon-reload"], check=False)
+
+    def state(self, service: Dict[str, Any]) -> str:
+        return run(["systemctl", "is-active", service["name"] + ".service"], check=False) \
+            or "unknown"
+
+
+class Smf:
+    name = "smf"
+
+    def __init__(self, roots: Dict[str, str]) -> None:
+        self.root = roots["smf_dir"]
+
+    @staticmethod
+    def fmri(service: str) -> str:
+        return "svc:/site/%s:default" % service
+
+    def activate(self, service: Dict[str, Any]) -> Receipt:
+        receipt: Receipt = []
+        _dirs(self.root, receipt)
+        path = os.path.join(self.root, service["name"] + ".xml")
+        fresh = not os.path.exists(path)
+        files.write_atomic(path, service["files"]["manifest"].encode(), 0o644)
+        receipt.append({"path": path, "kind": "file"})
+        run(["svccfg", "import", path])
+        run(["svcadm", "enable", self.fmri(service["name"])])
+        if not fresh:
+            run(["svcadm", "restart", self.fmri(service["name"])])
+        return receipt
+
+    def deactivate(self, service: Dict[str, Any]) -> None:
+        path = os.path.join(self.root, service["name"] + ".xml")
+        run(["svcadm", "disable", "-s", self.fmri(service["name"])], check=False)
+        run(["svccfg", "delete", "-f", "svc:/site/%s" % service["name"]], check=False)
+        if os.path.exists(path):
+            os.unlink(path)
+
+    def state(self, service: Dict[str, Any]) -> str:
+        return run(["svcs", "-H", "-o", "state", self.fmri(service["name"])], check=False) \
+            or "unknown"
+
+
+def runsv_ready(service_dir: str) -> bool:
+    """Whether a runsv supervises service_dir: its supervise/ok fifo has a reader."""
+    try:
+        fd = os.open(os.path.join(service_dir, "supervise", "ok"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise
+    os.close(fd)
+    return True
+
+
+def _wait_for(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+class Runit:
+    name = "runit"
+    # files a run-script definition may hold; others in the dir (supervise/, down) are runsv's
+    KNOWN_FILES = ("run", "finish", "log/run")
+
+    def __init__(self, roots: Dict[str, str]) -> None:
+        self.sv_dir = roots["sv_dir"]
+        self.service_dir = roots["service_dir"]
+
+    def activate(self, service: Dict[str, Any]) -> Receipt:
+        receipt: Receipt = []
+        _dirs(self.sv_dir, receipt)
+        _dirs(self.service_dir, receipt)
+        directory = os.path.join(self.sv_dir, service["name"])
+        link = os.path.join(self.service_dir, service["name"])
+        fresh = not os.path.islink(link)
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o755)
+        receipt.append({"path": directory, "kind": "tree"})
+        for key in self.KNOWN_FILES:
+            path = os.path.join(directory, key)
+            if key in service["files"]:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                files.write_atomic(path, service["files"][key].encode(), 0o755)
+            elif os.path.exists(path):
+                os.unlink(path)
+        if fresh:
+            os.symlink(directory, link)
+        receipt.append({"path": link, "kind": "file"})
+        watched = [directory] + ([os.path.join(directory, "log")]
+                                 if "log/run" in service["files"] else [])
+        for path in watched:
+            if not _wait_for(lambda p=path: runsv_ready(p), _RUNSV_WAIT):
+                raise ServiceError("no runsv picked up %s within %ds (is runsvdir running on %s?)"
+                                   % (path, _RUNSV_WAIT, self.service_dir))
+        run(["sv", "up" if fresh else "restart", directory])
+        return receipt
+
+    def deactivate(self, service: Dict[str, Any]) -> None:
+        directory = os.path.join(self.sv_dir, service["name"])
+        link = os.path.join(self.service_dir, service["name"])
+        supervised = [p for p in (directory, os.path.join(directory, "log")) if runsv_ready(p)]
+        for path in supervised:
+            run(["sv", "down", path], check=False)
+        if os.path.islink(link):
+            os.unlink(link)
+        # tell runsv to exit itself rather than wait for runsvdir's next scan
+        for path in supervised:
+            run(["sv", "exit", path], check=False)
+        for path in supervised:
+            _wait_for(lambda p=path: not runsv_ready(p), _RUNSV_WAIT)
+        files.remove_path(directory)
+
+    def state(self, service: Dict[str, Any]) -> str:
+        directory = os.path.join(self.sv_dir, service["name"])
+        if not runsv_ready(directory):
+            return "unsupervised"
+        output = run(["sv", "status", directory], check=False)
+        return output.split(":", 1)[0] if output else "unknown"
+
+
+MANAGERS = {"systemd": Systemd, "smf": Smf, "runit": Runit}
+DEFINITION_KEYS = {"systemd": ("unit",), "smf": ("manifest",), "runit": ("run",)}
+
+
+def manager_for(name: str, roots: Dict[str, str]) -> Any:
+    """The manager object for `name` ("systemd", "smf" or "runit")."""
+    if name not in MANAGERS:
+        raise ServiceError("unknown service manager %r" % name)
+    return MANAGERS[name](roots)

@@ -1,0 +1,258 @@
+"""The remote `install` / `uninstall` / `clean` / `status` / `lock` commands against a real
+private runsvdir: atomic switch, no-change detection, rollback on a failed health check,
+pruning, and an uninstall that leaves no file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flinger.remote import tarball
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("runsvdir") is None or os.geteuid() != 0, reason="needs runit and root"
+)
+
+
+def run_remote(command: str, plan: dict[str, Any] | None = None,
+               *args: str) -> tuple[int, list[dict]]:
+    proc = subprocess.run([sys.executable, "-m", "flinger.remote", command, *args],
+                          input=json.dumps(plan or {}), capture_output=True, text=True, cwd=REPO)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines and lines[-1]["event"] == "result", proc.stderr
+    return proc.returncode, lines
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            found[rel] = "dir"
+        else:
+            found[rel] = path.read_text(errors="replace")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+class Fixture:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.host = tmp / "host"  # what the "server" looks like; staging lives apart
+        self.service_dir = self.host / "etc" / "service"
+        self.service_dir.mkdir(parents=True)
+        self.install_dir = self.host / "opt" / "app"
+        self.staging = tmp / "staging"
+        (self.staging / "packages").mkdir(parents=True)
+        self.port = free_port()
+        self.name = "web%d" % self.port
+        self.sv_dir = self.host / "etc" / "sv"
+
+    def package(self, content: str) -> dict[str, str]:
+        tree = self.tmp / ("tree-" + content)
+        tree.mkdir(exist_ok=True)
+        (tree / "index.html").write_text(content)
+        target = self.staging / "packages" / ("web-%s.tar.gz" % content)
+        tarball.pack_tree(str(tree), str(target))
+        from flinger.remote.files import sha256_file
+        return {"name": "web", "digest": sha256_file(str(target)),
+                "tarball": "packages/" + target.name}
+
+    def overlay(self, run: str, secret: str = "s3cret") -> str:
+        directory = self.staging / ("overlay-" + run)
+        (directory / "secrets").mkdir(parents=True)
+        (directory / "secrets" / "token").write_text(secret)
+        (directory / "secrets" / "token").chmod(0o600)
+        return str(directory)
+
+    def plan(self, release: str, content: str, health: dict[str, Any] | None = None,
+             directory: str = "web") -> dict[str, Any]:
+        run = ("#!/bin/sh\nexec 2>&1\nexec %s -m http.server --bind 127.0.0.1 %d "
+               "--directory %s/current/%s\n" % (sys.executable, self.port, self.install_dir,
+                                                directory))
+        check = health or {"url": "http://127.0.0.1:%d/index.html" % self.port,
+                           "timeout": 30, "interval": 0.2}
+        return {
+            "install_dir": str(self.install_dir), "staging_dir": str(self.staging),
+            "release": release, "packages": [self.package(content)],
+            "overlay_dir": self.overlay(release),
+            "sv_dir": str(self.sv_dir), "service_dir": str(self.service_dir),
+            "services": [{"name": self.name, "package": "web", "manager": "runit",
+                          "files": {"run": run}, "health": check, "after": []}],
+        }
+
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/index.html" % self.port
+
+    def current(self) -> str:
+        return os.readlink(self.install_dir / "current")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Fixture]:
+    fixture = Fixture(tmp_path)
+    runsvdir = subprocess.Popen(["runsvdir", "-P", str(fixture.service_dir)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        yield fixture
+    finally:
+        for directory in sorted(fixture.sv_dir.glob("*")) if fixture.sv_dir.exists() else []:
+            subprocess.run(["sv", "force-stop", str(directory)], capture_output=True)
+            subprocess.run(["sv", "exit", str(directory)], capture_output=True)
+        os.killpg(runsvdir.pid, signal.SIGTERM)
+        runsvdir.wait()
+
+
+def sv_pid(env: Fixture) -> int:
+    out = subprocess.run(["sv", "status", str(env.sv_dir / env.name)], capture_output=True,
+                         text=True).stdout
+    assert out.startswith("run:"), out
+    return int(out.split("(pid ")[1].split(")")[0])
+
+
+def test_install_upgrade_rollback_prune_uninstall(env: Fixture) -> None:
+    before = snapshot(env.host)
+
+    # first install
+    plan = env.plan("r1", "v1")
+    status, lines = run_remote("install", plan)
+    assert status == 0, lines
+    assert lines[-1]["changed"] is True and lines[-1]["release"] == "r1"
+    assert env.current() == "releases/r1" and get(env.url()) == "v1"
+    assert not os.path.exists(plan["overlay_dir"])  # the staged overlay is removed
+    token = env.install_dir / "current" / "overlay" / "secrets" / "token"
+    assert token.read_text() == "s3cret" and token.stat().st_mode & 0o777 == 0o600
+    assert (env.install_dir / "current" / "overlay").stat().st_mode & 0o777 == 0o700
+    state = json.loads((env.install_dir / ".flinger" / "state.json").read_text())
+    assert state["release"] == "r1" and state["packages"]["web"]["digest"] == \
+        plan["packages"][0]["digest"]
+    recorded = {e["path"] for e in state["services"][0]["paths"]}
+    assert str(env.sv_dir / env.name) in recorded and str(env.sv_dir) in recorded
+    first_pid = sv_pid(env)
+
+    # the same again: nothing changes, nothing restarts
+    status, lines = run_remote("install", env.plan("r2", "v1"))
+    assert status == 0 and lines[-1]["changed"] is False
+    assert env.current() == "releases/r1" and sv_pid(env) == first_pid
+    assert not [e for e in lines if e.get("step") == "service"]
+
+    # an upgrade whose health check fails: the previous release keeps running
+    failing = env.plan("r3", "v3", health={"command": "exit 1", "timeout": 1, "interval": 0.2})
+    failing["services"][0]["files"]["run"] += "# changed\n"
+    status, lines = run_remote("install", failing)
+    assert status == 1
+    assert lines[-1]["step"] == "health:" + env.name and lines[-1]["rolled_back_to"] == "r1"
+    assert env.current() == "releases/r1"
+    assert not (env.install_dir / "releases" / "r3").exists()
+    assert "# changed" not in (env.sv_dir / env.name / "run").read_text()
+    status, lines = run_remote("install", env.plan("r4", "v1"))  # health passes again
+    assert lines[-1]["changed"] is False  # the receipt still describes r1
+    assert get(env.url()) == "v1"
+    assert not os.path.exists(failing["overlay_dir"])
+
+    # real upgrades; only the last two releases stay
+    status, lines = run_remote("install", env.plan("r5", "v5"))
+    assert status == 0 and env.current() == "releases/r5" and get(env.url()) == "v5"
+    status, lines = run_remote("install", env.plan("r6", "v6"))
+    assert status == 0 and get(env.url()) == "v6"
+    assert sorted(os.listdir(env.install_dir / "releases")) == ["r5", "r6"]
+    assert len(os.listdir(env.install_dir / "packages")) == 2
+
+    status, lines = run_remote("status", {"install_dir": str(env.install_dir)})
+    result = lines[-1]
+    assert result["release"] == "r6" and result["previous_release"] == "r5"
+    assert result["services"][0]["state"] == "run" and result["services"][0]["healthy"] is True
+
+    # uninstall: the host is exactly as before the first install
+    pid = sv_pid(env)
+    status, lines = run_remote("uninstall", {"install_dir": str(env.install_dir)})
+    assert status == 0, lines
+    assert snapshot(env.host) == before
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(pid, 0)
+            subprocess.run(["sleep", "0.1"])
+
+
+def test_clean_removes_the_staging_dir(env: Fixture) -> None:
+    before = snapshot(env.host)
+    status, _ = run_remote("install", env.plan("r1", "v1"))
+    assert status == 0
+    status, _ = run_remote("clean", {"install_dir": str(env.install_dir),
+                                     "staging_dir": str(env.staging)})
+    assert status == 0
+    assert not env.staging.exists() and snapshot(env.host) == before
+
+
+def test_first_install_failing_leaves_no_service(env: Fixture) -> None:
+    plan = env.plan("r1", "v1", health={"command": "false", "timeout": 0.5})
+    status, lines = run_remote("install", plan)
+    assert status == 1 and lines[-1]["rolled_back_to"] is None
+    assert not os.path.lexists(env.install_dir / "current")
+    assert not (env.sv_dir / env.name).exists()
+    assert not os.path.lexists(env.service_dir / env.name)
+
+
+def test_bad_digest_touches_nothing(env: Fixture) -> None:
+    plan = env.plan("r1", "v1")
+    plan["packages"][0]["digest"] = "0" * 64
+    status, lines = run_remote("install", plan)
+    assert status == 1 and lines[-1]["step"] == "unpack"
+    assert not os.path.lexists(env.install_dir / "current")
+    assert not os.path.exists(plan["overlay_dir"])
+    assert not (env.sv_dir / env.name).exists()
+
+
+def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
+    install_dir = str(tmp_path / "opt" / "app")
+    args = ["--install-dir", install_dir]
+    status, lines = run_remote("lock", None, "acquire", *args, "--holder", "alice")
+    assert status == 0
+    record = json.loads(Path(install_dir, ".flinger", "lock").read_text())
+    assert record["holder"] == "alice" and "since" in record and "pid" in record
+    status, lines = run_remote("lock", None, "acquire", *args, "--holder", "bob",
+                               "--wait", "0.6")
+    assert status == 1 and lines[0]["event"] == "held" and lines[0]["holder"] == "alice"
+    assert "alice" in lines[-1]["error"]
+    status, lines = run_remote("lock", None, "release", *args, "--holder", "bob")
+    assert status == 1
+    status, lines = run_remote("lock", None, "break", *args)
+    assert status == 0 and lines[-1]["holder"] == "alice"
+    status, _ = run_remote("lock", None, "acquire", *args, "--holder", "bob")
+    assert status == 0
+    status, lines = run_remote("lock", None, "release", *args, "--holder", "bob")
+    assert status == 0 and lines[-1]["released"] is True
+    assert not Path(install_dir, ".flinger", "lock").exists()
+
+
+def test_install_refuses_without_the_lock(env: Fixture) -> None:
+    plan = {**env.plan("r1", "v1"), "lock_holder": "alice"}
+    status, lines = run_remote("install", plan)
+    assert status == 1 and lines[-1]["step"] == "lock"
+    assert not os.path.lexists(env.install_dir / "current")
