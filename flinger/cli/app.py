@@ -171,7 +171,7 @@ sandbox_app = typer.Typer(
 )
 app.add_typer(sandbox_app, name="sandbox")
 DirOpt = Annotated[Path, typer.Option("--dir", help="sandbox directory")]
-DEFAULT_SANDBOX = Path(".flinger-sandbox")
+DEFAULT_SANDBOX = Path("/var/lib/flinger-sandbox")  # not under /root, /opt or /srv: the hosts mount over those
 
 
 @sandbox_app.command("up")
@@ -238,4 +238,34 @@ def sandbox_env(directory: DirOpt = DEFAULT_SANDBOX) -> int:
     from flinger import sandbox
 
     typer.echo(sandbox.env(directory.resolve()))
+    return 0
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    servers: Annotated[int, typer.Option("--servers", min=3, max=64, help="sandbox hosts (one is the builder)")] = 4,
+    directory: DirOpt = DEFAULT_SANDBOX,
+    down: Annotated[bool, typer.Option("--down", help="stop the sandbox at the end")] = False,
+) -> int:
+    """Start a local sandbox and run the whole workflow on the example quorum system."""
+    from flinger import sandbox
+    from flinger.actions.demo import run_demo
+    from flinger.cli import run as run_cli
+
+    env = env_of(ctx)
+    target = directory.resolve()
+    try:
+        report = run_demo(target, servers, run_cli, env.ui.note)
+    finally:
+        if down:
+            sandbox.down(target)
+    env.ui.table("quorum nodes", ("server", "/status"), list(report.nodes.items()))
+    sealed = [n for n, s in report.nodes.items() if s != "unsealed"]
+    if sealed:
+        env.ui.error(f"not unsealed: {', '.join(sealed)}")
+        return int(ExitStatus.FAILED)
+    env.ui.success(f"demo complete: {len(report.nodes)} quorum nodes unsealed")
+    if not down:
+        env.ui.note(f"the sandbox is still running: flinger sandbox down --dir {directory}")
     return 0
