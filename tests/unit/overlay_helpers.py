@@ -31,9 +31,7 @@ def make_topology(
 ) -> Topology:
     """A topology in `root` (deploy.toml need not exist): `servers` maps name -> (addr, roles);
     every one of them is a deployment server, plus a builder that is not."""
-    all_servers = {
-        n: Server(name=n, addr=addr, user="deploy", roles=roles) for n, (addr, roles) in servers.items()
-    }
+    all_servers = {n: Server(name=n, addr=addr, user="deploy", roles=roles) for n, (addr, roles) in servers.items()}
     all_servers[builder] = Server(name=builder, addr="build1.example.net", user="deploy")
     names = tuple(servers)
     return Topology(
@@ -53,7 +51,10 @@ def make_topology(
     )
 
 
-def nodes(count: int, roles: tuple[str, ...] = ("node",), prefix: str = "node") -> dict[str, tuple[str, tuple[str, ...]]]:
+ServerSpecs = dict[str, tuple[str, tuple[str, ...]]]
+
+
+def nodes(count: int, roles: tuple[str, ...] = ("node",), prefix: str = "node") -> ServerSpecs:
     """`count` servers node1..nodeN on 10.0.x.y addresses."""
     return {f"{prefix}{i}": (f"10.0.{i // 250}.{i % 250 + 1}", roles) for i in range(1, count + 1)}
 

@@ -232,12 +232,12 @@ def test_runs_on_python39_with_the_standard_library_only() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = _write_shares(Path(tmp), "demo", 3, 2, 12345)
         code = (
-            "import sys; sys.path.insert(0, %r)\n"
+            f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
             "from flinger.remote import shamir\n"
             "c, s = shamir.split(12345, 5, 3)\n"
             "assert shamir.combine(s[2:]) == 12345\n"
             "sys.exit(shamir.main(['verify-share'] + sys.argv[1:]))\n"
-        ) % str(REPO)
+        )
         proc = subprocess.run(
             [str(PY39), "-S", "-c", code, *map(str, paths)], capture_output=True, text=True, check=False
         )
