@@ -1,0 +1,198 @@
+"""Render a manifest `Service` into the definition files of a server's service manager.
+
+`render_service` gives the `files` dict of the remote install plan: {"unit": ...} for
+systemd, {"manifest": ...} for SMF, {"run": ..., "finish"?: ...} for runit. The `{{ }}`
+placeholders inside the Service's fields are rendered first (jinja2, StrictUndefined) with
+the given context; a package may instead ship its own definition under `smf/<service>/`
+(`manifest.xml`, `<service>.service`, `run`), rendered through jinja2 the same way.
+
+ExecStart (systemd), the run script (runit) and the SMF start method all take the
+service's `command` as written: systemd splits it into words with its own quoting rules,
+runit and SMF hand it to /bin/sh, so a plain `program --flag value` means the same in all
+three. Everything else (paths, environment values) is quoted for its target syntax.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from flinger.errors import ConfigError
+from flinger.manifest.model import Service
+
+TEMPLATES = Path(__file__).parent / "templates"
+MANAGERS = ("systemd", "smf", "runit")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+# the file a package ships under smf/<service>/ to replace the generated definition
+OVERRIDE_FILES = {"systemd": ("{name}.service", "unit"), "smf": ("manifest.xml", "manifest"),
+                  "runit": ("run", "run")}
+_RUNIT_EXTRA = (("finish", "finish"), ("log/run", "log/run"))
+
+
+def _systemd_escape(value: Any) -> str:
+    """A value for a unit setting: `%` would start a specifier."""
+    return str(value).replace("%", "%%")
+
+
+def _systemd_quote(value: Any) -> str:
+    """A double-quoted unit word (Environment=), with `\\`, `"` and `%` escaped."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{text}"'
+
+
+def _environment(trim: bool = False) -> jinja2.Environment:
+    env = jinja2.Environment(
+        trim_blocks=trim,
+        lstrip_blocks=trim,
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        # XML escaping for the SMF manifest; unit files and shell scripts are quoted by
+        # their own filters, and placeholder strings must stay verbatim
+        autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2",),
+                                            default_for_string=False, default=False),
+        keep_trailing_newline=True,
+    )
+    env.filters["shquote"] = shlex.quote
+    env.filters["systemd"] = _systemd_escape
+    env.filters["systemd_quote"] = _systemd_quote
+    return env
+
+
+_ENV = _environment()
+_XML_ENV = _environment(trim=True)  # the manifest's block tags sit on lines of their own
+
+
+def _render_text(text: str, context: dict[str, Any], key: str) -> str:
+    try:
+        return _ENV.from_string(text).render(context)
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(f"placeholder: {exc.message}", key=key) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"template syntax: {exc.message}", key=key, line=exc.lineno) from None
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def resolve_service(service: Service, service_name: str, context: dict[str, Any]) -> dict[str, Any]:
+    """The service's fields with their placeholders rendered, checked for what would break
+    the generated files (newlines, bad environment names)."""
+    where = f"services.{service_name}"
+    fields: dict[str, Any] = {
+        "name": service_name,
+        "description": f"{service_name} (deployed by flinger)",
+        "command": _render_text(service.command, context, f"{where}.command"),
+        "working_dir": _render_text(service.working_dir, context, f"{where}.working_dir")
+        if service.working_dir else None,
+        "user": _render_text(service.user, context, f"{where}.user") if service.user else None,
+        "group": _render_text(service.group, context, f"{where}.group") if service.group else None,
+        "log_file": _render_text(service.log_file, context, f"{where}.log_file")
+        if service.log_file else None,
+        "environment": [
+            (name, _render_text(value, context, f"{where}.environment.{name}"))
+            for name, value in sorted(service.environment.items())
+        ],
+        "restart": service.restart,
+        "restart_sec": _seconds(service.restart_sec),
+        "restart_delay": float(service.restart_sec),
+        "after": list(service.after),
+        "limits": {"nofile": service.limits.get("nofile"), "nproc": service.limits.get("nproc")},
+    }
+    if not _SERVICE_NAME.match(service_name):
+        raise ConfigError(f"service name {service_name!r} must be letters, digits, . _ @ -",
+                          key=where)
+    if service.restart not in ("always", "on-failure", "no"):
+        raise ConfigError(f"restart must be always, on-failure or no, not {service.restart!r}",
+                          key=f"{where}.restart")
+    for name, _value in fields["environment"]:
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"{name!r} is not a valid environment variable name",
+                              key=f"{where}.environment")
+    for key in ("command", "working_dir", "user", "group", "log_file"):
+        if fields[key] is not None and ("\n" in fields[key] or "\r" in fields[key]):
+            raise ConfigError("must be a single line", key=f"{where}.{key}")
+    for name, value in fields["environment"]:
+        if "\n" in value:
+            raise ConfigError("must be a single line", key=f"{where}.environment.{name}")
+    for other in service.after:
+        if not _SERVICE_NAME.match(other):
+            raise ConfigError(f"{other!r} is not a service name", key=f"{where}.after")
+    return fields
+
+
+def _chpst_options(fields: dict[str, Any]) -> str:
+    options = []
+    if fields["user"]:
+        owner = fields["user"] + (":" + fields["group"] if fields["group"] else "")
+        options.append("-u " + shlex.quote(owner))
+    if fields["limits"]["nofile"]:
+        options.append(f"-o {int(fields['limits']['nofile'])}")
+    if fields["limits"]["nproc"]:
+        options.append(f"-p {int(fields['limits']['nproc'])}")
+    return " ".join(options)
+
+
+def _render_generated(fields: dict[str, Any], manager: str) -> dict[str, str]:
+    if manager == "systemd":
+        return {"unit": _ENV.get_template("systemd.service.j2").render(fields)}
+    if manager == "smf":
+        # SMF expands %-tokens in method strings
+        start = fields["command"].replace("%", "%%")
+        if fields["log_file"]:
+            start = f"{start} >>{shlex.quote(fields['log_file'])} 2>&1"
+        return {"manifest": _XML_ENV.get_template("smf-manifest.xml.j2").render(fields, start=start)}
+    files = {"run": _ENV.get_template("runit-run.sh.j2").render(fields,
+                                                                 chpst=_chpst_options(fields))}
+    if fields["restart"] != "always" or fields["restart_delay"] > 1:
+        files["finish"] = _ENV.get_template("runit-finish.sh.j2").render(fields)
+    return files
+
+
+def _render_override(override_dir: Path, service_name: str, manager: str,
+                     context: dict[str, Any]) -> dict[str, str] | None:
+    filename, key = OVERRIDE_FILES[manager]
+    path = override_dir / filename.format(name=service_name)
+    if not path.is_file():
+        return None
+    extra = _RUNIT_EXTRA if manager == "runit" else ()
+    files = {key: _render_text(path.read_text(encoding="utf-8"), context, str(path))}
+    for name, extra_key in extra:
+        if (override_dir / name).is_file():
+            files[extra_key] = _render_text((override_dir / name).read_text(encoding="utf-8"),
+                                            context, str(override_dir / name))
+    return files
+
+
+def render_service(service: Service, service_name: str, manager: str, context: dict[str, Any],
+                   override_dir: Path | None = None) -> dict[str, str]:
+    """The definition files of `service` for `manager` ("systemd" | "smf" | "runit"), as the
+    remote install plan's `files` dict. A definition shipped in `override_dir` wins."""
+    if manager not in MANAGERS:
+        raise ConfigError(f"unknown service manager {manager!r} (systemd, smf or runit)",
+                          key="service_manager")
+    fields = resolve_service(service, service_name, context)
+    if override_dir is not None:
+        shipped = _render_override(override_dir, service_name, manager,
+                                   {**context, "service": fields})
+        if shipped is not None:
+            return shipped
+    return _render_generated(fields, manager)
+
+
+def render_health(service: Service, context: dict[str, Any], service_name: str) -> dict[str, Any] | None:
+    """The service's health check for the remote plan, placeholders rendered."""
+    if service.health is None:
+        return None
+    where = f"services.{service_name}.health"
+    check = asdict(service.health)
+    for key in ("url", "command", "ca"):
+        if check[key]:
+            check[key] = _render_text(check[key], context, f"{where}.{key}")
+    return check

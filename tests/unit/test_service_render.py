@@ -1,0 +1,182 @@
+"""Service definitions rendered for systemd, SMF and runit from a manifest Service."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from flinger.errors import ConfigError
+from flinger.manifest.model import HealthCheck, Service
+from flinger.service_render import render_health, render_service
+
+CONTEXT = {"install_dir": "/opt/quorum", "server": {"name": "node1", "addr": "10.0.0.11"},
+           "deployment": {"name": "demo"}, "package": {"name": "quorum"}}
+
+
+def quorum_service(tmp_path: Path, **changes: object) -> Service:
+    fields: dict[str, object] = {
+        "command": "/bin/sleep 1000 --addr {{ server.addr }}",
+        "working_dir": str(tmp_path),
+        "environment": {"QUORUM_NODE": "{{ server.name }}", "TRICKY": 'a "b" 100% $x'},
+        "user": "nobody", "group": "nogroup", "restart": "always", "restart_sec": 2.5,
+        "after": ("store",), "limits": {"nofile": 65536, "nproc": 512},
+        "log_file": str(tmp_path / "quorum.log"),
+        "health": HealthCheck(url="https://{{ server.addr }}:8443/status",
+                              ca="{{ install_dir }}/current/overlay/tls/ca.pem"),
+    }
+    fields.update(changes)
+    return Service(**fields)  # type: ignore[arg-type]
+
+
+def test_systemd_unit_has_every_setting(tmp_path: Path) -> None:
+    unit = render_service(quorum_service(tmp_path), "quorum", "systemd", CONTEXT)["unit"]
+    lines = unit.splitlines()
+    for expected in (
+        "After=network.target store.service", "Type=simple", "User=nobody", "Group=nogroup",
+        f"WorkingDirectory={tmp_path}", 'Environment="QUORUM_NODE=node1"',
+        'Environment="TRICKY=a \\"b\\" 100%% $x"',
+        "ExecStart=/bin/sleep 1000 --addr 10.0.0.11", "Restart=always", "RestartSec=2.5",
+        "LimitNOFILE=65536", "LimitNPROC=512",
+        f"StandardOutput=append:{tmp_path}/quorum.log",
+        f"StandardError=append:{tmp_path}/quorum.log", "WantedBy=multi-user.target",
+    ):
+        assert expected in lines, expected
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None and not os.environ.get("CI"),
+                    reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("restart", ["always", "on-failure", "no"])
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path, restart: str) -> None:
+    # "nobody" draws a warning of its own from verify: use an ordinary system user
+    service = quorum_service(tmp_path, restart=restart, after=(), user="daemon", group="daemon")
+    unit = render_service(service, "quorum", "systemd", CONTEXT)["unit"]
+    path = tmp_path / "quorum.service"
+    path.write_text(unit)
+    done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                          text=True)
+    problems = [line for line in done.stderr.splitlines() if "quorum.service" in line]
+    assert done.returncode == 0 and not problems, done.stderr
+
+
+def test_systemd_unit_with_bad_setting_fails_verify(tmp_path: Path) -> None:
+    """The verify test above can fail: a unit whose ExecStart does not exist is refused."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = render_service(quorum_service(tmp_path, command="/nonexistent/prog"), "q",
+                          "systemd", CONTEXT)["unit"]
+    path = tmp_path / "q.service"
+    path.write_text(unit)
+    done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True)
+    assert done.returncode != 0
+
+
+def test_smf_manifest_is_well_formed_with_methods(tmp_path: Path) -> None:
+    xml = render_service(quorum_service(tmp_path, command="/bin/prog --rate 5%"), "quorum",
+                         "smf", CONTEXT)["manifest"]
+    root = ET.fromstring(xml.split("\n", 2)[2])  # past the XML declaration and DOCTYPE
+    assert root.tag == "service_bundle" and root.get("type") == "manifest"
+    service = root.find("service")
+    assert service is not None and service.get("name") == "site/quorum"
+    methods = {m.get("name"): m.get("exec") for m in service.findall("exec_method")}
+    assert methods["stop"] == ":kill"
+    assert methods["start"] == f"/bin/prog --rate 5%% >>{tmp_path}/quorum.log 2>&1"
+    fmris = [d.find("service_fmri").get("value") for d in service.findall("dependency")]  # type: ignore[union-attr]
+    assert "svc:/milestone/network:default" in fmris and "svc:/site/store" in fmris
+    context = service.find("method_context")
+    assert context is not None and context.get("working_directory") == str(tmp_path)
+    credential = context.find("method_credential")
+    assert credential is not None and credential.get("user") == "nobody"
+    env = {e.get("name"): e.get("value") for e in context.iter("envvar")}
+    assert env == {"QUORUM_NODE": "node1", "TRICKY": 'a "b" 100% $x'}
+    props = {p.get("name"): p.get("value") for p in service.iter("propval")}
+    assert props["restart"] == "always" and props["duration"] == "child"
+
+
+def test_runit_run_script_runs_with_env_and_workdir(tmp_path: Path) -> None:
+    work = tmp_path / "work dir"
+    work.mkdir()
+    service = quorum_service(
+        tmp_path, user=None, group=None, working_dir=str(work), log_file=None, limits={},
+        command="""/bin/sh -c 'pwd; echo "$QUORUM_NODE"; echo "$TRICKY"' """)
+    files = render_service(service, "quorum", "runit", CONTEXT)
+    assert set(files) == {"run", "finish"}  # restart_sec 2.5 > runsv's own 1 s pause
+    script = tmp_path / "run"
+    script.write_text(files["run"])
+    script.chmod(0o755)
+    out = subprocess.run([str(script)], capture_output=True, text=True, env={"PATH": "/bin:/usr/bin"})
+    assert out.stdout.splitlines() == [str(work), "node1", 'a "b" 100% $x']
+
+
+def test_runit_run_script_uses_chpst_and_log_file(tmp_path: Path) -> None:
+    files = render_service(quorum_service(tmp_path), "quorum", "runit", CONTEXT)
+    run = files["run"]
+    assert run.startswith("#!/bin/sh\n") and "exec 2>&1\n" in run
+    assert f"exec >>{tmp_path}/quorum.log\n" in run
+    assert run.rstrip().endswith(
+        "exec chpst -u nobody:nogroup -o 65536 -p 512 /bin/sleep 1000 --addr 10.0.0.11")
+    assert subprocess.run(["sh", "-n"], input=run, text=True).returncode == 0
+
+
+def test_runit_finish_follows_restart_policy(tmp_path: Path) -> None:
+    never = render_service(quorum_service(tmp_path, restart="no", restart_sec=1), "q",
+                           "runit", CONTEXT)
+    assert "exec sv down ." in never["finish"]
+    always = render_service(quorum_service(tmp_path, restart="always", restart_sec=1), "q",
+                            "runit", CONTEXT)
+    assert "finish" not in always
+    on_failure = render_service(quorum_service(tmp_path, restart="on-failure", restart_sec=1),
+                                "q", "runit", CONTEXT)["finish"]
+    finish = tmp_path / "finish"
+    finish.write_text(on_failure.replace("exec sv down .", "echo down"))
+    finish.chmod(0o755)
+    assert subprocess.run([str(finish), "0"], capture_output=True, text=True).stdout == "down\n"
+    assert subprocess.run([str(finish), "3"], capture_output=True, text=True).stdout == ""
+
+
+def test_undefined_placeholder_names_the_field(tmp_path: Path) -> None:
+    service = quorum_service(tmp_path, command="/bin/q --peer {{ server.nope }}")
+    with pytest.raises(ConfigError) as caught:
+        render_service(service, "quorum", "systemd", CONTEXT)
+    assert "services.quorum.command" in str(caught.value) and "nope" in str(caught.value)
+
+
+def test_newline_in_a_field_is_refused(tmp_path: Path) -> None:
+    service = quorum_service(tmp_path, command="/bin/q\nExecStartPre=/bin/evil")
+    with pytest.raises(ConfigError, match="single line"):
+        render_service(service, "quorum", "systemd", CONTEXT)
+
+
+def test_unknown_manager_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="launchd"):
+        render_service(quorum_service(tmp_path), "quorum", "launchd", CONTEXT)
+
+
+def test_shipped_definition_wins_and_is_rendered(tmp_path: Path) -> None:
+    shipped = tmp_path / "smf" / "quorum"
+    shipped.mkdir(parents=True)
+    (shipped / "manifest.xml").write_text('<service name="site/{{ service.name }}" '
+                                          'addr="{{ server.addr }}"/>\n')
+    (shipped / "run").write_text("#!/bin/sh\nexec {{ install_dir }}/bin/q\n")
+    (shipped / "finish").write_text("#!/bin/sh\nsleep 1\n")
+    service = quorum_service(tmp_path)
+    smf = render_service(service, "quorum", "smf", CONTEXT, override_dir=shipped)
+    assert smf == {"manifest": '<service name="site/quorum" addr="10.0.0.11"/>\n'}
+    runit = render_service(service, "quorum", "runit", CONTEXT, override_dir=shipped)
+    assert runit == {"run": "#!/bin/sh\nexec /opt/quorum/bin/q\n",
+                     "finish": "#!/bin/sh\nsleep 1\n"}
+    # nothing shipped for systemd: the generated unit
+    unit = render_service(service, "quorum", "systemd", CONTEXT, override_dir=shipped)["unit"]
+    assert "ExecStart=/bin/sleep 1000 --addr 10.0.0.11" in unit
+
+
+def test_health_placeholders_rendered(tmp_path: Path) -> None:
+    check = render_health(quorum_service(tmp_path), CONTEXT, "quorum")
+    assert check is not None
+    assert check["url"] == "https://10.0.0.11:8443/status"
+    assert check["ca"] == "/opt/quorum/current/overlay/tls/ca.pem"
+    assert check["timeout"] == 30.0
