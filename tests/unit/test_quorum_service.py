@@ -578,20 +578,44 @@ def test_rendered_config_is_accepted_by_the_service(bin_dir: Path) -> None:
     assert share == "/opt/quorum/current/overlay/share.json"
 
 
-def test_smf_manifest_renders_to_well_formed_xml() -> None:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    text = env.from_string(SMF_TEMPLATE.read_text(encoding="utf-8")).render(
-        install_dir="/opt/q & <co>",
-        command='/usr/bin/python3 "/opt/q & <co>/current/quorum/bin/quorum.py" --config x')
+def check_smf_manifest(text: str, install_dir: str, command: str) -> None:
     root = ET.fromstring(text.encode("utf-8"))
     service = root.find("service")
     assert service is not None and service.get("name") == "site/quorum"
     start = service.find("exec_method[@name='start']")
     assert start is not None
-    assert '"/opt/q & <co>/current/quorum/bin/quorum.py"' in (start.get("exec") or "")
+    assert command in (start.get("exec") or "")
     context = start.find("method_context")
     assert context is not None
-    assert context.get("working_directory") == "/opt/q & <co>/current/quorum"
+    assert context.get("working_directory") == f"{install_dir}/current/quorum"
+
+
+def test_smf_manifest_renders_to_well_formed_xml() -> None:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    command = '/usr/bin/python3 "/opt/q & <co>/current/quorum/bin/quorum.py" --config x'
+    text = env.from_string(SMF_TEMPLATE.read_text(encoding="utf-8")).render(
+        install_dir="/opt/q & <co>", service={"command": command})
+    check_smf_manifest(text, "/opt/q & <co>", command)
+
+
+def test_smf_manifest_is_what_flinger_deploys_for_smf_hosts() -> None:
+    service_render = pytest.importorskip("flinger.service_render")
+    loader = pytest.importorskip("flinger.manifest.loader")
+    package = loader.load_manifest(MANIFEST).packages["quorum"]
+    context = {
+        "server": {"name": "node1", "addr": "10.0.0.1", "roles": ["node"], "port": 22,
+                   "user": "root"},
+        "servers": [{"name": "node1", "addr": "10.0.0.1", "roles": ["node"]}],
+        "deployment": {"name": "demo", "install_dir": "/opt/quorum", "staging_dir": "/tmp/s",
+                       "threshold": 1, "n": 1},
+        "install_dir": "/opt/quorum",
+    }
+    files = service_render.render_service(package.service, package.service_name, "smf", context,
+                                          override_dir=SMF_TEMPLATE.parent)
+    command = ("/usr/bin/python3 /opt/quorum/current/quorum/bin/quorum.py"
+               " --config /opt/quorum/current/overlay/files/quorum/config.json")
+    check_smf_manifest(files["manifest"], "/opt/quorum", command)
+    assert "ctrun" in files["manifest"]  # ours, not the generated one
 
 
 def test_package_manifest_loads_and_its_paths_exist() -> None:
