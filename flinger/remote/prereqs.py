@@ -172,7 +172,9 @@ class Prereqs:
             return
         if self.check:
             for name in missing:
-                self.item("apt", name, WOULD_CHANGE, "not installed")
+                known, _out, _err = self.run(["apt-cache", "show", "--no-all-versions", name])
+                note = "" if known == 0 else " (not in apt's package lists; installing refreshes them first)"
+                self.item("apt", name, WOULD_CHANGE, "not installed" + note)
             return
         outcome = self._apt_install(missing)
         for name in missing:

@@ -51,6 +51,10 @@ class FakeHost:
                 return 100, "Reading package lists...\n", "".join(f"E: Unable to locate package {n}\n" for n in unknown)
             self.installed |= set(names)
             return 0, "Setting up ...\n", ""
+        if argv[:2] == ["apt-cache", "show"]:
+            if argv[-1] in self.available:
+                return 0, f"Package: {argv[-1]}\n", ""
+            return 100, "", "E: No packages found"
         if cmd == "getent":
             database, name = argv[1], argv[2]
             if database == "group" and name in self.groups:
@@ -129,9 +133,11 @@ def test_installed_packages_are_ok_and_missing_ones_installed_once(host: FakeHos
 
 
 def test_check_mode_reports_would_change_and_runs_no_installer(host: FakeHost) -> None:
-    result, items = run(host, {"check": True, "apt": ["rsync", "python3"]})
-    assert states(items)[("apt", "python3")] == "would-change"
-    assert result == {**result, "ok": True, "changed": 0, "would_change": 1}
+    result, items = run(host, {"check": True, "apt": ["rsync", "python3", "nope"]})
+    found = {i["name"]: i for i in items}
+    assert found["python3"]["state"] == "would-change" and found["python3"]["detail"] == "not installed"
+    assert found["nope"]["state"] == "would-change" and "not in apt's package lists" in found["nope"]["detail"]
+    assert result == {**result, "ok": True, "changed": 0, "would_change": 2}
     assert host.ran("apt-get") == 0
     assert "python3" not in host.installed
 
