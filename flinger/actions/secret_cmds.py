@@ -59,9 +59,14 @@ class CombineResult:
         return doc
 
 
-def _check_one(
+_BATCH_FROM = 4  # below this many shares, one check per share is as quick as a batch
+
+
+def _static_check(
     server: str, path: Path, deployment: str, expected: SplitState | None
-) -> ShareCheck:
+) -> ShareCheck | dict[str, Any]:
+    """The loaded share document, or a failed ShareCheck when it is unusable before any
+    group arithmetic."""
     if not path.exists():
         return ShareCheck(server, path, None, False, "no share file: run `flinger overlay`")
     try:
@@ -69,19 +74,14 @@ def _check_one(
     except ValueError as e:
         return ShareCheck(server, path, None, False, str(e))
     index = doc["index"]
-    commitments = doc["verifier"]["commitments"]
     if doc["deployment"] != deployment:
         return ShareCheck(server, path, index, False, f"a share of deployment {doc['deployment']}")
-    if not shamir.verify_share(index, doc["share"], commitments):
-        return ShareCheck(server, path, index, False, "the share does not match its commitments")
     if expected is not None:
-        if tuple(commitments) != expected.commitments:
-            return ShareCheck(
-                server, path, index, False, "its commitments are not the deployment's current ones"
-            )
+        if tuple(doc["verifier"]["commitments"]) != expected.commitments:
+            return ShareCheck(server, path, index, False, "its commitments are not the deployment's current ones")
         if server in expected.servers and expected.index_of(server) != index:
             return ShareCheck(server, path, index, False, "not the index this server was given")
-    return ShareCheck(server, path, index, True)
+    return doc
 
 
 def verify_shares(topology: Topology, server: str | None = None) -> list[ShareCheck]:
@@ -93,15 +93,29 @@ def verify_shares(topology: Topology, server: str | None = None) -> list[ShareCh
             raise UsageError(f'no deployment server named "{server}"')
         names = [server]
     if len(topology.deployment.servers) < 2:
-        raise FlingerError(
-            f"deployment {topology.name} has a single server: it holds no secret shares"
-        )
+        raise FlingerError(f"deployment {topology.name} has a single server: it holds no secret shares")
     paths = StatePaths(topology.state_dir)
     expected = load_split(paths.split_file)
-    return [
-        _check_one(name, paths.overlay_dir / name / "share.json", topology.name, expected)
-        for name in names
-    ]
+    checks: dict[str, ShareCheck] = {}
+    groups: dict[tuple[int, ...], list[tuple[str, Path, dict[str, Any]]]] = {}
+    for name in names:
+        path = paths.overlay_dir / name / "share.json"
+        found = _static_check(name, path, topology.name, expected)
+        if isinstance(found, ShareCheck):
+            checks[name] = found
+        else:
+            groups.setdefault(tuple(found["verifier"]["commitments"]), []).append((name, path, found))
+    for commitments, members in groups.items():
+        points = [(doc["index"], doc["share"]) for _, _, doc in members]
+        # One randomised check for many shares; only when it fails is each share checked
+        # alone, to say which one is bad.
+        all_good = len(members) >= _BATCH_FROM and shamir.verify_shares_batch(points, commitments)
+        for (name, path, _doc), (index, value) in zip(members, points, strict=True):
+            if all_good or shamir.verify_share(index, value, commitments):
+                checks[name] = ShareCheck(name, path, index, True)
+            else:
+                checks[name] = ShareCheck(name, path, index, False, "the share does not match its commitments")
+    return [checks[name] for name in names]
 
 
 def combine_share_files(paths: list[Path], reveal: bool = False) -> CombineResult:

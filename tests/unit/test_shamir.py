@@ -46,7 +46,7 @@ def test_group_is_a_safe_prime_and_g_generates_the_order_q_subgroup() -> None:
     assert pow(shamir.G, shamir.Q, shamir.P) == 1 and shamir.G != 1
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.integers(min_value=0, max_value=shamir.Q - 1))
 def test_fixed_base_power_matches_pow(e: int) -> None:
     assert shamir.pow_g(e) == pow(shamir.G, e, shamir.P)
@@ -250,3 +250,34 @@ def test_parses_with_the_python_39_grammar() -> None:
 
     source = (REPO / "flinger" / "remote" / "shamir.py").read_text()
     ast.parse(source, feature_version=(3, 9))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=2, max_value=shamir.P - 1), st.integers(min_value=0, max_value=shamir.Q - 1)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_multi_exponentiation_matches_pow(pairs: list[tuple[int, int]]) -> None:
+    expected = 1
+    for base, e in pairs:
+        expected = expected * pow(base, e, shamir.P) % shamir.P
+    assert shamir._multi_pow([b for b, _ in pairs], [e for _, e in pairs]) == expected
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.data())
+def test_batch_verification_accepts_good_shares_and_rejects_one_bad(data: st.DataObject) -> None:
+    n = data.draw(st.integers(min_value=1, max_value=16), label="n")
+    t = data.draw(st.integers(min_value=1, max_value=n), label="t")
+    commitments, shares = shamir.split(shamir.random_secret(), n, t)
+    assert shamir.verify_shares_batch(shares, commitments)
+    k = data.draw(st.integers(min_value=0, max_value=n - 1), label="bad")
+    delta = data.draw(st.integers(min_value=1, max_value=2**64), label="delta")
+    bad = list(shares)
+    bad[k] = (bad[k][0], (bad[k][1] + delta) % shamir.Q)
+    assert not shamir.verify_shares_batch(bad, commitments)
+    _, other = shamir.split(shamir.random_secret(), n, t)
+    assert not shamir.verify_shares_batch(other, commitments)

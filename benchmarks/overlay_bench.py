@@ -1,0 +1,137 @@
+"""Time `make_overlay` for 10, 100 and 1000 servers (threshold = majority) against baselines
+measured in the same run, so the results read as ratios on any machine.
+
+    python benchmarks/overlay_bench.py [--sizes 10,100,1000] [--repeat 3]
+
+Per size it measures, best of --repeat:
+  overlay   make_overlay on an empty state dir (CA, certs, split, templates, files)
+  rerun     make_overlay again with nothing changed (everything kept; files compared)
+  certs     issuing the same number of server certificates alone (baseline)
+  split     shamir.split of one secret alone (baseline)
+  verify    verifying every share against the commitments (what `secret verify` costs)
+  write     writing the same files (same sizes, 0600, atomic) without any crypto (baseline)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "unit"))
+
+from overlay_helpers import make_manifest, make_topology, nodes, write_template  # noqa: E402
+
+from flinger.actions.overlay import make_overlay  # noqa: E402
+from flinger.manifest.model import OverlayFile, SecretSpec  # noqa: E402
+from flinger.remote import shamir  # noqa: E402
+from flinger.secrets.ca import create_ca, issue_server_cert  # noqa: E402
+from flinger.secrets.private_files import write_private  # noqa: E402
+
+TEMPLATE = """\
+name = {{ server.name }}
+addr = {{ server.addr }}
+share_index = {{ overlay.index }}
+threshold = {{ deployment.threshold }}
+peers = [{% for s in servers %}"{{ s.addr }}"{{ ", " if not loop.last }}{% endfor %}]
+"""
+
+
+def best_of(repeat: int, run: Callable[[], object], setup: Callable[[], object] | None = None) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure(n: int, repeat: int, work: Path) -> dict[str, float]:
+    root = work / f"n{n}"
+    write_template(root, "t/app.conf.j2", TEMPLATE)
+    topology = make_topology(root, nodes(n))
+    manifest = make_manifest(
+        root,
+        overlay=[OverlayFile(template="t/app.conf.j2", dest="app/app.conf")],
+        secrets=[SecretSpec(name="api_key", roles=("node",))],
+    )
+    t = topology.deployment.threshold
+    state = topology.state_dir
+
+    def clean() -> None:
+        shutil.rmtree(state.parent, ignore_errors=True)
+
+    results: dict[str, float] = {}
+    results["overlay"] = best_of(repeat, lambda: make_overlay(topology, manifest), clean)
+    results["rerun"] = best_of(repeat, lambda: make_overlay(topology, manifest))
+
+    ca = create_ca("bench")
+    results["certs"] = best_of(
+        repeat,
+        lambda: [issue_server_cert(ca, f"node{i}", f"10.0.0.{i % 250 + 1}", deployment="bench") for i in range(n)],
+    )
+    secret = shamir.random_secret()
+    results["split"] = best_of(repeat, lambda: shamir.split(secret, n, t))
+    commitments, shares = shamir.split(secret, n, t)
+    results["verify"] = best_of(1, lambda: all(shamir.verify_share(i, v, commitments) for i, v in shares))
+
+    files = [(p.relative_to(state), p.read_bytes()) for p in sorted(state.rglob("*")) if p.is_file()]
+    copy = work / f"copy{n}"
+
+    def write_all() -> None:
+        for rel, data in files:
+            write_private(copy / rel, data)
+
+    results["write"] = best_of(repeat, write_all, lambda: shutil.rmtree(copy, ignore_errors=True))
+    results["files"] = float(len(files))
+    clean()
+    shutil.rmtree(copy, ignore_errors=True)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu ?'}")
+    header = (
+        "servers",
+        "t",
+        "files",
+        "overlay s",
+        "rerun s",
+        "certs s",
+        "split s",
+        "write s",
+        "verify s",
+        "overlay/base",
+    )
+    print(" | ".join(header))
+    with tempfile.TemporaryDirectory(prefix="flinger-bench-") as tmp:
+        for n in sizes:
+            r = measure(n, args.repeat if n < 1000 else max(1, args.repeat // 3), Path(tmp))
+            base = r["certs"] + r["split"] + r["write"]
+            row = (
+                str(n),
+                str(n // 2 + 1),
+                str(int(r["files"])),
+                *(f"{r[k]:.3f}" for k in ("overlay", "rerun", "certs", "split", "write", "verify")),
+                f"{r['overlay'] / base:.2f}",
+            )
+            print(" | ".join(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
