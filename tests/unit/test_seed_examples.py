@@ -10,6 +10,9 @@ import ipaddress
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tarfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 import typer
 
+from flinger.actions.build import plan_build
 from flinger.actions.check import run_check
 from flinger.cli import run  # importing flinger.cli registers every command
 from flinger.cli.app import app
@@ -135,6 +139,36 @@ def test_readme_gives_the_deploy_commands(name: str) -> None:
         assert f"flinger -c examples/{name}/deploy.toml {command}" in readme, command
 
 
+def build_packages(config: Path) -> dict[str, set[str]]:
+    """Build every package of the example at `config` with the remote tool, here (no network,
+    as on a builder); returns package name -> the files in its tarball."""
+    topology, manifest = load(config)
+    plan = plan_build(manifest, check_only=False, no_cache=False, jobs=2)
+    plan["source_dir"] = str(topology.source_dir)
+    plan["artifacts_dir"] = str(topology.source_dir / "out")
+    result = subprocess.run(
+        [sys.executable, "-m", "flinger.remote", "build"], input=json.dumps(plan), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1])["ok"] is True
+    contents = {}
+    for tarball in (topology.source_dir / "out" / "packages").glob("*.tar.gz"):
+        with tarfile.open(tarball) as archive:
+            contents[tarball.name.removesuffix(".tar.gz")] = {m.name for m in archive.getmembers() if m.isfile()}
+    return contents
+
+
+@pytest.mark.parametrize("name", SEEDS)
+def test_every_package_of_the_example_builds(name: str, example_copy: Callable[[str], Path]) -> None:
+    config = example_copy(name)
+    built = build_packages(config)
+    _, manifest = load(config)
+    assert set(built) == set(manifest.packages)
+    for package in manifest.packages.values():
+        for mapping in package.source.paths:
+            assert mapping.dst in built[package.name], f"{package.name}: {mapping.dst} missing"
+
+
 # ------------------------------------------------------------------------------ 000 Orion
 
 
@@ -158,8 +192,10 @@ def test_orion_runner_package_service_and_prereqs() -> None:
     assert {"/data/scorpio/store", "/data/scorpio/tmp_build", "/data/scorpio/antares/mnt", "/workspace/mount"} <= owned
 
 
-def test_orion_overlay_has_no_shares_for_a_single_server(example_copy: Callable[[str], Path]) -> None:
-    _, _, overlay = render(example_copy("orion"))
+def test_orion_ships_env_and_has_no_shares_for_a_single_server(example_copy: Callable[[str], Path]) -> None:
+    config = example_copy("orion")
+    assert {".env", "orion", "run.sh", "scorpio.toml"} <= build_packages(config)["orion-runner"]
+    _, _, overlay = render(config)
     assert (overlay / "orion-client" / "tls" / "cert.pem").is_file()
     assert not (overlay / "orion-client" / "share.json").exists()
 
