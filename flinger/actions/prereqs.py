@@ -163,7 +163,7 @@ def is_empty(plan: Plan) -> bool:
 
 
 def summary_text(changed: int, would_change: int, failed: int, check: bool) -> str:
-    """"no changes" / "N changed" / "N would change" (and failures)."""
+    """ "no changes" / "N changed" / "N would change" (and failures)."""
     parts = []
     if check and would_change:
         parts.append(f"{would_change} would change")
@@ -248,4 +248,3 @@ def run_prereqs(
         return fan_out([topology.servers[n] for n in chosen], work, parallel=parallel, board=board)
     finally:
         pool.close()
-

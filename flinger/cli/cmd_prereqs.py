@@ -6,16 +6,19 @@ from typing import Annotated
 
 import typer
 
-from flinger.cli.app import ServersOpt, app, env_of, finish
+from flinger.cli.app import app, env_of, finish
+
+PrereqServersOpt = Annotated[
+    str | None,
+    typer.Option("--servers", help="comma-separated server names (default: the builder and the deployment servers)"),
+]
 
 
 @app.command("install-prereqs")
 def install_prereqs(
     ctx: typer.Context,
-    check: Annotated[
-        bool, typer.Option("--check", help="only report what would change; change nothing")
-    ] = False,
-    servers: ServersOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="only report what would change; change nothing")] = False,
+    servers: PrereqServersOpt = None,
 ) -> int:
     """Install the manifest's prerequisites on the builder and deployment servers (idempotent)."""
     from flinger.actions.prereqs import run_prereqs
