@@ -31,6 +31,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 import urllib.parse
@@ -209,11 +210,14 @@ class Builder:
             return "checked"
         members = [self.manifest[m]["sha256"] for m in spec["packages"]]
         judged_early = spec["type"] != "local" or not spec["build"] or bool(spec["inputs"])
-        if judged_early and self._is_cached(name, inputs_digest(spec, self.source_dir, members)):
+        digest = inputs_digest(spec, self.source_dir, members) if judged_early else ""
+        if judged_early and self._is_cached(name, digest):
             events.emit("cached", package=name)
             return "cached"
-        self._run_commands(spec)
-        digest = inputs_digest(spec, self.source_dir, members)
+        if spec["build"]:
+            self._run_commands(spec)
+            # the recorded digest describes the tree after the commands ran
+            digest = inputs_digest(spec, self.source_dir, members)
         if not judged_early and self._is_cached(name, digest):
             events.emit("cached", package=name, commands_ran=True)
             return "cached"
@@ -250,36 +254,31 @@ class Builder:
 
     def _pack(self, spec: Dict[str, Any], digest: str) -> Tuple[str, int]:
         os.makedirs(self.packages_dir, exist_ok=True)
-        root = tempfile.mkdtemp(dir=self.artifacts_dir, prefix=".staging-%s-" % spec["name"])
+        scratch = tempfile.mkdtemp(dir=self.artifacts_dir, prefix=".staging-%s-" % spec["name"])
         try:
-            tree = os.path.join(root, "tree")
+            entries: tarball.Entries = {}
             if spec["type"] == "local":
-                os.mkdir(tree)
-                self._copy_paths(spec, tree)
+                self._map_paths(spec, entries)
             elif spec["type"] == "prebuilt":
-                self._place_prebuilt(spec, tree)
+                self._map_prebuilt(spec, entries, scratch)
             else:
-                os.mkdir(tree)
-                self._merge_members(spec, tree, os.path.join(root, "members"))
+                self._map_members(spec, entries, scratch)
             for rel, content in sorted(spec["files"].items()):
-                target = os.path.join(tree, rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "w", encoding="utf-8") as handle:
-                    handle.write(content)
-                os.chmod(target, 0o755 if content.startswith("#!") else 0o644)
+                tarball.add_parents(entries, rel)
+                entries[rel] = tarball.Entry("data", data=content.encode(),
+                                             executable=content.startswith("#!"))
             metadata = {"name": spec["name"], "version": spec["version"], "inputs_digest": digest}
-            with open(os.path.join(tree, METADATA_FILE), "w", encoding="utf-8") as handle:
-                handle.write(files.canonical_json(metadata) + "\n")
+            entries[METADATA_FILE] = tarball.Entry(
+                "data", data=(files.canonical_json(metadata) + "\n").encode())
             relfile = "packages/%s.tar.gz" % spec["name"]
-            final = os.path.join(self.artifacts_dir, relfile)
-            partial = os.path.join(root, "package.tar.gz")
+            partial = os.path.join(scratch, "package.tar.gz")
             try:
-                tarball.pack_tree(tree, partial)
+                tarball.pack_entries(entries, partial)
             except tarball.PackError as exc:
                 raise BuildFailed(str(exc)) from None
             sha = files.sha256_file(partial)
             size = os.path.getsize(partial)
-            os.replace(partial, final)
+            os.replace(partial, os.path.join(self.artifacts_dir, relfile))
             with self._lock:
                 self.manifest[spec["name"]] = {"version": spec["version"], "sha256": sha,
                                                "inputs_digest": digest, "size": size,
@@ -287,22 +286,27 @@ class Builder:
                 self._write_manifest()
             return sha, size
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
 
-    def _copy_paths(self, spec: Dict[str, Any], tree: str) -> None:
+    def _map_paths(self, spec: Dict[str, Any], entries: tarball.Entries) -> None:
+        """Entries for the `paths` mappings, read straight from the source tree."""
         for mapping in spec["paths"]:
             found = _matches(self.source_dir, mapping["from"])
             if not found:
                 raise BuildFailed("paths: %r matches nothing in the source tree" % mapping["from"])
-            dest = os.path.normpath(os.path.join(tree, mapping["to"]))
+            dest = mapping["to"].strip("/")
+            dest = "" if dest == "." else dest
             many = glob.has_magic(mapping["from"]) or mapping["to"].endswith("/")
             for match in found:
-                target = os.path.join(dest, os.path.basename(match)) if many else dest
+                name = (dest + "/" + os.path.basename(match)).lstrip("/") if many else dest
                 if os.path.isdir(match) and not os.path.islink(match):
-                    shutil.copytree(match, target, symlinks=True, dirs_exist_ok=True)
+                    tarball.add_tree(entries, match, name)
+                elif not name:
+                    raise BuildFailed("paths: %r is a file; give it a `to` name"
+                                      % mapping["from"])
                 else:
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    shutil.copy2(match, target, follow_symlinks=False)
+                    tarball.add_parents(entries, name)
+                    entries[name] = tarball.entry_for(match)
 
     def _download(self, spec: Dict[str, Any]) -> str:
         """The prebuilt file in the download cache, fetched when absent or corrupt."""
@@ -337,47 +341,43 @@ class Builder:
                 os.unlink(partial)
         return cached
 
-    def _place_prebuilt(self, spec: Dict[str, Any], tree: str) -> None:
+    def _map_prebuilt(self, spec: Dict[str, Any], entries: tarball.Entries,
+                      scratch: str) -> None:
         cached = self._download(spec)
         path = urllib.parse.urlparse(spec["url"]).path
         if path.endswith((".tar.gz", ".tgz")):
+            tree = os.path.join(scratch, "tree")
             try:
                 unpack.extract(cached, tree)
-            except (unpack.UnsafeArchive, OSError) as exc:
+            except (unpack.UnsafeArchive, OSError, tarfile.TarError) as exc:
                 raise BuildFailed("cannot unpack %s: %s" % (spec["url"], exc)) from None
+            tarball.add_tree(entries, tree, "")
             return
-        os.mkdir(tree)
         to = spec["to"] or (spec["paths"][0]["to"] if spec["paths"] else "")
         rel = _relative(to or os.path.basename(path) or spec["name"], "to")
-        target = os.path.join(tree, rel)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(cached, target)
-        with open(target, "rb") as handle:
+        with open(cached, "rb") as handle:
             magic = handle.read(4)
+        tarball.add_parents(entries, rel)
         # downloaded programs must stay runnable: executables by their magic number
-        os.chmod(target, 0o755 if magic == b"\x7fELF" or magic[:2] == b"#!" else 0o644)
+        entries[rel] = tarball.Entry("file", source=cached,
+                                     executable=magic == b"\x7fELF" or magic[:2] == b"#!")
 
-    def _merge_members(self, spec: Dict[str, Any], tree: str, scratch: str) -> None:
-        os.mkdir(scratch)
+    def _map_members(self, spec: Dict[str, Any], entries: tarball.Entries,
+                     scratch: str) -> None:
+        """The union of the member packages' trees; members must agree on shared paths."""
         for member in spec["packages"]:
-            extracted = os.path.join(scratch, member)
+            extracted = os.path.join(scratch, "members", member)
             unpack.extract(os.path.join(self.artifacts_dir, self.manifest[member]["file"]),
                            extracted)
-            for dirpath, dirnames, filenames in os.walk(extracted):
-                rel_dir = os.path.relpath(dirpath, extracted)
-                for name in sorted(dirnames + filenames):
-                    rel = os.path.normpath(os.path.join(rel_dir, name))
-                    if rel == METADATA_FILE:
-                        continue
-                    source, target = os.path.join(dirpath, name), os.path.join(tree, rel)
-                    if os.path.isdir(source) and not os.path.islink(source):
-                        os.makedirs(target, exist_ok=True)
-                    elif os.path.lexists(target):
-                        if not _same_file(source, target):
-                            raise BuildFailed("members of %s disagree about %s"
-                                              % (spec["name"], rel))
-                    else:
-                        shutil.copy2(source, target, follow_symlinks=False)
+            found: tarball.Entries = {}
+            tarball.add_tree(found, extracted, "")
+            for rel, entry in found.items():
+                if rel == METADATA_FILE:
+                    continue
+                known = entries.get(rel)
+                if known is not None and not _same_entry(known, entry):
+                    raise BuildFailed("members of %s disagree about %s" % (spec["name"], rel))
+                entries[rel] = entry
 
     def _write_manifest(self) -> None:
         os.makedirs(self.artifacts_dir, exist_ok=True)
@@ -433,11 +433,16 @@ class Builder:
             events.emit("checked", package=name, ok=False)
 
 
-def _same_file(first: str, second: str) -> bool:
-    if os.path.islink(first) or os.path.islink(second):
-        return (os.path.islink(first) and os.path.islink(second)
-                and os.readlink(first) == os.readlink(second))
-    return files.sha256_file(first) == files.sha256_file(second)
+def _same_entry(first: tarball.Entry, second: tarball.Entry) -> bool:
+    if first.kind != second.kind:
+        return False
+    if first.kind == "link":
+        return first.target == second.target
+    if first.kind == "file":
+        assert first.source is not None and second.source is not None
+        return (first.executable == second.executable
+                and files.sha256_file(first.source) == files.sha256_file(second.source))
+    return first.kind == "dir" or first.data == second.data
 
 
 def main(argv: List[str]) -> int:
