@@ -61,16 +61,14 @@ class ConfigError(FlingerError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
-class HostKeyError(FlingerError):
-    """A host key that is unknown or does not match what was recorded."""
-
-    exit_status = ExitStatus.UNREACHABLE
-
-
 class UnreachableError(FlingerError):
     """A server could not be reached over SSH."""
 
     exit_status = ExitStatus.UNREACHABLE
+
+
+class HostKeyError(UnreachableError):
+    """A host key that is unknown or does not match what was recorded: not safely reachable."""
 
 
 class RemoteCommandError(FlingerError):

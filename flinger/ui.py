@@ -165,8 +165,9 @@ class UI:
         if self.json_mode:
             return
         table = Table(title=title, title_justify="left")
-        for col in ("server", "result", "step", "exit", "time", "detail"):
+        for col in ("server", "result", "step", "exit", "time"):
             table.add_column(col)
+        table.add_column("detail", no_wrap=True, overflow="ellipsis")
         for r in results:
             detail = r.message or ""
             if r.status is Status.OK and r.details.get("summary"):
@@ -180,6 +181,10 @@ class UI:
                 escape(detail),
             )
         self.out.print(table)
+        for r in results:
+            if r.status is not Status.OK and r.message:
+                # The whole message on one line of its own: a table cell would cut or wrap it.
+                self.out.print(Text.assemble((f"{r.server}: ", "bold"), r.message), soft_wrap=True)
         for r in results:
             if r.status is Status.FAILED and r.tail:
                 self.out.print(Text(f"last lines from {r.server}:", style="bold"))
