@@ -380,7 +380,7 @@ def _remove_stale(overlay_dir: Path, plan: dict[str, dict[str, bytes]]) -> list[
     for entry in sorted(overlay_dir.iterdir()):
         if entry.name not in plan or not entry.is_dir() or entry.is_symlink():
             remove_path(entry)
-            removed.append(entry.name + ("/" if entry.name in plan else ""))
+            removed.append(entry.name)
             continue
         wanted = plan[entry.name]
         for root, dirs, files in os.walk(entry, topdown=False):

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 from flinger.actions import overlay as overlay_mod
 from flinger.actions.overlay import make_overlay
@@ -22,6 +21,7 @@ from flinger.manifest.model import OverlayFile, SecretSpec
 from flinger.remote import shamir
 from flinger.secrets.secret import Secret
 from flinger.topology.model import Topology
+from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 KNOWN_SECRET = int("c0ffee" * 10 + "beef", 16)  # 256 bits
 

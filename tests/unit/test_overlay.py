@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 from flinger.actions.overlay import OverlayReport, make_overlay
-from flinger.errors import ConfigError
+from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.model import Manifest, OverlayFile, Package, SecretSpec, Source
 from flinger.remote import shamir
 from flinger.secrets import ca as calib
 from flinger.topology.model import Topology
+from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 CONFIG = """\
 name = {{ server.name }}
@@ -404,3 +404,38 @@ def test_the_example_quorum_config_template_renders(tmp_path: Path) -> None:
     make_overlay(topology, manifest, template_root=repo)
     config = json.loads((topology.state_dir / "overlay" / "node2" / "files" / "quorum" / "config.json").read_text())
     assert config["name"] == "node2" and config["threshold"] == 2 and len(config["peers"]) == 3
+
+
+def test_damaged_state_is_reported_and_rotate_recovers(tmp_path: Path) -> None:
+    topology, manifest = _setup(tmp_path)
+    make_overlay(topology, manifest)
+    split_file = topology.state_dir / "state" / "split.json"
+    split_file.write_text("{ damaged")
+    with pytest.raises(FlingerError, match="--rotate") as info:
+        make_overlay(topology, manifest)
+    assert str(split_file) in str(info.value)
+    report = make_overlay(topology, manifest, rotate=True)
+    assert report.secret_fingerprint is not None and json.loads(split_file.read_text())["threshold"] == 2
+
+
+def test_shrinking_to_one_server_and_back_keeps_the_secret(tmp_path: Path) -> None:
+    topology, manifest = _setup(tmp_path)
+    first = make_overlay(topology, manifest)
+    alone = make_overlay(make_topology(tmp_path, nodes(1)), manifest)
+    assert alone.secret_fingerprint is None and any("stays in state/" in m for m in alone.messages)
+    again = make_overlay(make_topology(tmp_path, nodes(3)), manifest)
+    assert again.secret_fingerprint == first.secret_fingerprint
+
+
+def test_a_new_secret_spec_leaves_the_others_alone(tmp_path: Path) -> None:
+    topology, manifest = _setup(tmp_path)
+    make_overlay(topology, manifest)
+    key_file = topology.state_dir / "overlay" / "node1" / "secrets" / "api_key"
+    before = key_file.read_text()
+    more = replace(manifest, secrets={**manifest.secrets, "db_pw": SecretSpec(name="db_pw", roles=("node",))})
+    report = make_overlay(topology, more)
+    assert key_file.read_text() == before
+    assert report.server("node1").written == ("secrets/db_pw",)
+    longer = replace(more, secrets={**more.secrets, "api_key": SecretSpec(name="api_key", roles=("node",), nbytes=32)})
+    make_overlay(topology, longer)
+    assert len(key_file.read_text()) == 64

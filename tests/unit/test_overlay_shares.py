@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-from overlay_helpers import make_manifest, make_topology, nodes
 
 from flinger.actions import overlay as overlay_mod
 from flinger.actions.overlay import make_overlay
@@ -16,6 +15,7 @@ from flinger.actions.secret_cmds import combine_share_files, verify_shares
 from flinger.errors import FlingerError, UsageError
 from flinger.remote import shamir
 from flinger.topology.model import Topology
+from tests.unit.overlay_helpers import make_manifest, make_topology, nodes
 
 KNOWN = int("5e" * 32, 16)
 

@@ -67,7 +67,7 @@ def test_any_t_of_n_shares_recover_the_secret(data: st.DataObject) -> None:
     assert shamir.combine(shares) == secret
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.data())
 def test_t_minus_one_shares_do_not_recover_the_secret(data: st.DataObject) -> None:
     n = data.draw(st.integers(min_value=2, max_value=64), label="n")
