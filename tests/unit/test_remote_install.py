@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -18,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from flinger.remote import tarball
+from flinger.remote import services, tarball
+from flinger.remote.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
+needs_runit = pytest.mark.skipif(
     shutil.which("runsvdir") is None or os.geteuid() != 0, reason="needs runit and root"
 )
 
@@ -70,16 +72,15 @@ class Fixture:
         self.staging = tmp / "staging"
         (self.staging / "packages").mkdir(parents=True)
         self.port = free_port()
-        self.name = "web%d" % self.port
+        self.name = f"web{self.port}"
         self.sv_dir = self.host / "etc" / "sv"
 
     def package(self, content: str) -> dict[str, str]:
         tree = self.tmp / ("tree-" + content)
         tree.mkdir(exist_ok=True)
         (tree / "index.html").write_text(content)
-        target = self.staging / "packages" / ("web-%s.tar.gz" % content)
+        target = self.staging / "packages" / f"web-{content}.tar.gz"
         tarball.pack_tree(str(tree), str(target))
-        from flinger.remote.files import sha256_file
         return {"name": "web", "digest": sha256_file(str(target)),
                 "tarball": "packages/" + target.name}
 
@@ -92,10 +93,9 @@ class Fixture:
 
     def plan(self, release: str, content: str, health: dict[str, Any] | None = None,
              directory: str = "web") -> dict[str, Any]:
-        run = ("#!/bin/sh\nexec 2>&1\nexec %s -m http.server --bind 127.0.0.1 %d "
-               "--directory %s/current/%s\n" % (sys.executable, self.port, self.install_dir,
-                                                directory))
-        check = health or {"url": "http://127.0.0.1:%d/index.html" % self.port,
+        run = (f"#!/bin/sh\nexec 2>&1\nexec {sys.executable} -m http.server --bind 127.0.0.1 "
+               f"{self.port} --directory {self.install_dir}/current/{directory}\n")
+        check = health or {"url": self.url(),
                            "timeout": 30, "interval": 0.2}
         return {
             "install_dir": str(self.install_dir), "staging_dir": str(self.staging),
@@ -107,7 +107,7 @@ class Fixture:
         }
 
     def url(self) -> str:
-        return "http://127.0.0.1:%d/index.html" % self.port
+        return f"http://127.0.0.1:{self.port}/index.html"
 
     def current(self) -> str:
         return os.readlink(self.install_dir / "current")
@@ -136,6 +136,7 @@ def sv_pid(env: Fixture) -> int:
     return int(out.split("(pid ")[1].split(")")[0])
 
 
+@needs_runit
 def test_install_upgrade_rollback_prune_uninstall(env: Fixture) -> None:
     before = snapshot(env.host)
 
@@ -200,16 +201,22 @@ def test_install_upgrade_rollback_prune_uninstall(env: Fixture) -> None:
             subprocess.run(["sleep", "0.1"])
 
 
+@needs_runit
 def test_clean_removes_the_staging_dir(env: Fixture) -> None:
     before = snapshot(env.host)
-    status, _ = run_remote("install", env.plan("r1", "v1"))
+    plan = {**env.plan("r1", "v1"), "overlay_owner": {"user": "daemon", "group": "daemon"}}
+    status, _ = run_remote("install", plan)
     assert status == 0
+    token = env.install_dir / "current" / "overlay" / "secrets" / "token"
+    assert token.stat().st_uid == pwd.getpwnam("daemon").pw_uid
+    assert token.parent.stat().st_uid == pwd.getpwnam("daemon").pw_uid
     status, _ = run_remote("clean", {"install_dir": str(env.install_dir),
                                      "staging_dir": str(env.staging)})
     assert status == 0
     assert not env.staging.exists() and snapshot(env.host) == before
 
 
+@needs_runit
 def test_first_install_failing_leaves_no_service(env: Fixture) -> None:
     plan = env.plan("r1", "v1", health={"command": "false", "timeout": 0.5})
     status, lines = run_remote("install", plan)
@@ -219,6 +226,7 @@ def test_first_install_failing_leaves_no_service(env: Fixture) -> None:
     assert not os.path.lexists(env.service_dir / env.name)
 
 
+@needs_runit
 def test_bad_digest_touches_nothing(env: Fixture) -> None:
     plan = env.plan("r1", "v1")
     plan["packages"][0]["digest"] = "0" * 64
@@ -251,8 +259,62 @@ def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
     assert not Path(install_dir, ".flinger", "lock").exists()
 
 
+@needs_runit
 def test_install_refuses_without_the_lock(env: Fixture) -> None:
     plan = {**env.plan("r1", "v1"), "lock_holder": "alice"}
     status, lines = run_remote("install", plan)
     assert status == 1 and lines[-1]["step"] == "lock"
     assert not os.path.lexists(env.install_dir / "current")
+
+
+class FakeCommands:
+    """Records the service-manager commands instead of running them."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str], check: bool = True) -> str:
+        self.calls.append(argv)
+        return "active"
+
+
+def test_systemd_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeCommands()
+    monkeypatch.setattr(services, "run", fake)
+    roots = services.roots_from({"systemd_dir": str(tmp_path / "systemd")})
+    manager = services.manager_for("systemd", roots)
+    service = {"name": "quorum", "files": {"unit": "[Service]\nExecStart=/bin/true\n"}}
+    receipt = manager.activate(service)
+    unit = tmp_path / "systemd" / "quorum.service"
+    assert unit.read_text() == service["files"]["unit"]
+    assert {"path": str(unit), "kind": "file"} in receipt
+    assert fake.calls == [["systemctl", "daemon-reload"],
+                          ["systemctl", "enable", "--now", "quorum.service"]]
+    fake.calls.clear()
+    manager.activate(service)  # already there: restart
+    assert fake.calls[-1] == ["systemctl", "restart", "quorum.service"]
+    assert manager.state(service) == "active"
+    fake.calls.clear()
+    manager.deactivate(service)
+    assert fake.calls == [["systemctl", "disable", "--now", "quorum.service"],
+                          ["systemctl", "daemon-reload"]]
+    assert not unit.exists()
+
+
+def test_smf_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeCommands()
+    monkeypatch.setattr(services, "run", fake)
+    manager = services.manager_for("smf", services.roots_from({"smf_dir": str(tmp_path)}))
+    service = {"name": "quorum", "files": {"manifest": "<service_bundle/>"}}
+    manager.activate(service)
+    path = str(tmp_path / "quorum.xml")
+    assert fake.calls == [["svccfg", "import", path],
+                          ["svcadm", "enable", "svc:/site/quorum:default"]]
+    fake.calls.clear()
+    manager.activate(service)
+    assert fake.calls[-1] == ["svcadm", "restart", "svc:/site/quorum:default"]
+    fake.calls.clear()
+    manager.deactivate(service)
+    assert fake.calls == [["svcadm", "disable", "-s", "svc:/site/quorum:default"],
+                          ["svccfg", "delete", "-f", "svc:/site/quorum"]]
+    assert not os.path.exists(path)
