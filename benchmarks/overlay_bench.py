@@ -8,13 +8,16 @@ Per size it measures, best of --repeat:
   rerun     make_overlay again with nothing changed (everything kept; files compared)
   certs     issuing the same number of server certificates alone (baseline)
   split     shamir.split of one secret alone (baseline)
-  verify    verifying every share against the commitments (what `secret verify` costs)
+  verify    verifying every share alone against the commitments (verify_share each)
+  batch     verifying all of them in one randomised check (verify_shares_batch, what
+            `flinger secret verify` uses for 4 shares or more)
   write     writing the same files (same sizes, 0600, atomic) without any crypto (baseline)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import sys
@@ -83,6 +86,7 @@ def measure(n: int, repeat: int, work: Path) -> dict[str, float]:
     results["split"] = best_of(repeat, lambda: shamir.split(secret, n, t))
     commitments, shares = shamir.split(secret, n, t)
     results["verify"] = best_of(1, lambda: all(shamir.verify_share(i, v, commitments) for i, v in shares))
+    results["batch"] = best_of(repeat, lambda: shamir.verify_shares_batch(shares, commitments))
 
     files = [(p.relative_to(state), p.read_bytes()) for p in sorted(state.rglob("*")) if p.is_file()]
     copy = work / f"copy{n}"
@@ -93,6 +97,7 @@ def measure(n: int, repeat: int, work: Path) -> dict[str, float]:
 
     results["write"] = best_of(repeat, write_all, lambda: shutil.rmtree(copy, ignore_errors=True))
     results["files"] = float(len(files))
+    results["mb"] = sum(len(data) for _, data in files) / 1e6
     clean()
     shutil.rmtree(copy, ignore_errors=True)
     return results
@@ -104,20 +109,24 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu ?'}")
+    print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     header = (
         "servers",
         "t",
         "files",
+        "MB",
         "overlay s",
         "rerun s",
         "certs s",
         "split s",
         "write s",
+        "overlay / (certs+split+write)",
         "verify s",
-        "overlay/base",
+        "batch s",
+        "verify / batch",
     )
-    print(" | ".join(header))
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     with tempfile.TemporaryDirectory(prefix="flinger-bench-") as tmp:
         for n in sizes:
             r = measure(n, args.repeat if n < 1000 else max(1, args.repeat // 3), Path(tmp))
@@ -126,10 +135,14 @@ def main() -> int:
                 str(n),
                 str(n // 2 + 1),
                 str(int(r["files"])),
-                *(f"{r[k]:.3f}" for k in ("overlay", "rerun", "certs", "split", "write", "verify")),
+                f"{r['mb']:.1f}",
+                *(f"{r[k]:.3f}" for k in ("overlay", "rerun", "certs", "split", "write")),
                 f"{r['overlay'] / base:.2f}",
+                f"{r['verify']:.3f}",
+                f"{r['batch']:.3f}",
+                f"{r['verify'] / r['batch']:.1f}",
             )
-            print(" | ".join(row), flush=True)
+            print("| " + " | ".join(row) + " |", flush=True)
     return 0
 
 

@@ -261,14 +261,14 @@ def _render_server(
     deployment = topology.deployment
     files: dict[str, bytes] = {}
     index = split.index_of(server.name) if split is not None else None
-    if split is not None and index is not None:
+    if split is not None and index is not None and verifier is not None:
         doc = shamir.share_document(
             topology.name,
             split.threshold,
             len(split.servers),
             index,
             split.shares[server.name],
-            split.commitments,
+            verifier["commitments"],
         )
         files["share.json"] = (json.dumps(doc, indent=1) + "\n").encode()
     files["tls/cert.pem"] = cert.cert_pem

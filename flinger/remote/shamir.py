@@ -18,7 +18,7 @@ import hashlib
 import json
 import secrets
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 P = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A0879"
@@ -207,9 +207,15 @@ def fingerprint(secret: int) -> str:
 
 
 def share_document(
-    deployment: str, threshold: int, total: int, index: int, value: int, commitments: Sequence[int]
+    deployment: str,
+    threshold: int,
+    total: int,
+    index: int,
+    value: int,
+    commitments: Sequence[Union[int, str]],
 ) -> Dict[str, Any]:
-    """The JSON document of one share file (version 1)."""
+    """The JSON document of one share file (version 1). `commitments` are ints, or their hex
+    strings already formatted (for many servers, format them once)."""
     return {
         "version": VERSION,
         "deployment": deployment,
@@ -220,7 +226,7 @@ def share_document(
         "verifier": {
             "group": GROUP,
             "generator": G,
-            "commitments": [format(c, "x") for c in commitments],
+            "commitments": [c if isinstance(c, str) else format(c, "x") for c in commitments],
         },
     }
 
