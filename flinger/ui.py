@@ -166,8 +166,8 @@ class UI:
             return
         table = Table(title=title, title_justify="left")
         for col in ("server", "result", "step", "exit", "time"):
-            table.add_column(col)
-        table.add_column("detail", no_wrap=True, overflow="ellipsis")
+            table.add_column(col, no_wrap=True)
+        table.add_column("detail", overflow="fold")
         for r in results:
             detail = r.message or ""
             if r.status is Status.OK and r.details.get("summary"):

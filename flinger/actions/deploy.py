@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import json
 import os
 import re
 import shlex
@@ -31,7 +32,7 @@ from flinger.actions.remote_tool import (
 )
 from flinger.errors import FlingerError, HostKeyError, RemoteCommandError
 from flinger.manifest.model import Manifest
-from flinger.ssh.connection import Connection, ConnectionPool
+from flinger.ssh.connection import Connection, ConnectionPool, privileged
 from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, Status, fan_out
 from flinger.ssh.hostkeys import known_hosts_name, load_host_keys
 from flinger.ssh.openssh import remote_rsync_path, rsync_rsh
@@ -96,8 +97,11 @@ class Deployer:
                 conn = self.pool.get(self.topology.builder.server)
                 artifacts = resolve_remote_path(conn, self.topology.builder.artifacts_path)
                 manifest = read_remote_json(conn, f"{artifacts}/manifest.json")
-                local, _ = local_zipapp(self.topology)
-                conn.put_file(local, f"{artifacts}/{ZIPAPP_NAME}", mode=0o644)
+                local, digest = local_zipapp(self.topology)
+                tool = f"{artifacts}/{ZIPAPP_NAME}"
+                # Same tool already there: leave it (and its mtime), so rsync sends nothing for it.
+                if conn.run(f"sha256sum {shlex.quote(tool)} 2>/dev/null || true").stdout.split()[:1] != [digest]:
+                    conn.put_file(local, tool, mode=0o644)
                 known = self._known_hosts_for_builder()
                 kh_dir = resolve_remote_path(conn, f"$HOME/.flinger/{self.topology.name}")
                 conn.run(f"mkdir -p {shlex.quote(kh_dir)} && chmod 700 {shlex.quote(kh_dir)}")
@@ -135,7 +139,10 @@ class Deployer:
         staging = resolve_remote_path(conn, plan.staging_dir)
         conn.run(f"mkdir -p {shlex.quote(staging)}/packages && chmod 700 {shlex.quote(staging)}")
         builder_conn = self.pool.get(self.topology.builder.server)
-        sources = [f"{artifacts}/{built[p].get('file') or f'packages/{p}.tar.gz'}" for p in plan.packages]
+        installed = self.installed_digests(server, conn, plan)
+        needed = [p for p in plan.packages if installed.get(p) != built[p].get("sha256")]
+        report.details["packages_sent"] = needed
+        sources = [f"{artifacts}/{built[p].get('file') or f'packages/{p}.tar.gz'}" for p in needed]
         rsh = rsync_rsh(server, self.topology.ssh, known_hosts=side["known_hosts"])
         host = server.addr if ":" not in server.addr else f"[{server.addr}]"
         dest_root = remote_rsync_path(plan.staging_dir).rstrip("/")
@@ -157,6 +164,16 @@ class Deployer:
                     stats[key] = stats.get(key, 0) + int(m.group(2).replace(",", ""))
         report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
         return stats
+
+    def installed_digests(self, server: Server, conn: Connection, plan: ServerPlan) -> dict[str, str]:
+        """Package digests the server's install receipt records (nothing if none yet)."""
+        receipt = f"{resolve_remote_path(conn, plan.install_dir)}/.flinger/state.json"
+        out = conn.run(privileged(f"cat {shlex.quote(receipt)} 2>/dev/null || true", server.privilege))
+        try:
+            packages = json.loads(out.stdout).get("packages", {}) if out.stdout.strip() else {}
+        except (ValueError, AttributeError):
+            return {}
+        return {name: str(info.get("digest")) for name, info in packages.items() if isinstance(info, dict)}
 
     def send_overlay(self, plan: ServerPlan, conn: Connection, staging: str) -> str:
         """This server's overlay, and only this server's, over SFTP: dirs 0700, files 0600."""
@@ -197,6 +214,7 @@ class Deployer:
                 "packages": [{"name": p, "digest": built[p]["sha256"], "tarball": f"{staging}/packages/{Path(built[p].get('file') or p + '.tar.gz').name}"}
                              for p in plan.packages],
                 "overlay_dir": overlay_remote,
+                "overlay_owner": plan.overlay_owner,
                 "services": [s.as_remote() for s in plan.services],
             }
 

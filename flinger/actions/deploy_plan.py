@@ -24,6 +24,7 @@ class ServicePlan:
     files: dict[str, str]
     after: list[str]
     health: dict[str, Any] | None
+    log_files: list[str] = field(default_factory=list)
 
     def as_remote(self) -> dict[str, Any]:
         return {
@@ -33,6 +34,7 @@ class ServicePlan:
             "files": self.files,
             "after": self.after,
             "health": self.health,
+            "log_files": self.log_files,
         }
 
 
@@ -47,6 +49,7 @@ class ServerPlan:
     staging_dir: str
     install_dir: str
     overlay_dir: Path
+    overlay_owner: dict[str, str] | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -60,6 +63,7 @@ class ServerPlan:
                 {"step": "lock", "path": f"{self.install_dir}/.flinger/lock"},
                 {"step": "overlay", "by": "client", "to": f"{self.staging_dir}/overlay-<run>", "files": self.overlay_files},
                 {"step": "install", "install_dir": self.install_dir, "packages": self.packages,
+                 "overlay_owner": self.overlay_owner,
                  "services": [{"name": s.name, "package": s.package, "manager": s.manager, "after": s.after,
                                "health": s.health, "files": sorted(s.files)} for s in self.services]},
                 {"step": "unlock"},
@@ -131,6 +135,18 @@ def _waves(manifest: Manifest, plans: dict[str, list[Package]]) -> dict[str, int
     }
 
 
+def _overlay_owner(packages: list[Package]) -> dict[str, str] | None:
+    """The overlay is private (0600/0700): it belongs to the one service user that must read
+    it. Root-run services read it anyway; with two different service users, root keeps it."""
+    users = {(p.service.user, p.service.group or p.service.user) for p in packages
+             if p.service is not None and p.service.user not in (None, "root")}
+    if len(users) != 1:
+        return None
+    user, group = users.pop()
+    assert user is not None and group is not None
+    return {"user": user, "group": group}
+
+
 def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -> list[ServerPlan]:
     """Per-server plans, in wave order then topology order."""
     from flinger.service_render import render_service
@@ -152,15 +168,17 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
             smf_dir = topology.source_dir / "smf" / pkg.service_name
             files = render_service(pkg.service, pkg.service_name, server.service_manager, context,
                                    override_dir=smf_dir if smf_dir.is_dir() else None)
+            log_files = [_render_text(pkg.service.log_file, context, f"packages.{pkg.name}.service.log_file")] \
+                if pkg.service.log_file else []
             services.append(ServicePlan(
                 name=pkg.service_name, package=pkg.name, manager=server.service_manager, files=files,
-                after=list(pkg.service.after), health=_health(pkg, context),
+                after=list(pkg.service.after), health=_health(pkg, context), log_files=log_files,
             ))
         plan = ServerPlan(
             server=server.name, addr=server.addr, wave=waves[server.name],
             packages=[p.name for p in packages[server.name]], overlay_files=overlay_files, services=services,
             staging_dir=topology.deployment.staging_dir, install_dir=topology.deployment.install_dir,
-            overlay_dir=overlay_dir,
+            overlay_dir=overlay_dir, overlay_owner=_overlay_owner(packages[server.name]),
         )
         if not overlay_files:
             plan.notes.append("no overlay for this server yet: run `flinger overlay` first")

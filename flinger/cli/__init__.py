@@ -11,7 +11,7 @@ import sys
 import click
 import typer
 
-from flinger.cli import cmd_build, cmd_deploy, cmd_prereqs  # noqa: F401 - they register their commands
+from flinger.cli import cmd_build, cmd_deploy, cmd_overlay, cmd_prereqs  # noqa: F401 - they register their commands
 from flinger.cli.app import app
 from flinger.errors import ExitStatus, FlingerError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,7 @@ def _dry_run(env: Env, action: str, servers: ServersOpt) -> int:
     topology, manifest = env.topology(), env.manifest()
     chosen = env.select_servers(servers)
     plans = plan_deploy(topology, manifest, chosen)
+    document: list[dict[str, Any]]
     if action != "install":
         document = [{"server": p.server, "addr": p.addr, "steps": [
             {"step": "ship tool", "to": f"{p.staging_dir}/flinger-remote.pyz"},

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from flinger import sandbox as sb
 from flinger.sandbox import SandboxState
-from tests.integration.conftest import derived_config, run_flinger
+from flinger_helpers import derived_config, run_flinger
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,9 @@ def test_sync_sends_a_tree_then_only_the_delta_then_deletes(sandbox: SandboxStat
 
     # change one byte of the big file and delete another file
     (src / "big.bin").write_bytes(b"Z" + big[1:])
+    # rsync's quick check compares size and whole-second mtime: make this a later edit.
+    later = (src / "big.bin").stat().st_mtime + 10
+    os.utime(src / "big.bin", (later, later))
     (src / "gone.txt").unlink()
     second = run_flinger("-c", str(config), "--json", "sync")
     assert second.returncode == 0, second.stderr

@@ -1,0 +1,84 @@
+"""`flinger overlay` and `flinger secret verify | combine`: per-server secrets on the client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flinger.cli.app import app, env_of
+from flinger.errors import ExitStatus
+
+secret_app = typer.Typer(help="Check threshold shares, or recover the deployment secret from them.", no_args_is_help=True)
+app.add_typer(secret_app, name="secret")
+
+
+@app.command()
+def overlay(
+    ctx: typer.Context,
+    rotate: Annotated[bool, typer.Option("--rotate", help="new secret, shares, CA and certificates")] = False,
+    keep_secret: Annotated[bool, typer.Option("--keep-secret", help="also store the full secret on the client (0600)")] = False,
+) -> int:
+    """Make each server's overlay: a threshold share, a key + certificate, rendered configs."""
+    from flinger.actions.overlay import make_overlay
+
+    env = env_of(ctx)
+    report = make_overlay(env.topology(), env.manifest(), rotate=rotate, keep_secret=keep_secret)
+    for message in report.messages:
+        env.ui.note(message)
+    if env.json:
+        env.ui.emit_json({"command": "overlay", "exit_status": 0, **report.to_json()})
+        return 0
+    rows = [
+        (s.server, "-" if s.share_index is None else str(s.share_index), s.cert_sha256[:16], str(len(s.files)),
+         str(len(s.written)) if s.written else "unchanged")
+        for s in report.servers
+    ]
+    env.ui.table(f"overlay {report.overlay_dir}", ("server", "share", "cert sha256", "files", "written"), rows)
+    if env.verbose:
+        for s in report.servers:
+            for f in s.files:
+                env.ui.debug(f"{s.server}: {f}")
+    threshold = f"threshold {report.threshold} of {report.total}" if report.threshold else "no shares"
+    env.ui.success(f"overlay ready for {len(report.servers)} servers ({threshold}; secret {report.secret_fingerprint or '-'})")
+    return 0
+
+
+@secret_app.command("verify")
+def verify(
+    ctx: typer.Context,
+    server: Annotated[str | None, typer.Option("--server", help="only this server's share")] = None,
+) -> int:
+    """Check every server's share against the public verifier (commitments)."""
+    from flinger.actions.secret_cmds import verify_shares
+
+    env = env_of(ctx)
+    checks = verify_shares(env.topology(), server)
+    ok = all(c.valid for c in checks)
+    if env.json:
+        env.ui.emit_json({"command": "secret verify", "exit_status": 0 if ok else 1, "shares": [c.to_json() for c in checks]})
+    else:
+        env.ui.table("shares", ("server", "index", "valid", "file", "reason"),
+                     [(c.server, c.index or "-", "yes" if c.valid else "NO", c.path, c.reason or "") for c in checks])
+    return int(ExitStatus.OK if ok else ExitStatus.FAILED)
+
+
+@secret_app.command("combine")
+def combine(
+    ctx: typer.Context,
+    shares: Annotated[list[Path], typer.Argument(help="share files (at least threshold of them)")],
+    reveal: Annotated[bool, typer.Option("--reveal", help="print the secret itself, not only its fingerprint")] = False,
+) -> int:
+    """Recover the deployment secret from threshold valid shares; prints its fingerprint."""
+    from flinger.actions.secret_cmds import combine_share_files
+
+    env = env_of(ctx)
+    result = combine_share_files(list(shares), reveal=reveal)
+    if env.json:
+        env.ui.emit_json({"command": "secret combine", "exit_status": 0, **result.to_json()})
+        return 0
+    env.ui.success(f"recovered the {result.deployment} secret from {len(result.used)} shares: {result.fingerprint}")
+    if result.secret is not None:
+        env.ui.out.print(result.secret.reveal(), markup=False, highlight=False)
+    return 0
