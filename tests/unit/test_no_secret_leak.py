@@ -189,7 +189,9 @@ def _cli_app() -> object | None:
     return app if "overlay" in commands and "secret" in commands else None
 
 
-def test_cli_overlay_and_secret_commands_leak_nothing(tmp_path: Path, known: list[str]) -> None:
+def test_cli_overlay_and_secret_commands_leak_nothing(
+    tmp_path: Path, known: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     app = _cli_app()
     if app is None:
         pytest.skip("the CLI has no `overlay` and `secret` commands yet")
@@ -230,5 +232,21 @@ def test_cli_overlay_and_secret_commands_leak_nothing(tmp_path: Path, known: lis
     result = runner.invoke(app, ["-c", str(config), "secret", "combine", str(shares[0])])
     assert result.exit_code != 0
     outputs.append(result.output)
+    doc = json.loads(shares[1].read_text())
+    doc["share"] = format(int(doc["share"], 16) ^ 0xFF, "x")
+    shares[1].write_text(json.dumps(doc))
+    share_values.append(doc["share"])
+    # failures go through the real error boundary (flinger.cli.run): exit status + message
+    from flinger.cli import run
+
+    capsys.readouterr()
+    assert run(["-c", str(config), "secret", "verify"]) == 1
+    assert run(["-c", str(config), "secret", "combine", "--reveal", *map(str, shares)]) == 1
+    captured = capsys.readouterr()
+    assert str(shares[1]) in captured.err
+    outputs += [captured.out, captured.err]
+    # the harness can see a leak: asked for explicitly, the secret is printed
+    result = runner.invoke(app, ["-c", str(config), "secret", "combine", "--reveal", str(shares[0]), str(shares[2])])
+    assert result.exit_code == 0 and format(KNOWN_SECRET, "064x") in result.output
     for text in outputs:
         _assert_clean(text, _secret_forms(KNOWN_SECRET) + known + share_values)
