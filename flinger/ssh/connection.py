@@ -20,6 +20,7 @@ from typing import Any
 
 import fabric
 import paramiko
+from paramiko.agent import AgentRequestHandler
 
 from flinger.errors import FlingerError, HostKeyError, RemoteCommandError, UnreachableError
 from flinger.ssh.hostkeys import StrictHostKeyPolicy, fingerprint
@@ -164,8 +165,16 @@ class Connection:
     ) -> CommandResult:
         """Run a command line (already quoted by the caller) and collect its output."""
         self.open()
+        handler: AgentRequestHandler | None = None
         try:
-            channel = self._conn.create_session()
+            transport = self._client.get_transport()
+            if transport is None or not transport.is_active():
+                raise paramiko.SSHException("not connected")
+            channel = transport.open_session()
+            if self.forward_agent:
+                # One handler per channel, alive until the command ends: fabric keeps a single
+                # handler per connection, which breaks commands running side by side.
+                handler = AgentRequestHandler(channel)
             channel.exec_command(command)
             if stdin is not None:
                 channel.sendall(stdin)
@@ -173,6 +182,9 @@ class Connection:
             result = _collect(channel, command, on_line, timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise UnreachableError(f"{self.server.name}: connection lost: {exc or type(exc).__name__}") from None
+        finally:
+            if handler is not None:
+                handler.close()
         if check and result.exit_code != 0:
             raise RemoteCommandError(command, result.exit_code, result.tail)
         return result

@@ -1,0 +1,222 @@
+"""deploy on the sandbox: real sshd, rsync from the builder over the forwarded agent, runit.
+
+The tests of this module run in order on the session sandbox and share its state:
+install → checks → no-change re-install → lock → unreachable server → failing health → uninstall.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from flinger_helpers import run_flinger
+
+from flinger import sandbox as sb
+from flinger.sandbox import SandboxState
+from flinger.secrets.ca import cert_sans, chains_to
+from flinger.topology import load_topology
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node1", "node2", "node3")
+WATCHED = "/opt /srv /etc/sv /etc/service /root"
+
+
+def flinger_json(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = run_flinger("-c", str(config), "--json", *args)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+
+
+def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["server"]: s for s in doc["servers"]}
+
+
+def tree(ssh_run: Any, state: SandboxState, host: str) -> list[str]:
+    """Every path (with type and mode) under the directories a deploy may touch, but the staging dir."""
+    script = (f"find {WATCHED} -xdev \\( -path /root/flinger-staging -o -path '/root/.ssh' \\) -prune -o "
+              "-printf '%y %m %p\\n' 2>/dev/null | sort")
+    out = ssh_run(state, host, "sh", "-c", script)
+    return out.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def deployed(sandbox: SandboxState) -> dict[str, Any]:
+    from conftest import run_ssh
+
+    config = sandbox.config_path
+    before = {h: tree(run_ssh, sandbox, h) for h in NODES}
+    for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
+        proc = run_flinger("-c", str(config), *step)
+        assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
+    code, doc = flinger_json(config, "deploy", "install")
+    assert code == 0, json.dumps(doc, indent=1)
+    return {"before": before, "install": doc, "topology": load_topology(config)}
+
+
+def fetch_cert(addr: str, port: int, ca: Path) -> tuple[x509.Certificate, dict[str, Any]]:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False  # the SAN is checked below, against the server's own address
+    with socket.create_connection((addr, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(f"GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    return x509.load_der_x509_certificate(der), body
+
+
+def test_install_runs_the_service_on_each_server_with_its_own_certificate(deployed: dict[str, Any]) -> None:
+    topo = deployed["topology"]
+    results = by_server(deployed["install"])
+    assert set(results) == set(NODES) and all(r["status"] == "ok" for r in results.values())
+    ca_path = topo.state_dir / "ca" / "ca.pem"
+    ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    for name in NODES:
+        server = topo.servers[name]
+        cert, status = fetch_cert(server.addr, 8443, ca_path)
+        assert chains_to(cert, ca)
+        assert server.addr in " ".join(cert_sans(cert)) and name in " ".join(cert_sans(cert))
+        assert status["name"] == name
+        assert "share" not in json.dumps(status).replace("shares", "")
+
+
+def test_builder_got_no_overlay_and_no_server_got_another_ones(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
+    topo = deployed["topology"]
+    # A sandbox host's own files are its private mounts; the rest of / is the shared machine.
+    found = ssh_run(sandbox, "build1", "sh", "-c", f"find {WATCHED} \\( -name share.json -o -name key.pem \\) 2>/dev/null || true")
+    assert found.stdout.strip() == "", f"overlay files on the builder: {found.stdout}"
+    for name in NODES:
+        local = (topo.state_dir / "overlay" / name / "tls" / "cert.pem").read_text()
+        remote = ssh_run(sandbox, name, "cat", "/opt/quorum/current/overlay/tls/cert.pem")
+        assert remote.stdout == local
+        share = json.loads(ssh_run(sandbox, name, "cat", "/opt/quorum/current/overlay/share.json").stdout)
+        assert share["index"] == json.loads((topo.state_dir / "overlay" / name / "share.json").read_text())["index"]
+        indexes = ssh_run(sandbox, name, "sh", "-c",
+                          f"find {WATCHED} -name share.json -exec python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"index\"])' {{}} \\;")
+        assert indexes.stdout.split() and set(indexes.stdout.split()) == {str(share["index"])}, f"{name}: {indexes.stdout}"
+        modes = ssh_run(sandbox, name, "stat", "-c", "%a", "/opt/quorum/current/overlay/share.json",
+                        "/opt/quorum/current/overlay/tls/key.pem")
+        assert modes.stdout.split() == ["600", "600"]
+        staged = ssh_run(sandbox, name, "sh", "-c", "ls -d /root/flinger-staging/overlay-* 2>/dev/null || true")
+        assert staged.stdout.strip() == "", "the staged overlay was not removed"
+
+
+def test_every_node_unseals(deployed: dict[str, Any]) -> None:
+    import time
+
+    topo = deployed["topology"]
+    ca_path = topo.state_dir / "ca" / "ca.pem"
+    deadline = time.monotonic() + 60
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {n: fetch_cert(topo.servers[n].addr, 8443, ca_path)[1]["state"] for n in NODES}
+        if set(states.values()) == {"unsealed"}:
+            break
+        time.sleep(0.5)
+    assert states == {n: "unsealed" for n in NODES}
+
+
+def test_second_install_with_nothing_changed_sends_no_package_bytes(deployed: dict[str, Any], sandbox: SandboxState) -> None:
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+    assert code == 0
+    for name, result in by_server(doc).items():
+        details = result["details"]
+        assert details["packages_sent"] == [], name
+        assert details["push"].get("literal_bytes", 0) == 0, name
+        assert details["changed"] is False, name
+
+
+def test_status_reports_release_digests_and_running_services(deployed: dict[str, Any], sandbox: SandboxState) -> None:
+    code, doc = flinger_json(sandbox.config_path, "deploy", "status")
+    assert code == 0, doc
+    built = json.loads(json.dumps(doc))  # plain data
+    for name, result in by_server(built).items():
+        details = result["details"]
+        assert details["installed"] is True, name
+        assert details["packages"]["quorum"]["digest"]
+        assert [s["state"] for s in details["services"] if s["name"] == "quorum"][0].startswith("run"), details
+
+
+def test_a_held_lock_refuses_a_second_deploy_until_broken(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
+    tool = "/root/flinger-staging/flinger-remote.pyz"
+    held = ssh_run(sandbox, "node1", "python3", tool, "lock", "acquire", "--install-dir", "/opt/quorum", "--holder", "someone-else")
+    assert held.returncode == 0, held.stdout + held.stderr
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
+    assert code == 1
+    result = by_server(doc)["node1"]
+    assert result["status"] == "failed" and result["step"] == "lock"
+    assert "someone-else" in json.dumps(result)
+    code, doc = flinger_json(sandbox.config_path, "deploy", "unlock", "--servers", "node1")
+    assert code == 0, doc
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
+    assert code == 0, doc
+
+
+def test_unreachable_server_is_reported_and_a_rerun_completes_it(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
+    # Make a change so that every server has work to do, then stop node2's sshd.
+    proc = run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate")
+    assert proc.returncode == 0, proc.stderr
+    sb.stop_host(sandbox.directory, "node2")
+    try:
+        code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+    finally:
+        sb.start_host(sandbox.directory, "node2")
+    results = by_server(doc)
+    assert code == 4, doc
+    assert results["node2"]["status"] == "unreachable"
+    assert results["node1"]["status"] == results["node3"]["status"] == "ok"
+    assert results["node1"]["details"]["changed"] is True
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+    assert code == 0, doc
+    results = by_server(doc)
+    assert results["node2"]["details"]["changed"] is True
+    assert results["node1"]["details"]["changed"] is False and results["node3"]["details"]["changed"] is False
+
+
+def test_a_failing_health_check_keeps_the_previous_release_running(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path) -> None:
+    from flinger_helpers import derived_config
+
+    before = ssh_run(sandbox, "node3", "readlink", "/opt/quorum/current").stdout.strip()
+    # The same project, but node3's health check can never pass.
+    repo = Path(__file__).resolve().parents[2]
+    manifest = (repo / "packaging" / "package-manifest.toml").read_text()
+    assert 'url = "https://{{ server.addr }}:8443/status"' in manifest
+    broken = manifest.replace(
+        'url = "https://{{ server.addr }}:8443/status"',
+        'url = "https://{{ server.addr }}:{{ 8443 if server.name != \'node3\' else 9 }}/status"',
+    ).replace("timeout = 30 ", "timeout = 3 ")
+    (tmp_path / "manifest.toml").write_text(broken)
+    config = derived_config(sandbox, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
+    state = sandbox.config_path.parent / ".flinger"
+    (tmp_path / ".flinger").symlink_to(state)  # same overlay and CA as the running deployment
+    code, doc = flinger_json(config, "deploy", "install")
+    results = by_server(doc)
+    assert code == 1, doc
+    assert results["node3"]["status"] == "failed"
+    assert "health" in (results["node3"]["step"] or "") + json.dumps(results["node3"])
+    assert ssh_run(sandbox, "node3", "readlink", "/opt/quorum/current").stdout.strip() == before
+    running = ssh_run(sandbox, "node3", "sv", "status", "quorum")
+    assert running.stdout.startswith("run:"), running.stdout
+    topo = deployed["topology"]
+    _, status = fetch_cert(topo.servers["node3"].addr, 8443, topo.state_dir / "ca" / "ca.pem")
+    assert status["name"] == "node3"
+
+
+def test_uninstall_leaves_every_server_as_it_was(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
+    code, doc = flinger_json(sandbox.config_path, "deploy", "uninstall")
+    assert code == 0, doc
+    for name in NODES:
+        assert tree(ssh_run, sandbox, name) == deployed["before"][name], name
+        listening = ssh_run(sandbox, name, "sh", "-c", f"ss -ltn | grep -c {shlex.quote(sandbox.hosts[name].addr + ':8443')} || true")
+        assert listening.stdout.strip() == "0"
