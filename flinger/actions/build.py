@@ -89,7 +89,10 @@ def run_build(
         source_dir = resolve_remote_path(conn, topology.builder.source_dir)
         artifacts = resolve_remote_path(conn, topology.builder.artifacts_path)
         plan.update(source_dir=source_dir, artifacts_dir=artifacts)
-        conn.run(f"test -d {shlex.quote(source_dir)} || {{ echo 'no source tree on the builder: run flinger sync' >&2; exit 3; }}")
+        conn.run(
+            f"test -d {shlex.quote(source_dir)} || "
+            "{ echo 'no source tree on the builder: run flinger sync' >&2; exit 3; }"
+        )
         conn.run(f"mkdir -p {shlex.quote(artifacts)}")
         local, _ = local_zipapp(topology)
         tool = f"{artifacts}/{ZIPAPP_NAME}"

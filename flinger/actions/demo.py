@@ -47,7 +47,7 @@ def demo_steps(config: Path) -> list[DemoStep]:
 def quorum_status(addr: str, port: int, ca_file: Path, timeout: float = 5.0) -> dict[str, object]:
     """GET https://addr:port/status, verifying the node against the deployment CA."""
     context = ssl.create_default_context(cafile=str(ca_file))
-    with urllib.request.urlopen(f"https://{addr}:{port}/status", context=context, timeout=timeout) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"https://{addr}:{port}/status", context=context, timeout=timeout) as resp:
         data = json.loads(resp.read())
     if not isinstance(data, dict):
         raise FlingerError(f"{addr}: /status is not a JSON object")

@@ -59,7 +59,9 @@ class RunLog:
         with self._lock, open(self.directory / f"{server}.log", "a", encoding="utf-8") as fh:
             fh.write(f"{stamp} {text}\n")
 
-    def update(self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None) -> None:
+    def update(
+        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
+    ) -> None:
         if state is not None:
             self._write(server, f"state: {state}")
         if step is not None:
@@ -106,7 +108,11 @@ class Deployer:
                 kh_dir = resolve_remote_path(conn, f"$HOME/.flinger/{self.topology.name}")
                 conn.run(f"mkdir -p {shlex.quote(kh_dir)} && chmod 700 {shlex.quote(kh_dir)}")
                 conn.put_bytes(known.encode(), f"{kh_dir}/known_hosts", mode=0o600)
-                self._builder_ready = {"artifacts": artifacts, "manifest": manifest, "known_hosts": f"{kh_dir}/known_hosts"}
+                self._builder_ready = {
+                    "artifacts": artifacts,
+                    "manifest": manifest,
+                    "known_hosts": f"{kh_dir}/known_hosts",
+                }
             return self._builder_ready
 
     def _known_hosts_for_builder(self) -> str:
@@ -125,8 +131,10 @@ class Deployer:
     def _check_trusted(self, server: Server) -> None:
         entry = load_host_keys(self.topology.ssh.known_hosts).lookup(known_hosts_name(server.addr, server.port or 22))
         if not entry:
-            raise HostKeyError(f"{server.name}: host key not in {self.topology.ssh.known_hosts}; "
-                               f"run: flinger trust --servers {server.name}")
+            raise HostKeyError(
+                f"{server.name}: host key not in {self.topology.ssh.known_hosts}; "
+                f"run: flinger trust --servers {server.name}"
+            )
 
     # -- install --------------------------------------------------------------------------
     def push(self, server: Server, plan: ServerPlan, conn: Connection, report: Reporter) -> dict[str, int]:
@@ -150,17 +158,32 @@ class Deployer:
         for srcs, sub in ((sources, "packages/"), ([f"{artifacts}/manifest.json", f"{artifacts}/{ZIPAPP_NAME}"], "")):
             if not srcs:
                 continue
-            argv = ["rsync", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats", "-e", rsh,
-                    "--", *srcs, f"{host}:{dest_root}/{sub}"]
-            result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
-                                      check=False)
+            argv = [
+                "rsync",
+                "--times",
+                "--perms",
+                "--chmod=F600,D700",
+                "--partial",
+                "--stats",
+                "-e",
+                rsh,
+                "--",
+                *srcs,
+                f"{host}:{dest_root}/{sub}",
+            ]
+            result = builder_conn.run(
+                shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None, check=False
+            )
             if result.exit_code != 0:
                 raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
             for line in result.stdout.splitlines():
                 m = _RSYNC_STAT.match(line.strip())
                 if m:
-                    key = {"Total bytes sent": "bytes_sent", "Literal data": "literal_bytes",
-                           "Total transferred file size": "transferred_size"}[m.group(1)]
+                    key = {
+                        "Total bytes sent": "bytes_sent",
+                        "Literal data": "literal_bytes",
+                        "Total transferred file size": "transferred_size",
+                    }[m.group(1)]
                     stats[key] = stats.get(key, 0) + int(m.group(2).replace(",", ""))
         report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
         return stats
@@ -211,8 +234,14 @@ class Deployer:
                 "install_dir": install_dir,
                 "staging_dir": staging,
                 "release": self.run_id,
-                "packages": [{"name": p, "digest": built[p]["sha256"], "tarball": f"{staging}/packages/{Path(built[p].get('file') or p + '.tar.gz').name}"}
-                             for p in plan.packages],
+                "packages": [
+                    {
+                        "name": p,
+                        "digest": built[p]["sha256"],
+                        "tarball": f"{staging}/packages/{Path(built[p].get('file') or p + '.tar.gz').name}",
+                    }
+                    for p in plan.packages
+                ],
                 "overlay_dir": overlay_remote,
                 "overlay_owner": plan.overlay_owner,
                 "services": [s.as_remote() for s in plan.services],
@@ -231,11 +260,25 @@ class Deployer:
             self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
         changed = bool(result.get("changed", True))
         summary = f"release {result.get('release', self.run_id)}" if changed else "no change"
-        return {"changed": changed, "release": result.get("release"), "push": stats, "summary":
-                f"{summary}; {stats.get('bytes_sent', 0):,} bytes pushed"}
+        return {
+            "changed": changed,
+            "release": result.get("release"),
+            "push": stats,
+            "summary": f"{summary}; {stats.get('bytes_sent', 0):,} bytes pushed",
+        }
 
-    def lock(self, server: Server, conn: Connection, tool: str, install_dir: str, action: str, *,
-             wait: float = 0.0, report: Reporter | None = None, quiet: bool = False) -> None:
+    def lock(
+        self,
+        server: Server,
+        conn: Connection,
+        tool: str,
+        install_dir: str,
+        action: str,
+        *,
+        wait: float = 0.0,
+        report: Reporter | None = None,
+        quiet: bool = False,
+    ) -> None:
         args = ["lock", action, "--install-dir", install_dir, "--holder", self.holder]
         if action == "acquire":
             args += ["--wait", str(wait)]
@@ -249,8 +292,15 @@ class Deployer:
             raise FlingerError(f"{server.name}: {exc.message}") from None
 
     # -- the other subcommands ------------------------------------------------------------
-    def simple(self, server: Server, report: Reporter, command: str, extra: list[str] | None = None,
-               hold_lock: bool = True, lock_wait: float = 0.0) -> dict[str, Any]:
+    def simple(
+        self,
+        server: Server,
+        report: Reporter,
+        command: str,
+        extra: list[str] | None = None,
+        hold_lock: bool = True,
+        lock_wait: float = 0.0,
+    ) -> dict[str, Any]:
         self._check_trusted(server)
         report.step("connect")
         conn = self.pool.get(server.name)
@@ -266,13 +316,29 @@ class Deployer:
         if hold_lock:
             self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
         try:
-            result = run_tool(conn, server, tool, args, plan={"install_dir": install_dir, "staging_dir": staging},
-                              on_text=report.line)
+            result = run_tool(
+                conn, server, tool, args, plan={"install_dir": install_dir, "staging_dir": staging}, on_text=report.line
+            )
         finally:
             if hold_lock and command not in ("uninstall", "clean"):
                 self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
         result.pop("event", None)
+        result["summary"] = _summary(command, result)
         return result
+
+
+def _summary(command: str, result: dict[str, Any]) -> str:
+    """One line for the summary table: what this server has now."""
+    if command != "status":
+        return f"{command} done"
+    if not result.get("installed"):
+        return "nothing installed"
+    packages = ", ".join(f"{n} {str(p.get('digest', ''))[:12]}" for n, p in sorted(result.get("packages", {}).items()))
+    health = {None: "", True: " healthy", False: " UNHEALTHY"}
+    services = ", ".join(
+        f"{s.get('name')}: {s.get('state')}{health.get(s.get('healthy'), '')}" for s in result.get("services", [])
+    )
+    return f"release {result.get('release')}; {packages}; {services or 'no services'}"
 
 
 def run_deploy(
@@ -300,7 +366,9 @@ def run_deploy(
                 group = [s for s in servers if plans[s.name].wave == wave]
                 if stop:
                     for s in group:
-                        results[s.name] = ServerResult(s.name, Status.SKIPPED, message="not started: an earlier wave failed")
+                        results[s.name] = ServerResult(
+                            s.name, Status.SKIPPED, message="not started: an earlier wave failed"
+                        )
                     continue
 
                 def work(server: Server, report: Reporter) -> dict[str, Any]:
@@ -308,17 +376,22 @@ def run_deploy(
 
                 for r in fan_out(group, work, parallel=parallel, board=deployer.board, fail_fast=fail_fast):
                     results[r.server] = r
-                if any(r.status is not Status.OK for r in results.values()) and (fail_fast or _has_dependents(plans, wave)):
+                if any(r.status is not Status.OK for r in results.values()) and (
+                    fail_fast or _has_dependents(plans, wave)
+                ):
                     stop = True
             return [results[s.name] for s in servers]
 
         if action == "unlock":
+
             def unlock(server: Server, report: Reporter) -> dict[str, Any]:
                 conn = deployer.pool.get(server.name)
                 tool = upload_tool(conn, topology, topology.deployment.staging_dir)
                 install_dir = resolve_remote_path(conn, topology.deployment.install_dir)
                 report.step("break lock")
-                run_tool(conn, server, tool, ["lock", "break", "--install-dir", install_dir, "--holder", deployer.holder])
+                run_tool(
+                    conn, server, tool, ["lock", "break", "--install-dir", install_dir, "--holder", deployer.holder]
+                )
                 return {"summary": "lock broken"}
 
             return fan_out(servers, unlock, parallel=parallel, board=deployer.board)
@@ -336,4 +409,3 @@ def run_deploy(
 def _has_dependents(plans: dict[str, ServerPlan], wave: int) -> bool:
     """A later wave exists only because its services start after this wave's."""
     return any(p.wave > wave for p in plans.values())
-

@@ -58,14 +58,36 @@ class ServerPlan:
             "addr": self.addr,
             "wave": self.wave,
             "steps": [
-                {"step": "push", "by": "builder", "to": f"{self.staging_dir}/packages",
-                 "files": [f"{p}.tar.gz" for p in self.packages] + ["manifest.json", "flinger-remote.pyz"]},
+                {
+                    "step": "push",
+                    "by": "builder",
+                    "to": f"{self.staging_dir}/packages",
+                    "files": [f"{p}.tar.gz" for p in self.packages] + ["manifest.json", "flinger-remote.pyz"],
+                },
                 {"step": "lock", "path": f"{self.install_dir}/.flinger/lock"},
-                {"step": "overlay", "by": "client", "to": f"{self.staging_dir}/overlay-<run>", "files": self.overlay_files},
-                {"step": "install", "install_dir": self.install_dir, "packages": self.packages,
-                 "overlay_owner": self.overlay_owner,
-                 "services": [{"name": s.name, "package": s.package, "manager": s.manager, "after": s.after,
-                               "health": s.health, "files": sorted(s.files)} for s in self.services]},
+                {
+                    "step": "overlay",
+                    "by": "client",
+                    "to": f"{self.staging_dir}/overlay-<run>",
+                    "files": self.overlay_files,
+                },
+                {
+                    "step": "install",
+                    "install_dir": self.install_dir,
+                    "packages": self.packages,
+                    "overlay_owner": self.overlay_owner,
+                    "services": [
+                        {
+                            "name": s.name,
+                            "package": s.package,
+                            "manager": s.manager,
+                            "after": s.after,
+                            "health": s.health,
+                            "files": sorted(s.files),
+                        }
+                        for s in self.services
+                    ],
+                },
                 {"step": "unlock"},
             ],
             "notes": self.notes,
@@ -76,16 +98,29 @@ def template_context(topology: Topology, server: Server, package: Package | None
     """What a service definition's {{ }} placeholders may use (no secrets in here)."""
     dep = topology.deployment
     context: dict[str, Any] = {
-        "server": {"name": server.name, "addr": server.addr, "roles": list(server.roles),
-                   "port": server.port, "user": server.user},
+        "server": {
+            "name": server.name,
+            "addr": server.addr,
+            "roles": list(server.roles),
+            "port": server.port,
+            "user": server.user,
+        },
         "servers": [{"name": s.name, "addr": s.addr, "roles": list(s.roles)} for s in topology.deployment_servers()],
-        "deployment": {"name": topology.name, "install_dir": dep.install_dir, "staging_dir": dep.staging_dir,
-                       "threshold": dep.threshold, "n": len(dep.servers)},
+        "deployment": {
+            "name": topology.name,
+            "install_dir": dep.install_dir,
+            "staging_dir": dep.staging_dir,
+            "threshold": dep.threshold,
+            "n": len(dep.servers),
+        },
         "install_dir": dep.install_dir,
     }
     if package is not None:
-        context["package"] = {"name": package.name, "version": package.version,
-                              "dir": f"{dep.install_dir}/current/{package.name}"}
+        context["package"] = {
+            "name": package.name,
+            "version": package.version,
+            "dir": f"{dep.install_dir}/current/{package.name}",
+        }
     return context
 
 
@@ -138,8 +173,11 @@ def _waves(manifest: Manifest, plans: dict[str, list[Package]]) -> dict[str, int
 def _overlay_owner(packages: list[Package]) -> dict[str, str] | None:
     """The overlay is private (0600/0700): it belongs to the one service user that must read
     it. Root-run services read it anyway; with two different service users, root keeps it."""
-    users = {(p.service.user, p.service.group or p.service.user) for p in packages
-             if p.service is not None and p.service.user not in (None, "root")}
+    users = {
+        (p.service.user, p.service.group or p.service.user)
+        for p in packages
+        if p.service is not None and p.service.user not in (None, "root")
+    }
     if len(users) != 1:
         return None
     user, group = users.pop()
@@ -157,28 +195,51 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
     overlay_root = topology.state_dir / "overlay"
     for server in servers:
         overlay_dir = overlay_root / server.name
-        overlay_files = sorted(
-            str(p.relative_to(overlay_dir)) for p in overlay_dir.rglob("*") if p.is_file()
-        ) if overlay_dir.is_dir() else []
+        overlay_files = (
+            sorted(str(p.relative_to(overlay_dir)) for p in overlay_dir.rglob("*") if p.is_file())
+            if overlay_dir.is_dir()
+            else []
+        )
         services = []
         for pkg in packages[server.name]:
             if pkg.service is None:
                 continue
             context = template_context(topology, server, pkg)
             smf_dir = topology.source_dir / "smf" / pkg.service_name
-            files = render_service(pkg.service, pkg.service_name, server.service_manager, context,
-                                   override_dir=smf_dir if smf_dir.is_dir() else None)
-            log_files = [_render_text(pkg.service.log_file, context, f"packages.{pkg.name}.service.log_file")] \
-                if pkg.service.log_file else []
-            services.append(ServicePlan(
-                name=pkg.service_name, package=pkg.name, manager=server.service_manager, files=files,
-                after=list(pkg.service.after), health=_health(pkg, context), log_files=log_files,
-            ))
+            files = render_service(
+                pkg.service,
+                pkg.service_name,
+                server.service_manager,
+                context,
+                override_dir=smf_dir if smf_dir.is_dir() else None,
+            )
+            log_files = (
+                [_render_text(pkg.service.log_file, context, f"packages.{pkg.name}.service.log_file")]
+                if pkg.service.log_file
+                else []
+            )
+            services.append(
+                ServicePlan(
+                    name=pkg.service_name,
+                    package=pkg.name,
+                    manager=server.service_manager,
+                    files=files,
+                    after=list(pkg.service.after),
+                    health=_health(pkg, context),
+                    log_files=log_files,
+                )
+            )
         plan = ServerPlan(
-            server=server.name, addr=server.addr, wave=waves[server.name],
-            packages=[p.name for p in packages[server.name]], overlay_files=overlay_files, services=services,
-            staging_dir=topology.deployment.staging_dir, install_dir=topology.deployment.install_dir,
-            overlay_dir=overlay_dir, overlay_owner=_overlay_owner(packages[server.name]),
+            server=server.name,
+            addr=server.addr,
+            wave=waves[server.name],
+            packages=[p.name for p in packages[server.name]],
+            overlay_files=overlay_files,
+            services=services,
+            staging_dir=topology.deployment.staging_dir,
+            install_dir=topology.deployment.install_dir,
+            overlay_dir=overlay_dir,
+            overlay_owner=_overlay_owner(packages[server.name]),
         )
         if not overlay_files:
             plan.notes.append("no overlay for this server yet: run `flinger overlay` first")

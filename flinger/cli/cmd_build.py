@@ -10,7 +10,9 @@ from flinger.cli.app import app, env_of
 from flinger.cli.env import Env
 from flinger.errors import ExitStatus
 
-build_app = typer.Typer(help="Build on the builder: check (run build commands) or package (tarballs).", no_args_is_help=True)
+build_app = typer.Typer(
+    help="Build on the builder: check (run build commands) or package (tarballs).", no_args_is_help=True
+)
 app.add_typer(build_app, name="build")
 
 
@@ -24,8 +26,14 @@ def _build(env: Env, *, check_only: bool, no_cache: bool) -> int:
         outcome = run_build(env.topology(), manifest, check_only=check_only, no_cache=no_cache, board=board)
     status = ExitStatus.OK if outcome.ok else ExitStatus.FAILED
     if env.json:
-        env.ui.emit_json({"command": title, "exit_status": int(status), "artifacts_dir": outcome.artifacts_dir,
-                          "packages": [p.as_json() for p in outcome.packages.values()]})
+        env.ui.emit_json(
+            {
+                "command": title,
+                "exit_status": int(status),
+                "artifacts_dir": outcome.artifacts_dir,
+                "packages": [p.as_json() for p in outcome.packages.values()],
+            }
+        )
         return int(status)
     rows = []
     for p in outcome.packages.values():
@@ -42,7 +50,9 @@ def _build(env: Env, *, check_only: bool, no_cache: bool) -> int:
         if p.setup_hint:
             env.ui.note(f"  hint for {p.name}: {p.setup_hint}")
     if outcome.ok:
-        env.ui.success(f"{len(outcome.built)} built, {sum(p.state == 'cached' for p in outcome.packages.values())} unchanged")
+        env.ui.success(
+            f"{len(outcome.built)} built, {sum(p.state == 'cached' for p in outcome.packages.values())} unchanged"
+        )
     return int(status)
 
 

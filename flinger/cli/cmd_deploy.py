@@ -25,19 +25,33 @@ def _dry_run(env: Env, action: str, servers: ServersOpt) -> int:
     plans = plan_deploy(topology, manifest, chosen)
     document: list[dict[str, Any]]
     if action != "install":
-        document = [{"server": p.server, "addr": p.addr, "steps": [
-            {"step": "ship tool", "to": f"{p.staging_dir}/flinger-remote.pyz"},
-            {"step": action, "install_dir": p.install_dir,
-             "removes": "services and files recorded in the install receipt" if action in ("uninstall", "clean") else None},
-            *([{"step": "remove staging", "path": p.staging_dir}] if action == "clean" else []),
-        ]} for p in plans]
+        document = [
+            {
+                "server": p.server,
+                "addr": p.addr,
+                "steps": [
+                    {"step": "ship tool", "to": f"{p.staging_dir}/flinger-remote.pyz"},
+                    {
+                        "step": action,
+                        "install_dir": p.install_dir,
+                        "removes": "services and files recorded in the install receipt"
+                        if action in ("uninstall", "clean")
+                        else None,
+                    },
+                    *([{"step": "remove staging", "path": p.staging_dir}] if action == "clean" else []),
+                ],
+            }
+            for p in plans
+        ]
     else:
         document = [p.as_json() for p in plans]
     if env.json:
         env.ui.emit_json({"command": f"deploy {action}", "dry_run": True, "servers": document})
         return 0
     for entry in document:
-        env.ui.out.print(f"[bold]{entry['server']}[/bold] ({entry['addr']})" + (f" wave {entry['wave']}" if "wave" in entry else ""))
+        env.ui.out.print(
+            f"[bold]{entry['server']}[/bold] ({entry['addr']})" + (f" wave {entry['wave']}" if "wave" in entry else "")
+        )
         for step in entry["steps"]:
             name = step["step"]
             rest = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step" and v not in (None, [], ""))
@@ -55,9 +69,17 @@ def _run(env: Env, action: str, servers: ServersOpt, *, fail_fast: bool = False,
     board = env.ui.board([s.name for s in chosen], f"deploy {action}")
     log_dir: list[str] = []
     with board.running():
-        results = run_deploy(topology, manifest, chosen, action, parallel=env.parallel, board=board,
-                             fail_fast=fail_fast, lock_wait=lock_wait,
-                             on_start=lambda d: log_dir.append(str(d.log_dir)))
+        results = run_deploy(
+            topology,
+            manifest,
+            chosen,
+            action,
+            parallel=env.parallel,
+            board=board,
+            fail_fast=fail_fast,
+            lock_wait=lock_wait,
+            on_start=lambda d: log_dir.append(str(d.log_dir)),
+        )
     status = finish(env, f"deploy {action}", results, {"log_dir": log_dir[0] if log_dir else None})
     if not env.json and log_dir:
         env.ui.note(f"logs: {log_dir[0]}")
@@ -65,16 +87,26 @@ def _run(env: Env, action: str, servers: ServersOpt, *, fail_fast: bool = False,
 
 
 @deploy_app.command("install")
-def install(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, fail_fast: FailFast = False,
-            lock_wait: LockWait = 0.0) -> int:
+def install(
+    ctx: typer.Context,
+    servers: ServersOpt = None,
+    dry_run: DryRun = False,
+    fail_fast: FailFast = False,
+    lock_wait: LockWait = 0.0,
+) -> int:
     """Push packages from the builder, send each server its overlay, switch release, start services."""
     env = env_of(ctx)
-    return _dry_run(env, "install", servers) if dry_run else _run(env, "install", servers, fail_fast=fail_fast,
-                                                                     lock_wait=lock_wait)
+    return (
+        _dry_run(env, "install", servers)
+        if dry_run
+        else _run(env, "install", servers, fail_fast=fail_fast, lock_wait=lock_wait)
+    )
 
 
 @deploy_app.command("uninstall")
-def uninstall(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, lock_wait: LockWait = 0.0) -> int:
+def uninstall(
+    ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, lock_wait: LockWait = 0.0
+) -> int:
     """Stop and remove the services and exactly the files flinger installed."""
     env = env_of(ctx)
     return _dry_run(env, "uninstall", servers) if dry_run else _run(env, "uninstall", servers, lock_wait=lock_wait)

@@ -10,7 +10,9 @@ import typer
 from flinger.cli.app import app, env_of
 from flinger.errors import ExitStatus
 
-secret_app = typer.Typer(help="Check threshold shares, or recover the deployment secret from them.", no_args_is_help=True)
+secret_app = typer.Typer(
+    help="Check threshold shares, or recover the deployment secret from them.", no_args_is_help=True
+)
 app.add_typer(secret_app, name="secret")
 
 
@@ -18,7 +20,9 @@ app.add_typer(secret_app, name="secret")
 def overlay(
     ctx: typer.Context,
     rotate: Annotated[bool, typer.Option("--rotate", help="new secret, shares, CA and certificates")] = False,
-    keep_secret: Annotated[bool, typer.Option("--keep-secret", help="also store the full secret on the client (0600)")] = False,
+    keep_secret: Annotated[
+        bool, typer.Option("--keep-secret", help="also store the full secret on the client (0600)")
+    ] = False,
 ) -> int:
     """Make each server's overlay: a threshold share, a key + certificate, rendered configs."""
     from flinger.actions.overlay import make_overlay
@@ -31,8 +35,13 @@ def overlay(
         env.ui.emit_json({"command": "overlay", "exit_status": 0, **report.to_json()})
         return 0
     rows = [
-        (s.server, "-" if s.share_index is None else str(s.share_index), s.cert_sha256[:16], str(len(s.files)),
-         str(len(s.written)) if s.written else "unchanged")
+        (
+            s.server,
+            "-" if s.share_index is None else str(s.share_index),
+            s.cert_sha256[:16],
+            str(len(s.files)),
+            str(len(s.written)) if s.written else "unchanged",
+        )
         for s in report.servers
     ]
     env.ui.table(f"overlay {report.overlay_dir}", ("server", "share", "cert sha256", "files", "written"), rows)
@@ -41,7 +50,9 @@ def overlay(
             for f in s.files:
                 env.ui.debug(f"{s.server}: {f}")
     threshold = f"threshold {report.threshold} of {report.total}" if report.threshold else "no shares"
-    env.ui.success(f"overlay ready for {len(report.servers)} servers ({threshold}; secret {report.secret_fingerprint or '-'})")
+    env.ui.success(
+        f"overlay ready for {len(report.servers)} servers ({threshold}; secret {report.secret_fingerprint or '-'})"
+    )
     return 0
 
 
@@ -57,10 +68,15 @@ def verify(
     checks = verify_shares(env.topology(), server)
     ok = all(c.valid for c in checks)
     if env.json:
-        env.ui.emit_json({"command": "secret verify", "exit_status": 0 if ok else 1, "shares": [c.to_json() for c in checks]})
+        env.ui.emit_json(
+            {"command": "secret verify", "exit_status": 0 if ok else 1, "shares": [c.to_json() for c in checks]}
+        )
     else:
-        env.ui.table("shares", ("server", "index", "valid", "file", "reason"),
-                     [(c.server, c.index or "-", "yes" if c.valid else "NO", c.path, c.reason or "") for c in checks])
+        env.ui.table(
+            "shares",
+            ("server", "index", "valid", "file", "reason"),
+            [(c.server, c.index or "-", "yes" if c.valid else "NO", c.path, c.reason or "") for c in checks],
+        )
     return int(ExitStatus.OK if ok else ExitStatus.FAILED)
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from flinger.sandbox import SandboxState
 
 
-def run_flinger(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_flinger(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real `flinger` CLI in a subprocess (real exit status, real output)."""
     import sys
 

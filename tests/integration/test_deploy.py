@@ -42,8 +42,10 @@ def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def tree(ssh_run: Any, state: SandboxState, host: str) -> list[str]:
     """Every path (with type and mode) under the directories a deploy may touch, but the staging dir."""
-    script = (f"find {WATCHED} -xdev \\( -path /root/flinger-staging -o -path '/root/.ssh' \\) -prune -o "
-              "-printf '%y %m %p\\n' 2>/dev/null | sort")
+    script = (
+        f"find {WATCHED} -xdev \\( -path /root/flinger-staging -o -path '/root/.ssh' \\) -prune -o "
+        "-printf '%y %m %p\\n' 2>/dev/null | sort"
+    )
     out = ssh_run(state, host, "sh", "-c", script)
     return out.stdout.splitlines()
 
@@ -91,10 +93,14 @@ def test_install_runs_the_service_on_each_server_with_its_own_certificate(deploy
         assert "share" not in json.dumps(status).replace("shares", "")
 
 
-def test_builder_got_no_overlay_and_no_server_got_another_ones(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
+def test_builder_got_no_overlay_and_no_server_got_another_ones(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
     topo = deployed["topology"]
     # A sandbox host's own files are its private mounts; the rest of / is the shared machine.
-    found = ssh_run(sandbox, "build1", "sh", "-c", f"find {WATCHED} \\( -name share.json -o -name key.pem \\) 2>/dev/null || true")
+    found = ssh_run(
+        sandbox, "build1", "sh", "-c", f"find {WATCHED} \\( -name share.json -o -name key.pem \\) 2>/dev/null || true"
+    )
     assert found.stdout.strip() == "", f"overlay files on the builder: {found.stdout}"
     for name in NODES:
         local = (topo.state_dir / "overlay" / name / "tls" / "cert.pem").read_text()
@@ -102,11 +108,26 @@ def test_builder_got_no_overlay_and_no_server_got_another_ones(deployed: dict[st
         assert remote.stdout == local
         share = json.loads(ssh_run(sandbox, name, "cat", "/opt/quorum/current/overlay/share.json").stdout)
         assert share["index"] == json.loads((topo.state_dir / "overlay" / name / "share.json").read_text())["index"]
-        indexes = ssh_run(sandbox, name, "sh", "-c",
-                          f"find {WATCHED} -name share.json -exec python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"index\"])' {{}} \\;")
-        assert indexes.stdout.split() and set(indexes.stdout.split()) == {str(share["index"])}, f"{name}: {indexes.stdout}"
-        modes = ssh_run(sandbox, name, "stat", "-c", "%a", "/opt/quorum/current/overlay/share.json",
-                        "/opt/quorum/current/overlay/tls/key.pem")
+        indexes = ssh_run(
+            sandbox,
+            name,
+            "sh",
+            "-c",
+            f"find {WATCHED} -name share.json -exec python3 -c "
+            "'import json,sys; print(json.load(open(sys.argv[1]))[\"index\"])' {} \\;",
+        )
+        assert indexes.stdout.split() and set(indexes.stdout.split()) == {str(share["index"])}, (
+            f"{name}: {indexes.stdout}"
+        )
+        modes = ssh_run(
+            sandbox,
+            name,
+            "stat",
+            "-c",
+            "%a",
+            "/opt/quorum/current/overlay/share.json",
+            "/opt/quorum/current/overlay/tls/key.pem",
+        )
         assert modes.stdout.split() == ["600", "600"]
         staged = ssh_run(sandbox, name, "sh", "-c", "ls -d /root/flinger-staging/overlay-* 2>/dev/null || true")
         assert staged.stdout.strip() == "", "the staged overlay was not removed"
@@ -127,7 +148,9 @@ def test_every_node_unseals(deployed: dict[str, Any]) -> None:
     assert states == {n: "unsealed" for n in NODES}
 
 
-def test_second_install_with_nothing_changed_sends_no_package_bytes(deployed: dict[str, Any], sandbox: SandboxState) -> None:
+def test_second_install_with_nothing_changed_sends_no_package_bytes(
+    deployed: dict[str, Any], sandbox: SandboxState
+) -> None:
     code, doc = flinger_json(sandbox.config_path, "deploy", "install")
     assert code == 0
     for name, result in by_server(doc).items():
@@ -145,12 +168,16 @@ def test_status_reports_release_digests_and_running_services(deployed: dict[str,
         details = result["details"]
         assert details["installed"] is True, name
         assert details["packages"]["quorum"]["digest"]
-        assert [s["state"] for s in details["services"] if s["name"] == "quorum"][0].startswith("run"), details
+        assert next(s["state"] for s in details["services"] if s["name"] == "quorum").startswith("run"), details
 
 
-def test_a_held_lock_refuses_a_second_deploy_until_broken(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
+def test_a_held_lock_refuses_a_second_deploy_until_broken(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
     tool = "/root/flinger-staging/flinger-remote.pyz"
-    held = ssh_run(sandbox, "node1", "python3", tool, "lock", "acquire", "--install-dir", "/opt/quorum", "--holder", "someone-else")
+    held = ssh_run(
+        sandbox, "node1", "python3", tool, "lock", "acquire", "--install-dir", "/opt/quorum", "--holder", "someone-else"
+    )
     assert held.returncode == 0, held.stdout + held.stderr
     code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
     assert code == 1
@@ -163,7 +190,9 @@ def test_a_held_lock_refuses_a_second_deploy_until_broken(deployed: dict[str, An
     assert code == 0, doc
 
 
-def test_unreachable_server_is_reported_and_a_rerun_completes_it(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
+def test_unreachable_server_is_reported_and_a_rerun_completes_it(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
     # Make a change so that every server has work to do, then stop node2's sshd.
     proc = run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate")
     assert proc.returncode == 0, proc.stderr
@@ -184,7 +213,9 @@ def test_unreachable_server_is_reported_and_a_rerun_completes_it(deployed: dict[
     assert results["node1"]["details"]["changed"] is False and results["node3"]["details"]["changed"] is False
 
 
-def test_a_failing_health_check_keeps_the_previous_release_running(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path) -> None:
+def test_a_failing_health_check_keeps_the_previous_release_running(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
     from flinger_helpers import derived_config
 
     before = ssh_run(sandbox, "node3", "readlink", "/opt/quorum/current").stdout.strip()
@@ -194,7 +225,7 @@ def test_a_failing_health_check_keeps_the_previous_release_running(deployed: dic
     assert 'url = "https://{{ server.addr }}:8443/status"' in manifest
     broken = manifest.replace(
         'url = "https://{{ server.addr }}:8443/status"',
-        'url = "https://{{ server.addr }}:{{ 8443 if server.name != \'node3\' else 9 }}/status"',
+        "url = \"https://{{ server.addr }}:{{ 8443 if server.name != 'node3' else 9 }}/status\"",
     ).replace("timeout = 30 ", "timeout = 3 ")
     (tmp_path / "manifest.toml").write_text(broken)
     config = derived_config(sandbox, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
@@ -218,5 +249,7 @@ def test_uninstall_leaves_every_server_as_it_was(deployed: dict[str, Any], sandb
     assert code == 0, doc
     for name in NODES:
         assert tree(ssh_run, sandbox, name) == deployed["before"][name], name
-        listening = ssh_run(sandbox, name, "sh", "-c", f"ss -ltn | grep -c {shlex.quote(sandbox.hosts[name].addr + ':8443')} || true")
+        listening = ssh_run(
+            sandbox, name, "sh", "-c", f"ss -ltn | grep -c {shlex.quote(sandbox.hosts[name].addr + ':8443')} || true"
+        )
         assert listening.stdout.strip() == "0"

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from flinger_helpers import derived_config, run_flinger
 
 from flinger import sandbox as sb
 from flinger.sandbox import SandboxState
-from flinger_helpers import derived_config, run_flinger
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,15 @@ def test_exec_runs_on_three_servers_in_parallel_with_prefixed_output(sandbox: Sa
 
 
 def test_exec_json_and_failed_command(sandbox: SandboxState) -> None:
-    proc = run_flinger("-c", str(sandbox.config_path), "--json", "exec", "--servers", "node1,node2",
-                       'if [ "$(uname -n)" = node2 ]; then echo boom; exit 3; fi; echo fine')
+    proc = run_flinger(
+        "-c",
+        str(sandbox.config_path),
+        "--json",
+        "exec",
+        "--servers",
+        "node1,node2",
+        'if [ "$(uname -n)" = node2 ]; then echo boom; exit 3; fi; echo fine',
+    )
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     by = {s["server"]: s for s in doc["servers"]}
@@ -131,7 +138,7 @@ def test_agent_forwarded_to_the_builder_reaches_another_host(sandbox: SandboxSta
     try:
         builder = pool.get("build1")
         builder.put_file(topo.ssh.known_hosts, "/root/kh-test", mode=0o600)
-        hop = ssh_argv(node, topo.ssh, known_hosts="/root/kh-test") + [node.addr, "uname", "-n"]
+        hop = [*ssh_argv(node, topo.ssh, known_hosts="/root/kh-test"), node.addr, "uname", "-n"]
         import shlex
 
         line = "ls /root/.ssh/id_* 2>/dev/null | wc -l; " + shlex.join(hop)
