@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from flinger.cli import cmd_build, cmd_deploy, cmd_overlay, cmd_prereqs  # noqa: F401 - they register their commands
@@ -28,15 +27,17 @@ def run(argv: list[str] | None = None) -> int:
     except FlingerError as exc:
         print(f"flinger: error: {exc.message}", file=sys.stderr)
         return int(exc.exit_status)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("flinger: interrupted", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
-    except KeyboardInterrupt:
-        print("flinger: interrupted", file=sys.stderr)
-        return int(ExitStatus.INTERRUPTED)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return int(ExitStatus.USAGE)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
+    except typer.TyperException as exc:
+        # typer's own command-line parser (a vendored click): bad options, missing arguments.
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"flinger: error: {exc}", file=sys.stderr)
+        return int(ExitStatus.USAGE)
     return int(result) if isinstance(result, int) else 0

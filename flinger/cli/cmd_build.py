@@ -45,6 +45,8 @@ def _build(env: Env, *, check_only: bool, no_cache: bool) -> int:
     for p in outcome.packages.values():
         if p.state != "failed":
             continue
+        what = f"`{p.command}` exited with status {p.exit_status}" if p.command else (p.error or "failed")
+        env.ui.error(f"{p.name}: {what}")
         for line in p.tail[-15:]:
             env.ui.note(f"  [{p.name}] {line}")
         if p.setup_hint:
