@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
-from flinger.errors import ConfigError, FlingerError
+from flinger.errors import FlingerError
 from flinger.manifest.model import Manifest, Package
 from flinger.topology.model import Server, Topology
 
@@ -124,30 +122,6 @@ def template_context(topology: Topology, server: Server, package: Package | None
     return context
 
 
-def _render_text(text: str, context: dict[str, Any], where: str) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - not HTML
-    try:
-        return env.from_string(text).render(context)
-    except jinja2.UndefinedError as exc:
-        raise ConfigError(f"{exc.message}", key=where) from None
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"template syntax: {exc.message}", key=where, line=exc.lineno) from None
-
-
-def _health(pkg: Package, context: dict[str, Any]) -> dict[str, Any] | None:
-    if pkg.service is None or pkg.service.health is None:
-        return None
-    h = pkg.service.health
-    where = f"packages.{pkg.name}.service.health"
-    return {
-        "url": _render_text(h.url, context, f"{where}.url") if h.url else None,
-        "command": _render_text(h.command, context, f"{where}.command") if h.command else None,
-        "ca": _render_text(h.ca, context, f"{where}.ca") if h.ca else None,
-        "timeout": h.timeout,
-        "interval": h.interval,
-    }
-
-
 def _waves(manifest: Manifest, plans: dict[str, list[Package]]) -> dict[str, int]:
     """Servers whose services others start `after` go in earlier waves (e.g. a scheduler
     before its workers), so cross-server ordering holds; within a wave all run in parallel."""
@@ -187,7 +161,7 @@ def _overlay_owner(packages: list[Package]) -> dict[str, str] | None:
 
 def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -> list[ServerPlan]:
     """Per-server plans, in wave order then topology order."""
-    from flinger.service_render import render_service
+    from flinger.service_render import render_health, render_service, resolve_service
 
     packages = {s.name: manifest.packages_for(s.roles) for s in servers}
     waves = _waves(manifest, packages)
@@ -213,11 +187,8 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
                 context,
                 override_dir=smf_dir if smf_dir.is_dir() else None,
             )
-            log_files = (
-                [_render_text(pkg.service.log_file, context, f"packages.{pkg.name}.service.log_file")]
-                if pkg.service.log_file
-                else []
-            )
+            resolved = resolve_service(pkg.service, pkg.service_name, context)
+            log_files = [resolved["log_file"]] if resolved["log_file"] else []
             services.append(
                 ServicePlan(
                     name=pkg.service_name,
@@ -225,7 +196,7 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
                     manager=server.service_manager,
                     files=files,
                     after=list(pkg.service.after),
-                    health=_health(pkg, context),
+                    health=render_health(pkg.service, context, pkg.service_name),
                     log_files=log_files,
                 )
             )
