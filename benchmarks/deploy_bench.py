@@ -23,7 +23,10 @@ clock of the whole subprocess or loop:
               https://ADDR:8443/status (curl -k, every 0.5 s as the manifest's health check)
   ssh again   the same loop again: it has no way to know nothing changed, so it copies,
               unpacks and restarts again
-The ssh baseline is then removed (untimed) before the next repetition. Sizes from
+The ssh baseline's remote script also stamps its phases on each server (unpack and links, wait
+for runsv to pick the service up, `sv -w` start, health polling); what they leave of the wall
+time is the scp and ssh connections. The baseline is then removed (untimed) before the next
+repetition. Sizes from
 --large-from on get --repeat-large repetitions (to bound the run time); medians are reported.
 The sandbox is always brought down (and its directory purged) at the end.
 """
@@ -55,6 +58,7 @@ from flinger.sandbox import SandboxState  # noqa: E402
 INSTALL_DIR = "/opt/quorum"  # the overlay's config.json names this path: both ways install here
 QUORUM_PORT = 8443
 HEALTH_INTERVAL = 0.5  # the manifest's health check interval
+FLINGER_TIMEOUT = 300  # seconds; far above any run seen here, so only a hang reaches it
 # What flinger renders for the quorum service under runit (same text, same install_dir).
 RUN_SCRIPT = f"""#!/bin/sh
 # quorum: installed by the deploy benchmark's ssh baseline
@@ -64,6 +68,8 @@ export PYTHONUNBUFFERED=1
 exec /usr/bin/python3 {INSTALL_DIR}/current/quorum/bin/quorum.py \
   --config {INSTALL_DIR}/current/overlay/files/quorum/config.json
 """
+# What the baseline's remote script times on each server, in order.
+PHASES = ("unpack+link", "wait runsv", "sv start", "health")
 FINISH_SCRIPT = "#!/bin/sh\n# quorum: runsv runs this after `run` exits\nexec sleep 2\n"
 
 
@@ -93,6 +99,7 @@ def baseline_install_script(server: str, addr: str, release: str) -> str:
     q = shlex.quote
     rel = f"{INSTALL_DIR}/releases/{release}"
     return f"""set -e
+t0=$(date +%s.%N)
 mkdir -p {q(rel)}/quorum
 tar xzf /root/quorum.tar.gz -C {q(rel)}/quorum
 mv /root/{q(server)} {q(rel)}/overlay
@@ -106,16 +113,20 @@ chmod 755 /etc/sv/quorum/run.new /etc/sv/quorum/finish.new
 mv /etc/sv/quorum/run.new /etc/sv/quorum/run
 mv /etc/sv/quorum/finish.new /etc/sv/quorum/finish
 if [ -L /etc/service/quorum ]; then action=restart; else action=up; ln -s /etc/sv/quorum /etc/service/quorum; fi
+t1=$(date +%s.%N)
 i=0
 until sv status /etc/sv/quorum >/dev/null 2>&1; do
   i=$((i+1)); [ "$i" -lt 300 ] || {{ echo "no runsv for quorum" >&2; exit 1; }}; sleep 0.1
 done
+t2=$(date +%s.%N)
 sv -w 30 "$action" /etc/sv/quorum >/dev/null
+t3=$(date +%s.%N)
 i=0
 until curl -ksf -o /dev/null {q(f'https://{addr}:{QUORUM_PORT}/status')}; do
   i=$((i+1)); [ "$i" -lt 120 ] || {{ echo "quorum not healthy" >&2; exit 1; }}; sleep {HEALTH_INTERVAL}
 done
 rm -f /root/quorum.tar.gz
+echo "phases $t0 $t1 $t2 $t3 $(date +%s.%N)"
 """
 
 
@@ -130,6 +141,10 @@ rm -rf /etc/sv/quorum {INSTALL_DIR}
 """
 
 
+class DeployFailed(Exception):
+    """flinger reported a failed server: the run is not a measurement, but worth reporting."""
+
+
 class DeployBench:
     """One sandbox, the built package, and the two ways of deploying it to node1..nodeN."""
 
@@ -139,6 +154,21 @@ class DeployBench:
         self.env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
         self.tarball = work / "quorum.tar.gz"
         self.runs = 0
+        self.failures: list[str] = []  # flinger runs that failed and were retried
+
+    def flinger_timed(self, config: Path, action: str, nodes: list[str], changed: bool | None) -> float:
+        """Seconds of one successful run; a failed one is reported, cleaned up when it was an
+        install from scratch, and tried again (at most twice)."""
+        for attempt in range(3):
+            try:
+                return timed(lambda: self.flinger_deploy(config, action, nodes, changed))
+            except DeployFailed as failure:
+                self.failures.append(f"{len(nodes)} servers: {failure}")
+                print(f"    FAILED (attempt {attempt + 1}), retrying: {failure}", flush=True)
+                if action == "install" and changed:
+                    self.flinger_deploy(config, "clean", nodes, None)
+                    self.assert_nothing_serves(nodes)
+        raise SystemExit(f"deploy {action} failed 3 times on {len(nodes)} servers")
 
     def flinger(self, config: Path, *args: str) -> str:
         return checked([sys.executable, "-m", "flinger", "-c", str(config), *args], self.env)
@@ -168,7 +198,22 @@ class DeployBench:
         return path
 
     def flinger_deploy(self, config: Path, action: str, nodes: list[str], changed: bool | None) -> None:
-        report = json.loads(self.flinger(config, "--json", "deploy", action, "--servers", ",".join(nodes)))
+        argv = [sys.executable, "-m", "flinger", "-c", str(config), "--json", "deploy", action,
+                "--servers", ",".join(nodes)]  # fmt: skip
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=self.env, stdin=subprocess.DEVNULL,
+                                  timeout=FLINGER_TIMEOUT)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise DeployFailed(f"deploy {action}: still running after {FLINGER_TIMEOUT} s, killed") from None
+        try:
+            report = json.loads(done.stdout)
+        except ValueError:
+            raise SystemExit(f"deploy {action}: no JSON report ({done.returncode}): {done.stderr[-3000:]}") from None
+        failed = [s for s in report.get("servers", []) if s.get("status") != "ok"]
+        if report.get("exit_status") != 0 and failed:
+            raise DeployFailed(f"deploy {action}: " + "; ".join(
+                f"{s['server']} at {s.get('step')}: {s.get('message')} ({' | '.join(s.get('tail') or [])[:300]})"
+                for s in failed))  # fmt: skip
         servers = report["servers"]
         if report["exit_status"] != 0 or sorted(s["server"] for s in servers) != sorted(nodes):
             raise SystemExit(f"deploy {action} did not succeed on exactly {nodes}: {json.dumps(report)[:3000]}")
@@ -181,16 +226,23 @@ class DeployBench:
         return ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={self.state.known_hosts}"]  # fmt: skip
 
-    def baseline_install(self, config: Path, nodes: list[str]) -> None:
+    def baseline_install(self, config: Path, nodes: list[str]) -> dict[str, float]:
+        """Install on each node in turn; return the seconds spent in each phase on the servers
+        (summed over the nodes)."""
         self.runs += 1
+        phases = dict.fromkeys(PHASES, 0.0)
         release = f"bench-{os.getpid()}-{self.runs}"
         overlay_root = config.parent / ".flinger" / "sandbox" / "overlay"
         for name in nodes:
             addr, port = self.state.hosts[name]
             checked(["scp", "-q", "-rp", *self.ssh_argv(name), "-P", str(port),
                      str(self.tarball), str(overlay_root / name), f"root@{addr}:/root/"], self.env)  # fmt: skip
-            checked(["ssh", *self.ssh_argv(name), "-p", str(port), f"root@{addr}", "sh", "-s"], self.env,
-                    stdin=baseline_install_script(name, addr, release))  # fmt: skip
+            out = checked(["ssh", *self.ssh_argv(name), "-p", str(port), f"root@{addr}", "sh", "-s"], self.env,
+                          stdin=baseline_install_script(name, addr, release))  # fmt: skip
+            stamps = [float(t) for t in out.split("phases ", 1)[1].split()]
+            for phase, start, end in zip(PHASES, stamps[:-1], stamps[1:], strict=True):
+                phases[phase] += end - start
+        return phases
 
     def baseline_remove(self, nodes: list[str]) -> None:
         for name in nodes:
@@ -207,31 +259,41 @@ class DeployBench:
             time.sleep(0.2)
 
 
-def measure(bench: DeployBench, n: int, repeat: int) -> dict[str, list[float]]:
+# label -> phase -> one sum per run; "scp+ssh" is what the phases on the servers do not cover.
+Breakdown = dict[str, dict[str, list[float]]]
+
+
+def measure(bench: DeployBench, n: int, repeat: int) -> tuple[dict[str, list[float]], Breakdown]:
     nodes = bench.state.nodes[:n]
     config = bench.config_for(n)
     times: dict[str, list[float]] = {k: [] for k in ("fresh", "rerun", "clean", "ssh fresh", "ssh again")}
+    breakdown: Breakdown = {k: {p: [] for p in ("scp+ssh", *PHASES)} for k in ("ssh fresh", "ssh again")}
     for rep in range(repeat):
         def flinger_round() -> None:
             bench.assert_nothing_serves(nodes)
-            times["fresh"].append(timed(lambda: bench.flinger_deploy(config, "install", nodes, changed=True)))
-            times["rerun"].append(timed(lambda: bench.flinger_deploy(config, "install", nodes, changed=False)))
-            times["clean"].append(timed(lambda: bench.flinger_deploy(config, "clean", nodes, changed=None)))
+            times["fresh"].append(bench.flinger_timed(config, "install", nodes, changed=True))
+            times["rerun"].append(bench.flinger_timed(config, "install", nodes, changed=False))
+            times["clean"].append(bench.flinger_timed(config, "clean", nodes, changed=None))
 
         def ssh_round() -> None:
             bench.assert_nothing_serves(nodes)
-            times["ssh fresh"].append(timed(lambda: bench.baseline_install(config, nodes)))
-            times["ssh again"].append(timed(lambda: bench.baseline_install(config, nodes)))
+            for label in ("ssh fresh", "ssh again"):
+                start = time.perf_counter()
+                phases = bench.baseline_install(config, nodes)
+                times[label].append(time.perf_counter() - start)
+                breakdown[label]["scp+ssh"].append(times[label][-1] - sum(phases.values()))
+                for phase, seconds in phases.items():
+                    breakdown[label][phase].append(seconds)
             bench.baseline_remove(nodes)
 
         for run in (flinger_round, ssh_round) if rep % 2 == 0 else (ssh_round, flinger_round):
             run()
         print(f"  {n:>3} servers, repetition {rep + 1}: "
               + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)  # fmt: skip
-    return times
+    return times, breakdown
 
 
-def print_table(results: dict[int, dict[str, list[float]]]) -> None:
+def print_table(results: dict[int, dict[str, list[float]]], breakdowns: dict[int, Breakdown]) -> None:
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
     first = min(med)
     print()
@@ -246,6 +308,12 @@ def print_table(results: dict[int, dict[str, list[float]]]) -> None:
             f"| {m['rerun'] / m['ssh again']:.2f} | {m['clean']:.2f} "
             f"| x{m['fresh'] / med[first]['fresh']:.2f} / x{m['ssh fresh'] / med[first]['ssh fresh']:.2f} |"
         )
+    print("\nssh baseline, where the time goes (median over runs of the sum over servers, s):")
+    print("| servers | run | " + " | ".join(("scp+ssh", *PHASES)) + " |")
+    print("|---|---|" + "---|" * (len(PHASES) + 1))
+    for n, per_label in sorted(breakdowns.items()):
+        for label, phases in per_label.items():
+            print(f"| {n} | {label} | " + " | ".join(f"{statistics.median(v):.2f}" for v in phases.values()) + " |")
     print("\nall runs (s):")
     for n, r in sorted(results.items()):
         print(f"  {n}: " + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in r.items()))
@@ -277,11 +345,14 @@ def main() -> None:
         bench = DeployBench(state, work)
         bench.prepare()
         print(f"package: {bench.tarball.stat().st_size} bytes", flush=True)
-        results = {}
+        results, breakdowns = {}, {}
         for n in sizes:
-            results[n] = measure(bench, n, args.repeat_large if n >= args.large_from else args.repeat)
+            results[n], breakdowns[n] = measure(bench, n, args.repeat_large if n >= args.large_from else args.repeat)
         print(f"load average after: {os.getloadavg()}")
-        print_table(results)
+        print_table(results, breakdowns)
+        print(f"\nflinger runs that failed and were retried: {len(bench.failures)}")
+        for failure in bench.failures:
+            print(f"  {failure}")
     finally:
         if args.keep_logs is not None:
             for logs in sorted((args.dir / "bench").glob("n*/.flinger/sandbox/logs")):
