@@ -74,8 +74,9 @@ class HostKeyError(UnreachableError):
 class RemoteCommandError(FlingerError):
     """A remote command exited non-zero."""
 
-    def __init__(self, command: str, exit_code: int, tail: list[str]) -> None:
+    def __init__(self, command: str, exit_code: int, tail: list[str], result: dict[str, object] | None = None) -> None:
         self.command = command
         self.exit_code = exit_code
         self.tail = tail
+        self.result = result or {}  # the remote tool's result line, when it wrote one
         super().__init__(f"`{command}` exited with status {exit_code}")

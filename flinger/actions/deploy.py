@@ -45,6 +45,28 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
 
 
+def is_dead_local_run(holder: str) -> bool:
+    """Whether a lock holder names a flinger run of this user on this machine that has ended."""
+    prefix = f"{getpass.getuser()}@{socket.gethostname()} run "
+    match = re.fullmatch(r"\d{8}T\d{6}Z-(\d+)", holder[len(prefix) :]) if holder.startswith(prefix) else None
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # A live process with that pid may be a different program: only a flinger counts.
+    try:
+        return b"flinger" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 class RunLog:
     """A Board that also writes one log per server for this run (steps and output lines)."""
 
@@ -285,6 +307,15 @@ class Deployer:
         try:
             run_tool(conn, server, tool, args)
         except RemoteCommandError as exc:
+            stale = str(exc.result.get("holder") or "")
+            if action == "acquire" and is_dead_local_run(stale):
+                # Our own machine's run, whose process is gone (killed, or cut off mid-run):
+                # nobody can still be deploying under it. Say so, break it, take it.
+                if report is not None:
+                    report.line(f"breaking a stale lock: {stale} (that flinger process is gone)")
+                run_tool(conn, server, tool, ["lock", "break", "--install-dir", install_dir, "--holder", self.holder])
+                run_tool(conn, server, tool, args)
+                return
             if quiet:
                 if report is not None:
                     report.line(f"lock {action}: {exc.message}")

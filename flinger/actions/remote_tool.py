@@ -109,7 +109,7 @@ def run_tool(
     if not result:
         raise RemoteCommandError(f"{args[0]} on {server.name}", outcome.exit_code or 1, list(tail))
     if not result.get("ok"):
-        err = RemoteCommandError(f"{args[0]} on {server.name}", outcome.exit_code or 1, list(tail))
+        err = RemoteCommandError(f"{args[0]} on {server.name}", outcome.exit_code or 1, list(tail), result)
         err.message = str(result.get("error") or err.message)
         raise err
     return result

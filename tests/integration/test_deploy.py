@@ -7,6 +7,7 @@ install → checks → no-change re-install → lock → unreachable server → 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import ssl
@@ -190,27 +191,73 @@ def test_a_held_lock_refuses_a_second_deploy_until_broken(
     assert code == 0, doc
 
 
-def test_unreachable_server_is_reported_and_a_rerun_completes_it(
-    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+def _cut_host(state: SandboxState, name: str) -> None:
+    """Stop the host's sshd listener and kill every sshd session already open to it, so a
+    connection in use breaks mid-run (stopping the listener alone leaves sessions alive)."""
+    import signal
+
+    from flinger.sandbox.procs import processes_in_namespace
+
+    sb.stop_host(state.directory, name)
+    record = json.loads((state.directory / "sandbox.json").read_text())
+    namespace = next(h["namespace"] for h in record["hosts"] if h["name"] == name)
+    for ref in processes_in_namespace(namespace):
+        try:
+            comm = Path(f"/proc/{ref.pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "sshd":
+            os.kill(ref.pid, signal.SIGKILL)
+
+
+def test_server_cut_off_mid_run_is_reported_and_a_rerun_completes_it(
+    deployed: dict[str, Any], sandbox: SandboxState
 ) -> None:
-    # Make a change so that every server has work to do, then stop node2's sshd.
+    import subprocess
+    import sys
+    import time
+
+    # A change for every server, so that each has a real install to do.
     proc = run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate")
     assert proc.returncode == 0, proc.stderr
-    sb.stop_host(sandbox.directory, "node2")
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "flinger", "-c", str(sandbox.config_path), "--json", "deploy", "install"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    cut = False
     try:
-        code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and deploy.poll() is None:
+            new = [d for d in logs.iterdir() if d not in runs_before] if logs.exists() else []
+            log = new[0] / "node2.log" if new else None
+            if log is not None and log.exists() and "step: install" in log.read_text():
+                _cut_host(sandbox, "node2")
+                cut = True
+                break
+            time.sleep(0.01)
+        out, err = deploy.communicate(timeout=300)
     finally:
+        if deploy.poll() is None:
+            deploy.kill()
         sb.start_host(sandbox.directory, "node2")
-    results = by_server(doc)
-    assert code == 4, doc
-    assert results["node2"]["status"] == "unreachable"
+    assert cut, "the run ended before node2 reached its install step"
+    results = by_server(json.loads(out))
+    assert deploy.returncode in (1, 4), out + err
+    assert results["node2"]["status"] in ("unreachable", "failed"), results["node2"]
+    assert results["node2"]["step"] and results["node2"]["step"].startswith("install"), results["node2"]
     assert results["node1"]["status"] == results["node3"]["status"] == "ok"
     assert results["node1"]["details"]["changed"] is True
+
     code, doc = flinger_json(sandbox.config_path, "deploy", "install")
     assert code == 0, doc
     results = by_server(doc)
-    assert results["node2"]["details"]["changed"] is True
     assert results["node1"]["details"]["changed"] is False and results["node3"]["details"]["changed"] is False
+    status_code, status = flinger_json(sandbox.config_path, "deploy", "status", "--servers", "node2")
+    assert status_code == 0
+    node2 = by_server(status)["node2"]["details"]
+    assert next(s["state"] for s in node2["services"] if s["name"] == "quorum").startswith("run"), node2
 
 
 def test_a_failing_health_check_keeps_the_previous_release_running(
