@@ -58,7 +58,8 @@ from flinger.sandbox import SandboxState  # noqa: E402
 INSTALL_DIR = "/opt/quorum"  # the overlay's config.json names this path: both ways install here
 QUORUM_PORT = 8443
 HEALTH_INTERVAL = 0.5  # the manifest's health check interval
-FLINGER_TIMEOUT = 300  # seconds; far above any run seen here, so only a hang reaches it
+FLINGER_TIMEOUT = 60  # seconds; 5 times the slowest run seen here, so only a hang reaches it
+FLINGER_ATTEMPTS = 4
 # What flinger renders for the quorum service under runit (same text, same install_dir).
 RUN_SCRIPT = f"""#!/bin/sh
 # quorum: installed by the deploy benchmark's ssh baseline
@@ -156,10 +157,10 @@ class DeployBench:
         self.runs = 0
         self.failures: list[str] = []  # flinger runs that failed and were retried
 
-    def flinger_timed(self, config: Path, action: str, nodes: list[str], changed: bool | None) -> float:
+    def flinger_timed(self, config: Path, action: str, nodes: list[str], changed: bool | None) -> float | None:
         """Seconds of one successful run; a failed one is reported, cleaned up when it was an
-        install from scratch, and tried again (at most twice)."""
-        for attempt in range(3):
+        install from scratch, and tried again; None when every attempt failed."""
+        for attempt in range(FLINGER_ATTEMPTS):
             try:
                 return timed(lambda: self.flinger_deploy(config, action, nodes, changed))
             except DeployFailed as failure:
@@ -168,7 +169,8 @@ class DeployBench:
                 if action == "install" and changed:
                     self.flinger_deploy(config, "clean", nodes, None)
                     self.assert_nothing_serves(nodes)
-        raise SystemExit(f"deploy {action} failed 3 times on {len(nodes)} servers")
+        self.failures.append(f"{len(nodes)} servers: deploy {action} gave up after {FLINGER_ATTEMPTS} attempts")
+        return None
 
     def flinger(self, config: Path, *args: str) -> str:
         return checked([sys.executable, "-m", "flinger", "-c", str(config), *args], self.env)
@@ -268,12 +270,17 @@ def measure(bench: DeployBench, n: int, repeat: int) -> tuple[dict[str, list[flo
     config = bench.config_for(n)
     times: dict[str, list[float]] = {k: [] for k in ("fresh", "rerun", "clean", "ssh fresh", "ssh again")}
     breakdown: Breakdown = {k: {p: [] for p in ("scp+ssh", *PHASES)} for k in ("ssh fresh", "ssh again")}
+    last: dict[str, float | None] = {}  # this repetition's figures, for the progress line
     for rep in range(repeat):
+        last.clear()
+
         def flinger_round() -> None:
             bench.assert_nothing_serves(nodes)
-            times["fresh"].append(bench.flinger_timed(config, "install", nodes, changed=True))
-            times["rerun"].append(bench.flinger_timed(config, "install", nodes, changed=False))
-            times["clean"].append(bench.flinger_timed(config, "clean", nodes, changed=None))
+            for label, action, changed in (("fresh", "install", True), ("rerun", "install", False),
+                                           ("clean", "clean", None)):  # fmt: skip
+                seconds = last[label] = bench.flinger_timed(config, action, nodes, changed)
+                if seconds is not None:
+                    times[label].append(seconds)
 
         def ssh_round() -> None:
             bench.assert_nothing_serves(nodes)
@@ -281,6 +288,7 @@ def measure(bench: DeployBench, n: int, repeat: int) -> tuple[dict[str, list[flo
                 start = time.perf_counter()
                 phases = bench.baseline_install(config, nodes)
                 times[label].append(time.perf_counter() - start)
+                last[label] = times[label][-1]
                 breakdown[label]["scp+ssh"].append(times[label][-1] - sum(phases.values()))
                 for phase, seconds in phases.items():
                     breakdown[label][phase].append(seconds)
@@ -289,12 +297,13 @@ def measure(bench: DeployBench, n: int, repeat: int) -> tuple[dict[str, list[flo
         for run in (flinger_round, ssh_round) if rep % 2 == 0 else (ssh_round, flinger_round):
             run()
         print(f"  {n:>3} servers, repetition {rep + 1}: "
-              + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)  # fmt: skip
+              + ", ".join(f"{k} failed" if v is None else f"{k} {v:.2f} s" for k, v in last.items()),
+              flush=True)  # fmt: skip
     return times, breakdown
 
 
 def print_table(results: dict[int, dict[str, list[float]]], breakdowns: dict[int, Breakdown]) -> None:
-    med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
+    med = {n: {k: statistics.median(v) if v else float("nan") for k, v in r.items()} for n, r in results.items()}
     first = min(med)
     print()
     print("| servers | reps | flinger fresh (s) | ssh fresh (s) | fresh: flinger / ssh "
