@@ -20,7 +20,7 @@ from typing import Any
 
 import fabric
 import paramiko
-from paramiko.agent import AgentRequestHandler
+from paramiko.agent import AgentClientProxy
 
 from flinger.errors import FlingerError, HostKeyError, RemoteCommandError, UnreachableError
 from flinger.ssh.hostkeys import StrictHostKeyPolicy, fingerprint
@@ -58,6 +58,32 @@ def _is_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError | socket.timeout | paramiko.SSHException | EOFError)
 
 
+class AgentForwarder:
+    """Relays each agent channel a server opens back to the local agent (SSH_AUTH_SOCK).
+
+    A paramiko transport keeps ONE agent-forwarding callback, so all channels of a connection
+    share one forwarder that lives as long as the connection. A handler per command (as
+    fabric's sessions have) would, once its command ended, close the agent connections of
+    other commands still running side by side: they hang or fail to authenticate.
+    """
+
+    def __init__(self) -> None:
+        self._proxies: list[AgentClientProxy] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, channel: paramiko.Channel) -> None:
+        proxy = AgentClientProxy(channel)
+        with self._lock:
+            self._proxies.append(proxy)
+
+    def close(self) -> None:
+        with self._lock:
+            proxies, self._proxies = self._proxies, []
+        for proxy in proxies:
+            with contextlib.suppress(Exception):
+                proxy.close()
+
+
 class Connection:
     """A connection to one server, opened on first use and reused for every step of a run."""
 
@@ -76,6 +102,7 @@ class Connection:
         self.forward_agent = forward_agent
         self.gateway = gateway
         self._lock = threading.Lock()
+        self._agent: AgentForwarder | None = None
         if settings.use_ssh_config:
             config = fabric.Config()
         else:
@@ -165,16 +192,13 @@ class Connection:
     ) -> CommandResult:
         """Run a command line (already quoted by the caller) and collect its output."""
         self.open()
-        handler: AgentRequestHandler | None = None
         try:
             transport = self._client.get_transport()
             if transport is None or not transport.is_active():
                 raise paramiko.SSHException("not connected")
             channel = transport.open_session()
             if self.forward_agent:
-                # One handler per channel, alive until the command ends: fabric keeps a single
-                # handler per connection, which breaks commands running side by side.
-                handler = AgentRequestHandler(channel)
+                self._forward_agent_on(channel)
             channel.exec_command(command)
             if stdin is not None:
                 channel.sendall(stdin)
@@ -182,12 +206,16 @@ class Connection:
             result = _collect(channel, command, on_line, timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise UnreachableError(f"{self.server.name}: connection lost: {exc or type(exc).__name__}") from None
-        finally:
-            if handler is not None:
-                handler.close()
         if check and result.exit_code != 0:
             raise RemoteCommandError(command, result.exit_code, result.tail)
         return result
+
+    def _forward_agent_on(self, channel: paramiko.Channel) -> None:
+        """Forward the agent on this channel, to this connection's one forwarder."""
+        with self._lock:
+            if self._agent is None:
+                self._agent = AgentForwarder()
+        channel.request_forward_agent(self._agent)
 
     def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
         """Write a file over SFTP; the caller makes its directory private first."""
@@ -215,6 +243,9 @@ class Connection:
         # Closing a dead connection must not mask the results of the run.
         with contextlib.suppress(Exception):
             self._conn.close()
+        if self._agent is not None:
+            self._agent.close()
+            self._agent = None
 
 
 def _collect(channel: paramiko.Channel, command: str, on_line: LineSink | None, timeout: float | None) -> CommandResult:
