@@ -38,6 +38,12 @@ from flinger.ssh.hostkeys import known_hosts_name, load_host_keys
 from flinger.ssh.openssh import remote_rsync_path, rsync_rsh
 from flinger.topology.model import Server, Topology
 
+RSYNC_IO_TIMEOUT = 120  # seconds without any data before a push counts as failed (not a hang)
+_STAT_KEYS = {
+    "Total bytes sent": "bytes_sent",
+    "Literal data": "literal_bytes",
+    "Total transferred file size": "transferred_size",
+}
 _RSYNC_STAT = re.compile(r"^(Total bytes sent|Literal data|Total transferred file size): ([\d,]+)")
 
 
@@ -172,41 +178,23 @@ class Deployer:
         installed = self.installed_digests(server, conn, plan)
         needed = [p for p in plan.packages if installed.get(p) != built[p].get("sha256")]
         report.details["packages_sent"] = needed
-        sources = [f"{artifacts}/{built[p].get('file') or f'packages/{p}.tar.gz'}" for p in needed]
+        # One rsync (one handshake) for everything; "/./" keeps the paths below it (--relative).
+        files = [built[p].get("file") or f"packages/{p}.tar.gz" for p in needed]
+        sources = [f"{artifacts}/./{f}" for f in [*files, "manifest.json", ZIPAPP_NAME]]
         rsh = rsync_rsh(server, self.topology.ssh, known_hosts=side["known_hosts"])
         host = server.addr if ":" not in server.addr else f"[{server.addr}]"
         dest_root = remote_rsync_path(plan.staging_dir).rstrip("/")
+        argv = ["rsync", "--relative", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats",
+                f"--timeout={RSYNC_IO_TIMEOUT}", "-e", rsh, "--", *sources, f"{host}:{dest_root}/"]  # fmt: skip
+        result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
+                                  check=False)  # fmt: skip
+        if result.exit_code != 0:
+            raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
         stats: dict[str, int] = {}
-        for srcs, sub in ((sources, "packages/"), ([f"{artifacts}/manifest.json", f"{artifacts}/{ZIPAPP_NAME}"], "")):
-            if not srcs:
-                continue
-            argv = [
-                "rsync",
-                "--times",
-                "--perms",
-                "--chmod=F600,D700",
-                "--partial",
-                "--stats",
-                "-e",
-                rsh,
-                "--",
-                *srcs,
-                f"{host}:{dest_root}/{sub}",
-            ]
-            result = builder_conn.run(
-                shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None, check=False
-            )
-            if result.exit_code != 0:
-                raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
-            for line in result.stdout.splitlines():
-                m = _RSYNC_STAT.match(line.strip())
-                if m:
-                    key = {
-                        "Total bytes sent": "bytes_sent",
-                        "Literal data": "literal_bytes",
-                        "Total transferred file size": "transferred_size",
-                    }[m.group(1)]
-                    stats[key] = stats.get(key, 0) + int(m.group(2).replace(",", ""))
+        for line in result.stdout.splitlines():
+            m = _RSYNC_STAT.match(line.strip())
+            if m:
+                stats[_STAT_KEYS[m.group(1)]] = int(m.group(2).replace(",", ""))
         report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
         return stats
 

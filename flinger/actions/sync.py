@@ -68,6 +68,7 @@ def plan_sync(topology: Topology) -> SyncPlan:
         "--stats",
         "--itemize-changes",
         "--info=progress2",
+        "--timeout=120",  # no data for two minutes: a failure, not a hang
         "-e",
         rsync_rsh(builder, topology.ssh),
     ]

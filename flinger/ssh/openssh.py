@@ -24,6 +24,11 @@ def ssh_argv(server: Server, settings: SshSettings, *, known_hosts: str | None =
         "BatchMode=yes",
         "-o",
         f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
+        # A peer that stops answering is a failure within a minute, not a hang.
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
     ]
     if not settings.use_ssh_config:
         argv[1:1] = ["-F", "/dev/null"]
