@@ -38,19 +38,15 @@ def local_zipapp(topology: Topology) -> tuple[Path, str]:
         return _built[dest]
 
 
-_homes: dict[int, str] = {}
-
-
 def resolve_remote_path(conn: Connection, path: str) -> str:
-    """Expand a leading ~ or $HOME with the login user's home on that host."""
+    """Expand a leading ~ or $HOME with the login user's home on that host (asked once)."""
     if not path.startswith(("~", "$HOME")):
         return path
-    key = id(conn)
-    if key not in _homes:
-        _homes[key] = conn.run('printf %s "$HOME"').stdout.strip()
+    if conn.home is None:
+        conn.home = conn.run('printf %s "$HOME"').stdout.strip()
     for prefix in ("$HOME", "~"):
         if path.startswith(prefix):
-            return _homes[key] + path[len(prefix) :]
+            return conn.home + path[len(prefix) :]
     return path
 
 

@@ -103,6 +103,7 @@ class Connection:
         self.gateway = gateway
         self._lock = threading.Lock()
         self._agent: AgentForwarder | None = None
+        self.home: str | None = None  # the login user's $HOME there, once asked (remote_tool)
         if settings.use_ssh_config:
             config = fabric.Config()
         else:
