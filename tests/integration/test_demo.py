@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from conftest import run_ssh
 from flinger_helpers import run_flinger
 
 from flinger import sandbox as sb
+from flinger.sandbox.net import is_listening
 
 pytestmark = pytest.mark.integration
-
-
-def listening(addr: str, port: int) -> bool:
-    try:
-        with socket.create_connection((addr, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def test_demo_then_uninstall(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -43,14 +35,14 @@ def test_demo_then_uninstall(tmp_path_factory: pytest.TempPathFactory) -> None:
         assert "demo complete: 3 quorum nodes unsealed" in out
         state = sb.state_of(directory)
         nodes = {n: e for n, e in state.hosts.items() if n != "build1"}
-        assert all(listening(e.addr, 8443) for e in nodes.values())
+        assert all(is_listening(e.addr, 8443) for e in nodes.values())
 
         env = {"SSH_AUTH_SOCK": str(state.agent_socket)}
         gone = run_flinger("-c", str(state.config_path), "--json", "deploy", "uninstall", env=env)
         assert gone.returncode == 0, gone.stdout + gone.stderr
         assert {s["status"] for s in json.loads(gone.stdout)["servers"]} == {"ok"}
         for name, endpoint in nodes.items():
-            assert not listening(endpoint.addr, 8443), name
+            assert not is_listening(endpoint.addr, 8443), name
             left = run_ssh(state, name, "sh", "-c", "find /opt /etc/sv /etc/service/ -mindepth 1")
             assert left.returncode == 0 and left.stdout.strip() == "", f"{name} still has: {left.stdout}"
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from flinger.sandbox import (
     up,
 )
 from flinger.sandbox import state as sandbox_state
+from flinger.sandbox.net import is_listening
 from flinger.topology import load_topology
 
 pytestmark = pytest.mark.integration
@@ -43,16 +43,6 @@ def hosts3(sandbox_prerequisites: None, tmp_path_factory: pytest.TempPathFactory
         yield state
     finally:
         down(directory)
-
-
-def _accepts(addr: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        try:
-            sock.connect((addr, port))
-        except OSError:
-            return False
-        return True
 
 
 def _process_gone(pid: int) -> bool:
@@ -140,7 +130,7 @@ def test_stop_host_refuses_connections_until_start_host(hosts3: SandboxState, ss
     addr, port = hosts3.hosts["node2"]
     stop_host(hosts3.directory, "node2")
     try:
-        assert not _accepts(addr, port)
+        assert not is_listening(addr, port)
         assert ssh_run(hosts3, "node2", "true").returncode == 255
         assert ssh_run(hosts3, "node1", "true").returncode == 0
         by_name = {s.name: s for s in status(hosts3.directory)}
@@ -229,9 +219,9 @@ def test_down_stops_every_recorded_process_and_its_services(
         stopped = down(directory)
     assert stopped == ["build1", "node1"]
     assert all(_process_gone(pid) for pid in pids)
-    assert not _accepts(addr, 8123)
+    assert not is_listening(addr, 8123)
     for host_addr, port in state.hosts.values():
-        assert not _accepts(host_addr, port)
+        assert not is_listening(host_addr, port)
     assert not state.agent_socket.exists()
     assert status(directory) == []
     # Keys stay for the next up, until a purge.
