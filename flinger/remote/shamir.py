@@ -55,6 +55,18 @@ def _g_powers() -> List[int]:
     return _G_POWERS
 
 
+def _sum_buckets(buckets: List[int]) -> int:
+    """prod over d of buckets[d]^d mod P, by running products (the bucket method's last step)."""
+    result = 1
+    running = 1
+    for digit in range(len(buckets) - 1, 0, -1):
+        if buckets[digit] != 1:
+            running = running * buckets[digit] % P
+        if running != 1:
+            result = result * running % P
+    return result
+
+
 def pow_g(exponent: int) -> int:
     """g^exponent mod p, for 0 <= exponent < q."""
     powers = _g_powers()
@@ -68,14 +80,7 @@ def pow_g(exponent: int) -> int:
             buckets[digit] = powers[k] if b == 1 else b * powers[k] % P
         e >>= _WINDOW
         k += 1
-    result = 1
-    running = 1
-    for digit in range(_MASK, 0, -1):
-        if buckets[digit] != 1:
-            running = running * buckets[digit] % P
-        if running != 1:
-            result = result * running % P
-    return result
+    return _sum_buckets(buckets)
 
 
 def random_secret() -> int:
@@ -140,13 +145,7 @@ def _multi_pow(bases: Sequence[int], exponents: Sequence[int]) -> int:
             if digit:
                 b = buckets[digit]
                 buckets[digit] = base if b == 1 else b * base % P
-        running = 1
-        acc = 1
-        for digit in range(mask, 0, -1):
-            if buckets[digit] != 1:
-                running = running * buckets[digit] % P
-            if running != 1:
-                acc = acc * running % P
+        acc = _sum_buckets(buckets)
         if acc != 1:
             result = result * acc % P
     return result
