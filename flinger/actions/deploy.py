@@ -174,7 +174,6 @@ class Deployer:
             raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
         staging = resolve_remote_path(conn, plan.staging_dir)
         conn.run(f"mkdir -p {shlex.quote(staging)}/packages && chmod 700 {shlex.quote(staging)}")
-        builder_conn = self.pool.get(self.topology.builder.server)
         installed = self.installed_digests(server, conn, plan)
         needed = [p for p in plan.packages if installed.get(p) != built[p].get("sha256")]
         report.details["packages_sent"] = needed
@@ -186,8 +185,9 @@ class Deployer:
         dest_root = remote_rsync_path(plan.staging_dir).rstrip("/")
         argv = ["rsync", "--relative", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats",
                 f"--timeout={RSYNC_IO_TIMEOUT}", "-e", rsh, "--", *sources, f"{host}:{dest_root}/"]  # fmt: skip
-        result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
-                                  check=False)  # fmt: skip
+        with self.pool.lease(self.topology.builder.server) as builder_conn:
+            result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
+                                      check=False)  # fmt: skip
         if result.exit_code != 0:
             raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
         stats: dict[str, int] = {}

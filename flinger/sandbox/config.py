@@ -8,13 +8,13 @@ import tomlkit
 
 from flinger.errors import FlingerError
 from flinger.sandbox.keys import write_private_file
-from flinger.sandbox.paths import BUILDER_NAME, SandboxPaths
+from flinger.sandbox.paths import BUILDER_NAME, LOGIN_USER, SandboxPaths
 from flinger.sandbox.state import Endpoint
 from flinger.topology import Topology, load_topology
 
 MANIFEST = "packaging/package-manifest.toml"
-BUILDER_SOURCE_DIR = "/root/src"
-STAGING_DIR = "/root/flinger-staging"
+BUILDER_SOURCE_DIR = "$HOME/src"
+STAGING_DIR = "$HOME/flinger-staging"
 INSTALL_DIR = "/opt/quorum"
 SEED = "node1"
 
@@ -62,13 +62,13 @@ def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint]) -> s
     for name, (addr, port) in hosts.items():
         server = tomlkit.table()
         server["addr"] = addr
-        server["user"] = "root"
+        server["user"] = LOGIN_USER
         server["port"] = port
         if name == BUILDER_NAME:
             server["roles"] = ["builder"]
         else:
             server["roles"] = ["seed", "node"] if name == SEED else ["node"]
-        server["privilege"] = "none"
+        server["privilege"] = "sudo"
         server["service_manager"] = "runit"
         servers[name] = server
     doc["servers"] = servers

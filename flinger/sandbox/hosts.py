@@ -1,9 +1,13 @@
 """One sandbox host: its sshd_config, and starting/stopping its sshd + runsvdir in a namespace.
 
-A host is `unshare --mount --uts` running a fixed sh script that bind-mounts the host's own
-directories over /root, /opt, /srv, /etc/sv and /etc/service, starts `runsvdir -P /etc/service`
-in the background and then execs sshd. unshare and sh both exec, so the pid we spawn *is* the
-sshd, and everything sshd forks (login sessions, what users start) shares the private mounts.
+A host is `unshare --mount --uts` running a fixed sh script that puts an overlay over /etc (so
+the host has its own users, sudoers and hosts file while this machine's /etc stays untouched),
+bind-mounts the host's own directories over /root, /opt, /srv, /etc/sv, /etc/service and /home,
+makes the non-root login user (key login, passwordless `sudo -n`), starts
+`runsvdir -P /etc/service` in the background and then execs sshd. unshare and sh both exec, so
+the pid we spawn *is* the sshd, and everything sshd forks (login sessions, what users start)
+shares the private mounts. sshd keeps its stock limits (MaxSessions 10, MaxStartups 10:30:100):
+what works here works on a stock Debian host.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from flinger.errors import FlingerError
 from flinger.sandbox.net import wait_listening, wait_not_listening
-from flinger.sandbox.paths import PRIVATE_MOUNTS, HostPaths
+from flinger.sandbox.paths import LOGIN_USER, PRIVATE_MOUNTS, HostPaths
 from flinger.sandbox.procs import (
     ProcessRef,
     mount_namespace,
@@ -36,19 +40,31 @@ HOST_ENV = {
     "LANG": "C.UTF-8",
 }
 
-# Arguments: host dir, host name, then (mount target, backing dir) pairs. Values only ever
-# arrive as positional parameters, never spliced into the script text.
+# Arguments: host dir, host name, login user, its public key, then (mount target, backing dir)
+# pairs. Values only ever arrive as positional parameters, never spliced into the script text.
 _HOST_SCRIPT = r"""
 set -eu
 host_dir=$1
 host_name=$2
-shift 2
+user=$3
+pubkey=$4
+shift 4
+mount -t overlay overlay \
+    -o "lowerdir=/etc,upperdir=$host_dir/etc-upper,workdir=$host_dir/etc-work" /etc
 while [ "$#" -gt 1 ]; do
     [ -d "$1" ] || mkdir -p "$1"
     mount --bind "$2" "$1"
     shift 2
 done
 hostname "$host_name"
+id -u "$user" >/dev/null 2>&1 || useradd --shell /bin/bash --home-dir "/home/$user" "$user"
+usermod -p '*' "$user"  # no password, but not locked: sshd refuses locked accounts
+home=$(getent passwd "$user" | cut -d: -f6)
+install -d -m 0755 -o "$user" -g "$(id -g "$user")" "$home"
+install -d -m 0700 -o "$user" -g "$(id -g "$user")" "$home/.ssh"
+printf '%s\n' "$pubkey" >"$home/.ssh/authorized_keys"
+chown "$user:$(id -g "$user")" "$home/.ssh/authorized_keys"
+chmod 600 "$home/.ssh/authorized_keys"
 cd /
 runsvdir -P /etc/service 'log: ..........................................................' \
     </dev/null >>"$host_dir/runsvdir.log" 2>&1 &
@@ -60,48 +76,50 @@ _BACKING_MODES = {"root": 0o700}
 
 
 def sshd_config(paths: HostPaths, addr: str, port: int) -> str:
-    """The sshd_config of a sandbox host (root logs in with a key, agent forwarding on)."""
+    """The sshd_config of a sandbox host: Debian's settings and limits, a key login only."""
     return "\n".join(
         [
             f"# sandbox host {paths.name}, written by flinger sandbox up",
             f"ListenAddress {addr}:{port}",
             f"HostKey {paths.host_key}",
             f"PidFile {paths.sshd_pid_file}",
-            "PermitRootLogin prohibit-password",
+            "PermitRootLogin no",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            # Resolved inside the host's namespace: <host dir>/root/.ssh/authorized_keys. sshd's
-            # StrictModes refuses a file below a world-writable dir such as /tmp, and the
-            # host's private /root is 0700, so this works wherever the sandbox directory is.
-            "AuthorizedKeysFile /root/.ssh/authorized_keys",
+            "UsePAM yes",
             "AllowAgentForwarding yes",
             "AllowTcpForwarding yes",
             "X11Forwarding no",
             "PrintMotd no",
             "UseDNS no",
-            "MaxSessions 64",
-            "MaxStartups 64:30:256",
             "LogLevel VERBOSE",
-            "Subsystem sftp internal-sftp",
+            "AcceptEnv LANG LC_*",
+            "Subsystem sftp /usr/lib/openssh/sftp-server",
             "",
         ]
     )
 
 
-def prepare(paths: HostPaths, addr: str, port: int, client_public_key: str) -> None:
-    """Create the host's directories and write its sshd_config and authorized_keys."""
+def _etc_file(paths: HostPaths, relative: str, text: str, mode: int) -> None:
+    """Write a file of the host's own /etc (into its overlay's upper dir, before it mounts)."""
+    target = paths.etc_upper / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    target.chmod(mode)
+
+
+def prepare(paths: HostPaths, addr: str, port: int) -> None:
+    """Create the host's directories and write its sshd_config, sudoers and hosts file."""
     paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for _, backing_name in PRIVATE_MOUNTS:
         backing = paths.directory / backing_name
         backing.mkdir(exist_ok=True)
         backing.chmod(_BACKING_MODES.get(backing_name, 0o755))
-    ssh_dir = paths.authorized_keys.parent
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    ssh_dir.chmod(0o700)
-    paths.authorized_keys.write_text(client_public_key.strip() + "\n")
-    paths.authorized_keys.chmod(0o600)
+    for overlay_dir in (paths.etc_upper, paths.etc_work):
+        overlay_dir.mkdir(mode=0o755, exist_ok=True)
+    _etc_file(paths, f"sudoers.d/flinger-sandbox-{LOGIN_USER}", f"{LOGIN_USER} ALL=(ALL) NOPASSWD:ALL\n", 0o440)
+    _etc_file(paths, "hosts", f"127.0.0.1 localhost\n::1 localhost\n{addr} {paths.name}\n", 0o644)
     paths.sshd_config.write_text(sshd_config(paths, addr, port))
     check = subprocess.run(
         [SSHD, "-t", "-f", str(paths.sshd_config)], capture_output=True, text=True, check=False
@@ -148,13 +166,14 @@ def _await_sshd(
     )
 
 
-def start(paths: HostPaths, addr: str, port: int) -> HostRecord:
-    """Start the host (namespace, mounts, runsvdir, sshd) and wait until sshd listens."""
+def start(paths: HostPaths, addr: str, port: int, client_public_key: str) -> HostRecord:
+    """Start the host (namespace, mounts, login user, runsvdir, sshd); wait until sshd listens."""
     paths.runsvdir_pid_file.unlink(missing_ok=True)
     mounts = [str(v) for target, _ in PRIVATE_MOUNTS for v in (target, paths.backing(target))]
     argv = [
         "unshare", "--mount", "--uts", "--propagation", "private",
-        "sh", "-c", _HOST_SCRIPT, "sandbox-host", str(paths.directory), paths.name, *mounts,
+        "sh", "-c", _HOST_SCRIPT, "sandbox-host", str(paths.directory), paths.name,
+        LOGIN_USER, client_public_key.strip(), *mounts,
     ]  # fmt: skip
     proc = _spawn(argv, paths)
     sshd = _await_sshd(proc, paths, addr, port)

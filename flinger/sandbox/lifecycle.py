@@ -16,9 +16,8 @@ from flinger.sandbox.state import HostRecord, HostStatus, SandboxRecord, Sandbox
 from flinger.sandbox.tools import require_environment
 
 # sshd_config takes paths unquoted, and ssh expands % and ~ in some of them.
-_SAFE_PATH_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@,="
-)
+# The /etc overlay's mount options are split at "," and ":".
+_SAFE_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@")
 PRIVSEP_DIR = Path("/run/sshd")
 
 
@@ -93,11 +92,10 @@ def up(
     names = host_names(servers)
     addrs = pick_addresses(base_addr, servers, port)
     keys.ensure_key(paths.client_key, "flinger-sandbox-client")
-    client_public = " ".join(keys.public_key(paths.client_key))
     for name, addr in zip(names, addrs, strict=True):
         host = paths.host(name)
         keys.ensure_key(host.host_key, f"flinger-sandbox-{name}")
-        hosts.prepare(host, addr, port, client_public)
+        hosts.prepare(host, addr, port)
 
     record = SandboxRecord(directory=directory, port=port)
     state.save(record)
@@ -105,7 +103,7 @@ def up(
         record = SandboxRecord(directory, port, agent.start(paths))
         state.save(record)
         for name, addr in zip(names, addrs, strict=True):
-            record = record.with_host(hosts.start(paths.host(name), addr, port))
+            record = record.with_host(hosts.start(paths.host(name), addr, port, _client_public(paths)))
             state.save(record)
         _write_known_hosts(record)
         config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts)
@@ -116,6 +114,11 @@ def up(
             paths.agent_socket.unlink(missing_ok=True)
         raise
     return SandboxState.of(record)
+
+
+def _client_public(paths: SandboxPaths) -> str:
+    """The client key as an authorized_keys line."""
+    return " ".join(keys.public_key(paths.client_key))
 
 
 def _write_known_hosts(record: SandboxRecord) -> None:
@@ -256,7 +259,7 @@ def start_host(directory: Path, name: str) -> None:
         hosts.stop(host)  # whatever is left of it
         if is_listening(host.addr, host.port):
             raise FlingerError(f"{host.addr}:{host.port} of sandbox host {name} is taken")
-        started = hosts.start(paths, host.addr, host.port)
+        started = hosts.start(paths, host.addr, host.port, _client_public(SandboxPaths(record.directory)))
     state.save(record.with_host(started))
 
 

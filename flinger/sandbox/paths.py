@@ -12,7 +12,11 @@ PRIVATE_MOUNTS: tuple[tuple[str, str], ...] = (
     ("/srv", "srv"),
     ("/etc/sv", "etc-sv"),
     ("/etc/service", "etc-service"),
+    ("/home", "home"),
 )
+
+# The login every sandbox host has, as on a real fleet: not root, passwordless `sudo -n`.
+LOGIN_USER = "deploy"
 
 BUILDER_NAME = "build1"
 
@@ -64,9 +68,13 @@ class HostPaths:
         return self.directory / "runsvdir.log"
 
     @property
-    def authorized_keys(self) -> Path:
-        """Seen by the host's sshd as /root/.ssh/authorized_keys (its private home)."""
-        return self.directory / "root" / ".ssh" / "authorized_keys"
+    def etc_upper(self) -> Path:
+        """The host's own changes to /etc (an overlay on the machine's /etc)."""
+        return self.directory / "etc-upper"
+
+    @property
+    def etc_work(self) -> Path:
+        return self.directory / "etc-work"
 
     def backing(self, mount_dir: str) -> Path:
         """The directory bind-mounted over `mount_dir` (one of PRIVATE_MOUNTS) on this host."""

@@ -23,6 +23,10 @@ TOOLS: tuple[tuple[str, str], ...] = (
     ("nsenter", "util-linux"),
     ("mount", "mount"),
     ("hostname", "hostname"),
+    ("sudo", "sudo"),
+    ("useradd", "passwd"),
+    ("usermod", "passwd"),
+    ("/usr/lib/openssh/sftp-server", "openssh-sftp-server"),
 )
 
 
@@ -46,6 +50,6 @@ def require_environment() -> None:
         )
     if os.geteuid() != 0:
         raise FlingerError(
-            "the sandbox must run as root: each host mounts its own /root, /opt, /srv, "
-            "/etc/sv and /etc/service in a private mount namespace"
+            "the sandbox must run as root: each host mounts its own /etc, /root, /opt, /srv "
+            "and /home in a private mount namespace"
         )

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,11 @@ from flinger.topology.model import Server, SshSettings
 
 LineSink = Callable[[str, str], None]  # (stream "out" | "err", line)
 TAIL_LINES = 20
+# A stock sshd allows 10 sessions (commands, SFTP) per connection (MaxSessions): stay under it,
+# with room for the SFTP session a connection keeps open.
+SESSIONS_PER_CONNECTION = 8
+# More commands at once to one host than a connection may carry open more connections, up to:
+CONNECTIONS_PER_HOST = 8
 
 
 @dataclass
@@ -102,6 +107,8 @@ class Connection:
         self.forward_agent = forward_agent
         self.gateway = gateway
         self._lock = threading.Lock()
+        self._sessions = threading.BoundedSemaphore(SESSIONS_PER_CONNECTION)
+        self.leases = 0  # commands ConnectionPool.lease handed this connection, running now
         self._agent: AgentForwarder | None = None
         self.home: str | None = None  # the login user's $HOME there, once asked (remote_tool)
         if settings.use_ssh_config:
@@ -191,25 +198,34 @@ class Connection:
         check: bool = True,
         timeout: float | None = None,
     ) -> CommandResult:
-        """Run a command line (already quoted by the caller) and collect its output."""
+        """Run a command line (already quoted by the caller) and collect its output.
+
+        At most SESSIONS_PER_CONNECTION commands run at once on one connection; more wait.
+        """
         self.open()
         try:
-            transport = self._client.get_transport()
-            if transport is None or not transport.is_active():
-                raise paramiko.SSHException("not connected")
-            channel = transport.open_session()
-            if self.forward_agent:
-                self._forward_agent_on(channel)
-            channel.exec_command(command)
-            if stdin is not None:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            result = _collect(channel, command, on_line, timeout)
+            with self._sessions:
+                result = self._run_session(command, stdin, on_line, timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise UnreachableError(f"{self.server.name}: connection lost: {exc or type(exc).__name__}") from None
         if check and result.exit_code != 0:
             raise RemoteCommandError(command, result.exit_code, result.tail)
         return result
+
+    def _run_session(
+        self, command: str, stdin: bytes | None, on_line: LineSink | None, timeout: float | None
+    ) -> CommandResult:
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("not connected")
+        channel = transport.open_session()
+        if self.forward_agent:
+            self._forward_agent_on(channel)
+        channel.exec_command(command)
+        if stdin is not None:
+            channel.sendall(stdin)
+        channel.shutdown_write()
+        return _collect(channel, command, on_line, timeout)
 
     def _forward_agent_on(self, channel: paramiko.Channel) -> None:
         """Forward the agent on this channel, to this connection's one forwarder."""
@@ -312,6 +328,7 @@ class ConnectionPool:
         self.settings = settings
         self.agent_for = agent_for or set()
         self._conns: dict[str, Connection] = {}
+        self._extra: dict[str, list[Connection]] = {}  # more connections to a busy host
         self._lock = threading.Lock()
         self._jump: Connection | None = None
 
@@ -338,6 +355,29 @@ class ConnectionPool:
                 )
             return self._conns[name]
 
+    @contextlib.contextmanager
+    def lease(self, name: str) -> Iterator[Connection]:
+        """A connection to `name` for one more command while others run on it (the builder's
+        pushes): the first with a free session, else a new one (up to CONNECTIONS_PER_HOST),
+        else the least busy, whose next free session the command then waits for."""
+        first = self.get(name)
+        with self._lock:
+            conns = [first, *self._extra.setdefault(name, [])]
+            free = [c for c in conns if c.leases < SESSIONS_PER_CONNECTION]
+            if free:
+                conn = free[0]
+            elif len(conns) < CONNECTIONS_PER_HOST:
+                conn = Connection(first.server, self.settings, forward_agent=first.forward_agent, gateway=first.gateway)
+                self._extra[name].append(conn)
+            else:
+                conn = min(conns, key=lambda c: c.leases)
+            conn.leases += 1
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                conn.leases -= 1
+
     def _proxyjump_from_ssh_config(self, server: Server) -> Connection | None:
         if not self.settings.use_ssh_config:
             return None
@@ -354,7 +394,7 @@ class ConnectionPool:
         return gateway
 
     def close(self) -> None:
-        for conn in self._conns.values():
+        for conn in [*self._conns.values(), *(c for extra in self._extra.values() for c in extra)]:
             conn.close()
         if self._jump is not None:
             self._jump.close()

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from flinger.sandbox import SandboxState, down, missing_tools, up
+from flinger.sandbox.paths import LOGIN_USER
 
 SshRun = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 def _unavailable_reason() -> str | None:
     if os.geteuid() != 0:
-        return "the sandbox needs root (it mounts private /root, /opt, ... per host)"
+        return "the sandbox needs root (it mounts private /etc, /root, /opt, ... per host)"
     missing = missing_tools()
     if missing:
         return f"the sandbox needs Debian packages: apt-get install {' '.join(missing)}"
@@ -68,8 +69,10 @@ def run_ssh(
     forward_agent: bool = False,
     known_hosts: Path | None = None,
     timeout: float = 120,
+    as_root: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `command` as root on a sandbox host with OpenSSH (strict host keys, the agent)."""
+    """Run `command` on a sandbox host with OpenSSH (strict host keys, the agent), logged in as
+    the non-root login user, through `sudo -n` unless `as_root` is False, as an operator would."""
     addr, port = state.hosts[host]
     argv = [
         "ssh", "-F", "/dev/null",
@@ -83,7 +86,10 @@ def run_ssh(
     ]  # fmt: skip
     if forward_agent:
         argv.append("-A")
-    argv += [f"root@{addr}", shlex.join(command)]
+    line = shlex.join(command)
+    if as_root:
+        line = "sudo -n -- " + line
+    argv += [f"{LOGIN_USER}@{addr}", line]
     env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
 

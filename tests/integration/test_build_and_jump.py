@@ -41,7 +41,7 @@ def project(sandbox: SandboxState, tmp_path: Path) -> Path:
     (src / "manifest.toml").write_text(MANIFEST)
     return derived_config(
         sandbox, tmp_path,
-        {"source_dir": str(src), "manifest": "manifest.toml", "builder.source_dir": f"/root/build-{tmp_path.name}"},
+        {"source_dir": str(src), "manifest": "manifest.toml", "builder.source_dir": f"$HOME/build-{tmp_path.name}"},
     )  # fmt: skip
 
 
@@ -80,7 +80,7 @@ def test_failed_build_shows_command_status_output_and_hint(project: Path) -> Non
 
 def test_exec_through_a_jump_host(sandbox: SandboxState, tmp_path: Path) -> None:
     builder = sandbox.hosts["build1"]
-    config = derived_config(sandbox, tmp_path, {"ssh.jump": f"root@{builder.addr}:{builder.port}"})
+    config = derived_config(sandbox, tmp_path, {"ssh.jump": f"deploy@{builder.addr}:{builder.port}"})
     proc = run_flinger("-c", str(config), "exec", "--servers", "node2", "uname -n")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[node2] node2" in proc.stdout
@@ -88,7 +88,7 @@ def test_exec_through_a_jump_host(sandbox: SandboxState, tmp_path: Path) -> None
     empty = tmp_path / "kh"
     empty.write_text("")
     strict = derived_config(
-        sandbox, tmp_path, {"ssh.jump": f"root@{builder.addr}:{builder.port}", "ssh.known_hosts": str(empty)}
+        sandbox, tmp_path, {"ssh.jump": f"deploy@{builder.addr}:{builder.port}", "ssh.known_hosts": str(empty)}
     )
     refused = run_flinger("-c", str(strict), "--json", "exec", "--servers", "node2", "true")
     assert refused.returncode == 4

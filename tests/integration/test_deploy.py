@@ -26,7 +26,7 @@ from flinger.topology import load_topology
 pytestmark = pytest.mark.integration
 
 NODES = ("node1", "node2", "node3")
-WATCHED = "/opt /srv /etc/sv /etc/service /root"
+WATCHED = "/opt /srv /etc/sv /etc/service /root /home/deploy"
 
 
 def flinger_json(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
@@ -44,7 +44,7 @@ def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def tree(ssh_run: Any, state: SandboxState, host: str) -> list[str]:
     """Every path (with type and mode) under the directories a deploy may touch, but the staging dir."""
     script = (
-        f"find {WATCHED} -xdev \\( -path /root/flinger-staging -o -path '/root/.ssh' \\) -prune -o "
+        f"find {WATCHED} -xdev \\( -path /home/deploy/flinger-staging -o -path /home/deploy/.ssh \\) -prune -o "
         "-printf '%y %m %p\\n' 2>/dev/null | sort"
     )
     out = ssh_run(state, host, "sh", "-c", script)
@@ -130,7 +130,7 @@ def test_builder_got_no_overlay_and_no_server_got_another_ones(
             "/opt/quorum/current/overlay/tls/key.pem",
         )
         assert modes.stdout.split() == ["600", "600"]
-        staged = ssh_run(sandbox, name, "sh", "-c", "ls -d /root/flinger-staging/overlay-* 2>/dev/null || true")
+        staged = ssh_run(sandbox, name, "sh", "-c", "ls -d /home/deploy/flinger-staging/overlay-* 2>/dev/null || true")
         assert staged.stdout.strip() == "", "the staged overlay was not removed"
 
 
@@ -175,7 +175,7 @@ def test_status_reports_release_digests_and_running_services(deployed: dict[str,
 def test_a_held_lock_refuses_a_second_deploy_until_broken(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
 ) -> None:
-    tool = "/root/flinger-staging/flinger-remote.pyz"
+    tool = "/home/deploy/flinger-staging/flinger-remote.pyz"
     held = ssh_run(
         sandbox, "node1", "python3", tool, "lock", "acquire", "--install-dir", "/opt/quorum", "--holder", "someone-else"
     )

@@ -98,14 +98,14 @@ def test_sync_sends_a_tree_then_only_the_delta_then_deletes(sandbox: SandboxStat
     (src / "ignored.log").write_text("x\n")
     (src / ".git").mkdir()
     (src / ".git" / "HEAD").write_text("ref\n")
-    config = derived_config(sandbox, tmp_path, {"source_dir": str(src), "builder.source_dir": "/root/sync-test"})
+    config = derived_config(sandbox, tmp_path, {"source_dir": str(src), "builder.source_dir": "/home/deploy/sync-test"})
 
     first = run_flinger("-c", str(config), "--json", "sync")
     assert first.returncode == 0, first.stderr
     stats1 = json.loads(first.stdout)
     assert set(stats1["transferred"]) >= {"big.bin", "sub/small.txt", "gone.txt"}
     assert stats1["stats"]["literal_bytes"] >= len(big) // 2
-    listing = ssh_run(sandbox, "build1", "sh", "-c", "cd /root/sync-test && find . -type f | sort")
+    listing = ssh_run(sandbox, "build1", "sh", "-c", "cd /home/deploy/sync-test && find . -type f | sort")
     assert "./big.bin" in listing.stdout and "./ignored.log" not in listing.stdout and "./.git/" not in listing.stdout
 
     # change one byte of the big file and delete another file
@@ -121,9 +121,9 @@ def test_sync_sends_a_tree_then_only_the_delta_then_deletes(sandbox: SandboxStat
     assert stats2["deleted"] == ["gone.txt"]
     assert stats2["stats"]["matched_bytes"] > len(big) // 2
     assert stats2["stats"]["literal_bytes"] < len(big) // 8
-    checksum = ssh_run(sandbox, "build1", "head", "-c", "1", "/root/sync-test/big.bin")
+    checksum = ssh_run(sandbox, "build1", "head", "-c", "1", "/home/deploy/sync-test/big.bin")
     assert checksum.stdout == "Z"
-    assert ssh_run(sandbox, "build1", "test", "-e", "/root/sync-test/gone.txt").returncode == 1
+    assert ssh_run(sandbox, "build1", "test", "-e", "/home/deploy/sync-test/gone.txt").returncode == 1
 
 
 def test_agent_forwarded_to_the_builder_reaches_another_host(sandbox: SandboxState) -> None:
@@ -137,11 +137,11 @@ def test_agent_forwarded_to_the_builder_reaches_another_host(sandbox: SandboxSta
     plain = ConnectionPool(topo.servers, topo.ssh)
     try:
         builder = pool.get("build1")
-        builder.put_file(topo.ssh.known_hosts, "/root/kh-test", mode=0o600)
-        hop = [*ssh_argv(node, topo.ssh, known_hosts="/root/kh-test"), node.addr, "uname", "-n"]
+        builder.put_file(topo.ssh.known_hosts, "/home/deploy/kh-test", mode=0o600)
+        hop = [*ssh_argv(node, topo.ssh, known_hosts="/home/deploy/kh-test"), node.addr, "uname", "-n"]
         import shlex
 
-        line = "ls /root/.ssh/id_* 2>/dev/null | wc -l; " + shlex.join(hop)
+        line = "ls ~/.ssh/id_* 2>/dev/null | wc -l; " + shlex.join(hop)
         result = builder.run(line, check=False)
         assert result.exit_code == 0, result.stderr
         assert result.stdout.split() == ["0", "node1"]  # no key of its own, yet reaches node1

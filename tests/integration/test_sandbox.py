@@ -26,6 +26,7 @@ from flinger.sandbox import (
 )
 from flinger.sandbox import state as sandbox_state
 from flinger.sandbox.net import is_listening
+from flinger.sandbox.paths import LOGIN_USER
 from flinger.topology import load_topology
 
 pytestmark = pytest.mark.integration
@@ -98,8 +99,43 @@ def test_opt_is_private_to_each_host(hosts3: SandboxState, ssh_run: SshRun) -> N
 
 
 def test_home_is_private_and_holds_no_key(hosts3: SandboxState, ssh_run: SshRun) -> None:
-    result = ssh_run(hosts3, "node2", "ls", "-A", "/root/.ssh")
+    result = ssh_run(hosts3, "node2", "sh", "-c", "ls -A ~/.ssh", as_root=False)
     assert result.stdout.split() == ["authorized_keys"]
+    assert not Path("/home", LOGIN_USER, ".ssh", "authorized_keys").exists()
+
+
+def test_login_is_a_plain_user_with_sudo_and_root_is_refused(hosts3: SandboxState, ssh_run: SshRun) -> None:
+    plain = ssh_run(hosts3, "node1", "id", "-un", as_root=False)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == LOGIN_USER
+    assert ssh_run(hosts3, "node1", "id", "-un").stdout.strip() == "root"  # through sudo -n
+    # The login user exists inside the hosts only: this machine's /etc is left alone.
+    if not _machine_had_user():
+        assert f"\n{LOGIN_USER}:" not in "\n" + Path("/etc/passwd").read_text()
+    addr, port = hosts3.hosts["node1"]
+    as_root = subprocess.run(
+        ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+         "-o", f"UserKnownHostsFile={hosts3.known_hosts}", "-p", str(port), f"root@{addr}", "true"],
+        capture_output=True, text=True, env={**os.environ, "SSH_AUTH_SOCK": str(hosts3.agent_socket)},
+        stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert as_root.returncode == 255 and "Permission denied" in as_root.stderr
+
+
+def _machine_had_user() -> bool:
+    """Whether the login user was on this machine before any sandbox (then nothing is proven)."""
+    import pwd
+
+    try:
+        pwd.getpwnam(LOGIN_USER)
+    except KeyError:
+        return False
+    return True
+
+
+def test_sshd_keeps_its_stock_limits(hosts3: SandboxState) -> None:
+    config = (hosts3.directory / "hosts" / "node1" / "sshd_config").read_text()
+    assert "MaxSessions" not in config and "MaxStartups" not in config and "PermitRootLogin no" in config
 
 
 def test_runit_service_runs_on_its_own_host_only(hosts3: SandboxState, ssh_run: SshRun) -> None:
@@ -112,16 +148,19 @@ def test_runit_service_runs_on_its_own_host_only(hosts3: SandboxState, ssh_run: 
 
 def test_agent_forwarding_carries_to_a_second_host(hosts3: SandboxState, ssh_run: SshRun) -> None:
     addr, port = hosts3.hosts["node2"]
+    # The login user cannot read this machine's files: give it the known_hosts on node1 itself.
+    known = shlex.quote(hosts3.known_hosts.read_text())
+    assert ssh_run(hosts3, "node1", "sh", "-c", f"printf %s {known} > ~/kh", as_root=False).returncode == 0
     inner = [
         "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={hosts3.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-        "-p", str(port), f"root@{addr}", "hostname",
+        "-o", "UserKnownHostsFile=~/kh", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-p", str(port), f"{LOGIN_USER}@{addr}", "hostname",
     ]  # fmt: skip
-    forwarded = ssh_run(hosts3, "node1", *inner, forward_agent=True)
+    forwarded = ssh_run(hosts3, "node1", *inner, forward_agent=True, as_root=False)  # sudo drops the agent
     assert forwarded.returncode == 0, forwarded.stderr
     assert forwarded.stdout.strip() == "node2"
     # Without the forwarded agent node1 has no key that node2 accepts.
-    alone = ssh_run(hosts3, "node1", *inner)
+    alone = ssh_run(hosts3, "node1", *inner, as_root=False)
     assert alone.returncode != 0
     assert "Permission denied" in alone.stderr
 
@@ -186,7 +225,8 @@ def test_deploy_toml_describes_the_sandbox(hosts3: SandboxState) -> None:
     assert (topology.source_dir / "pyproject.toml").is_file()
     for name, (addr, port) in hosts3.hosts.items():
         server = topology.servers[name]
-        assert (server.addr, server.port, server.user) == (addr, port, "root")
+        assert (server.addr, server.port, server.user) == (addr, port, LOGIN_USER)
+        assert server.privilege == "sudo"
         assert server.service_manager == "runit"
 
 
