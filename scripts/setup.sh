@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(openssh-server openssh-client openssh-sftp-server rsync runit sudo passwd python3 python3-venv iproute2 util-linux procps ca-certificates)
+packages=(openssh-server openssh-client openssh-sftp-server rsync runit sudo passwd python3 python3-venv iproute2 util-linux procps ca-certificates
+          mmdebstrap systemd-container)  # the last two: systemd sandbox hosts (--init systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -60,6 +60,7 @@ def run_demo(
     run: Callable[[list[str]], int],
     say: Callable[[str], None],
     *,
+    init: str = "runit",
     wait_unsealed: float = 60.0,
 ) -> DemoReport:
     """Run every step; stop at the first that fails (its exit status is raised)."""
@@ -70,8 +71,8 @@ def run_demo(
     from flinger.topology import load_topology
 
     report = DemoReport()
-    say(f"== 1. start a local sandbox of {servers} sshd hosts in {directory}")
-    state = sandbox.up(directory, servers)
+    say(f"== 1. start a local sandbox of {servers} {init} hosts in {directory}")
+    state = sandbox.up(directory, servers, init=init)
     os.environ["SSH_AUTH_SOCK"] = str(state.directory / "agent.sock")
     report.steps.append(("sandbox up", 0))
     for number, step in enumerate(demo_steps(state.config_path), start=2):

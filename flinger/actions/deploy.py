@@ -265,7 +265,10 @@ class Deployer:
                 else:
                     report.line(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event))
 
-            result = run_tool(conn, server, tool, ["install"], remote_plan, on_event=on_event, on_text=report.line)
+            try:
+                result = run_tool(conn, server, tool, ["install"], remote_plan, on_event=on_event, on_text=report.line)
+            except RemoteCommandError as exc:
+                raise _explained(exc, report) from None
         finally:
             self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
         changed = bool(result.get("changed", True))
@@ -344,6 +347,29 @@ class Deployer:
         result.pop("event", None)
         result["summary"] = _summary(command, result)
         return result
+
+
+def _explained(exc: RemoteCommandError, report: Reporter) -> RemoteCommandError:
+    """A failed remote install as the operator needs it: the step that really failed (not
+    the rollback that followed), the failing service's own last log lines as the tail, and
+    which release runs now."""
+    result = exc.result
+    if result.get("step"):
+        report.step(str(result["step"]))
+    log = result.get("service_log")
+    if isinstance(log, dict) and log.get("lines"):
+        lines = [str(line) for line in log["lines"]]
+        report.details["service_log"] = {"service": log.get("service"), "lines": lines}
+        exc.tail = [f"last lines of {log.get('service')}'s log:", *lines]
+        for line in lines:
+            report.line(f"{log.get('service')}: {line}")
+    if "rolled_back_to" in result:
+        report.details["rolled_back_to"] = result["rolled_back_to"]
+        now = result["rolled_back_to"] or "nothing (first install)"
+        raw = result.get("rollback_problems")
+        problems = "; ".join(str(p) for p in raw) if isinstance(raw, list) else ""
+        exc.message += f"; rolled back to {now}" + (f" (with problems: {problems})" if problems else "")
+    return exc
 
 
 def _summary(command: str, result: dict[str, Any]) -> str:

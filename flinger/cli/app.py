@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -171,6 +172,19 @@ sandbox_app = typer.Typer(
 )
 app.add_typer(sandbox_app, name="sandbox")
 DirOpt = Annotated[Path, typer.Option("--dir", help="sandbox directory")]
+class Init(StrEnum):
+    runit = "runit"
+    systemd = "systemd"
+
+
+InitOpt = Annotated[
+    Init,
+    typer.Option(
+        "--init",
+        help="runit: fast namespaced hosts; systemd: each host boots systemd (systemd-nspawn on a "
+        "cached Debian rootfs), as real fleets run",
+    ),
+]
 DEFAULT_SANDBOX = Path("/var/lib/flinger-sandbox")  # not under /root, /opt or /srv: the hosts mount over those
 
 
@@ -179,12 +193,13 @@ def sandbox_up(
     ctx: typer.Context,
     servers: Annotated[int, typer.Option("--servers", min=2, max=200, help="hosts, the first is the builder")] = 4,
     directory: DirOpt = DEFAULT_SANDBOX,
+    init: InitOpt = Init.runit,
 ) -> int:
     """Start N sshd hosts (one builder, N-1 servers) and write DIR/deploy.toml."""
     from flinger import sandbox
 
     env = env_of(ctx)
-    state = sandbox.up(directory.resolve(), servers)
+    state = sandbox.up(directory.resolve(), servers, init=init.value)
     if env.json:
         env.ui.emit_json(
             {
@@ -213,7 +228,7 @@ def sandbox_down(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> int
 
 @sandbox_app.command("status")
 def sandbox_status(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> int:
-    """Show each sandbox host and whether its sshd and runsvdir are alive."""
+    """Show each sandbox host and whether its sshd and its service manager (runsvdir or systemd) are alive."""
     from flinger import sandbox
 
     env = env_of(ctx)
@@ -223,9 +238,9 @@ def sandbox_status(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> i
     else:
         env.ui.table(
             "sandbox",
-            ("host", "address", "port", "sshd", "runsvdir"),
+            ("host", "address", "port", "sshd", "init"),
             [
-                (r.name, r.addr, r.port, "up" if r.sshd_alive else "down", "up" if r.runsvdir_alive else "down")
+                (r.name, r.addr, r.port, "up" if r.sshd_alive else "down", "up" if r.supervisor_alive else "down")
                 for r in rows
             ],
         )
@@ -247,6 +262,7 @@ def demo(
     servers: Annotated[int, typer.Option("--servers", min=3, max=64, help="sandbox hosts (one is the builder)")] = 4,
     directory: DirOpt = DEFAULT_SANDBOX,
     down: Annotated[bool, typer.Option("--down", help="stop the sandbox at the end")] = False,
+    init: InitOpt = Init.runit,
 ) -> int:
     """Start a local sandbox and run the whole workflow on the example quorum system."""
     from flinger import sandbox
@@ -256,7 +272,7 @@ def demo(
     env = env_of(ctx)
     target = directory.resolve()
     try:
-        report = run_demo(target, servers, run_cli, env.ui.note)
+        report = run_demo(target, servers, run_cli, env.ui.note, init=init.value)
     finally:
         if down:
             sandbox.down(target)

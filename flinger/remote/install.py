@@ -245,6 +245,21 @@ def _wait_healthy(service: Dict[str, Any]) -> None:
                          % (service["name"], seen))
 
 
+def _service_log(svcs: List[Dict[str, Any]], step: str, roots: Dict[str, str],
+                 since: float) -> Dict[str, Any]:
+    """{"service": name, "lines": [...]} of the service a failed step names (what it logged
+    since this install started it, where the manager can tell), else {}."""
+    name = step.split(":", 1)[1] if ":" in step else ""
+    for service in svcs:
+        if service["name"] == name:
+            try:
+                lines = services.manager_for(service["manager"], roots).log_tail(service, since=since)
+            except (services.ServiceError, OSError) as exc:
+                lines = ["(its log could not be read: %s)" % exc]
+            return {"service": name, "lines": lines}
+    return {}
+
+
 def _merge_receipts(*receipts: List[Dict[str, str]]) -> List[Dict[str, str]]:
     merged: List[Dict[str, str]] = []
     for receipt in receipts:
@@ -349,6 +364,7 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
     wanted = {s["name"] for s in svcs}
     touched: List[Dict[str, Any]] = []
     removed: List[Dict[str, Any]] = []
+    started = time.time() - 1  # journald's --since has whole seconds
     try:
         for old in previous.get("services") or []:
             if old["name"] not in wanted:
@@ -365,10 +381,13 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
             _wait_healthy(service)
     except (StepFailed, services.ServiceError, OSError) as exc:
         step = exc.step if isinstance(exc, StepFailed) else "services"
+        # The failing service's own words, read before the rollback restarts it.
+        log = _service_log(svcs, step, roots, started)
         events.emit("step", step="rollback", to=previous.get("release"))
         problems = _rollback(install_dir, previous, roots, touched, removed, release)
         return events.result(False, step=step, error=str(exc), changed=False,
-                             rolled_back_to=previous.get("release"), rollback_problems=problems)
+                             rolled_back_to=previous.get("release"), rollback_problems=problems,
+                             service_log=log)
 
     history = [r for r in previous.get("releases") or [] if r != release] + [release]
     events.emit("step", step="prune")

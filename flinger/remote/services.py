@@ -12,7 +12,7 @@ import errno
 import os
 import subprocess
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from flinger.remote import files
 
@@ -24,6 +24,7 @@ DEFAULT_ROOTS = {
 }
 Receipt = List[Dict[str, str]]
 _RUNSV_WAIT = 30.0  # runsvdir looks at its directory every 5 seconds
+LOG_LINES = 20  # of a service's own log, in a failure report
 
 
 class ServiceError(Exception):
@@ -48,6 +49,25 @@ def run(argv: List[str], check: bool = True) -> str:
         last = output.splitlines()[-1:] or [""]
         raise ServiceError("%s exited %d: %s" % (" ".join(argv), done.returncode, last[0]))
     return output
+
+
+def tail_file(path: str, lines: int = LOG_LINES) -> List[str]:
+    """The last `lines` lines of a log file (nothing when it is missing)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            data = handle.read()
+    except OSError:
+        return []
+    return [line.decode("utf-8", "replace") for line in data.splitlines()[-lines:]]
+
+
+def _log_files_tail(service: Dict[str, Any], lines: int) -> List[str]:
+    found: List[str] = []
+    for path in service.get("log_files") or []:
+        found.extend(tail_file(path, lines))
+    return found[-lines:]
 
 
 def _dirs(path: str, receipt: Receipt) -> None:
@@ -105,6 +125,19 @@ class Systemd:
         return run(["systemctl", "is-active", service["name"] + ".service"], check=False) \
             or "unknown"
 
+    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES,
+                 since: Optional[float] = None) -> List[str]:
+        """The unit's journal (its stdout and stderr, and systemd's own lines about it),
+        from `since` (a time.time()) on when given."""
+        own = _log_files_tail(service, lines)
+        if own:
+            return own
+        argv = ["journalctl", "--unit", service["name"] + ".service", "--lines", str(lines),
+                "--no-pager", "--quiet", "--output", "short-iso"]
+        if since is not None:
+            argv += ["--since", "@%d" % int(since)]
+        return run(argv, check=False).splitlines()[-lines:]
+
 
 class Smf:
     name = "smf"
@@ -139,6 +172,15 @@ class Smf:
     def state(self, service: Dict[str, Any]) -> str:
         return run(["svcs", "-H", "-o", "state", self.fmri(service["name"])], check=False) \
             or "unknown"
+
+    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES,
+                 since: Optional[float] = None) -> List[str]:
+        """The service's log_file, else the log SMF keeps for it (svcs -L)."""
+        own = _log_files_tail(service, lines)
+        if own:
+            return own
+        path = run(["svcs", "-L", self.fmri(service["name"])], check=False).strip()
+        return tail_file(path, lines) if path.startswith("/") else []
 
 
 def runsv_ready(service_dir: str) -> bool:
@@ -214,6 +256,14 @@ class Runit:
         for path in supervised:
             _wait_for(lambda p=path: not runsv_ready(p), _RUNSV_WAIT)
         files.remove_path(directory)
+
+    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES,
+                 since: Optional[float] = None) -> List[str]:
+        """The service's log_file, else svlogd's `current` when it has a log/ service."""
+        own = _log_files_tail(service, lines)
+        if own:
+            return own
+        return tail_file(os.path.join(self.sv_dir, service["name"], "log", "main", "current"), lines)
 
     def state(self, service: Dict[str, Any]) -> str:
         directory = os.path.join(self.sv_dir, service["name"])

@@ -30,7 +30,7 @@ def repository_root() -> Path:
     )
 
 
-def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint]) -> str:
+def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint], init: str = "runit") -> str:
     """deploy.toml text for `hosts` (builder first, then the nodes)."""
     nodes = [name for name in hosts if name != BUILDER_NAME]
     doc = tomlkit.document()
@@ -69,13 +69,13 @@ def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint]) -> s
         else:
             server["roles"] = ["seed", "node"] if name == SEED else ["node"]
         server["privilege"] = "sudo"
-        server["service_manager"] = "runit"
+        server["service_manager"] = init
         servers[name] = server
     doc["servers"] = servers
     return tomlkit.dumps(doc)
 
 
-def write(paths: SandboxPaths, source_dir: Path, hosts: dict[str, Endpoint]) -> Topology:
+def write(paths: SandboxPaths, source_dir: Path, hosts: dict[str, Endpoint], init: str = "runit") -> Topology:
     """Write <dir>/deploy.toml and load it back, so a sandbox never hands out a bad config."""
-    write_private_file(paths.config, render(source_dir, paths.known_hosts, hosts), 0o644)
+    write_private_file(paths.config, render(source_dir, paths.known_hosts, hosts, init), 0o644)
     return load_topology(paths.config)

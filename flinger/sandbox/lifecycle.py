@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
+from dataclasses import replace
 from pathlib import Path
 
 from flinger.errors import FlingerError
-from flinger.sandbox import agent, config, hosts, keys, state
+from flinger.sandbox import agent, config, keys, rootfs, runit_hosts, state, systemd_hosts
 from flinger.sandbox.net import is_listening, pick_addresses, wait_not_listening
 from flinger.sandbox.paths import PRIVATE_MOUNTS, SandboxPaths, host_names
 from flinger.sandbox.procs import ProcessRef, terminate
@@ -19,6 +22,7 @@ from flinger.sandbox.tools import require_environment
 # The /etc overlay's mount options are split at "," and ":".
 _SAFE_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@")
 PRIVSEP_DIR = Path("/run/sshd")
+INITS = ("runit", "systemd")
 
 
 def _check_directory(directory: Path) -> Path:
@@ -48,13 +52,17 @@ def _running(record: SandboxRecord) -> list[ProcessRef]:
     return [p for p in procs if p.alive()]
 
 
+def _host_running(record: SandboxRecord, host: HostRecord) -> bool:
+    if record.init == "systemd":
+        return host.container is not None and host.container.alive() and is_listening(host.addr, host.port)
+    return bool(host.sshd and host.sshd.alive() and host.runsvdir and host.runsvdir.alive())
+
+
 def _fully_running(record: SandboxRecord) -> bool:
     return (
         record.agent is not None
         and record.agent.alive()
-        and all(
-            h.sshd and h.sshd.alive() and h.runsvdir and h.runsvdir.alive() for h in record.hosts
-        )
+        and all(_host_running(record, h) for h in record.hosts)
     )
 
 
@@ -65,8 +73,15 @@ def up(
     base_addr: str | None = None,
     port: int = 2222,
     source_dir: Path | None = None,
+    init: str = "runit",
 ) -> SandboxState:
-    """Start `servers` hosts (build1, node1..) in `directory`, or return the running sandbox."""
+    """Start `servers` hosts (build1, node1..) in `directory`, or return the running sandbox.
+
+    init "runit": sshd + runsvdir in a mount namespace (fast); "systemd": each host boots
+    systemd in systemd-nspawn on a cached Debian rootfs, as real fleets run.
+    """
+    if init not in INITS:
+        raise FlingerError(f'init must be one of {", ".join(INITS)}, got "{init}"')
     require_environment()
     directory = _check_directory(directory)
     if servers < 2:
@@ -75,7 +90,7 @@ def up(
         raise FlingerError(f"port must be between 1 and 65535, got {port}")
     existing = state.load(directory)
     if existing is not None:
-        if _fully_running(existing) and len(existing.hosts) == servers:
+        if _fully_running(existing) and len(existing.hosts) == servers and existing.init == init:
             return SandboxState.of(existing)
         if _running(existing):
             raise FlingerError(
@@ -85,6 +100,7 @@ def up(
         state.remove(directory)  # stale: everything it recorded is gone
 
     paths = SandboxPaths(directory)
+    rootfs_tree = rootfs.ensure() if init == "systemd" else None
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.chmod(0o700)
     paths.hosts_dir.mkdir(mode=0o700, exist_ok=True)
@@ -92,21 +108,33 @@ def up(
     names = host_names(servers)
     addrs = pick_addresses(base_addr, servers, port)
     keys.ensure_key(paths.client_key, "flinger-sandbox-client")
-    for name, addr in zip(names, addrs, strict=True):
+    by_name = dict(zip(names, addrs, strict=True))
+    for name, addr in by_name.items():
         host = paths.host(name)
         keys.ensure_key(host.host_key, f"flinger-sandbox-{name}")
-        hosts.prepare(host, addr, port)
+        if rootfs_tree is None:
+            runit_hosts.prepare(host, addr, port)
+        else:
+            systemd_hosts.prepare(host, rootfs_tree, addr, port, _client_public(paths), by_name)
+    # Known before any host runs: systemd hosts are ready when a strict SSH login works.
+    keys.write_known_hosts(paths.known_hosts, [(a, port, paths.host(n).host_key) for n, a in by_name.items()])
 
-    record = SandboxRecord(directory=directory, port=port)
+    record = SandboxRecord(directory=directory, port=port, init=init)
     state.save(record)
     try:
-        record = SandboxRecord(directory, port, agent.start(paths))
+        record = replace(record, agent=agent.start(paths))
         state.save(record)
         for name, addr in zip(names, addrs, strict=True):
-            record = record.with_host(hosts.start(paths.host(name), addr, port, _client_public(paths)))
+            if rootfs_tree is None:
+                started = runit_hosts.start(paths.host(name), addr, port, _client_public(paths))
+            else:
+                started = systemd_hosts.start(paths.host(name), rootfs_tree, addr, port)
+            record = record.with_host(started)
             state.save(record)
-        _write_known_hosts(record)
-        config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts)
+        if rootfs_tree is not None:  # they boot side by side
+            for booting in record.hosts:
+                systemd_hosts.wait_ready(paths.host(booting.name), booting, paths.client_key, paths.known_hosts)
+        config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts, init)
     except BaseException:
         _, survivors = _stop_all(record)
         if not survivors:  # else keep the record, so `down` can try again
@@ -128,12 +156,24 @@ def _write_known_hosts(record: SandboxRecord) -> None:
     )
 
 
+def _stop_host(record: SandboxRecord, host: HostRecord) -> tuple[bool, list[ProcessRef]]:
+    if record.init == "systemd":
+        return systemd_hosts.stop(host, SandboxPaths(record.directory).host(host.name))
+    return runit_hosts.stop(host)
+
+
 def _stop_all(record: SandboxRecord) -> tuple[list[str], list[ProcessRef]]:
     stopped: list[str] = []
     survivors: list[ProcessRef] = []
+    alive = {h.name for h in record.hosts if any(p.alive() for p in h.processes())}
+    if record.init == "systemd":  # a clean halt takes seconds: ask them all first
+        for host in record.hosts:
+            for pid in systemd_hosts.nspawn_pids(host):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
     for host in record.hosts:
-        was_running, left = hosts.stop(host)
-        if was_running:
+        was_running, left = _stop_host(record, host)
+        if was_running or host.name in alive:
             stopped.append(host.name)
         survivors += left
     if record.agent is not None:
@@ -158,7 +198,7 @@ def down(directory: Path, *, purge: bool = False) -> list[str]:
         listening = [
             h.name
             for h in record.hosts
-            if not wait_not_listening(h.addr, h.port, hosts.STOP_TIMEOUT)
+            if not wait_not_listening(h.addr, h.port, runit_hosts.STOP_TIMEOUT)
         ]
         if listening:
             raise FlingerError(f"something still listens on the address of {', '.join(listening)}")
@@ -208,8 +248,12 @@ def status(directory: Path) -> list[HostStatus]:
             name=h.name,
             addr=h.addr,
             port=h.port,
-            sshd_alive=h.sshd is not None and h.sshd.alive(),
-            runsvdir_alive=h.runsvdir is not None and h.runsvdir.alive(),
+            sshd_alive=(h.sshd is not None and h.sshd.alive())
+            if record.init == "runit"
+            else is_listening(h.addr, h.port),
+            supervisor_alive=(h.runsvdir is not None and h.runsvdir.alive())
+            if record.init == "runit"
+            else systemd_hosts.leader(h) is not None,
         )
         for h in record.hosts
     ]
@@ -234,16 +278,17 @@ def stop_host(directory: Path, name: str) -> None:
     """Stop only that host's sshd, so it refuses connections (its services keep running)."""
     record = _load_running(directory)
     host = record.host(name)
-    survivors = hosts.stop_sshd(host)
+    if record.init == "systemd":
+        systemd_hosts.set_sshd(host, running=False)
+        if not wait_not_listening(host.addr, host.port, runit_hosts.STOP_TIMEOUT):
+            raise FlingerError(f"sshd of sandbox host {name} still listens")
+        return
+    survivors = runit_hosts.stop_sshd(host)
     if survivors:
         raise FlingerError(
             f"sshd of sandbox host {name} (pid {host.sshd and host.sshd.pid}) did not stop"
         )
-    state.save(
-        record.with_host(
-            HostRecord(host.name, host.addr, host.port, None, host.runsvdir, host.namespace)
-        )
-    )
+    state.save(record.with_host(replace(host, sshd=None)))
 
 
 def start_host(directory: Path, name: str) -> None:
@@ -251,15 +296,20 @@ def start_host(directory: Path, name: str) -> None:
     record = _load_running(directory)
     host = record.host(name)
     paths = SandboxPaths(record.directory).host(name)
+    if record.init == "systemd":
+        systemd_hosts.set_sshd(host, running=True)
+        systemd_hosts.wait_ready(paths, host, SandboxPaths(record.directory).client_key,
+                                 SandboxPaths(record.directory).known_hosts)  # fmt: skip
+        return
     if host.sshd is not None and host.sshd.alive():
         return
     if host.runsvdir is not None and host.runsvdir.alive():
-        started = hosts.start_sshd_in_namespace(paths, host)
+        started = runit_hosts.start_sshd_in_namespace(paths, host)
     else:
-        hosts.stop(host)  # whatever is left of it
+        runit_hosts.stop(host)  # whatever is left of it
         if is_listening(host.addr, host.port):
             raise FlingerError(f"{host.addr}:{host.port} of sandbox host {name} is taken")
-        started = hosts.start(paths, host.addr, host.port, _client_public(SandboxPaths(record.directory)))
+        started = runit_hosts.start(paths, host.addr, host.port, _client_public(SandboxPaths(record.directory)))
     state.save(record.with_host(started))
 
 
@@ -270,6 +320,12 @@ def rotate_host_key(directory: Path, name: str) -> None:
     host = record.host(name)
     paths = SandboxPaths(record.directory).host(name)
     keys.generate_key(paths.host_key, f"flinger-sandbox-{name}")
+    if record.init == "systemd":
+        systemd_hosts.install_host_key(host, paths)
+        done = systemd_hosts.in_host(host, "systemctl", "restart", "ssh.service")
+        if done.returncode != 0:
+            raise FlingerError(f"sandbox host {name}: restarting sshd failed: {done.stderr.strip()}")
+        return
     if host.sshd is not None and host.sshd.alive():
         stop_host(directory, name)
         start_host(directory, name)

@@ -30,12 +30,13 @@ class HostRecord:
     name: str
     addr: str
     port: int
-    sshd: ProcessRef | None = None
+    sshd: ProcessRef | None = None  # runit hosts: sshd and runsvdir run on this machine
     runsvdir: ProcessRef | None = None
     namespace: str | None = None  # mount namespace, e.g. "mnt:[4026532301]"
+    container: ProcessRef | None = None  # systemd hosts: the wrapper around systemd-nspawn
 
     def processes(self) -> list[ProcessRef]:
-        return [p for p in (self.sshd, self.runsvdir) if p is not None]
+        return [p for p in (self.sshd, self.runsvdir, self.container) if p is not None]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class SandboxRecord:
     port: int
     agent: ProcessRef | None = None
     hosts: tuple[HostRecord, ...] = field(default_factory=tuple)
+    init: str = "runit"  # what runs the hosts' services: "runit" | "systemd"
 
     def host(self, name: str) -> HostRecord:
         for host in self.hosts:
@@ -72,6 +74,7 @@ class SandboxState:
     agent_socket: Path
     client_key: Path
     hosts: dict[str, Endpoint]  # name -> (addr, port), builder first
+    init: str = "runit"  # "runit" | "systemd"
 
     @property
     def builder(self) -> str:
@@ -91,6 +94,7 @@ class SandboxState:
             agent_socket=paths.agent_socket,
             client_key=paths.client_key,
             hosts={h.name: Endpoint(h.addr, h.port) for h in record.hosts},
+            init=record.init,
         )
 
 
@@ -102,7 +106,7 @@ class HostStatus:
     addr: str
     port: int
     sshd_alive: bool
-    runsvdir_alive: bool
+    supervisor_alive: bool  # runsvdir, or the host's systemd
 
 
 def _ref_json(ref: ProcessRef | None) -> dict[str, int] | None:
@@ -121,6 +125,7 @@ def save(record: SandboxRecord) -> None:
     data = {
         "version": STATE_VERSION,
         "port": record.port,
+        "init": record.init,
         "agent": _ref_json(record.agent),
         "hosts": [
             {
@@ -130,6 +135,7 @@ def save(record: SandboxRecord) -> None:
                 "sshd": _ref_json(h.sshd),
                 "runsvdir": _ref_json(h.runsvdir),
                 "namespace": h.namespace,
+                "container": _ref_json(h.container),
             }
             for h in record.hosts
         ],
@@ -165,11 +171,16 @@ def load(directory: Path) -> SandboxRecord | None:
                 sshd=_ref(h.get("sshd")),
                 runsvdir=_ref(h.get("runsvdir")),
                 namespace=h.get("namespace"),
+                container=_ref(h.get("container")),
             )
             for h in data["hosts"]
         )
         return SandboxRecord(
-            directory=directory, port=int(data["port"]), agent=_ref(data.get("agent")), hosts=hosts
+            directory=directory,
+            port=int(data["port"]),
+            agent=_ref(data.get("agent")),
+            hosts=hosts,
+            init=str(data.get("init", "runit")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FlingerError(f"{path} is not a sandbox state file ({exc})") from None

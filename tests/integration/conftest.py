@@ -19,6 +19,7 @@ import pytest
 
 from flinger.sandbox import SandboxState, down, missing_tools, up
 from flinger.sandbox.paths import LOGIN_USER
+from flinger.sandbox.rootfs import missing_tools as rootfs_missing_tools
 
 SshRun = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -60,6 +61,30 @@ def sandbox(sandbox_prerequisites: None, tmp_path_factory: pytest.TempPathFactor
     finally:
         patch.undo()
         down(directory)
+
+
+@pytest.fixture(scope="session")
+def systemd_sandbox(sandbox_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxState]:
+    """A 4-host sandbox whose hosts boot systemd (systemd-nspawn on the cached Debian rootfs).
+
+    Its agent is not the session's SSH_AUTH_SOCK: pass `agent_env(state)` to the CLI."""
+    missing = rootfs_missing_tools()
+    if missing:
+        reason = f"systemd hosts need Debian packages: apt-get install {' '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so integration tests must not be skipped")
+        pytest.skip(reason)
+    directory = tmp_path_factory.mktemp("systemd")
+    state = up(directory, 4, init="systemd")
+    try:
+        yield state
+    finally:
+        down(directory)
+
+
+def agent_env(state: SandboxState) -> dict[str, str]:
+    """The environment the CLI needs for that sandbox's agent."""
+    return {"SSH_AUTH_SOCK": str(state.agent_socket)}
 
 
 def run_ssh(

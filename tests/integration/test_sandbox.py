@@ -174,7 +174,7 @@ def test_stop_host_refuses_connections_until_start_host(hosts3: SandboxState, ss
         assert ssh_run(hosts3, "node1", "true").returncode == 0
         by_name = {s.name: s for s in status(hosts3.directory)}
         assert not by_name["node2"].sshd_alive
-        assert by_name["node2"].runsvdir_alive
+        assert by_name["node2"].supervisor_alive
         assert by_name["node1"].sshd_alive
     finally:
         start_host(hosts3.directory, "node2")

@@ -115,11 +115,26 @@ def test_runit_run_script_runs_with_env_and_workdir(tmp_path: Path) -> None:
 def test_runit_run_script_uses_chpst_and_log_file(tmp_path: Path) -> None:
     files = render_service(quorum_service(tmp_path), "quorum", "runit", CONTEXT)
     run = files["run"]
-    assert run.startswith("#!/bin/sh\n") and "exec 2>&1\n" in run
-    assert f"exec >>{tmp_path}/quorum.log\n" in run
+    assert run.startswith("#!/bin/sh\n")
+    assert f"exec >>{tmp_path}/quorum.log 2>&1\n" in run
     assert run.rstrip().endswith(
         "exec chpst -u nobody:nogroup -o 65536 -p 512 /bin/sleep 1000 --addr 10.0.0.11")
     assert subprocess.run(["sh", "-n"], input=run, text=True).returncode == 0
+
+
+def test_runit_log_file_gets_stdout_and_stderr(tmp_path: Path) -> None:
+    """Redirecting stderr before stdout went to the file used to leave stderr on runsv's output."""
+    log = tmp_path / "svc.log"
+    service = quorum_service(
+        tmp_path, command="/bin/sh -c 'echo to-stdout; echo to-stderr >&2'", user=None, group=None,
+        limits={}, log_file=str(log),
+    )
+    script = tmp_path / "run"
+    script.write_text(render_service(service, "svc", "runit", CONTEXT)["run"])
+    script.chmod(0o755)
+    out = subprocess.run([str(script)], capture_output=True, text=True, env={"PATH": "/bin:/usr/bin"})
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == ""
+    assert log.read_text().splitlines() == ["to-stdout", "to-stderr"]
 
 
 def test_runit_finish_follows_restart_policy(tmp_path: Path) -> None:

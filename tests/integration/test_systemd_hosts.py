@@ -1,0 +1,126 @@
+"""The whole workflow on systemd hosts (systemd as PID 1, journald), logged in as `deploy` with
+`sudo -n`: units, daemon-reload, is-active, the journal in failure reports, rollback, uninstall."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import agent_env, run_ssh
+from flinger_helpers import derived_config, run_flinger
+
+from flinger.sandbox import SandboxState
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node1", "node2", "node3")
+MARKER = "MARKER-7f3a: the config is unreadable"
+
+
+def flinger_json(state: SandboxState, config: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = run_flinger("-c", str(config), "--json", *args, env=agent_env(state))
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+
+
+def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["server"]: s for s in doc["servers"]}
+
+
+def wait_active(state: SandboxState, host: str, seconds: float = 30) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        out = run_ssh(state, host, "systemctl", "is-active", "quorum.service", as_root=False).stdout.strip()
+        if out == "active" or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def installed(systemd_sandbox: SandboxState) -> dict[str, Any]:
+    state = systemd_sandbox
+    config = state.config_path
+    for step in (["check"], ["trust"], ["sync"], ["install-prereqs"], ["build", "package"], ["overlay"]):
+        proc = run_flinger("-c", str(config), *step, env=agent_env(state))
+        assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
+    code, doc = flinger_json(state, config, "deploy", "install")
+    assert code == 0, json.dumps(doc, indent=1)
+    return doc
+
+
+def test_install_makes_enabled_active_units_logging_to_the_journal(
+    systemd_sandbox: SandboxState, installed: dict[str, Any]
+) -> None:
+    state = systemd_sandbox
+    assert {s["status"] for s in installed["servers"]} == {"ok"}
+    for name in NODES:
+        assert run_ssh(state, name, "cat", "/proc/1/comm").stdout.strip() == "systemd"
+        assert wait_active(state, name) == "active"
+        enabled = run_ssh(state, name, "systemctl", "is-enabled", "quorum.service", as_root=False)
+        assert enabled.stdout.strip() == "enabled"
+        unit = run_ssh(state, name, "systemctl", "cat", "quorum.service", as_root=False).stdout
+        assert "/etc/systemd/system/quorum.service" in unit and "Restart=always" in unit
+        # The deploy user sees no journal without sudo on stock Debian; flinger reads it as root.
+        journal = run_ssh(state, name, "journalctl", "--unit", "quorum.service", "--no-pager")
+        assert "quorum[" in journal.stdout, journal.stdout[-2000:]
+    code, status = flinger_json(state, state.config_path, "deploy", "status")
+    assert code == 0, status
+    for name, result in by_server(status).items():
+        services = result["details"]["services"]
+        assert [(s["name"], s["state"], s["healthy"]) for s in services] == [("quorum", "active", True)], name
+
+
+def test_a_crashing_release_shows_the_journal_and_rolls_back(
+    systemd_sandbox: SandboxState, installed: dict[str, Any], tmp_path: Path
+) -> None:
+    state = systemd_sandbox
+    before = {n: run_ssh(state, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES}
+    repo = Path(__file__).resolve().parents[2]
+    manifest = (repo / "packaging" / "package-manifest.toml").read_text()
+    start = manifest[manifest.index('command = "/usr/bin/python3 {{ install_dir }}') :].split("\n", 1)[0]
+    broken = manifest.replace(start, f'command = "/usr/bin/python3 -c \\"raise SystemExit(\'{MARKER}\')\\""')
+    broken = broken.replace("timeout = 30 ", "timeout = 4 ")
+    assert broken != manifest
+    (tmp_path / "manifest.toml").write_text(broken)
+    config = derived_config(state, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
+    (tmp_path / ".flinger").symlink_to(state.config_path.parent / ".flinger")  # same overlay and CA
+
+    proc = run_flinger("-c", str(config), "deploy", "install", env=agent_env(state))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert MARKER in proc.stdout + proc.stderr  # the service's own words, from the journal
+    code, doc = flinger_json(state, config, "deploy", "install", "--servers", "node3")
+    assert code == 1
+    node3 = by_server(doc)["node3"]
+    assert node3["step"] == "health:quorum", node3
+    assert any(MARKER in line for line in node3["details"]["service_log"]["lines"]), node3
+    release = before["node3"].rsplit("/", 1)[-1]  # current -> releases/<id>
+    assert node3["details"]["rolled_back_to"] == release
+    assert f"rolled back to {release}" in node3["message"]
+    log_dir = state.config_path.parent / ".flinger" / "sandbox" / "logs"
+    assert any(MARKER in p.read_text() for p in log_dir.glob("*/node3.log"))
+    for name in NODES:
+        assert run_ssh(state, name, "readlink", "/opt/quorum/current").stdout.strip() == before[name]
+        assert wait_active(state, name) == "active", name
+        unit = run_ssh(state, name, "systemctl", "cat", "quorum.service", as_root=False).stdout
+        assert MARKER not in unit and "quorum.py" in unit
+
+
+def test_uninstall_leaves_no_unit_no_receipt_and_nothing_in_install_dir(
+    systemd_sandbox: SandboxState, installed: dict[str, Any]
+) -> None:
+    state = systemd_sandbox
+    code, doc = flinger_json(state, state.config_path, "deploy", "uninstall")
+    assert code == 0, doc
+    for name in NODES:
+        assert run_ssh(state, name, "test", "-e", "/etc/systemd/system/quorum.service").returncode == 1
+        gone = run_ssh(state, name, "systemctl", "cat", "quorum.service", as_root=False)
+        assert gone.returncode != 0
+        left = run_ssh(state, name, "sh", "-c", "find /opt/quorum -mindepth 1 2>/dev/null; true")
+        assert left.stdout.strip() == "", left.stdout
+        listening = run_ssh(state, name, "sh", "-c", "ss -ltn | grep -c ':8443 ' || true")
+        assert listening.stdout.strip() == "0"
