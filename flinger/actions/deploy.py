@@ -32,9 +32,9 @@ from flinger.actions.remote_tool import (
 )
 from flinger.errors import FlingerError, HostKeyError, RemoteCommandError
 from flinger.manifest.model import Manifest
+from flinger.ssh import known_hosts
 from flinger.ssh.connection import Connection, ConnectionPool, privileged
 from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, Status, fan_out
-from flinger.ssh.hostkeys import known_hosts_name, load_host_keys
 from flinger.ssh.openssh import remote_rsync_path, rsync_rsh
 from flinger.topology.model import Server, Topology
 
@@ -145,20 +145,21 @@ class Deployer:
 
     def _known_hosts_for_builder(self) -> str:
         """Only the deployment servers' keys, as the client verified them (never learned anew)."""
-        keys = load_host_keys(self.topology.ssh.known_hosts)
+        known = known_hosts.read(self.topology.ssh.known_hosts)
         lines = []
+        if self.topology.ssh.jump:  # the builder's pushes go through it too, checked as strictly
+            jump = self.pool.jump_connection()
+            assert jump is not None
+            for key in known.lookup(jump.server.addr, jump.server.port or 22).values():
+                lines.append(known_hosts.key_line(jump.server.addr, jump.server.port or 22, key))
         for server in self.topology.deployment_servers():
-            name = known_hosts_name(server.addr, server.port or 22)
-            entry = keys.lookup(name)
-            if not entry:
-                continue  # that server fails at its own push step, with the trust hint
-            for key in entry.values():
-                lines.append(f"{name} {key.get_name()} {key.get_base64()}")
+            # none recorded: that server fails at its own push step, with the trust hint
+            for key in known.lookup(server.addr, server.port or 22).values():
+                lines.append(known_hosts.key_line(server.addr, server.port or 22, key))
         return "\n".join(lines) + "\n"
 
     def _check_trusted(self, server: Server) -> None:
-        entry = load_host_keys(self.topology.ssh.known_hosts).lookup(known_hosts_name(server.addr, server.port or 22))
-        if not entry:
+        if not known_hosts.read(self.topology.ssh.known_hosts).lookup(server.addr, server.port or 22):
             raise HostKeyError(
                 f"{server.name}: host key not in {self.topology.ssh.known_hosts}; "
                 f"run: flinger trust --servers {server.name}"

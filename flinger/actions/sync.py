@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flinger.errors import ConfigError, FlingerError, UnreachableError
-from flinger.ssh.openssh import remote_rsync_path, rsync_rsh
+from flinger.ssh.openssh import remote_rsync_path, require_local, rsync_rsh
 from flinger.topology.model import Topology
 
 STAT_FIELDS = {
@@ -91,6 +91,7 @@ _DELETE = re.compile(r"^\*deleting\s+(.+)$")
 
 def run_sync(plan: SyncPlan, on_progress: Callable[[str], None] | None = None) -> SyncResult:
     """Run rsync; progress lines go to `on_progress`; the stats come back as numbers."""
+    require_local("rsync", "ssh")
     proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     stats: dict[str, int] = {}
@@ -113,7 +114,10 @@ def run_sync(plan: SyncPlan, on_progress: Callable[[str], None] | None = None) -
     err = proc.stderr.read().decode("utf-8", "replace").strip()
     code = proc.wait()
     if code != 0:
-        last = err.splitlines()[-1] if err else f"exit status {code}"
+        lines = err.splitlines()
+        # ssh's own words (host key refused, connection refused) say more than rsync's summary.
+        said = [ln for ln in lines if not ln.startswith("rsync")] or lines
+        last = "; ".join(said[:2]) if said else f"exit status {code}"  # the first: the cause
         if code == 255 or "Host key verification failed" in err or "Connection refused" in err:
             raise UnreachableError(f"sync: cannot reach the builder: {last}")
         raise FlingerError(f"sync: rsync exited with status {code}: {last}")

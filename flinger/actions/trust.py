@@ -6,9 +6,10 @@ import threading
 from typing import Any
 
 from flinger.errors import HostKeyError
+from flinger.ssh import known_hosts
 from flinger.ssh.connection import Connection, ConnectionPool
 from flinger.ssh.fanout import Board, Reporter, ServerResult, fan_out
-from flinger.ssh.hostkeys import fetch_host_key, fingerprint, record_host_key, recorded_fingerprint
+from flinger.ssh.hostkeys import fetch_host_key, fingerprint
 from flinger.topology.model import Server, Topology
 
 
@@ -21,7 +22,7 @@ def run_trust(
     board: Board | None = None,
 ) -> list[ServerResult]:
     """Record each server's key in [ssh] known_hosts; a changed key needs `replace`."""
-    known_hosts = topology.ssh.known_hosts
+    path = topology.ssh.known_hosts
     record_lock = threading.Lock()  # keys are fetched in parallel, written one at a time
     jump: Connection | None = None
     if topology.ssh.jump:
@@ -43,13 +44,21 @@ def run_trust(
 
     def _record(server: Server, key: Any, port: int) -> dict[str, Any]:
         seen = fingerprint(key)
-        before = recorded_fingerprint(known_hosts, server.addr, port)
+        known = known_hosts.read(path)
+        if known.is_revoked(key):
+            raise HostKeyError(f"{server.name}: host key {seen} is marked @revoked in {path}; not recording it")
+        recorded = known.lookup(server.addr, port)
+        same_type = recorded.get(key.get_name())
+        before = fingerprint(same_type) if same_type is not None else None
         if before is not None and before != seen and not replace:
             raise HostKeyError(
                 f"{server.name}: host key CHANGED from {before} to {seen}; if the server was re-keyed, "
                 f"run again with --replace"
             )
-        changed = record_host_key(known_hosts, server.addr, port, key)
+        if before is not None and before != seen:
+            changed = known_hosts.replace(path, server.addr, port, key)
+        else:
+            changed = known_hosts.append(path, server.addr, port, key)
         state = "recorded" if before is None else ("replaced" if changed else "already trusted")
         return {
             "fingerprint": seen,

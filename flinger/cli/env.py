@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flinger.errors import UsageError
 from flinger.manifest import Manifest, load_manifest
+from flinger.ssh import known_hosts
 from flinger.tomlfile import suggest
 from flinger.topology import Topology, find_config, load_topology
 from flinger.topology.model import Server
@@ -26,6 +27,9 @@ class Env:
     def topology(self) -> Topology:
         if self._topology is None:
             self._topology = load_topology(find_config(self.config))
+            # Lines of the user's known_hosts flinger skips (e.g. @cert-authority), said once.
+            for note in known_hosts.read(self._topology.ssh.known_hosts).notes:
+                self.ui.note(note)
         return self._topology
 
     def manifest(self) -> Manifest:

@@ -22,17 +22,23 @@ import fabric
 import paramiko
 from paramiko.agent import AgentClientProxy
 
-from flinger.errors import FlingerError, HostKeyError, RemoteCommandError, UnreachableError
+from flinger.errors import HostKeyError, RemoteCommandError, UnreachableError
+from flinger.ssh import known_hosts
 from flinger.ssh.hostkeys import StrictHostKeyPolicy, fingerprint
 from flinger.topology.model import Server, SshSettings
 
 LineSink = Callable[[str, str], None]  # (stream "out" | "err", line)
 TAIL_LINES = 20
+TIMED_OUT = 124  # the exit status reported for a command flinger stopped waiting for (as timeout(1))
 # A stock sshd allows 10 sessions (commands, SFTP) per connection (MaxSessions): stay under it,
 # with room for the SFTP session a connection keeps open.
 SESSIONS_PER_CONNECTION = 8
 # More commands at once to one host than a connection may carry open more connections, up to:
 CONNECTIONS_PER_HOST = 8
+# An SSH keepalive this often; a peer that does not acknowledge what we sent for
+# TCP_ACK_TIMEOUT_MS (its network is gone) drops the connection instead of hanging on it.
+KEEPALIVE_SECONDS = 15
+TCP_ACK_TIMEOUT_MS = 60_000
 
 
 @dataclass
@@ -101,11 +107,13 @@ class Connection:
         *,
         forward_agent: bool = False,
         gateway: Connection | None = None,
+        proxy_command: str | None = None,
     ) -> None:
         self.server = server
         self.settings = settings
         self.forward_agent = forward_agent
         self.gateway = gateway
+        self.proxy_command = proxy_command
         self._lock = threading.Lock()
         self._sessions = threading.BoundedSemaphore(SESSIONS_PER_CONNECTION)
         self.leases = 0  # commands ConnectionPool.lease handed this connection, running now
@@ -127,11 +135,14 @@ class Connection:
         # Proxies: an explicit [ssh] jump wins; else ProxyJump from ~/.ssh/config. Both are
         # built here, so every hop is checked with the same strict policy.
         self._client: paramiko.SSHClient = self._conn.client
+        known = known_hosts.read(settings.known_hosts)
         self._client.set_missing_host_key_policy(
-            StrictHostKeyPolicy(server.name, server.host_key, settings.known_hosts)
+            StrictHostKeyPolicy(server.name, server.host_key, settings.known_hosts, known.revoked)
         )
-        if settings.known_hosts.exists():
-            self._client.load_host_keys(str(settings.known_hosts))
+        trusted = self._client.get_host_keys()
+        for name in known.keys:
+            for kind, key in known.keys[name].items():
+                trusted.add(name, kind, key)
 
     @property
     def port(self) -> int:
@@ -153,6 +164,10 @@ class Connection:
             attempts = self.settings.retries + 1
             for attempt in range(attempts):
                 try:
+                    if self.proxy_command is not None:
+                        # A fresh proxy process per attempt; the target's host key is still
+                        # checked here, through it, with the strict policy.
+                        self._conn.connect_kwargs["sock"] = paramiko.ProxyCommand(self.proxy_command)
                     self._conn.open()
                     break
                 except HostKeyError:
@@ -175,6 +190,16 @@ class Connection:
                         ) from None
                     time.sleep(min(0.5 * 2**attempt, 4.0))
             self._check_pin()
+            self._keep_alive()
+
+    def _keep_alive(self) -> None:
+        transport = self._client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE_SECONDS)
+        sock = transport.sock
+        if isinstance(sock, socket.socket) and hasattr(socket, "TCP_USER_TIMEOUT"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_ACK_TIMEOUT_MS)
 
     def _check_pin(self) -> None:
         if self.server.host_key is None:
@@ -201,11 +226,13 @@ class Connection:
         """Run a command line (already quoted by the caller) and collect its output.
 
         At most SESSIONS_PER_CONNECTION commands run at once on one connection; more wait.
+        One that runs longer than `timeout` (default: [ssh] command_timeout) is abandoned
+        with a RemoteCommandError naming it, with its last output lines.
         """
         self.open()
         try:
             with self._sessions:
-                result = self._run_session(command, stdin, on_line, timeout)
+                result = self._run_session(command, stdin, on_line, timeout or self.settings.command_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise UnreachableError(f"{self.server.name}: connection lost: {exc or type(exc).__name__}") from None
         if check and result.exit_code != 0:
@@ -300,7 +327,9 @@ def _collect(channel: paramiko.Channel, command: str, on_line: LineSink | None, 
             break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()
-            raise FlingerError(f"`{command}` did not finish within {timeout:.0f}s")
+            error = RemoteCommandError(command, TIMED_OUT, list(tail))
+            error.message = f"`{command}` did not finish within {timeout:.0f}s (no exit status; stopped waiting)"
+            raise error
         if not got:
             time.sleep(0.02)
     for stream in ("out", "err"):
@@ -315,6 +344,28 @@ def _collect(channel: paramiko.Channel, command: str, on_line: LineSink | None, 
         stderr=b"".join(err).decode("utf-8", "replace"),
         tail=list(tail),
     )
+
+
+SSH_CONFIG_FILES = ("~/.ssh/config", "/etc/ssh/ssh_config")
+
+
+def _proxy_command(server: Server) -> str | None:
+    """The ProxyCommand ssh_config gives `server`, its %h, %p and %r expanded with the
+    topology's address, port and user (a first Host block says them: first value wins)."""
+    texts = []
+    for name in SSH_CONFIG_FILES:
+        with contextlib.suppress(OSError):
+            texts.append(Path(name).expanduser().read_text(errors="replace"))
+    ours = [f"Host {server.addr}"]
+    if server.port:
+        ours.append(f"    Port {server.port}")
+    if server.user:
+        ours.append(f"    User {server.user}")
+    config = paramiko.SSHConfig.from_text("\n".join([*ours, "", *texts]))
+    command = config.lookup(server.addr).get("proxycommand")
+    if not command or command.lower() == "none":
+        return None
+    return str(command)
 
 
 class ConnectionPool:
@@ -348,10 +399,12 @@ class ConnectionPool:
             if name not in self._conns:
                 server = self.servers[name]
                 gateway = self.jump_connection()
+                proxy_command = None
                 if gateway is None:
-                    gateway = self._proxyjump_from_ssh_config(server)
+                    gateway, proxy_command = self._proxy_from_ssh_config(server)
                 self._conns[name] = Connection(
-                    server, self.settings, forward_agent=name in self.agent_for, gateway=gateway
+                    server, self.settings, forward_agent=name in self.agent_for, gateway=gateway,
+                    proxy_command=proxy_command,
                 )
             return self._conns[name]
 
@@ -367,7 +420,10 @@ class ConnectionPool:
             if free:
                 conn = free[0]
             elif len(conns) < CONNECTIONS_PER_HOST:
-                conn = Connection(first.server, self.settings, forward_agent=first.forward_agent, gateway=first.gateway)
+                conn = Connection(
+                    first.server, self.settings, forward_agent=first.forward_agent, gateway=first.gateway,
+                    proxy_command=first.proxy_command,
+                )
                 self._extra[name].append(conn)
             else:
                 conn = min(conns, key=lambda c: c.leases)
@@ -378,20 +434,22 @@ class ConnectionPool:
             with self._lock:
                 conn.leases -= 1
 
-    def _proxyjump_from_ssh_config(self, server: Server) -> Connection | None:
+    def _proxy_from_ssh_config(self, server: Server) -> tuple[Connection | None, str | None]:
+        """ProxyJump hops (each checked with the strict policy), else a ProxyCommand, from
+        ~/.ssh/config: honoured, never silently ignored."""
         if not self.settings.use_ssh_config:
-            return None
+            return None, None
         probe = fabric.Connection(server.addr, config=fabric.Config(), gateway=False)
         hops = probe.ssh_config.get("proxyjump")
         if not hops or hops.lower() == "none":
-            return None
+            return None, _proxy_command(server)
         gateway: Connection | None = None
         for hop in hops.split(","):
             user, _, hostport = hop.strip().rpartition("@")
             host, _, port = hostport.partition(":")
             hop_server = Server(name=f"jump:{host}", addr=host, user=user or None, port=int(port) if port else None)
             gateway = Connection(hop_server, self.settings, gateway=gateway)
-        return gateway
+        return gateway, None
 
     def close(self) -> None:
         for conn in [*self._conns.values(), *(c for extra in self._extra.values() for c in extra)]:

@@ -1,14 +1,14 @@
 """Host keys: fingerprints, the strict policy used for every connection, and `trust`.
 
-An unknown key is refused (unless it matches the server's `host_key` pin); a changed key is
-refused by paramiko itself. First use is an explicit `flinger trust`, which records keys.
+An unknown or `@revoked` key is refused (an unknown one is accepted when it matches the
+server's `host_key` pin); a changed key is refused by paramiko itself. First use is an explicit
+`flinger trust`, which records keys (flinger/ssh/known_hosts.py reads and appends the file).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import socket
 from pathlib import Path
 
@@ -23,21 +23,22 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def known_hosts_name(addr: str, port: int) -> str:
-    """The name a host is recorded under in known_hosts (OpenSSH's rule)."""
-    return addr if port == 22 else f"[{addr}]:{port}"
-
-
 class StrictHostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Refuse every key that is not already known, unless it matches the pinned fingerprint."""
 
-    def __init__(self, server_name: str, pin: str | None, known_hosts: Path) -> None:
+    def __init__(self, server_name: str, pin: str | None, known_hosts: Path, revoked: set[str] | None = None) -> None:
         self.server_name = server_name
         self.pin = pin
         self.known_hosts = known_hosts
+        self.revoked = revoked or set()
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
+        if key.get_base64() in self.revoked:
+            raise HostKeyError(
+                f"{self.server_name}: host key {seen} ({key.get_name()}) is marked @revoked in "
+                f"{self.known_hosts}; refusing to connect"
+            )
         if self.pin is not None and seen == self.pin:
             return
         if self.pin is not None:
@@ -49,13 +50,6 @@ class StrictHostKeyPolicy(paramiko.MissingHostKeyPolicy):
             f"{self.server_name}: unknown host key {seen} ({key.get_name()}) for {hostname}, "
             f"not in {self.known_hosts}; if it is right, run: flinger trust --servers {self.server_name}"
         )
-
-
-def load_host_keys(path: Path) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if path.exists():
-        keys.load(str(path))
-    return keys
 
 
 def fetch_host_key(
@@ -76,30 +70,3 @@ def fetch_host_key(
         raise UnreachableError(f"{addr}:{port}: key exchange failed: {exc}") from None
     finally:
         transport.close()
-
-
-def record_host_key(path: Path, addr: str, port: int, key: paramiko.PKey) -> bool:
-    """Add (or replace) the key of addr:port in known_hosts; True when the file changed."""
-    keys = load_host_keys(path)
-    name = known_hosts_name(addr, port)
-    existing = keys.lookup(name)
-    if existing is not None and existing.get(key.get_name()) == key:
-        return False
-    if existing is not None:
-        # Replacing a key is an explicit operator decision (they ran `trust`): drop old ones.
-        for keytype in list(existing.keys()):
-            del existing[keytype]
-    keys.add(name, key.get_name(), key)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    keys.save(str(tmp))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return True
-
-
-def recorded_fingerprint(path: Path, addr: str, port: int) -> str | None:
-    entry = load_host_keys(path).lookup(known_hosts_name(addr, port))
-    if not entry:
-        return None
-    return fingerprint(next(iter(entry.values())))

@@ -6,38 +6,70 @@ Host keys are always checked strictly against a known_hosts file flinger chose.
 from __future__ import annotations
 
 import shlex
+import shutil
 
+from flinger.errors import FlingerError
 from flinger.topology.model import Server, SshSettings
+
+# Local programs flinger runs, and the Debian/Ubuntu package that has each.
+LOCAL_PROGRAMS = {"ssh": "openssh-client", "rsync": "rsync"}
+
+
+def require_local(*programs: str) -> None:
+    """A one-line error naming the package when a program flinger runs here is missing."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        packages = " ".join(dict.fromkeys(LOCAL_PROGRAMS.get(p, p) for p in missing))
+        raise FlingerError(
+            f"{' and '.join(missing)} not found on this machine (PATH): "
+            f"apt-get install {packages} (Debian/Ubuntu)"
+        )
+
+
+def _strict_options(settings: SshSettings, known_hosts: str | None) -> list[str]:
+    argv = [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts or settings.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
+        # A peer that stops answering is a failure within a minute, not a hang.
+        "-o", "ServerAliveInterval=15",
+        "-o", "ServerAliveCountMax=4",
+    ]  # fmt: skip
+    if not settings.use_ssh_config:
+        argv[0:0] = ["-F", "/dev/null"]
+    return argv
+
+
+def _jump_proxy(settings: SshSettings, known_hosts: str | None) -> str:
+    """A ProxyCommand that reaches the jump host with the same strict options as the target.
+
+    `-J` would start its own ssh for the jump with none of the -o options given here: the jump
+    host's key would be checked against the user's default files, or asked about."""
+    assert settings.jump is not None
+    user, _, hostport = settings.jump.rpartition("@")
+    host, _, port = hostport.partition(":")
+    argv = ["ssh", *_strict_options(settings, known_hosts)]
+    if port:
+        argv += ["-p", port]
+    if user:
+        argv += ["-l", user]
+    argv += ["-W", "%h:%p", "--", host]
+    # ssh expands %-tokens in ProxyCommand: keep a literal % in any value, but %h and %p.
+    return " ".join(a if a == "%h:%p" else shlex.quote(a).replace("%", "%%") for a in argv)
 
 
 def ssh_argv(server: Server, settings: SshSettings, *, known_hosts: str | None = None) -> list[str]:
-    """`ssh` with strict host-key options for `server` (without the destination)."""
-    argv = [
-        "ssh",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={known_hosts or settings.known_hosts}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
-        # A peer that stops answering is a failure within a minute, not a hang.
-        "-o",
-        "ServerAliveInterval=15",
-        "-o",
-        "ServerAliveCountMax=4",
-    ]
-    if not settings.use_ssh_config:
-        argv[1:1] = ["-F", "/dev/null"]
+    """`ssh` with strict host-key options for `server` (without the destination); a jump host
+    is checked against the same known_hosts with the same options."""
+    argv = ["ssh", *_strict_options(settings, known_hosts)]
     if server.port:
         argv += ["-p", str(server.port)]
     if server.user:
         argv += ["-l", server.user]
     if settings.jump:
-        argv += ["-J", settings.jump]
+        argv += ["-o", f"ProxyCommand={_jump_proxy(settings, known_hosts)}"]
     return argv
 
 

@@ -21,7 +21,7 @@ from flinger.topology.model import (
 TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers")
 BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
 DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold")
-SSH_KEYS = ("known_hosts", "connect_timeout", "jump", "retries", "use_ssh_config")
+SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config")
 SYNC_KEYS = ("exclude",)
 SERVER_KEYS = (
     "addr",
@@ -148,6 +148,7 @@ def load_topology(path: Path) -> Topology:
     ssh = SshSettings(
         known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))),
         connect_timeout=s.number("connect_timeout", 10.0),
+        command_timeout=s.number("command_timeout", 1800.0),
         jump=jump,
         retries=s.integer("retries", 3, low=0, high=10),
         use_ssh_config=s.flag("use_ssh_config", True),

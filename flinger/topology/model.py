@@ -52,6 +52,7 @@ class Deployment:
 class SshSettings:
     known_hosts: Path
     connect_timeout: float = 10.0
+    command_timeout: float = 1800.0  # seconds one remote command may run before it counts as hung
     jump: str | None = None
     retries: int = 3
     use_ssh_config: bool = True
