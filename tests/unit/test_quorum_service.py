@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.unit.oldest_python import require_python39
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "packaging" / "package-manifest.toml"
 CONFIG_TEMPLATE = REPO / "smf" / "quorum" / "config.json.j2"
@@ -167,15 +169,6 @@ def bin_dir(tmp_path_factory: pytest.TempPathFactory, shamir: Any) -> Path:
 
 
 # ------------------------------------------------------------------ processes
-
-
-def working_python39() -> str | None:
-    """A python3.9 that runs (the servers' oldest supported Python), if this machine has one."""
-    path = shutil.which("python3.9")
-    if path is None:
-        return None
-    probe = subprocess.run([path, "-c", "print(1)"], capture_output=True, text=True, check=False)
-    return path if probe.stdout.strip() == "1" else None
 
 
 def free_port(addr: str) -> int:
@@ -335,10 +328,7 @@ def secret_spellings(shares: Shares) -> list[str]:
 @pytest.mark.parametrize("python", ["this python", "python3.9"])
 def test_three_nodes_unseal_and_status_reveals_no_secret(cluster: Cluster, python: str) -> None:
     if python == "python3.9":
-        path = working_python39()
-        if path is None:
-            pytest.skip("no working python3.9 here to run the nodes on the oldest supported one")
-        cluster.python = path
+        cluster.python = require_python39()
     for name in NODES:
         cluster.start(name)
     def all_unsealed() -> bool:
@@ -641,9 +631,7 @@ def test_packaging_and_smf_stay_data_only() -> None:
 
 def test_service_runs_on_the_oldest_supported_python_without_site_packages(
         bin_dir: Path) -> None:
-    python39 = working_python39()
-    if python39 is None:
-        pytest.skip("no working python3.9 here to check 3.9 compatibility")
+    python39 = require_python39()
     # -S: no site-packages, so any import beyond the standard library fails
     code = ("import sys; sys.path.insert(0, sys.argv[1]);"
             "import quorum, quorum_config, quorum_http, quorum_peers, quorum_seal, quorum_tls;"

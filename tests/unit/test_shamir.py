@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flinger.remote import shamir
+from tests.unit.oldest_python import require_python39
 
 REPO = Path(__file__).resolve().parents[2]
-PY39 = Path("/root/.pyenv/versions/3.9.18/bin/python3")
 
 
 def _probably_prime(n: int, rounds: int = 8) -> bool:
@@ -227,8 +227,8 @@ def test_verify_share_command_without_files_is_a_usage_error(capsys: pytest.Capt
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["ok"] is False
 
 
-@pytest.mark.skipif(not PY39.exists(), reason="python 3.9 is not installed here")
 def test_runs_on_python39_with_the_standard_library_only() -> None:
+    python39 = require_python39()
     with tempfile.TemporaryDirectory() as tmp:
         paths = _write_shares(Path(tmp), "demo", 3, 2, 12345)
         code = (
@@ -239,7 +239,7 @@ def test_runs_on_python39_with_the_standard_library_only() -> None:
             "sys.exit(shamir.main(['verify-share'] + sys.argv[1:]))\n"
         )
         proc = subprocess.run(
-            [str(PY39), "-S", "-c", code, *map(str, paths)], capture_output=True, text=True, check=False
+            [python39, "-S", "-c", code, *map(str, paths)], capture_output=True, text=True, check=False
         )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == {"event": "result", "ok": True}
