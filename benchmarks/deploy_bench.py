@@ -1,33 +1,25 @@
-"""Time `flinger deploy install` of the example quorum system to 1, 4, 8 and 16 sandbox servers
-against plain OpenSSH doing the same copy/unpack/restart one server after another, measured in
-the same run on the same sandbox, so the results read as ratios.
+"""Time `flinger deploy install` of the example quorum system to N sandbox servers against the
+floor: plain OpenSSH doing the same work on all N servers in parallel, in the same run, on the
+same hosts, so the results read as ratios.
 
-    python benchmarks/deploy_bench.py [--sizes 1,4,8,16] [--repeat 3] [--repeat-large 1]
-                                      [--large-from 16] [--dir D] [--base-addr A]
+    python benchmarks/deploy_bench.py [--init runit|systemd] [--servers 16] [--repeat 3]
+                                      [--dir D] [--base-addr A]
 
-Needs root (the sandbox). It starts one sandbox of max(sizes) + 1 hosts, then `trust`, `sync`
-and `build package` once with the sandbox's deploy.toml (the repository's own
-packaging/package-manifest.toml). Per size N it writes a deploy.toml whose deployment is
-node1..nodeN (node1, node2 for N = 1: a single deployment server gets no share, and a quorum
-node needs one; threshold: a majority), runs `overlay` for it, and per repetition times, as wall
-clock of the whole subprocess or loop:
-  fresh       `flinger --json deploy install --servers node1,..,nodeN` on servers with
-              nothing installed or staged
-  rerun       `flinger --json deploy install` again, nothing changed
-  clean       `flinger --json deploy clean` (services stopped, install and staging removed)
-  ssh fresh   for each server in turn: one `scp` of the package tarball (copied out of the
-              builder's artifacts dir) and of that server's overlay dir, then one `ssh` that
-              unpacks into a new release dir, switches the `current` link, writes
-              /etc/sv/quorum/{run,finish} as flinger renders them, links /etc/service/quorum,
-              waits for runsv, `sv up` (or `sv restart` when already supervised), then polls
-              https://ADDR:8443/status (curl -k, every 0.5 s as the manifest's health check)
-  ssh again   the same loop again: it has no way to know nothing changed, so it copies,
-              unpacks and restarts again
-The ssh baseline's remote script also stamps its phases on each server (unpack and links, wait
-for runsv to pick the service up, `sv -w` start, health polling); what they leave of the wall
-time is the scp and ssh connections. The baseline is then removed (untimed) before the next
-repetition. Sizes from
---large-from on get --repeat-large repetitions (to bound the run time); medians are reported.
+Needs root (the sandbox). It starts one sandbox of N + 1 hosts of the chosen kind (the builder
+build1, node1..nodeN; login `deploy` with `sudo -n`, sshd's stock limits), runs `trust`, `sync`,
+`build package` and `overlay` once, copies the built package tarball out of the builder (scp,
+untimed) and renders the quorum service exactly as flinger does for that service manager. Then,
+per repetition (the order of the two sides alternates), wall clock of:
+  flinger fresh    `flinger --json deploy install` at the default parallelism, nothing installed
+  flinger again    the same, nothing changed (flinger must say `changed: false` everywhere)
+  floor fresh      `xargs -P N` over the servers, each: one OpenSSH ControlMaster connection,
+                   `scp` of the tarball and of that server's overlay dir over it, then one `ssh`
+                   running `sudo -n sh -s` that unpacks into a new release dir, switches
+                   `current`, writes the service definition (systemd unit + daemon-reload +
+                   enable + restart, or runit run/finish + link + `sv up|restart`) and polls
+                   https://ADDR:8443/status (curl -k, every 0.5 s as the manifest's check)
+  floor again      the same again: plain ssh has no way to know nothing changed
+Between rounds, untimed: `flinger deploy clean`, or the floor's own removal script. Medians.
 The sandbox is always brought down (and its directory purged) at the end.
 """
 
@@ -44,48 +36,30 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import tomlkit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flinger import sandbox  # noqa: E402
+from flinger.actions.deploy_plan import plan_deploy  # noqa: E402
+from flinger.manifest import load_manifest  # noqa: E402
 from flinger.sandbox import SandboxState  # noqa: E402
+from flinger.topology import load_topology  # noqa: E402
 
-INSTALL_DIR = "/opt/quorum"  # the overlay's config.json names this path: both ways install here
+INSTALL_DIR = "/opt/quorum"  # the overlay's config.json names this path: both sides install here
 QUORUM_PORT = 8443
-HEALTH_INTERVAL = 0.5  # the manifest's health check interval
-FLINGER_TIMEOUT = 60  # seconds; 5 times the slowest run seen here, so only a hang reaches it
-FLINGER_ATTEMPTS = 4
-# What flinger renders for the quorum service under runit (same text, same install_dir).
-RUN_SCRIPT = f"""#!/bin/sh
-# quorum: installed by the deploy benchmark's ssh baseline
-exec 2>&1
-cd {INSTALL_DIR}/current/quorum || exit 1
-export PYTHONUNBUFFERED=1
-exec /usr/bin/python3 {INSTALL_DIR}/current/quorum/bin/quorum.py \
-  --config {INSTALL_DIR}/current/overlay/files/quorum/config.json
-"""
-# What the baseline's remote script times on each server, in order.
-PHASES = ("unpack+link", "wait runsv", "sv start", "health")
-FINISH_SCRIPT = "#!/bin/sh\n# quorum: runsv runs this after `run` exits\nexec sleep 2\n"
-
-
-def timed(run: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+HEALTH_INTERVAL = 0.5
+RUN_TIMEOUT = 300
 
 
 def checked(argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
-    """Run argv; raise with its output when it fails (a failed run is not a measurement)."""
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, input=stdin, timeout=600,
-                          stdin=None if stdin is not None else subprocess.DEVNULL)
+    """Run argv; stop the benchmark with its output when it fails (a failure is no measurement)."""
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, input=stdin, timeout=RUN_TIMEOUT,
+                          stdin=None if stdin is not None else subprocess.DEVNULL)  # fmt: skip
     if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        output = done.stdout[-3000:] + done.stderr[-3000:]
+        raise SystemExit(f"failed ({done.returncode}): {shlex.join(argv)}\n{output}")
     return done.stdout
 
 
@@ -95,280 +69,209 @@ def listening(addr: str, port: int) -> bool:
         return sock.connect_ex((addr, port)) == 0
 
 
-def baseline_install_script(server: str, addr: str, release: str) -> str:
-    """The shell run on one server by the ssh baseline (every value quoted)."""
+def install_script(manager: str, files: dict[str, str], addr: str, release: str, staging: str) -> str:
+    """What the floor runs as root on one server (every value quoted)."""
     q = shlex.quote
     rel = f"{INSTALL_DIR}/releases/{release}"
-    return f"""set -e
-t0=$(date +%s.%N)
-mkdir -p {q(rel)}/quorum
-tar xzf /root/quorum.tar.gz -C {q(rel)}/quorum
-mv /root/{q(server)} {q(rel)}/overlay
-chmod 700 {q(rel)}/overlay
-ln -sfn {q('releases/' + release)} {INSTALL_DIR}/current.new
-mv -T {INSTALL_DIR}/current.new {INSTALL_DIR}/current
-mkdir -p /etc/sv/quorum /etc/service
-printf '%s' {q(RUN_SCRIPT)} > /etc/sv/quorum/run.new
-printf '%s' {q(FINISH_SCRIPT)} > /etc/sv/quorum/finish.new
+    if manager == "systemd":
+        activate = f"""printf '%s' {q(files["unit"])} > /etc/systemd/system/quorum.service.new
+mv /etc/systemd/system/quorum.service.new /etc/systemd/system/quorum.service
+systemctl daemon-reload
+systemctl enable --quiet quorum.service
+systemctl restart quorum.service"""
+    else:
+        finish = files.get("finish", "#!/bin/sh\n")
+        activate = f"""mkdir -p /etc/sv/quorum /etc/service
+printf '%s' {q(files["run"])} > /etc/sv/quorum/run.new
+printf '%s' {q(finish)} > /etc/sv/quorum/finish.new
 chmod 755 /etc/sv/quorum/run.new /etc/sv/quorum/finish.new
 mv /etc/sv/quorum/run.new /etc/sv/quorum/run
 mv /etc/sv/quorum/finish.new /etc/sv/quorum/finish
 if [ -L /etc/service/quorum ]; then action=restart; else action=up; ln -s /etc/sv/quorum /etc/service/quorum; fi
-t1=$(date +%s.%N)
 i=0
 until sv status /etc/sv/quorum >/dev/null 2>&1; do
   i=$((i+1)); [ "$i" -lt 300 ] || {{ echo "no runsv for quorum" >&2; exit 1; }}; sleep 0.1
 done
-t2=$(date +%s.%N)
-sv -w 30 "$action" /etc/sv/quorum >/dev/null
-t3=$(date +%s.%N)
+sv -w 30 "$action" /etc/sv/quorum >/dev/null"""
+    return f"""set -e
+mkdir -p {q(rel)}/quorum
+tar xzf {q(staging)}/quorum.tar.gz -C {q(rel)}/quorum
+rm -rf {q(rel)}/overlay
+mv {q(staging)}/overlay {q(rel)}/overlay
+chmod 700 {q(rel)}/overlay
+ln -sfn {q('releases/' + release)} {INSTALL_DIR}/current.new
+mv -T {INSTALL_DIR}/current.new {INSTALL_DIR}/current
+{activate}
 i=0
 until curl -ksf -o /dev/null {q(f'https://{addr}:{QUORUM_PORT}/status')}; do
   i=$((i+1)); [ "$i" -lt 120 ] || {{ echo "quorum not healthy" >&2; exit 1; }}; sleep {HEALTH_INTERVAL}
 done
-rm -f /root/quorum.tar.gz
-echo "phases $t0 $t1 $t2 $t3 $(date +%s.%N)"
 """
 
 
-BASELINE_REMOVE_SCRIPT = f"""
-if [ -L /etc/service/quorum ]; then
+def remove_script(manager: str) -> str:
+    if manager == "systemd":
+        stop = """systemctl disable --now --quiet quorum.service 2>/dev/null || true
+rm -f /etc/systemd/system/quorum.service
+systemctl daemon-reload"""
+    else:
+        stop = """if [ -L /etc/service/quorum ]; then
   sv down /etc/sv/quorum >/dev/null 2>&1 || true
   rm /etc/service/quorum
   sv exit /etc/sv/quorum >/dev/null 2>&1 || true
   i=0; while sv status /etc/sv/quorum >/dev/null 2>&1 && [ "$i" -lt 100 ]; do i=$((i+1)); sleep 0.1; done
 fi
-rm -rf /etc/sv/quorum {INSTALL_DIR}
+rm -rf /etc/sv/quorum"""
+    return f"{stop}\nrm -rf {INSTALL_DIR}\n"
+
+
+# One server of the floor, run by `xargs -P`: $1 = name, then addr, port, release; the rest
+# comes from the environment (the known_hosts, the work dir). Values never reach the script text.
+FLOOR_ONE = r"""
+set -eu
+name=$1 addr=$2 port=$3
+sock="$WORK/cm-$name"
+opts="-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes"
+opts="$opts -o UserKnownHostsFile=$KNOWN_HOSTS -o ControlPath=$sock"
+ssh $opts -o ControlMaster=yes -o ControlPersist=60 -fN -p "$port" "deploy@$addr"
+ssh $opts -p "$port" "deploy@$addr" 'rm -rf bench-staging && mkdir -m 700 bench-staging'
+scp -q -r $opts -P "$port" "$WORK/quorum.tar.gz" "deploy@$addr:bench-staging/quorum.tar.gz"
+scp -q -r $opts -P "$port" "$WORK/overlay/$name" "deploy@$addr:bench-staging/overlay"
+ssh $opts -p "$port" "deploy@$addr" 'sudo -n sh -s' <"$WORK/install-$name.sh"
+ssh $opts -O exit -p "$port" "deploy@$addr" 2>/dev/null
 """
 
 
-class DeployFailed(Exception):
-    """flinger reported a failed server: the run is not a measurement, but worth reporting."""
-
-
-class DeployBench:
-    """One sandbox, the built package, and the two ways of deploying it to node1..nodeN."""
-
-    def __init__(self, state: SandboxState, work: Path) -> None:
+class Bench:
+    def __init__(self, state: SandboxState, work: Path, nodes: list[str]) -> None:
         self.state = state
         self.work = work
+        self.nodes = nodes
         self.env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
-        self.tarball = work / "quorum.tar.gz"
-        self.runs = 0
-        self.failures: list[str] = []  # flinger runs that failed and were retried
+        self.config = state.config_path
+        self.manager = state.init
+        self.files: dict[str, str] = {}
+        self.rounds = 0
 
-    def flinger_timed(self, config: Path, action: str, nodes: list[str], changed: bool | None) -> float | None:
-        """Seconds of one successful run; a failed one is reported, cleaned up when it was an
-        install from scratch, and tried again; None when every attempt failed."""
-        for attempt in range(FLINGER_ATTEMPTS):
-            try:
-                return timed(lambda: self.flinger_deploy(config, action, nodes, changed))
-            except DeployFailed as failure:
-                self.failures.append(f"{len(nodes)} servers: {failure}")
-                print(f"    FAILED (attempt {attempt + 1}), retrying: {failure}", flush=True)
-                if action == "install" and changed:
-                    self.flinger_deploy(config, "clean", nodes, None)
-                    self.assert_nothing_serves(nodes)
-        self.failures.append(f"{len(nodes)} servers: deploy {action} gave up after {FLINGER_ATTEMPTS} attempts")
-        return None
-
-    def flinger(self, config: Path, *args: str) -> str:
-        return checked([sys.executable, "-m", "flinger", "-c", str(config), *args], self.env)
+    def flinger(self, *args: str) -> str:
+        return checked([sys.executable, "-m", "flinger", "-c", str(self.config), *args], self.env)
 
     def prepare(self) -> None:
-        """trust, sync and build once; copy the tarball out of the builder's artifacts dir."""
-        main = self.state.config_path
-        for step in (["trust"], ["sync"], ["build", "package"]):
-            self.flinger(main, *step)
-        # The builder's /root is the bind mount of <sandbox>/hosts/build1/root.
-        built = self.state.directory / "hosts" / "build1" / "root" / "src" / "out" / "packages" / "quorum.tar.gz"
-        shutil.copyfile(built, self.tarball)
+        for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
+            self.flinger(*step)
+        addr, port = self.state.hosts["build1"]
+        built = f"deploy@{addr}:src/out/packages/quorum.tar.gz"
+        checked(["scp", "-q", *self.ssh_options(), "-P", str(port), built, str(self.work / "quorum.tar.gz")], self.env)
+        overlay = self.config.parent / ".flinger" / "sandbox" / "overlay"
+        shutil.copytree(overlay, self.work / "overlay")
+        topology = load_topology(self.config)
+        plans = plan_deploy(topology, load_manifest(topology.manifest_path), topology.deployment_servers())
+        (service,) = [s for s in plans[0].services if s.name == "quorum"]
+        self.files = dict(service.files)
+        (self.work / "floor-one.sh").write_text(FLOOR_ONE)
 
-    def config_for(self, n: int) -> Path:
-        """A deploy.toml in its own dir (so its overlay state is its own) deploying node1..nodeN,
-        or node1 and node2 for N = 1: with a single deployment server `overlay` makes no share,
-        and a quorum node without share.json does not start."""
-        directory = self.work / f"n{n}"
-        directory.mkdir(mode=0o700)
-        doc = tomlkit.parse(self.state.config_path.read_text())
-        deployed = self.state.nodes[: max(n, 2)]
-        doc["deployment"]["servers"] = deployed
-        doc["deployment"]["threshold"] = len(deployed) // 2 + 1
-        path = directory / "deploy.toml"
-        path.write_text(tomlkit.dumps(doc))
-        self.flinger(path, "overlay")
-        return path
-
-    def flinger_deploy(self, config: Path, action: str, nodes: list[str], changed: bool | None) -> None:
-        argv = [sys.executable, "-m", "flinger", "-c", str(config), "--json", "deploy", action,
-                "--servers", ",".join(nodes)]  # fmt: skip
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, env=self.env, stdin=subprocess.DEVNULL,
-                                  timeout=FLINGER_TIMEOUT)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise DeployFailed(f"deploy {action}: still running after {FLINGER_TIMEOUT} s, killed") from None
-        try:
-            report = json.loads(done.stdout)
-        except ValueError:
-            raise SystemExit(f"deploy {action}: no JSON report ({done.returncode}): {done.stderr[-3000:]}") from None
-        failed = [s for s in report.get("servers", []) if s.get("status") != "ok"]
-        if report.get("exit_status") != 0 and failed:
-            raise DeployFailed(f"deploy {action}: " + "; ".join(
-                f"{s['server']} at {s.get('step')}: {s.get('message')} ({' | '.join(s.get('tail') or [])[:300]})"
-                for s in failed))  # fmt: skip
-        servers = report["servers"]
-        if report["exit_status"] != 0 or sorted(s["server"] for s in servers) != sorted(nodes):
-            raise SystemExit(f"deploy {action} did not succeed on exactly {nodes}: {json.dumps(report)[:3000]}")
-        if any(s["status"] != "ok" for s in servers):
-            raise SystemExit(f"deploy {action} failed on a server: {json.dumps(report)[:3000]}")
-        if changed is not None and any(bool(s["details"].get("changed")) != changed for s in servers):
-            raise SystemExit(f"deploy {action}: expected changed={changed}: {json.dumps(report)[:3000]}")
-
-    def ssh_argv(self, name: str) -> list[str]:
+    def ssh_options(self) -> list[str]:
         return ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={self.state.known_hosts}"]  # fmt: skip
 
-    def baseline_install(self, config: Path, nodes: list[str]) -> dict[str, float]:
-        """Install on each node in turn; return the seconds spent in each phase on the servers
-        (summed over the nodes)."""
-        self.runs += 1
-        phases = dict.fromkeys(PHASES, 0.0)
-        release = f"bench-{os.getpid()}-{self.runs}"
-        overlay_root = config.parent / ".flinger" / "sandbox" / "overlay"
-        for name in nodes:
-            addr, port = self.state.hosts[name]
-            checked(["scp", "-q", "-rp", *self.ssh_argv(name), "-P", str(port),
-                     str(self.tarball), str(overlay_root / name), f"root@{addr}:/root/"], self.env)  # fmt: skip
-            out = checked(["ssh", *self.ssh_argv(name), "-p", str(port), f"root@{addr}", "sh", "-s"], self.env,
-                          stdin=baseline_install_script(name, addr, release))  # fmt: skip
-            stamps = [float(t) for t in out.split("phases ", 1)[1].split()]
-            for phase, start, end in zip(PHASES, stamps[:-1], stamps[1:], strict=True):
-                phases[phase] += end - start
-        return phases
+    def flinger_deploy(self, action: str, changed: bool | None) -> float:
+        start = time.perf_counter()
+        out = self.flinger("--json", "deploy", action)
+        seconds = time.perf_counter() - start
+        report = json.loads(out)
+        servers = report["servers"]
+        if report["exit_status"] != 0 or sorted(s["server"] for s in servers) != sorted(self.nodes):
+            raise SystemExit(f"deploy {action} did not succeed on exactly {self.nodes}: {out[:3000]}")
+        if changed is not None and any(bool(s["details"].get("changed")) != changed for s in servers):
+            raise SystemExit(f"deploy {action}: expected changed={changed}: {out[:3000]}")
+        return seconds
 
-    def baseline_remove(self, nodes: list[str]) -> None:
-        for name in nodes:
+    def floor(self) -> float:
+        self.rounds += 1
+        release = f"floor-{os.getpid()}-{self.rounds}"
+        lines = []
+        for name in self.nodes:
             addr, port = self.state.hosts[name]
-            checked(["ssh", *self.ssh_argv(name), "-p", str(port), f"root@{addr}", "sh", "-s"], self.env,
-                    stdin=BASELINE_REMOVE_SCRIPT)  # fmt: skip
+            (self.work / f"install-{name}.sh").write_text(
+                install_script(self.manager, self.files, addr, release, "/home/deploy/bench-staging"))
+            lines.append(f"{name} {addr} {port}")
+        env = {**self.env, "WORK": str(self.work), "KNOWN_HOSTS": str(self.state.known_hosts)}
+        argv = ["xargs", "-P", str(len(self.nodes)), "-L", "1", "sh", str(self.work / "floor-one.sh")]
+        start = time.perf_counter()
+        checked(argv, env, stdin="\n".join(lines) + "\n")
+        return time.perf_counter() - start
 
-    def assert_nothing_serves(self, nodes: list[str]) -> None:
-        """A quorum left running would answer the next health check: refuse to measure then."""
-        deadline = time.monotonic() + 10
-        while busy := [n for n in nodes if listening(self.state.hosts[n].addr, QUORUM_PORT)]:
+    def floor_remove(self) -> None:
+        for name in self.nodes:
+            addr, port = self.state.hosts[name]
+            checked(["ssh", *self.ssh_options(), "-p", str(port), f"deploy@{addr}", "sudo -n sh -s"], self.env,
+                    stdin=remove_script(self.manager))  # fmt: skip
+
+    def assert_nothing_serves(self) -> None:
+        deadline = time.monotonic() + 15
+        while busy := [n for n in self.nodes if listening(self.state.hosts[n].addr, QUORUM_PORT)]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"quorum still serving on {busy} after removal")
             time.sleep(0.2)
 
 
-# label -> phase -> one sum per run; "scp+ssh" is what the phases on the servers do not cover.
-Breakdown = dict[str, dict[str, list[float]]]
-
-
-def measure(bench: DeployBench, n: int, repeat: int) -> tuple[dict[str, list[float]], Breakdown]:
-    nodes = bench.state.nodes[:n]
-    config = bench.config_for(n)
-    times: dict[str, list[float]] = {k: [] for k in ("fresh", "rerun", "clean", "ssh fresh", "ssh again")}
-    breakdown: Breakdown = {k: {p: [] for p in ("scp+ssh", *PHASES)} for k in ("ssh fresh", "ssh again")}
-    last: dict[str, float | None] = {}  # this repetition's figures, for the progress line
-    for rep in range(repeat):
-        last.clear()
-
-        def flinger_round() -> None:
-            bench.assert_nothing_serves(nodes)
-            for label, action, changed in (("fresh", "install", True), ("rerun", "install", False),
-                                           ("clean", "clean", None)):  # fmt: skip
-                seconds = last[label] = bench.flinger_timed(config, action, nodes, changed)
-                if seconds is not None:
-                    times[label].append(seconds)
-
-        def ssh_round() -> None:
-            bench.assert_nothing_serves(nodes)
-            for label in ("ssh fresh", "ssh again"):
-                start = time.perf_counter()
-                phases = bench.baseline_install(config, nodes)
-                times[label].append(time.perf_counter() - start)
-                last[label] = times[label][-1]
-                breakdown[label]["scp+ssh"].append(times[label][-1] - sum(phases.values()))
-                for phase, seconds in phases.items():
-                    breakdown[label][phase].append(seconds)
-            bench.baseline_remove(nodes)
-
-        for run in (flinger_round, ssh_round) if rep % 2 == 0 else (ssh_round, flinger_round):
-            run()
-        print(f"  {n:>3} servers, repetition {rep + 1}: "
-              + ", ".join(f"{k} failed" if v is None else f"{k} {v:.2f} s" for k, v in last.items()),
-              flush=True)  # fmt: skip
-    return times, breakdown
-
-
-def print_table(results: dict[int, dict[str, list[float]]], breakdowns: dict[int, Breakdown]) -> None:
-    med = {n: {k: statistics.median(v) if v else float("nan") for k, v in r.items()} for n, r in results.items()}
-    first = min(med)
-    print()
-    print("| servers | reps | flinger fresh (s) | ssh fresh (s) | fresh: flinger / ssh "
-          "| flinger rerun (s) | ssh again (s) | rerun: flinger / ssh | flinger clean (s) "
-          "| growth fresh flinger / ssh |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for n, m in sorted(med.items()):
-        print(
-            f"| {n} | {len(results[n]['fresh'])} | {m['fresh']:.2f} | {m['ssh fresh']:.2f} "
-            f"| {m['fresh'] / m['ssh fresh']:.2f} | {m['rerun']:.2f} | {m['ssh again']:.2f} "
-            f"| {m['rerun'] / m['ssh again']:.2f} | {m['clean']:.2f} "
-            f"| x{m['fresh'] / med[first]['fresh']:.2f} / x{m['ssh fresh'] / med[first]['ssh fresh']:.2f} |"
-        )
-    print("\nssh baseline, where the time goes (median over runs of the sum over servers, s):")
-    print("| servers | run | " + " | ".join(("scp+ssh", *PHASES)) + " |")
-    print("|---|---|" + "---|" * (len(PHASES) + 1))
-    for n, per_label in sorted(breakdowns.items()):
-        for label, phases in per_label.items():
-            print(f"| {n} | {label} | " + " | ".join(f"{statistics.median(v):.2f}" for v in phases.values()) + " |")
-    print("\nall runs (s):")
-    for n, r in sorted(results.items()):
-        print(f"  {n}: " + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in r.items()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1,4,8,16", help="numbers of servers, comma separated")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions per size (median reported)")
-    parser.add_argument("--repeat-large", type=int, default=1, help="repetitions for sizes >= --large-from")
-    parser.add_argument("--large-from", type=int, default=16, help="first size counted as large")
-    parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-deploy-{os.getpid()}"),
-                        help="sandbox directory (not under /root, /opt, /srv)")
-    parser.add_argument("--base-addr", default="127.77.201.0", help="sandbox address range (hosts get base+1..)")
-    parser.add_argument("--keep-logs", type=Path, help="copy flinger's per-server deploy logs here, per size")
+    parser.add_argument("--init", choices=("runit", "systemd"), default="systemd")
+    parser.add_argument("--servers", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-deploy-{os.getpid()}"))
+    parser.add_argument("--base-addr", default="127.77.201.0")
     args = parser.parse_args()
-    sizes = sorted({int(s) for s in args.sizes.split(",")})
     if os.geteuid() != 0:
         raise SystemExit("the sandbox needs root")
     if args.dir.exists():
         raise SystemExit(f"{args.dir} exists: give a fresh --dir")
-
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
-    print(f"sandbox: {max(sizes) + 1} hosts in {args.dir}; sizes {sizes}", flush=True)
+    print(f"sandbox: {args.servers + 1} {args.init} hosts in {args.dir}", flush=True)
     try:
-        state = sandbox.up(args.dir, max(sizes) + 1, base_addr=args.base_addr)
+        state = sandbox.up(args.dir, args.servers + 1, base_addr=args.base_addr, init=args.init)
         work = args.dir / "bench"
         work.mkdir(mode=0o700)
-        bench = DeployBench(state, work)
+        bench = Bench(state, work, state.nodes)
         bench.prepare()
-        print(f"package: {bench.tarball.stat().st_size} bytes", flush=True)
-        results, breakdowns = {}, {}
-        for n in sizes:
-            results[n], breakdowns[n] = measure(bench, n, args.repeat_large if n >= args.large_from else args.repeat)
+        print(f"package: {(work / 'quorum.tar.gz').stat().st_size} bytes", flush=True)
+        labels = ("flinger fresh", "flinger again", "floor fresh", "floor again")
+        times: dict[str, list[float]] = {k: [] for k in labels}
+        for rep in range(args.repeat):
+
+            def flinger_round() -> None:
+                bench.assert_nothing_serves()
+                times["flinger fresh"].append(bench.flinger_deploy("install", True))
+                times["flinger again"].append(bench.flinger_deploy("install", False))
+                bench.flinger_deploy("clean", None)
+
+            def floor_round() -> None:
+                bench.assert_nothing_serves()
+                times["floor fresh"].append(bench.floor())
+                times["floor again"].append(bench.floor())
+                bench.floor_remove()
+
+            for run in (flinger_round, floor_round) if rep % 2 == 0 else (floor_round, flinger_round):
+                run()
+            done = ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
+            print(f"  repetition {rep + 1}: {done}", flush=True)
         print(f"load average after: {os.getloadavg()}")
-        print_table(results, breakdowns)
-        print(f"\nflinger runs that failed and were retried: {len(bench.failures)}")
-        for failure in bench.failures:
-            print(f"  {failure}")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"\n| {args.init} servers | reps | flinger fresh (s) | floor fresh (s) | fresh: flinger / floor "
+              "| flinger no-change (s) | floor again (s) | no-change: flinger / floor again "
+              "| no-change / fresh (flinger) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| {args.servers} | {args.repeat} | {med['flinger fresh']:.2f} | {med['floor fresh']:.2f} "
+              f"| {med['flinger fresh'] / med['floor fresh']:.2f} | {med['flinger again']:.2f} "
+              f"| {med['floor again']:.2f} | {med['flinger again'] / med['floor again']:.2f} "
+              f"| {med['flinger again'] / med['flinger fresh']:.2f} |")  # fmt: skip
+        print("\nall runs (s): " + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in times.items()))
     finally:
-        if args.keep_logs is not None:
-            for logs in sorted((args.dir / "bench").glob("n*/.flinger/sandbox/logs")):
-                shutil.copytree(logs, args.keep_logs / logs.parents[2].name, dirs_exist_ok=True)
         sandbox.down(args.dir, purge=True)
-        shutil.rmtree(args.dir / "bench", ignore_errors=True)  # ours; purge leaves the dir if not empty
-        args.dir.rmdir()
+        shutil.rmtree(args.dir / "bench", ignore_errors=True)
+        if args.dir.exists():
+            args.dir.rmdir()
 
 
 if __name__ == "__main__":

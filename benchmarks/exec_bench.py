@@ -8,7 +8,7 @@ of max(sizes) + 1 hosts (the first is the builder, never used here), trusts the 
 then per size and repetition times, as wall clock of the whole subprocess:
   flinger    `python -m flinger --json exec true --servers node1,..,nodeN` (the real CLI,
              parallel fan-out over paramiko; interpreter start and imports included)
-  baseline   `ssh -F /dev/null -o BatchMode=yes ... root@ADDR true` for node1..nodeN, one
+  baseline   `ssh -F /dev/null -o BatchMode=yes ... deploy@ADDR true` for node1..nodeN, one
              after another (a fresh OpenSSH connection per host, strict host keys)
 and, repeat times, the CLI floor: `python -c "import paramiko, flinger.cli.app"` (interpreter
 start and the imports every SSH command pays, no network). The order of flinger and baseline
@@ -78,7 +78,7 @@ class ExecBench:
                 [
                     "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                     "-o", f"UserKnownHostsFile={self.state.known_hosts}",
-                    "-p", str(port), f"root@{addr}", "true",
+                    "-p", str(port), f"deploy@{addr}", "true",
                 ],
                 self.env,
             )  # fmt: skip
