@@ -54,11 +54,30 @@ class ConfigError(FlingerError):
         self.file = str(file) if file is not None else None
         self.line = line
         self.key = key
+        self.reason = message  # without file, line and key
         where = ""
         if self.file is not None:
             where = self.file if line is None else f"{self.file}:{line}"
         prefix = ": ".join(p for p in (where, key) if p)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class ConfigErrors(ConfigError):
+    """Several errors in input files, each one line; `check` reports them all."""
+
+    def __init__(self, errors: list[ConfigError], *, total: int | None = None) -> None:
+        self.errors = errors
+        self.total = total if total is not None else len(errors)
+        first = errors[0]
+        super().__init__(first.message)
+        self.message = first.message
+        self.file, self.line, self.key = first.file, first.line, first.key
+
+    def lines(self) -> list[str]:
+        out = [e.message for e in self.errors]
+        if self.total > len(self.errors):
+            out.append(f"... and {self.total - len(self.errors)} more errors")
+        return out
 
 
 class UnreachableError(FlingerError):

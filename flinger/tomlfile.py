@@ -8,53 +8,161 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomlkit
 import tomlkit.exceptions
 
-from flinger.errors import ConfigError
+from flinger.errors import ConfigError, ConfigErrors
+from flinger.values import text_problem
 
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEYLINE = re.compile(
-    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
-)
+MAX_ERRORS = 20  # reported for one file; the rest are counted
 
-
-def _split_key(raw: str) -> list[str]:
-    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", raw)
-    return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def line_index(text: str) -> dict[str, int]:
-    """Map each dotted key (and table) to the 1-based line where it is written.
+class LineIndex(dict[str, int]):
+    """Dotted key (and table) -> the 1-based line where it is written; `duplicates` holds the
+    line of each key written a second time in the same table."""
 
-    Arrays of tables are indexed by position: `packages.a.overlay.0.template`.
-    """
-    lines: dict[str, int] = {}
+    def __init__(self) -> None:
+        super().__init__()
+        self.duplicates: dict[str, int] = {}
+
+
+def _read_key(line: str, i: int) -> tuple[list[str], int] | None:
+    """A dotted key (bare or quoted parts) from line[i:], and where it ends; None if none."""
+    parts: list[str] = []
+    while True:
+        while i < len(line) and line[i] in " \t":
+            i += 1
+        if i < len(line) and line[i] in "\"'":
+            quote = line[i]
+            j = i + 1
+            while j < len(line) and line[j] != quote:
+                j += 2 if quote == '"' and line[j] == "\\" else 1
+            if j >= len(line):
+                return None
+            parts.append(line[i + 1 : j])
+            i = j + 1
+        else:
+            match = _BARE.match(line, i)
+            if match is None:
+                return None
+            parts.append(match.group())
+            i = match.end()
+        while i < len(line) and line[i] in " \t":
+            i += 1
+        if i < len(line) and line[i] == ".":
+            i += 1
+            continue
+        return parts, i
+
+
+class _Scanner:
+    """Where values end: strings (one- and multi-line), comments and brackets, across lines."""
+
+    def __init__(self) -> None:
+        self.open_string: str | None = None  # the delimiter of a multi-line string being read
+        self.depth = 0  # arrays and inline tables still open
+
+    @property
+    def inside_value(self) -> bool:
+        return self.open_string is not None or self.depth > 0
+
+    def scan(self, line: str, i: int) -> None:
+        while i < len(line):
+            if self.open_string is not None:
+                end = line.find(self.open_string, i)
+                while end > 0 and self.open_string == '\"\"\"' and _escaped(line, end):
+                    end = line.find(self.open_string, end + 1)
+                if end < 0:
+                    return
+                i = end + 3
+                while i < len(line) and line[i] == self.open_string[0]:
+                    i += 1  # up to two quotes may end the string's content
+                self.open_string = None
+                continue
+            char = line[i]
+            if char == "#":
+                return
+            if line.startswith(('\"\"\"', "\'\'\'"), i):
+                self.open_string = line[i : i + 3]
+                i += 3
+                continue
+            if char in "\"'":
+                j = i + 1
+                while j < len(line) and line[j] != char:
+                    j += 2 if char == '"' and line[j] == "\\" else 1
+                i = j + 1
+                continue
+            if char in "[{":
+                self.depth += 1
+            elif char in "]}":
+                self.depth = max(0, self.depth - 1)
+            i += 1
+
+
+def _escaped(line: str, at: int) -> bool:
+    backslashes = 0
+    while at - backslashes - 1 >= 0 and line[at - backslashes - 1] == "\\":
+        backslashes += 1
+    return backslashes % 2 == 1
+
+
+def line_index(text: str) -> LineIndex:
+    """Map each dotted key (and table) to the line where it is written, reading strings,
+    comments and multi-line values as TOML does (a key-like line inside a multi-line string
+    is no key). Arrays of tables are indexed by position: `packages.a.overlay.0.template`."""
+    lines = LineIndex()
+    text = text.removeprefix("\ufeff")
     prefix: list[str] = []
     aot_counts: dict[str, int] = {}
+    headers: set[str] = set()
+    values: set[str] = set()  # keys given a value (not a table) by `key = value`
+    scanner = _Scanner()
     for number, line in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(line)
-        if header and not line.lstrip().startswith("#"):
-            prefix = _split_key(header.group(1))
+        if scanner.inside_value:
+            scanner.scan(line, 0)
+            continue
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("["):
+            double = stripped.startswith("[[")
+            key = _read_key(stripped, 2 if double else 1)
+            if key is None:
+                continue
+            prefix = key[0]
             dotted = ".".join(prefix)
-            if line.lstrip().startswith("[["):
+            if double:
                 count = aot_counts.get(dotted, 0)
                 aot_counts[dotted] = count + 1
                 prefix = [*prefix, str(count)]
+            elif dotted in headers:
+                lines.duplicates.setdefault(dotted, number)
+            for i in range(1, len(key[0]) + 1):  # a header inside a key that holds a value
+                if ".".join(key[0][:i]) in values:
+                    lines.duplicates.setdefault(".".join(key[0][:i]), number)
+            headers.add(".".join(prefix))
             lines.setdefault(".".join(prefix), number)
             for i in range(1, len(prefix)):
                 lines.setdefault(".".join(prefix[:i]), number)
             continue
-        key = _KEYLINE.match(line)
-        if key:
-            full = [*prefix, *_split_key(key.group(1))]
-            for i in range(1, len(full) + 1):
-                lines.setdefault(".".join(full[:i]), number)
+        key = _read_key(line, 0)
+        if key is None or key[1] >= len(line) or line[key[1]] != "=":
+            continue
+        full = [*prefix, *key[0]]
+        dotted = ".".join(full)
+        if dotted in lines and lines[dotted] != number:
+            lines.duplicates.setdefault(dotted, number)
+        values.add(dotted)
+        for i in range(1, len(full) + 1):
+            lines.setdefault(".".join(full[:i]), number)
+        scanner.scan(line, key[1] + 1)
     return lines
 
 
@@ -75,7 +183,7 @@ class TomlFile:
 
     path: Path
     data: dict[str, Any]
-    lines: dict[str, int]
+    lines: LineIndex
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(message, file=self.path, line=locate(self.lines, key), key=key or None)
@@ -89,19 +197,64 @@ class TomlFile:
 
 
 def load_toml(path: Path) -> TomlFile:
-    """Parse `path`; a missing file or a syntax error is a ConfigError (exit 2)."""
+    """Parse `path`; any bytes at all give a TomlFile or a ConfigError (exit 2), nothing else."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("file not found", file=path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a file", file=path) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=path) from None
     try:
-        doc = tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot be decoded"
+        raise ConfigError(message, file=path, line=line) from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write
+    lines = line_index(text)
+    try:
+        # unwrap() too can find a key written twice (in a table split over two headers).
+        data = tomlkit.parse(text).unwrap()
+    except (tomlkit.exceptions.ParseError, tomlkit.exceptions.KeyAlreadyPresent) as exc:
         message = str(exc).split(" at line ")[0]
-        raise ConfigError(f"invalid TOML: {message}", file=path, line=exc.line) from None
-    return TomlFile(path=path, data=doc.unwrap(), lines=line_index(text))
+        dotted = next(iter(lines.duplicates), None)
+        if "already exists" in message:  # tomlkit's line is where it noticed, not the key's
+            raise ConfigError(
+                f"invalid TOML: {message.rstrip('.')} (a key may be set once per table)",
+                file=path, line=lines.duplicates.get(dotted) if dotted else None, key=dotted,
+            ) from None
+        raise ConfigError(f"invalid TOML: {message}", file=path, line=getattr(exc, "line", None)) from None
+    except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        # tomlkit refuses some documents with other errors than ParseError (e.g. a key that
+        # is both a table and a value): still bad input, never a crash.
+        raise ConfigError(f"invalid TOML: {exc or type(exc).__name__}", file=path) from None
+    return TomlFile(path=path, data=data, lines=lines)
+
+
+T = TypeVar("T")
+
+
+class Collector:
+    """Errors of one file, so that `check` reports each of them, not just the first."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def attempt(self, load: Callable[[], T]) -> T | None:
+        """load(); a ConfigError is kept (None returned) and loading goes on."""
+        try:
+            return load()
+        except ConfigErrors as many:
+            self.errors.extend(many.errors)
+        except ConfigError as error:
+            self.errors.append(error)
+        return None
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise ConfigErrors(self.errors[:MAX_ERRORS], total=len(self.errors))
 
 
 def _kind(value: Any) -> str:
@@ -165,6 +318,35 @@ class Fields:
             raise self.error(name, f"expected a string, got {_kind(value)}")
         if not value.strip():
             raise self.error(name, "must not be empty")
+        self.check_text(name, value)
+        return value
+
+    def check_text(self, name: str, value: str) -> None:
+        problem = text_problem(value)
+        if problem is not None:
+            raise self.error(name, problem)
+
+    def checked(self, name: str, value: str, problem: str | None) -> str:
+        """`value` when `problem` (from flinger.values) is None, else the error for `name`."""
+        if problem is not None:
+            raise self.error(name, problem)
+        return value
+
+    def tables(self, name: str) -> dict[str, Any]:
+        """A table of tables ([name.X] sections): X -> its table (each checked by the caller)."""
+        value = self._get(name, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(name, f"expected a table ([{self.key(name)}.NAME] sections), got {_kind(value)}")
+        return value
+
+    def array(self, name: str, what: str) -> list[Any]:
+        value = self._get(name, False)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(name, f"expected {what}, got {_kind(value)}")
         return value
 
     def opt_str(self, name: str) -> str | None:
@@ -215,6 +397,7 @@ class Fields:
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise self.error(f"{name}.{i}", f"expected a string, got {_kind(item)}")
+            self.check_text(f"{name}.{i}", item)
         return tuple(value)
 
     def str_map(self, name: str) -> dict[str, str]:
@@ -227,6 +410,8 @@ class Fields:
         for k, v in value.items():
             if isinstance(v, bool) or not isinstance(v, str | int | float):
                 raise self.error(f"{name}.{k}", f"expected a string, got {_kind(v)}")
+            self.check_text(f"{name}.{k}", k)
+            self.check_text(f"{name}.{k}", str(v))
             out[k] = str(v)
         return out
 

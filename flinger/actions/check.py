@@ -6,9 +6,12 @@ import glob
 from dataclasses import dataclass, field
 from typing import Any
 
+from flinger.actions.deploy_plan import plan_deploy
+from flinger.errors import ConfigError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest
-from flinger.topology.model import Topology
+from flinger.tomlfile import Collector
+from flinger.topology.model import Server, Topology
 
 
 @dataclass
@@ -62,9 +65,9 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
         )
     held = {role for s in deploy for role in s.roles}
     for pkg in manifest.packages.values():
-        for role in pkg.roles:
+        for i, role in enumerate(pkg.roles):
             if role != "*" and role not in held:
-                where = f"{manifest.path}:{pkg.line or '?'}: packages.{pkg.name}.roles"
+                where = manifest_error(manifest, f"packages.{pkg.name}.roles.{i}", "").message.rstrip(": ")
                 report.warnings.append(f'{where}: no deployment server has role "{role}"')
         if pkg.source.type == "local" and not pkg.source.build:
             # Without build commands every path must already exist in the client's tree.
@@ -92,8 +95,26 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
                 ",".join(getting) or "-",
             )
         )
+    _render_every_service(topology, manifest, deploy)
     for spec in manifest.secrets.values():
         for role in (*spec.roles, *spec.visible_to):
             if role != "*" and role not in held:
                 report.warnings.append(f'{manifest.path}: secrets.{spec.name}: no deployment server has role "{role}"')
     return report
+
+
+def _render_every_service(topology: Topology, manifest: Manifest, deploy: list[Server]) -> None:
+    """Render each server's services as `deploy` would, so an undefined placeholder or a value
+    a unit file cannot hold is found now, with its file, line and key, not mid-deploy. The
+    same error on several servers is said once."""
+    errors = Collector()
+    seen: set[tuple[str | None, str]] = set()
+    for server in deploy:
+        try:
+            plan_deploy(topology, manifest, [server])
+        except ConfigError as exc:
+            what = (exc.key, exc.reason.split(" (rendering it for server")[0])
+            if what not in seen:
+                seen.add(what)
+                errors.errors.append(exc)
+    errors.raise_any()

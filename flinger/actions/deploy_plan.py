@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flinger.errors import FlingerError
+from flinger.errors import ConfigError, FlingerError
+from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Package
 from flinger.topology.model import Server, Topology
 
@@ -159,10 +160,43 @@ def _overlay_owner(packages: list[Package]) -> dict[str, str] | None:
     return {"user": user, "group": group}
 
 
-def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -> list[ServerPlan]:
-    """Per-server plans, in wave order then topology order."""
+def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServicePlan:
     from flinger.service_render import render_health, render_service, resolve_service
 
+    assert pkg.service is not None
+    context = template_context(topology, server, pkg)
+    smf_dir = topology.source_dir / "smf" / pkg.service_name
+    files = render_service(
+        pkg.service,
+        pkg.service_name,
+        server.service_manager,
+        context,
+        override_dir=smf_dir if smf_dir.is_dir() else None,
+    )
+    resolved = resolve_service(pkg.service, pkg.service_name, context)
+    return ServicePlan(
+        name=pkg.service_name,
+        package=pkg.name,
+        manager=server.service_manager,
+        files=files,
+        after=list(pkg.service.after),
+        health=render_health(pkg.service, context, pkg.service_name),
+        log_files=[resolved["log_file"]] if resolved["log_file"] else [],
+    )
+
+
+def _in_manifest(manifest: Manifest, package: str, server: str, exc: ConfigError) -> ConfigError:
+    """A rendering error as the manifest's own: its file, the line and the real key path
+    (`services.NAME.command` is `packages.PKG.service.command` there), and for which server."""
+    if exc.file is not None:  # already names its file (a shipped smf/ override)
+        return exc
+    parts = (exc.key or "").split(".", 2)
+    key = f"packages.{package}.service" + (f".{parts[2]}" if len(parts) == 3 else "")
+    return manifest_error(manifest, key, f"{exc.reason} (rendering it for server {server})")
+
+
+def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -> list[ServerPlan]:
+    """Per-server plans, in wave order then topology order."""
     packages = {s.name: manifest.packages_for(s.roles) for s in servers}
     waves = _waves(manifest, packages)
     plans = []
@@ -178,28 +212,10 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
         for pkg in packages[server.name]:
             if pkg.service is None:
                 continue
-            context = template_context(topology, server, pkg)
-            smf_dir = topology.source_dir / "smf" / pkg.service_name
-            files = render_service(
-                pkg.service,
-                pkg.service_name,
-                server.service_manager,
-                context,
-                override_dir=smf_dir if smf_dir.is_dir() else None,
-            )
-            resolved = resolve_service(pkg.service, pkg.service_name, context)
-            log_files = [resolved["log_file"]] if resolved["log_file"] else []
-            services.append(
-                ServicePlan(
-                    name=pkg.service_name,
-                    package=pkg.name,
-                    manager=server.service_manager,
-                    files=files,
-                    after=list(pkg.service.after),
-                    health=render_health(pkg.service, context, pkg.service_name),
-                    log_files=log_files,
-                )
-            )
+            try:
+                services.append(_service_plan(topology, server, pkg))
+            except ConfigError as exc:
+                raise _in_manifest(manifest, pkg.name, server.name, exc) from None
         plan = ServerPlan(
             server=server.name,
             addr=server.addr,

@@ -7,12 +7,13 @@ FlingerError becomes a one-line message and its exit status here, and nowhere el
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
 from flinger.cli import cmd_build, cmd_deploy, cmd_overlay, cmd_prereqs  # noqa: F401 - they register their commands
 from flinger.cli.app import app
-from flinger.errors import ExitStatus, FlingerError
+from flinger.errors import ConfigErrors, ExitStatus, FlingerError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +23,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
     try:
-        result = command.main(args=argv, prog_name="flinger", standalone_mode=False)
+        result = command.main(args=args, prog_name="flinger", standalone_mode=False)
+    except ConfigErrors as exc:
+        for line in exc.lines():
+            print(f"flinger: error: {line}", file=sys.stderr)
+        return int(exc.exit_status)
     except FlingerError as exc:
         print(f"flinger: error: {exc.message}", file=sys.stderr)
         return int(exc.exit_status)
@@ -40,4 +46,13 @@ def run(argv: list[str] | None = None) -> int:
         else:
             print(f"flinger: error: {exc}", file=sys.stderr)
         return int(ExitStatus.USAGE)
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected error becomes a message
+        if "--traceback" in args:
+            traceback.print_exc()
+        else:
+            # One line: the exception's text may hold values of the input; never its locals.
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            print(f"flinger: internal error: {type(exc).__name__}: {detail}; run again with --traceback "
+                  "to see where", file=sys.stderr)
+        return int(ExitStatus.FAILED)
     return int(result) if isinstance(result, int) else 0

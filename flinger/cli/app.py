@@ -34,6 +34,9 @@ def _global(
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", help="more detail (paths and fingerprints, never secrets)")
     ] = False,
+    traceback: Annotated[
+        bool, typer.Option("--traceback", help="on an internal error, show the Python traceback")
+    ] = False,
 ) -> None:
     ctx.obj = Env(
         config=config, parallel=parallel, json=json_, verbose=verbose, ui=UI(json_mode=json_, verbose=verbose)

@@ -10,6 +10,7 @@ from flinger.manifest import Manifest, load_manifest
 from flinger.ssh import known_hosts
 from flinger.tomlfile import suggest
 from flinger.topology import Topology, find_config, load_topology
+from flinger.topology.loader import config_error
 from flinger.topology.model import Server
 from flinger.ui import UI
 
@@ -34,7 +35,11 @@ class Env:
 
     def manifest(self) -> Manifest:
         if self._manifest is None:
-            self._manifest = load_manifest(self.topology().manifest_path)
+            topology = self.topology()
+            if not topology.manifest_path.is_file():
+                # Say where it was named (deploy.toml's `manifest`, relative to source_dir).
+                raise config_error(topology, "manifest", f"no manifest file at {topology.manifest_path}")
+            self._manifest = load_manifest(topology.manifest_path)
         return self._manifest
 
     def select_servers(self, names: str | None, *, include_builder: bool = False) -> list[Server]:

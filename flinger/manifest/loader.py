@@ -5,6 +5,7 @@ Errors name the manifest file, the line and the package (dotted key); they exit 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from flinger.manifest.model import (
     Service,
     Source,
 )
-from flinger.tomlfile import Fields, TomlFile, line_index, load_toml, locate, suggest
+from flinger.tomlfile import Collector, Fields, TomlFile, line_index, load_toml, locate, suggest
+from flinger.values import name_problem, remote_path_problem, user_problem
 
 TOP_KEYS = ("packages", "secrets", "prereqs")
 PACKAGE_KEYS = ("service_name", "version", "roles", "setup_hint", "source", "service", "overlay")
@@ -51,7 +53,11 @@ PREREQ_KEYS = ("apt", "pkg", "sysctl", "users", "groups", "dirs", "script")
 USER_KEYS = ("name", "group", "home", "system", "shell")
 DIR_KEYS = ("path", "owner", "group", "mode")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._:/@=-]*$")  # apt names (with =version, /release), pkg FMRIs
+_SYSCTL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~_-]*$")
 
 
 def _relative(f: Fields, name: str, value: str) -> str:
@@ -113,19 +119,34 @@ def _service(f: Fields) -> Service:
     limits_f = f.sub("limits", ("nofile", "nproc"))
     limits = {k: limits_f.integer(k, low=1) for k in ("nofile", "nproc") if limits_f.has(k)}
     health = f.sub("health", HEALTH_KEYS) if f.has("health") else None
+    after = f.str_list("after")
+    for i, other in enumerate(after):
+        f.checked(f"after.{i}", other, name_problem(other, "a service name"))
+    environment = f.str_map("environment")
+    for variable in environment:
+        f.checked(f"environment.{variable}", variable,
+                  None if _ENV_NAME.match(variable) else f'"{variable}" is not an environment variable name')
     return Service(
         command=f.string("command", required=True),
         working_dir=f.opt_str("working_dir"),
-        environment=f.str_map("environment"),
+        environment=environment,
         user=f.opt_str("user"),
         group=f.opt_str("group"),
         restart=f.choice("restart", ("always", "on-failure", "no"), "on-failure"),
         restart_sec=f.number("restart_sec", 5.0),
-        after=f.str_list("after"),
+        after=after,
         limits=limits,
         log_file=f.opt_str("log_file"),
         health=_health(health) if health is not None else None,
     )
+
+
+def _roles(f: Fields, name: str, default: tuple[str, ...] = ("*",), *, required: bool = False) -> tuple[str, ...]:
+    roles = f.str_list(name, default, required=required)
+    for i, role in enumerate(roles):
+        if role != "*":
+            f.checked(f"{name}.{i}", role, name_problem(role, "a role name"))
+    return roles
 
 
 def _mode(f: Fields, name: str, default: int) -> int:
@@ -145,6 +166,9 @@ def _package(file: TomlFile, name: str, table: Any) -> Package:
     roles = f.str_list("roles", ("*",))
     if not roles:
         raise f.error("roles", 'name at least one role, or "*" for every server')
+    for i, role in enumerate(roles):
+        if role != "*":
+            f.checked(f"roles.{i}", role, name_problem(role, "a role name"))
     overlay = []
     raw = f.table.get("overlay", [])
     if not isinstance(raw, list):
@@ -155,17 +179,19 @@ def _package(file: TomlFile, name: str, table: Any) -> Package:
             OverlayFile(
                 template=_relative(o, "template", o.string("template", required=True)),
                 dest=_relative(o, "to", o.string("to", required=True)),
-                roles=o.str_list("roles", ("*",)),
+                roles=_roles(o, "roles"),
                 mode=_mode(o, "mode", 0o600),
             )
         )
     service = _service(f.sub("service", SERVICE_KEYS)) if f.has("service") else None
+    service_name = f.string("service_name", name)
+    version = f.string("version", "0.0.0")
     return Package(
         name=name,
-        service_name=f.string("service_name", name),
+        service_name=f.checked("service_name", service_name, name_problem(service_name, "a service name")),
         roles=roles,
         source=_source(f.sub("source", (*SOURCE_KEYS["local"], *SOURCE_KEYS["prebuilt"], "packages"), required=True)),
-        version=f.string("version", "0.0.0"),
+        version=f.checked("version", version, None if _VERSION.match(version) else "is not a version like 1.2.3"),
         setup_hint=f.opt_str("setup_hint"),
         service=service,
         overlay=tuple(overlay),
@@ -176,28 +202,50 @@ def _package(file: TomlFile, name: str, table: Any) -> Package:
 def _prereqs(file: TomlFile, target: str, table: Any) -> Prereqs:
     f = file.table(f"prereqs.{target}", table, PREREQ_KEYS)
     users = []
-    for i, item in enumerate(f.table.get("users", [])):
+    for i, item in enumerate(f.array("users", "an array of { name, group, home, system, shell } tables")):
         u = file.table(f.key(f"users.{i}"), item, USER_KEYS)
-        u.string("name", required=True)
+        user = u.string("name", required=True)
+        u.checked("name", user, user_problem(user))
+        if u.has("group"):
+            group = u.string("group")
+            u.checked("group", group, user_problem(group))
+        for path_key in ("home", "shell"):
+            if u.has(path_key):
+                value = u.string(path_key)
+                u.checked(path_key, value, remote_path_problem(value, home=False))
+        if u.has("system"):
+            u.flag("system", False)
         users.append(dict(u.table))
     dirs = []
-    for i, item in enumerate(f.table.get("dirs", [])):
+    for i, item in enumerate(f.array("dirs", "an array of { path, owner, group, mode } tables")):
         d = file.table(f.key(f"dirs.{i}"), item, DIR_KEYS)
         path = d.string("path", required=True)
-        if not path.startswith("/"):
-            raise d.error("path", f'must be absolute, got "{path}"')
+        d.checked("path", path, remote_path_problem(path, home=False))
+        for owner_key in ("owner", "group"):
+            if d.has(owner_key):
+                owner = d.string(owner_key)
+                d.checked(owner_key, owner, user_problem(owner))
         entry = dict(d.table)
         if "mode" in entry:
             entry["mode"] = _mode(d, "mode", 0o755)
         dirs.append(entry)
     script = f.opt_str("script")
+    apt, pkg, groups = f.str_list("apt"), f.str_list("pkg"), f.str_list("groups")
+    for key, names in (("apt", apt), ("pkg", pkg)):
+        for i, package in enumerate(names):
+            f.checked(f"{key}.{i}", package, None if _PACKAGE.match(package) else f'"{package}" is not a package name')
+    for i, group in enumerate(groups):
+        f.checked(f"groups.{i}", group, user_problem(group))
+    sysctl = f.str_map("sysctl")
+    for setting in sysctl:
+        f.checked(f"sysctl.{setting}", setting, None if _SYSCTL.match(setting) else f'"{setting}" is not a sysctl name')
     return Prereqs(
         target=target,
-        apt=f.str_list("apt"),
-        pkg=f.str_list("pkg"),
-        sysctl=f.str_map("sysctl"),
+        apt=apt,
+        pkg=pkg,
+        sysctl=sysctl,
         users=tuple(users),
-        groups=f.str_list("groups"),
+        groups=groups,
         dirs=tuple(dirs),
         script=_relative(f, "script", script) if script else None,
     )
@@ -229,28 +277,51 @@ def load_manifest(path: Path) -> Manifest:
     """Read and validate a package manifest; errors name file, line and package."""
     file = load_toml(path)
     top = file.table("", file.data, TOP_KEYS)
-    raw = top.table.get("packages")
-    if not isinstance(raw, dict) or not raw:
+    raw = top.tables("packages")
+    if not raw:
         raise file.error("packages", "the manifest defines no packages ([packages.NAME])")
-    packages = {name: _package(file, name, table) for name, table in raw.items()}
-    _check_composites(file, packages)
+    errors = Collector()
+    packages: dict[str, Package] = {}
+    for name, table in raw.items():
+        package = errors.attempt(functools.partial(_package, file, name, table))
+        if package is not None:
+            packages[name] = package
+    errors.raise_any()  # references below need every package
+    errors.attempt(functools.partial(_check_composites, file, packages))
     services = {p.service_name for p in packages.values() if p.service}
     for pkg in packages.values():
         for i, dep in enumerate(pkg.service.after if pkg.service else ()):
             if dep not in services:
-                raise file.error(f"packages.{pkg.name}.service.after.{i}", f'no service named "{dep}"')
+                errors.errors.append(file.error(f"packages.{pkg.name}.service.after.{i}", f'no service named "{dep}"'))
 
-    secrets = {}
-    for name, table in (top.table.get("secrets") or {}).items():
+    def secret(name: str, table: Any) -> SecretSpec:
+        if not _NAME.match(name):
+            raise file.error(f"secrets.{name}", "secret names use letters, digits, '.', '_' and '-'")
         s = file.table(f"secrets.{name}", table, SECRET_KEYS)
-        secrets[name] = SecretSpec(
+        return SecretSpec(
             name=name,
-            roles=s.str_list("roles", required=True),
-            visible_to=s.str_list("visible_to"),
+            roles=_roles(s, "roles", required=True),
+            visible_to=_roles(s, "visible_to", ()),
             nbytes=s.integer("bytes", 32, low=16, high=1024),
         )
-    prereqs = tuple(_prereqs(file, t, table) for t, table in (top.table.get("prereqs") or {}).items())
-    return Manifest(path=str(path), packages=packages, secrets=secrets, prereqs=prereqs)
+
+    def prereq(target: str, table: Any) -> Prereqs:
+        if target != "*" and (problem := name_problem(target, "a role name")) is not None:
+            raise file.error(f"prereqs.{target}", problem)
+        return _prereqs(file, target, table)
+
+    secrets = {}
+    for name, table in top.tables("secrets").items():
+        spec = errors.attempt(functools.partial(secret, name, table))
+        if spec is not None:
+            secrets[name] = spec
+    prereqs = []
+    for target, table in top.tables("prereqs").items():
+        loaded = errors.attempt(functools.partial(prereq, target, table))
+        if loaded is not None:
+            prereqs.append(loaded)
+    errors.raise_any()
+    return Manifest(path=str(path), packages=packages, secrets=secrets, prereqs=tuple(prereqs))
 
 
 def manifest_error(manifest: Manifest, key: str, message: str) -> ConfigError:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 import jinja2
+from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
 from flinger.errors import ConfigError
@@ -66,16 +67,53 @@ class _Undefined(jinja2.StrictUndefined):
         return f"undefined variable: {super()._undefined_message}"
 
 
+def _defined(value: Any) -> Any:
+    """`value`, after failing the way StrictUndefined does if it is (or holds) an undefined
+    variable: a filter such as tojson would otherwise say "_Undefined is not JSON serializable"
+    and never name the variable."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _defined(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _defined(item)
+    return value
+
+
 def make_environment(template_root: Path) -> jinja2.Environment:
-    """The one jinja2 environment for overlay templates under `template_root`."""
+    """The one jinja2 environment for overlay templates under `template_root`: sandboxed (a
+    template cannot reach Python internals), every undefined name an error that names it."""
     # Overlay files are config files (JSON, TOML, env files), not HTML: escaping would corrupt
     # them, and templates use filters such as tojson where quoting matters.
-    return jinja2.Environment(
+    env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(template_root)),
         undefined=_Undefined,
         keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701
+        autoescape=False,
     )
+    for name in ("tojson", "string", "length", "list", "join"):
+        env.filters[name] = _strict_filter(env.filters[name])
+    return env
+
+
+def _strict_filter(original: Any) -> Any:
+    """The filter, refusing an undefined input the StrictUndefined way first. jinja2 passes
+    some filters a context before the value (`jinja_pass_arg`): so does the wrapper."""
+    pass_arg = getattr(original, "jinja_pass_arg", None)
+    if pass_arg is None:
+
+        def strict(value: Any, *args: Any, **kwargs: Any) -> Any:
+            return original(_defined(value), *args, **kwargs)
+
+        return strict
+
+    def strict_with(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(context, _defined(value), *args, **kwargs)
+
+    strict_with.jinja_pass_arg = pass_arg  # type: ignore[attr-defined]
+    return strict_with
 
 
 def _template_frame(tb: TracebackType | None, root: Path) -> tuple[str | None, int | None]:

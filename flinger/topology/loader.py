@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from flinger.errors import ConfigError, UsageError
-from flinger.tomlfile import Fields, TomlFile, load_toml, locate, suggest
+from flinger.tomlfile import Collector, Fields, TomlFile, load_toml, locate, suggest
 from flinger.topology.model import (
     PRIVILEGES,
     SERVICE_MANAGERS,
@@ -17,6 +19,7 @@ from flinger.topology.model import (
     SshSettings,
     Topology,
 )
+from flinger.values import host_problem, jump_problem, name_problem, remote_path_problem, user_problem
 
 TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers")
 BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
@@ -52,9 +55,7 @@ def find_config(explicit: Path | None) -> Path:
 
 def _remote_path(f: Fields, name: str, default: str | None = None) -> str:
     value = f.string(name, default, required=default is None)
-    if not value.startswith(("/", "~", "$HOME")):
-        raise f.error(name, f'must be absolute or start with ~ or $HOME, got "{value}"')
-    return value
+    return f.checked(name, value, remote_path_problem(value, home=True))
 
 
 def _server(file: TomlFile, name: str, table: object) -> Server:
@@ -64,105 +65,133 @@ def _server(file: TomlFile, name: str, table: object) -> Server:
     f = file.table(key, table, SERVER_KEYS)
     roles = f.str_list("roles")
     for i, role in enumerate(roles):
-        if not role.strip():
-            raise f.error(f"roles.{i}", "a role must not be empty")
+        f.checked(f"roles.{i}", role, name_problem(role, "a role name"))
     host_key = f.opt_str("host_key")
     if host_key is not None and not _FINGERPRINT.match(host_key):
         raise f.error("host_key", 'expected "SHA256:" and 43 base64 characters, as ssh-keygen -l prints')
     port = f.integer("port", low=1, high=65535) if f.has("port") else None
+    addr = f.string("addr", required=True)
+    user = f.opt_str("user")
+    python = f.string("python", "python3")
+    if not python.startswith("/"):
+        f.checked("python", python, name_problem(python, "a program name or an absolute path"))
+    else:
+        f.checked("python", python, remote_path_problem(python, home=False))
     return Server(
         name=name,
-        addr=f.string("addr", required=True),
-        user=f.opt_str("user"),
+        addr=f.checked("addr", addr, host_problem(addr)),
+        user=f.checked("user", user, user_problem(user)) if user is not None else None,
         port=port,
         roles=roles,
         privilege=f.choice("privilege", PRIVILEGES, "none"),
         service_manager=f.choice("service_manager", SERVICE_MANAGERS, "systemd"),
         host_key=host_key,
-        python=f.string("python", "python3"),
+        python=python,
     )
 
 
-def _known_server(f: Fields, key: str, name: str, servers: dict[str, Server]) -> None:
+def _known_server(f: Fields, key: str, name: str, servers: Iterable[str]) -> None:
     if name not in servers:
         raise f.error(key, f'no server named "{name}" in [servers]{suggest(name, servers)}')
 
 
 def load_topology(path: Path) -> Topology:
-    """Read and validate `path`; every problem is a ConfigError naming file, line and key."""
+    """Read and validate `path`; every problem is a ConfigError naming file, line and key (all
+    of them, up to a limit, as ConfigErrors)."""
     file = load_toml(path)
     top = file.table("", file.data, TOP_KEYS)
+    errors = Collector()
 
-    raw_servers = top.table.get("servers")
-    if not isinstance(raw_servers, dict) or not raw_servers:
+    raw_servers = top.tables("servers")
+    if not raw_servers:
         raise file.error("servers", "at least one server is needed in [servers]")
-    servers = {name: _server(file, name, table) for name, table in raw_servers.items()}
+    names_known = list(raw_servers)  # references are checked against these, loaded or not
+    servers: dict[str, Server] = {}
+    for server_name, table in raw_servers.items():
+        loaded = errors.attempt(functools.partial(_server, file, server_name, table))
+        if loaded is not None:
+            servers[server_name] = loaded
     seen_addr: dict[tuple[str, int | None, str | None], str] = {}
     for server in servers.values():
         ident = (server.addr, server.port, server.user)
         if ident in seen_addr:
-            raise file.error(
+            errors.errors.append(file.error(
                 f"servers.{server.name}.addr",
                 f'same address, port and user as server "{seen_addr[ident]}"',
-            )
+            ))
         seen_addr[ident] = server.name
 
-    b = top.sub("builder", BUILDER_KEYS, required=True)
-    builder_name = b.string("server", required=True)
-    _known_server(b, "server", builder_name, servers)
-    builder = Builder(
-        server=builder_name,
-        source_dir=_remote_path(b, "source_dir"),
-        artifacts_dir=b.string("artifacts_dir", "out"),
-    )
-
-    d = top.sub("deployment", DEPLOYMENT_KEYS, required=True)
-    names = d.str_list("servers", required=True)
-    if not names:
-        raise d.error("servers", "name at least one deployment server")
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        _known_server(d, f"servers.{i}", name, servers)
-        if name in seen:
-            raise d.error(f"servers.{i}", f'"{name}" is listed twice')
-        seen.add(name)
-    majority = len(names) // 2 + 1
-    threshold = d.integer("threshold", majority)
-    if not 1 <= threshold <= len(names):
-        raise d.error(
-            "threshold",
-            f"must be between 1 and the number of deployment servers ({len(names)}), got {threshold}",
+    def load_builder() -> Builder:
+        b = top.sub("builder", BUILDER_KEYS, required=True)
+        builder_name = b.string("server", required=True)
+        _known_server(b, "server", builder_name, names_known)
+        artifacts = b.string("artifacts_dir", "out")
+        problem = remote_path_problem(artifacts if artifacts.startswith(("/", "~", "$HOME")) else f"/{artifacts}",
+                                      home=True)
+        return Builder(
+            server=builder_name,
+            source_dir=_remote_path(b, "source_dir"),
+            artifacts_dir=b.checked("artifacts_dir", artifacts, problem),
         )
-    deployment = Deployment(
-        servers=names,
-        staging_dir=_remote_path(d, "staging_dir", "$HOME/flinger-staging"),
-        install_dir=_remote_path(d, "install_dir"),
-        threshold=threshold,
-    )
 
-    s = top.sub("ssh", SSH_KEYS)
-    known_hosts = s.string("known_hosts", "~/.ssh/known_hosts")
-    if not known_hosts.startswith(("/", "~", "$HOME")):
-        known_hosts = str(path.parent / known_hosts)
-    jump = s.opt_str("jump")
-    ssh = SshSettings(
-        known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))),
-        connect_timeout=s.number("connect_timeout", 10.0),
-        command_timeout=s.number("command_timeout", 1800.0),
-        jump=jump,
-        retries=s.integer("retries", 3, low=0, high=10),
-        use_ssh_config=s.flag("use_ssh_config", True),
-    )
+    def load_deployment() -> Deployment:
+        d = top.sub("deployment", DEPLOYMENT_KEYS, required=True)
+        names = d.str_list("servers", required=True)
+        if not names:
+            raise d.error("servers", "name at least one deployment server")
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            _known_server(d, f"servers.{i}", name, names_known)
+            if name in seen:
+                raise d.error(f"servers.{i}", f'"{name}" is listed twice')
+            seen.add(name)
+        majority = len(names) // 2 + 1
+        threshold = d.integer("threshold", majority)
+        if not 1 <= threshold <= len(names):
+            raise d.error(
+                "threshold",
+                f"must be between 1 and the number of deployment servers ({len(names)}), got {threshold}",
+            )
+        return Deployment(
+            servers=names,
+            staging_dir=_remote_path(d, "staging_dir", "$HOME/flinger-staging"),
+            install_dir=_remote_path(d, "install_dir"),
+            threshold=threshold,
+        )
 
-    sync = top.sub("sync", SYNC_KEYS)
-    source = Path(os.path.expandvars(os.path.expanduser(top.string("source_dir", required=True))))
-    if not source.is_absolute():
-        source = (path.parent / source).resolve()
-    manifest = top.string("manifest", "packaging/package-manifest.toml")
-    name = top.string("name", path.stem)
-    if not _NAME.match(name):
-        raise top.error("name", "use letters, digits, '.', '_' and '-'")
+    def load_ssh() -> SshSettings:
+        s = top.sub("ssh", SSH_KEYS)
+        known_hosts = s.string("known_hosts", "~/.ssh/known_hosts")
+        if not known_hosts.startswith(("/", "~", "$HOME")):
+            known_hosts = str(path.parent / known_hosts)
+        jump = s.opt_str("jump")
+        return SshSettings(
+            known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))),
+            connect_timeout=s.number("connect_timeout", 10.0),
+            command_timeout=s.number("command_timeout", 1800.0),
+            jump=s.checked("jump", jump, jump_problem(jump)) if jump is not None else None,
+            retries=s.integer("retries", 3, low=0, high=10),
+            use_ssh_config=s.flag("use_ssh_config", True),
+        )
 
+    def load_top() -> tuple[Path, str, str, tuple[str, ...]]:
+        sync = top.sub("sync", SYNC_KEYS)
+        source = Path(os.path.expandvars(os.path.expanduser(top.string("source_dir", required=True))))
+        if not source.is_absolute():
+            source = (path.parent / source).resolve()
+        manifest = top.string("manifest", "packaging/package-manifest.toml")
+        name = top.string("name", path.stem)
+        if not _NAME.match(name):
+            raise top.error("name", "use letters, digits, '.', '_' and '-'")
+        return source, manifest, name, sync.str_list("exclude")
+
+    builder = errors.attempt(load_builder)
+    deployment = errors.attempt(load_deployment)
+    ssh = errors.attempt(load_ssh)
+    rest = errors.attempt(load_top)
+    errors.raise_any()
+    assert builder is not None and deployment is not None and ssh is not None and rest is not None
+    source, manifest, name, exclude = rest
     return Topology(
         config_path=path.resolve(),
         name=name,
@@ -172,7 +201,7 @@ def load_topology(path: Path) -> Topology:
         deployment=deployment,
         ssh=ssh,
         servers=servers,
-        sync_exclude=sync.str_list("exclude"),
+        sync_exclude=exclude,
         lines=file.lines,
     )
 
