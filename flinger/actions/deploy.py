@@ -347,7 +347,26 @@ class Deployer:
                 self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
         result.pop("event", None)
         result["summary"] = _summary(command, result)
+        if command == "status":
+            _require_running(result, report)
         return result
+
+
+# What each service manager calls a service that runs: systemd, runit, SMF.
+RUNNING_STATES = ("active", "run", "online")
+
+
+def _require_running(result: dict[str, Any], report: Reporter) -> None:
+    """`deploy status` fails a server where a service is not running or not healthy."""
+    bad = [
+        f"{s.get('name')} is {s.get('state')}" if str(s.get("state")) not in RUNNING_STATES
+        else f"{s.get('name')} is not healthy"
+        for s in result.get("services") or []
+        if str(s.get("state")) not in RUNNING_STATES or s.get("healthy") is False
+    ]
+    if bad:
+        report.details.update(result)
+        raise FlingerError(f"{'; '.join(bad)} ({result['summary']})")
 
 
 def _explained(exc: RemoteCommandError, report: Reporter) -> RemoteCommandError:

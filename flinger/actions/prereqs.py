@@ -182,9 +182,13 @@ def run_prereqs(
     parallel: int,
     board: Board | None = None,
     servers: list[str] | None = None,
+    skip_scripts: bool = False,
 ) -> list[ServerResult]:
-    """Check (or install) every host's prerequisites in parallel; one result per host."""
+    """Check (or install) every host's prerequisites in parallel; one result per host.
+    `skip_scripts`: everything but the manifest's scripts (which may fetch software)."""
     plans = plan_prereqs(topology, manifest)
+    if skip_scripts:
+        plans = {name: dict(plan, scripts=[]) for name, plan in plans.items()}
     chosen = list(plans) if servers is None else servers
     for name in chosen:
         if name not in plans:

@@ -266,6 +266,12 @@ def demo(
     directory: DirOpt = DEFAULT_SANDBOX,
     down: Annotated[bool, typer.Option("--down", help="stop the sandbox at the end")] = False,
     init: InitOpt = Init.runit,
+    example: Annotated[
+        str | None,
+        typer.Option(
+            "--example", help="deploy this seed example (examples/NAME; default: quorum, the system in packaging/)"
+        ),
+    ] = None,
 ) -> int:
     """Start a local sandbox and run the whole workflow on the example quorum system."""
     from flinger import sandbox
@@ -275,10 +281,13 @@ def demo(
     env = env_of(ctx)
     target = directory.resolve()
     try:
-        report = run_demo(target, servers, run_cli, env.ui.note, init=init.value)
+        report = run_demo(target, servers, run_cli, env.ui.note, init=init.value, example=example)
     finally:
         if down:
             sandbox.down(target)
+    if example not in (None, "quorum"):
+        env.ui.success(f"demo complete: the {example} example is deployed, its services active and healthy")
+        return 0
     env.ui.table("quorum nodes", ("server", "/status"), list(report.nodes.items()))
     sealed = [n for n, s in report.nodes.items() if s != "unsealed"]
     if sealed:

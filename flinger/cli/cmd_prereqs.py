@@ -19,6 +19,10 @@ def install_prereqs(
     ctx: typer.Context,
     check: Annotated[bool, typer.Option("--check", help="only report what would change; change nothing")] = False,
     servers: PrereqServersOpt = None,
+    skip_scripts: Annotated[
+        bool,
+        typer.Option("--skip-scripts", help="packages, sysctls, accounts and dirs only: not the manifest's scripts"),
+    ] = False,
 ) -> int:
     """Install the manifest's prerequisites on the builder and deployment servers (idempotent)."""
     from flinger.actions.prereqs import run_prereqs
@@ -27,7 +31,12 @@ def install_prereqs(
     topology, manifest = env.topology(), env.manifest()
     chosen = [s.name for s in env.select_servers(servers, include_builder=True)]
     title = "install-prereqs --check" if check else "install-prereqs"
+    if skip_scripts:
+        title += " --skip-scripts"
     board = env.ui.board(chosen, title)
     with board.running():
-        results = run_prereqs(topology, manifest, check=check, parallel=env.parallel, board=board, servers=chosen)
+        results = run_prereqs(
+            topology, manifest, check=check, parallel=env.parallel, board=board, servers=chosen,
+            skip_scripts=skip_scripts,
+        )  # fmt: skip
     return finish(env, title, results, {"check": check})

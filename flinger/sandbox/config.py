@@ -79,3 +79,40 @@ def write(paths: SandboxPaths, source_dir: Path, hosts: dict[str, Endpoint], ini
     """Write <dir>/deploy.toml and load it back, so a sandbox never hands out a bad config."""
     write_private_file(paths.config, render(source_dir, paths.known_hosts, hosts, init), 0o644)
     return load_topology(paths.config)
+
+
+def example_config(example_dir: Path, sandbox: SandboxPaths, hosts: dict[str, Endpoint], init: str) -> Path:
+    """A deploy.toml that deploys the example in `example_dir` onto the sandbox: the example's
+    own topology (server names, roles, packages, install_dir...) with each server placed on a
+    sandbox host (its builder on the sandbox's builder), logging in as the sandbox login with
+    sudo, and the hosts' service manager. Written to <sandbox>/examples/<name>/ so its client
+    state (.flinger/) is its own. Returns its path."""
+    source = example_dir / "deploy.toml"
+    topology = load_topology(source)
+    doc = tomlkit.parse(source.read_text(encoding="utf-8"))
+    others = [name for name in hosts if name != BUILDER_NAME]
+    wanted = [topology.builder.server, *(n for n in topology.servers if n != topology.builder.server)]
+    if len(wanted) > len(hosts):
+        raise FlingerError(f"the example {example_dir.name} needs {len(wanted)} hosts; the sandbox has {len(hosts)}")
+    placed = dict(zip(wanted, [BUILDER_NAME, *others], strict=False))
+    doc["source_dir"] = str(example_dir.resolve())
+    ssh = doc.get("ssh") or tomlkit.table()
+    ssh["known_hosts"] = str(sandbox.known_hosts)
+    ssh["use_ssh_config"] = False
+    ssh.pop("jump", None)
+    doc["ssh"] = ssh
+    for name, host in placed.items():
+        server = doc["servers"][name]
+        addr, port = hosts[host]
+        server["addr"] = addr
+        server["port"] = port
+        server["user"] = LOGIN_USER
+        server["privilege"] = "sudo"
+        server["service_manager"] = init
+        server.pop("host_key", None)
+    target = sandbox.directory / "examples" / example_dir.name
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = target / "deploy.toml"
+    write_private_file(path, tomlkit.dumps(doc), 0o644)
+    load_topology(path)  # never hand out a config that does not load
+    return path

@@ -152,6 +152,9 @@ def start(paths: HostPaths, rootfs: Path, addr: str, port: int) -> HostRecord:
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1",
+        # /proc/sys writable, as for root on a real host (install-prereqs sets sysctls). The
+        # container shares this machine's kernel: a sysctl set there is set here too.
+        "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "1",
     }
     with (paths.directory / "console.log").open("ab") as log:
         proc = subprocess.Popen(
