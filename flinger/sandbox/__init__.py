@@ -1,8 +1,11 @@
-"""The local sandbox: N real sshd "hosts" on this machine, each in its own mount namespace.
+"""The local sandbox: N real sshd "hosts" on this machine, each on its own loopback address.
 
-Host 0 is the builder `build1`, the others are `node1..`. Each runs `/usr/sbin/sshd` on its own
-loopback address with private /root, /opt, /srv, /etc/sv and /etc/service and its own runsvdir.
-`up` also starts an ssh-agent holding the client key and writes known_hosts and deploy.toml.
+Host 0 is the builder `build1`, the others are `node1..`. runit hosts run this machine's sshd
+and a runsvdir in a mount namespace with their own /etc (an overlay), /root, /opt, /srv, /home,
+/etc/sv and /etc/service; systemd hosts boot systemd in systemd-nspawn on a cached Debian
+rootfs. Either way the login is `deploy` with passwordless `sudo -n`, and sshd keeps its stock
+limits. `up` also starts an ssh-agent holding the client key and writes known_hosts and
+deploy.toml.
 """
 
 from flinger.sandbox.lifecycle import (

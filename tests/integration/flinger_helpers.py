@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from flinger.sandbox import SandboxState
 
@@ -20,6 +21,22 @@ def run_flinger(
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
+
+
+def flinger_json(config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """Run `flinger -c CONFIG --json ARGS`: (exit status, the JSON report)."""
+    import json
+
+    proc = run_flinger("-c", str(config), "--json", *args, env=env)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+
+
+def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A --json report's per-server results by server name."""
+    return {s["server"]: s for s in doc["servers"]}
 
 
 def derived_config(state: SandboxState, directory: Path, edits: dict[str, object]) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from flinger_helpers import run_flinger
+from flinger_helpers import by_server, flinger_json, run_flinger
 
 from flinger import sandbox as sb
 from flinger.sandbox import SandboxState
@@ -27,18 +27,6 @@ pytestmark = pytest.mark.integration
 
 NODES = ("node1", "node2", "node3")
 WATCHED = "/opt /srv /etc/sv /etc/service /root /home/deploy"
-
-
-def flinger_json(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = run_flinger("-c", str(config), "--json", *args)
-    try:
-        return proc.returncode, json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
-
-
-def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["server"]: s for s in doc["servers"]}
 
 
 def tree(ssh_run: Any, state: SandboxState, host: str) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import agent_env, run_ssh
-from flinger_helpers import derived_config, run_flinger
+from flinger_helpers import by_server, derived_config, flinger_json, run_flinger
 
 from flinger.sandbox import SandboxState
 
@@ -18,18 +18,6 @@ pytestmark = pytest.mark.integration
 
 NODES = ("node1", "node2", "node3")
 MARKER = "MARKER-7f3a: the config is unreadable"
-
-
-def flinger_json(state: SandboxState, config: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = run_flinger("-c", str(config), "--json", *args, env=agent_env(state))
-    try:
-        return proc.returncode, json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
-
-
-def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["server"]: s for s in doc["servers"]}
 
 
 def wait_active(state: SandboxState, host: str, seconds: float = 30) -> str:
@@ -48,7 +36,7 @@ def installed(systemd_sandbox: SandboxState) -> dict[str, Any]:
     for step in (["check"], ["trust"], ["sync"], ["install-prereqs"], ["build", "package"], ["overlay"]):
         proc = run_flinger("-c", str(config), *step, env=agent_env(state))
         assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
-    code, doc = flinger_json(state, config, "deploy", "install")
+    code, doc = flinger_json(config, "deploy", "install", env=agent_env(state))
     assert code == 0, json.dumps(doc, indent=1)
     return doc
 
@@ -68,7 +56,7 @@ def test_install_makes_enabled_active_units_logging_to_the_journal(
         # The deploy user sees no journal without sudo on stock Debian; flinger reads it as root.
         journal = run_ssh(state, name, "journalctl", "--unit", "quorum.service", "--no-pager")
         assert "quorum[" in journal.stdout, journal.stdout[-2000:]
-    code, status = flinger_json(state, state.config_path, "deploy", "status")
+    code, status = flinger_json(state.config_path, "deploy", "status", env=agent_env(state))
     assert code == 0, status
     for name, result in by_server(status).items():
         services = result["details"]["services"]
@@ -93,7 +81,7 @@ def test_a_crashing_release_shows_the_journal_and_rolls_back(
     proc = run_flinger("-c", str(config), "deploy", "install", env=agent_env(state))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert MARKER in proc.stdout + proc.stderr  # the service's own words, from the journal
-    code, doc = flinger_json(state, config, "deploy", "install", "--servers", "node3")
+    code, doc = flinger_json(config, "deploy", "install", "--servers", "node3", env=agent_env(state))
     assert code == 1
     node3 = by_server(doc)["node3"]
     assert node3["step"] == "health:quorum", node3
@@ -114,7 +102,7 @@ def test_uninstall_leaves_no_unit_no_receipt_and_nothing_in_install_dir(
     systemd_sandbox: SandboxState, installed: dict[str, Any]
 ) -> None:
     state = systemd_sandbox
-    code, doc = flinger_json(state, state.config_path, "deploy", "uninstall")
+    code, doc = flinger_json(state.config_path, "deploy", "uninstall", env=agent_env(state))
     assert code == 0, doc
     for name in NODES:
         assert run_ssh(state, name, "test", "-e", "/etc/systemd/system/quorum.service").returncode == 1
