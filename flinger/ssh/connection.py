@@ -321,9 +321,10 @@ def _collect(channel: paramiko.Channel, command: str, on_line: LineSink | None, 
             err.append(data)
             feed("err", data)
             got = True
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        if channel.closed and not got:
+        # sshd may send the exit status before the last output it still has to read from the
+        # command's pipe: output is complete only at the channel's EOF (or close).
+        complete = channel.closed or (channel.eof_received and channel.exit_status_ready())
+        if complete and not channel.recv_ready() and not channel.recv_stderr_ready():
             break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()

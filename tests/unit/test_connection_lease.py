@@ -40,3 +40,54 @@ def test_a_connection_never_runs_more_sessions_than_the_cap(tmp_path: Path) -> N
         assert conn._sessions.acquire(blocking=False)
     assert not conn._sessions.acquire(blocking=False)
     assert SESSIONS_PER_CONNECTION < 10  # sshd's default MaxSessions, with room for SFTP
+
+
+class _LateOutputChannel:
+    """A channel whose exit status arrives before the last output (sshd sends the status when
+    the command exits, and may read the rest of its pipe afterwards), then EOF."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.data = b""
+        self.closed = False
+        self.eof_received = False
+
+    def settimeout(self, _timeout: float) -> None:
+        pass
+
+    def _tick(self) -> None:
+        self.polls += 1
+        if self.polls == 3:
+            self.data += b"/home/deploy"
+        if self.polls == 5:
+            self.eof_received = True
+
+    def recv_ready(self) -> bool:
+        self._tick()
+        return bool(self.data)
+
+    def recv(self, n: int) -> bytes:
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def recv_stderr(self, n: int) -> bytes:
+        return b""
+
+    def exit_status_ready(self) -> bool:
+        return True  # from the start
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_output_after_the_exit_status_is_not_lost() -> None:
+    from flinger.ssh.connection import _collect
+
+    result = _collect(_LateOutputChannel(), 'printf %s "$HOME"', None, 5.0)  # type: ignore[arg-type]
+    assert result.stdout == "/home/deploy" and result.exit_code == 0
