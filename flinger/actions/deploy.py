@@ -32,6 +32,7 @@ from flinger.actions.remote_tool import (
 )
 from flinger.errors import FlingerError, HostKeyError, RemoteCommandError
 from flinger.manifest.model import Manifest
+from flinger.remote import services
 from flinger.ssh import known_hosts
 from flinger.ssh.connection import Connection, ConnectionPool, privileged
 from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, Status, fan_out
@@ -273,9 +274,13 @@ class Deployer:
         finally:
             self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
         changed = bool(result.get("changed", True))
+        started = [str(name) for name in result.get("started") or []]
         summary = f"release {result.get('release', self.run_id)}" if changed else "no change"
+        if started:  # same release; services that were not running are running again
+            summary = f"release {result.get('release')} unchanged; started {', '.join(started)} (was not running)"
         return {
             "changed": changed,
+            "started": started,
             "release": result.get("release"),
             "push": stats,
             "summary": f"{summary}; {stats.get('bytes_sent', 0):,} bytes pushed",
@@ -352,17 +357,13 @@ class Deployer:
         return result
 
 
-# What each service manager calls a service that runs: systemd, runit, SMF.
-RUNNING_STATES = ("active", "run", "online")
-
-
 def _require_running(result: dict[str, Any], report: Reporter) -> None:
     """`deploy status` fails a server where a service is not running or not healthy."""
     bad = [
-        f"{s.get('name')} is {s.get('state')}" if str(s.get("state")) not in RUNNING_STATES
+        f"{s.get('name')} is {s.get('state')}" if str(s.get("state")) not in services.RUNNING_STATES
         else f"{s.get('name')} is not healthy"
         for s in result.get("services") or []
-        if str(s.get("state")) not in RUNNING_STATES or s.get("healthy") is False
+        if str(s.get("state")) not in services.RUNNING_STATES or s.get("healthy") is False
     ]
     if bad:
         report.details.update(result)

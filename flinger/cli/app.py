@@ -23,6 +23,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            number = installed("flinger")
+        except PackageNotFoundError:
+            number = "unknown (not installed)"
+        typer.echo(f"flinger {number}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -36,6 +49,9 @@ def _global(
     ] = False,
     traceback: Annotated[
         bool, typer.Option("--traceback", help="on an internal error, show the Python traceback")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="print flinger's version")
     ] = False,
 ) -> None:
     ctx.obj = Env(

@@ -6,8 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
+from flinger.actions.deploy_plan import ServerPlan
 from flinger.cli.app import ServersOpt, app, env_of, finish
 from flinger.cli.env import Env
+from flinger.errors import UsageError
+from flinger.topology.model import Server
 
 deploy_app = typer.Typer(help="Install to, or remove from, every deployment server in parallel.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
@@ -15,14 +18,39 @@ app.add_typer(deploy_app, name="deploy")
 DryRun = Annotated[bool, typer.Option("--dry-run", help="print the per-server plan; contact no host")]
 FailFast = Annotated[bool, typer.Option("--fail-fast", help="start no new server once one has failed")]
 LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="seconds to wait for another deploy's lock")]
+AllowEmpty = Annotated[
+    bool, typer.Option("--allow-empty", help="install even to servers that get no package (their services stop)")
+]
 
 
-def _dry_run(env: Env, action: str, servers: ServersOpt) -> int:
+def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[ServerPlan]:
+    """The install plans, their notes said (the same in a dry run and a real one), and a
+    server that would get no package at all refused unless asked: one role typo would
+    otherwise switch it to an empty release and stop every service it runs."""
+    from flinger.actions.deploy_plan import plan_deploy
+
+    plans = plan_deploy(env.topology(), env.manifest(), chosen)
+    for plan in plans:
+        for note in plan.notes:
+            env.ui.warn(f"{plan.server}: {note}")
+    empty = [p.server for p in plans if not p.packages]
+    if empty and not allow_empty:
+        roles = sorted({r for p in env.manifest().packages.values() for r in p.roles})
+        raise UsageError(
+            f"no package is meant for {', '.join(empty)} (their roles: "
+            + "; ".join(f"{n}: {', '.join(env.topology().servers[n].roles) or 'none'}" for n in empty)
+            + f"; the manifest's packages ask for: {', '.join(roles)}): installing would stop every service "
+            "there. Fix the roles, or pass --allow-empty"
+        )
+    return plans
+
+
+def _dry_run(env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = False) -> int:
     from flinger.actions.deploy_plan import plan_deploy
 
     topology, manifest = env.topology(), env.manifest()
     chosen = env.select_servers(servers)
-    plans = plan_deploy(topology, manifest, chosen)
+    plans = _checked_plans(env, chosen, allow_empty) if action == "install" else plan_deploy(topology, manifest, chosen)
     document: list[dict[str, Any]]
     if action != "install":
         document = [
@@ -56,16 +84,24 @@ def _dry_run(env: Env, action: str, servers: ServersOpt) -> int:
             name = step["step"]
             rest = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step" and v not in (None, [], ""))
             env.ui.out.print(f"  {name}: {rest}", markup=False)
-        for note in entry.get("notes", []):
-            env.ui.warn(f"{entry['server']}: {note}")
     return 0
 
 
-def _run(env: Env, action: str, servers: ServersOpt, *, fail_fast: bool = False, lock_wait: float = 0.0) -> int:
+def _run(
+    env: Env,
+    action: str,
+    servers: ServersOpt,
+    *,
+    fail_fast: bool = False,
+    lock_wait: float = 0.0,
+    allow_empty: bool = False,
+) -> int:
     from flinger.actions.deploy import run_deploy
 
     topology, manifest = env.topology(), env.manifest()
     chosen = env.select_servers(servers)
+    if action == "install":
+        _checked_plans(env, chosen, allow_empty)
     board = env.ui.board([s.name for s in chosen], f"deploy {action}")
     log_dir: list[str] = []
     with board.running():
@@ -93,13 +129,14 @@ def install(
     dry_run: DryRun = False,
     fail_fast: FailFast = False,
     lock_wait: LockWait = 0.0,
+    allow_empty: AllowEmpty = False,
 ) -> int:
     """Push packages from the builder, send each server its overlay, switch release, start services."""
     env = env_of(ctx)
     return (
-        _dry_run(env, "install", servers)
+        _dry_run(env, "install", servers, allow_empty=allow_empty)
         if dry_run
-        else _run(env, "install", servers, fail_fast=fail_fast, lock_wait=lock_wait)
+        else _run(env, "install", servers, fail_fast=fail_fast, lock_wait=lock_wait, allow_empty=allow_empty)
     )
 
 

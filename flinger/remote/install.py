@@ -245,6 +245,24 @@ def _wait_healthy(service: Dict[str, Any]) -> None:
                          % (service["name"], seen))
 
 
+def _start_stopped(state: Dict[str, Any], roots: Dict[str, str]) -> List[str]:
+    """Start (and health-check) each recorded service that is not running; their names."""
+    started: List[str] = []
+    for service in state.get("services") or []:
+        manager = services.manager_for(service["manager"], roots)
+        try:
+            running = manager.state(service) in services.RUNNING_STATES
+        except (services.ServiceError, OSError):
+            running = False
+        if running:
+            continue
+        events.emit("step", step="service", service=service["name"], reason="not running")
+        _activate(service, roots)
+        _wait_healthy(service)
+        started.append(service["name"])
+    return started
+
+
 def _service_log(svcs: List[Dict[str, Any]], step: str, roots: Dict[str, str],
                  since: float) -> Dict[str, Any]:
     """{"service": name, "lines": [...]} of the service a failed step names (what it logged
@@ -346,7 +364,16 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
     if previous.get("fingerprint") == fingerprint and _current_release(install_dir) \
             == previous.get("release"):
         events.emit("step", step="compare", changed=False)
-        return events.result(True, changed=False, release=previous.get("release"))
+        # Nothing to install, but the manifest also says the services run: start any that
+        # does not (stopped by hand, crashed for good) and check its health.
+        try:
+            started = _start_stopped(previous, roots)
+        except StepFailed as exc:
+            return events.result(False, step=exc.step, error=str(exc), changed=False,
+                                 service_log=_service_log(previous.get("services") or [], exc.step,
+                                                          roots, time.time() - 60))
+        return events.result(True, changed=bool(started), started=started,
+                             release=previous.get("release"))
     events.emit("step", step="compare", changed=True)
     try:
         unpacked = _unpack_packages(plan, install_dir)
@@ -364,7 +391,7 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
     wanted = {s["name"] for s in svcs}
     touched: List[Dict[str, Any]] = []
     removed: List[Dict[str, Any]] = []
-    started = time.time() - 1  # journald's --since has whole seconds
+    since = time.time() - 1  # journald's --since has whole seconds
     try:
         for old in previous.get("services") or []:
             if old["name"] not in wanted:
@@ -382,7 +409,7 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
     except (StepFailed, services.ServiceError, OSError) as exc:
         step = exc.step if isinstance(exc, StepFailed) else "services"
         # The failing service's own words, read before the rollback restarts it.
-        log = _service_log(svcs, step, roots, started)
+        log = _service_log(svcs, step, roots, since)
         events.emit("step", step="rollback", to=previous.get("release"))
         problems = _rollback(install_dir, previous, roots, touched, removed, release)
         return events.result(False, step=step, error=str(exc), changed=False,

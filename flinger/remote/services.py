@@ -25,6 +25,8 @@ DEFAULT_ROOTS = {
 Receipt = List[Dict[str, str]]
 _RUNSV_WAIT = 30.0  # runsvdir looks at its directory every 5 seconds
 LOG_LINES = 20  # of a service's own log, in a failure report
+# What each manager's state() says of a service that runs: systemd, runit, SMF.
+RUNNING_STATES = ("active", "run", "online")
 
 
 class ServiceError(Exception):

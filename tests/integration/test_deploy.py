@@ -279,6 +279,49 @@ def test_a_failing_health_check_keeps_the_previous_release_running(
     assert status["name"] == "node3"
 
 
+def test_a_stopped_service_fails_status_and_install_starts_it_again(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
+    # At the manifest's desired state first (an earlier test installed another manifest).
+    assert flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node2")[0] == 0
+    assert ssh_run(sandbox, "node2", "sv", "-w", "10", "down", "/etc/sv/quorum").returncode == 0
+    code, status = flinger_json(sandbox.config_path, "deploy", "status", "--servers", "node2")
+    node2 = by_server(status)["node2"]
+    assert code == 1 and node2["status"] == "failed", node2
+    assert node2["message"].startswith("quorum is down"), node2["message"]
+    release = ssh_run(sandbox, "node2", "readlink", "/opt/quorum/current").stdout.strip()
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node2")
+    details = by_server(doc)["node2"]["details"]
+    assert code == 0 and details["started"] == ["quorum"] and details["changed"] is True, doc
+    assert "started quorum (was not running)" in details["summary"]
+    assert ssh_run(sandbox, "node2", "readlink", "/opt/quorum/current").stdout.strip() == release  # same release
+    code, status = flinger_json(sandbox.config_path, "deploy", "status", "--servers", "node2")
+    assert code == 0, status
+
+
+def test_a_role_typo_that_empties_servers_is_refused_and_changes_nothing(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    from flinger_helpers import derived_config
+
+    repo = Path(__file__).resolve().parents[2]
+    manifest = (repo / "packaging" / "package-manifest.toml").read_text()
+    typo = manifest.replace('roles = ["node"]                 #', 'roles = ["nodes"]                #', 1)
+    assert typo != manifest
+    (tmp_path / "manifest.toml").write_text(typo)
+    config = derived_config(sandbox, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
+    (tmp_path / ".flinger").symlink_to(sandbox.config_path.parent / ".flinger")
+    before = {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES}
+    for extra in ([], ["--dry-run"]):
+        proc = run_flinger("-c", str(config), "deploy", "install", *extra)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "no package is meant for node1, node2, node3" in proc.stderr and "--allow-empty" in proc.stderr
+    checked = run_flinger("-c", str(config), "check")
+    line = typo.splitlines().index(next(ln for ln in typo.splitlines() if ln.startswith('roles = ["nodes"]'))) + 1
+    assert f"manifest.toml:{line}: packages.quorum.roles.0: no deployment server has role" in checked.stderr
+    assert {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES} == before
+
+
 def test_uninstall_leaves_every_server_as_it_was(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
     code, doc = flinger_json(sandbox.config_path, "deploy", "uninstall")
     assert code == 0, doc
