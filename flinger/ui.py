@@ -184,7 +184,8 @@ class UI:
         for r in results:
             if r.status is not Status.OK and r.message:
                 # The whole message on one line of its own: a table cell would cut or wrap it.
-                self.out.print(Text.assemble((f"{r.server}: ", "bold"), r.message), soft_wrap=True)
+                message = r.message.removeprefix(f"{r.server}: ")  # most already name the server
+                self.out.print(Text.assemble((f"{r.server}: ", "bold"), message), soft_wrap=True)
         for r in results:
             if r.status is Status.FAILED and r.tail:
                 self.out.print(Text(f"last lines from {r.server}:", style="bold"))

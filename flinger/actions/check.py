@@ -25,18 +25,25 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
+        """Real types for machines: booleans, lists (the rows are text for the table)."""
+
+        def listed(text: str) -> list[str]:
+            return [] if text in ("", "-") else text.split(",")
+
         return {
             "deployment": self.name,
             "config": self.config,
             "manifest": self.manifest,
             "threshold": self.threshold,
             "servers": [
-                dict(zip(("server", "addr", "roles", "builder", "deploy", "manager"), r, strict=True))
-                for r in self.server_rows
+                {"server": server, "addr": addr, "roles": listed(roles), "builder": builder == "yes",
+                 "deploy": deploy == "yes", "manager": manager}
+                for server, addr, roles, builder, deploy, manager in self.server_rows
             ],
             "packages": [
-                dict(zip(("package", "service", "source", "roles", "servers"), r, strict=True))
-                for r in self.package_rows
+                {"package": package, "service": None if service == "-" else service, "source": source,
+                 "roles": listed(roles), "servers": listed(servers)}
+                for package, service, source, roles, servers in self.package_rows
             ],
             "warnings": self.warnings,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flinger.errors import RemoteCommandError
 from flinger.ssh.connection import ConnectionPool, privileged
 from flinger.ssh.fanout import Board, Reporter, ServerResult, fan_out
 from flinger.topology.model import Server, Topology
@@ -27,8 +28,11 @@ def run_exec(
         conn.open()
         report.step("run")
         line = privileged(command, server.privilege) if use_privilege else command
-        result = conn.run(line, on_line=lambda _stream, text: report.line(text), check=True)
-        return {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+        result = conn.run(line, on_line=lambda _stream, text: report.line(text), check=False)
+        report.details.update(exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+        if result.exit_code != 0:  # failed, with its output kept apart in --json
+            raise RemoteCommandError(command, result.exit_code, result.tail)
+        return dict(report.details)
 
     try:
         return fan_out(servers, work, parallel=parallel, board=board)

@@ -17,7 +17,7 @@ app = typer.Typer(
     name="flinger",
     help="Deploy a distributed system onto many servers over SSH.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -145,10 +145,7 @@ def exec_(
         results = run_exec(
             env.topology(), chosen, command, parallel=env.parallel, board=board, use_privilege=privileged
         )
-    if env.json:
-        for r in results:
-            r.details.pop("stderr", None)
-    else:
+    if not env.json:  # the lines were shown as they came; --json keeps stdout and stderr apart
         for r in results:
             r.details.pop("stdout", None)
             r.details.pop("stderr", None)

@@ -131,3 +131,15 @@ def test_a_missing_local_rsync_is_one_line_naming_the_package(sandbox: SandboxSt
     assert errors == ["flinger: error: rsync and ssh not found on this machine (PATH): "
                       "apt-get install rsync openssh-client (Debian/Ubuntu)"], proc.stderr
     assert os.environ.get("PATH")  # the test's own PATH is untouched
+
+
+def test_exec_keeps_stdout_stderr_and_exit_status_apart_when_it_fails(sandbox: SandboxState) -> None:
+    proc = run_flinger("-c", str(sandbox.config_path), "--json", "exec", "--servers", "node1",
+                       "echo to-out; echo to-err >&2; exit 3")  # fmt: skip
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)["servers"][0]
+    assert result["status"] == "failed" and result["exit_code"] == 3
+    assert result["details"]["stdout"] == "to-out\n" and result["details"]["stderr"] == "to-err\n"
+    human = run_flinger("-c", str(sandbox.config_path), "exec", "--servers", "node1", "exit 3")
+    assert "node1: node1:" not in human.stdout + human.stderr
+    assert "node1: `exit 3` exited with status 3" in human.stdout

@@ -106,6 +106,9 @@ def test_check_accepts_the_example(name: str, capsys: pytest.CaptureFixture[str]
     report = json.loads(captured.out)
     assert report["warnings"] == []
     assert report["packages"], "an example without packages shows nothing"
+    builders = [s for s in report["servers"] if s["builder"] is True]
+    assert len(builders) == 1 and all(isinstance(s["deploy"], bool) for s in report["servers"])
+    assert all(isinstance(p["roles"], list) and isinstance(p["servers"], list) for p in report["packages"])
 
 
 @pytest.mark.parametrize("name", SEEDS)
