@@ -3,14 +3,50 @@
 Every command writes one JSON object per line to stdout (`{"event": ...}`) and ends with
 `{"event": "result", "ok": ...}`; human text goes to stderr. Builds run packages in threads,
 so writes are serialised by a lock to keep lines whole.
+
+A command that changes a server must not die because its client went away (Ctrl-C, a cut
+network, a killed flinger): that would leave it half-switched. `survive_lost_client(log)`
+ignores SIGHUP and SIGPIPE's consequences: once stdout or stderr cannot be written, every
+later line goes to `log` instead, and the command runs on to its end (install or rollback).
 """
 
 import json
+import os
+import signal
 import sys
 import threading
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 _write_lock = threading.Lock()
+_fallback: Optional[str] = None  # where lines go once the client is gone
+_client_gone = False
+
+
+def survive_lost_client(log_path: str) -> None:
+    """Keep running when the client disconnects; lines go to `log_path` from then on."""
+    global _fallback
+    _fallback = log_path
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _write(stream: Any, line: str) -> None:
+    """One line to `stream`, or to the fallback log once the client is gone."""
+    global _client_gone
+    if not _client_gone:
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+            return
+        except (OSError, ValueError):  # BrokenPipeError, EIO, or a closed file
+            if _fallback is None:
+                raise
+            _client_gone = True
+    try:
+        os.makedirs(os.path.dirname(_fallback or ".") or ".", exist_ok=True)
+        with open(str(_fallback), "a") as log:
+            log.write(line + "\n")
+    except OSError:
+        pass  # nowhere left to write: the work itself goes on
 
 
 class PlanError(Exception):
@@ -23,8 +59,7 @@ def emit(event: str, **fields: Any) -> None:
     record.update(fields)
     line = json.dumps(record, sort_keys=False, default=str)
     with _write_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        _write(sys.stdout, line)
 
 
 def result(ok: bool, **fields: Any) -> int:
@@ -36,8 +71,7 @@ def result(ok: bool, **fields: Any) -> int:
 def say(text: str) -> None:
     """Human-readable progress on stderr."""
     with _write_lock:
-        sys.stderr.write(text.rstrip("\n") + "\n")
-        sys.stderr.flush()
+        _write(sys.stderr, text.rstrip("\n"))
 
 
 def read_plan() -> Dict[str, Any]:

@@ -338,6 +338,8 @@ def install(plan: Dict[str, Any]) -> int:
     overlay_dir = plan.get("overlay_dir") or None
     try:
         install_dir = _install_dir(plan)
+        # From here on the server changes: finish (install or rollback) even if the client goes.
+        events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
         release_id = _plain_name(events.require(plan, "release"), "release")
         svcs = parse_services(plan)
         roots = services.roots_from(plan)
@@ -479,6 +481,7 @@ def uninstall_dir(install_dir: str) -> List[str]:
 
 def uninstall(plan: Dict[str, Any], clean: bool = False) -> int:
     install_dir = _install_dir(plan)
+    events.survive_lost_client(os.devnull)  # what it removes, it removes whole
     had_state = bool(load_state(install_dir))
     problems = uninstall_dir(install_dir) if os.path.isdir(install_dir) else []
     if clean and plan.get("staging_dir"):

@@ -318,3 +318,28 @@ def test_smf_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert fake.calls == [["svcadm", "disable", "-s", "svc:/site/quorum:default"],
                           ["svccfg", "delete", "-f", "svc:/site/quorum"]]
     assert not os.path.exists(path)
+
+
+@needs_runit
+def test_a_lost_client_never_leaves_a_half_switched_server(env: Fixture) -> None:
+    """The client goes away (its end of the pipe closed, a SIGHUP) while a release that fails
+    its health check is installing: the tool still rolls back, and says so in its log."""
+    code, _ = run_remote("install", env.plan("r1", "v1"))
+    assert code == 0 and get(env.url()) == "v1"
+    bad = env.plan("r2", "v2", health={"url": f"http://127.0.0.1:{free_port()}/", "timeout": 3, "interval": 0.2})
+    proc = subprocess.Popen([sys.executable, "-m", "flinger.remote", "install"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(json.dumps(bad).encode())
+    proc.stdin.close()
+    while b'"step": "service"' not in proc.stdout.readline():  # it is switching now
+        pass
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=60) == 1  # the install failed, and the tool ran to its end
+    assert env.current() == "releases/r1"
+    assert json.loads((env.install_dir / ".flinger" / "state.json").read_text())["release"] == "r1"
+    assert get(env.url()) == "v1"
+    log = (env.install_dir / ".flinger" / "events.log").read_text()
+    assert '"step": "rollback"' in log and '"event": "result", "ok": false' in log
