@@ -29,6 +29,7 @@ STATE_STYLE = {
     "failed": "bold red",
     "unreachable": "bold magenta",
     "skipped": "yellow",
+    "interrupted": "yellow",
 }
 
 

@@ -431,9 +431,12 @@ def run_deploy(
             for wave in sorted({p.wave for p in plans.values()}):
                 group = [s for s in servers if plans[s.name].wave == wave]
                 if stop:
+                    interrupted = any(r.status is Status.INTERRUPTED for r in results.values())
                     for s in group:
                         results[s.name] = ServerResult(
-                            s.name, Status.SKIPPED, message="not started: an earlier wave failed"
+                            s.name,
+                            Status.INTERRUPTED if interrupted else Status.SKIPPED,
+                            message="not started: " + ("interrupted" if interrupted else "an earlier wave failed"),
                         )
                     continue
 
@@ -442,8 +445,9 @@ def run_deploy(
 
                 for r in fan_out(group, work, parallel=parallel, board=deployer.board, fail_fast=fail_fast):
                     results[r.server] = r
-                if any(r.status is not Status.OK for r in results.values()) and (
-                    fail_fast or _has_dependents(plans, wave)
+                if any(r.status is Status.INTERRUPTED for r in results.values()) or (
+                    any(r.status is not Status.OK for r in results.values())
+                    and (fail_fast or _has_dependents(plans, wave))
                 ):
                     stop = True
             return [results[s.name] for s in servers]

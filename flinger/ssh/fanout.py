@@ -25,6 +25,7 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     UNREACHABLE = "unreachable"
     SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"  # not started: Ctrl-C came first
 
 
 @dataclass
@@ -145,6 +146,7 @@ def fan_out(
     results: dict[str, ServerResult] = {}
     stop = threading.Event()
     pending = list(servers)
+    interrupted = False
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="flinger") as pool:
         running: dict[Future[ServerResult], Server] = {}
         while pending or running:
@@ -153,7 +155,14 @@ def fan_out(
                 running[pool.submit(_run_one, server, work, board)] = server
             if not running:
                 break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            try:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                # Ctrl-C: start no other server; those running finish their step on the
+                # server (a safe point), so none is left half-done; then the summary.
+                interrupted = True
+                stop.set()
+                continue
             for fut in done:
                 server = running.pop(fut)
                 result = fut.result()
@@ -161,14 +170,21 @@ def fan_out(
                 if fail_fast and result.status is not Status.OK:
                     stop.set()
         for server in pending:
-            results[server.name] = ServerResult(server.name, Status.SKIPPED, message="not started (--fail-fast)")
-            board.update(server.name, state="skipped")
+            if interrupted:
+                results[server.name] = ServerResult(server.name, Status.INTERRUPTED, message="not started: interrupted")
+                board.update(server.name, state="interrupted")
+            else:
+                results[server.name] = ServerResult(server.name, Status.SKIPPED, message="not started (--fail-fast)")
+                board.update(server.name, state="skipped")
     return [results[s.name] for s in servers]
 
 
 def exit_status(results: Iterable[ServerResult]) -> ExitStatus:
-    """1 if any server failed (or was skipped), else 4 if any was unreachable, else 0."""
+    """130 if Ctrl-C stopped servers from starting, else 1 if any server failed (or was
+    skipped), else 4 if any was unreachable, else 0."""
     statuses = {r.status for r in results}
+    if Status.INTERRUPTED in statuses:
+        return ExitStatus.INTERRUPTED
     if Status.FAILED in statuses or Status.SKIPPED in statuses:
         return ExitStatus.FAILED
     if Status.UNREACHABLE in statuses:

@@ -151,3 +151,27 @@ def test_agent_forwarded_to_the_builder_reaches_another_host(sandbox: SandboxSta
     finally:
         pool.close()
         plain.close()
+
+
+def test_ctrl_c_lets_running_servers_finish_then_prints_the_summary(sandbox: SandboxState) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "flinger", "-c", str(sandbox.config_path), "--parallel", "1", "exec",
+            "echo started; sleep 3; echo finished"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "started" in line:
+            proc.send_signal(signal.SIGINT)  # while the first server runs its command
+            break
+    rest = proc.stdout.read()
+    out = "".join(seen) + rest
+    assert proc.wait(timeout=60) == 130, out
+    assert "finished" in out  # the running server reached the end of its command
+    rows = {line.split()[1]: line.split()[3] for line in out.splitlines() if line.startswith("│ node")}
+    assert sorted(rows.values()) == ["interrupted", "interrupted", "ok"], out
