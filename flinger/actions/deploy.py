@@ -257,6 +257,8 @@ class Deployer:
                 "overlay_dir": overlay_remote,
                 "overlay_owner": plan.overlay_owner,
                 "services": [s.as_remote() for s in plan.services],
+                # the tool refuses to switch anything unless this run still holds the lock
+                "lock_holder": self.holder,
             }
 
             def on_event(event: dict[str, Any]) -> None:
