@@ -388,7 +388,13 @@ def _explained(exc: RemoteCommandError, report: Reporter) -> RemoteCommandError:
             report.line(f"{log.get('service')}: {line}")
     if "rolled_back_to" in result:
         report.details["rolled_back_to"] = result["rolled_back_to"]
-        now = result["rolled_back_to"] or "nothing (first install)"
+        now = str(result["rolled_back_to"] or "nothing (first install)")
+        restored = result.get("restored_health")
+        if isinstance(restored, dict) and restored:
+            report.details["restored_health"] = restored
+            sick = [f"{name}: {info.get('detail')}" for name, info in restored.items()
+                    if isinstance(info, dict) and not info.get("healthy")]
+            now += f", NOT healthy ({'; '.join(sick)})" if sick else ", healthy"
         raw = result.get("rollback_problems")
         problems = "; ".join(str(p) for p in raw) if isinstance(raw, list) else ""
         exc.message += f"; rolled back to {now}" + (f" (with problems: {problems})" if problems else "")

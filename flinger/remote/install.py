@@ -334,6 +334,17 @@ def _rollback(install_dir: str, previous: Dict[str, Any], roots: Dict[str, str],
     return problems
 
 
+def _restored_health(previous: Dict[str, Any]) -> Dict[str, Any]:
+    """After a rollback: does each restored service pass its own health check again?"""
+    checked: Dict[str, Any] = {}
+    for service in previous.get("services") or []:
+        if service.get("health"):
+            passed, detail = health.wait_healthy(service["health"])
+            events.emit("health", service=service["name"], ok=passed, detail=detail, restored=True)
+            checked[service["name"]] = {"healthy": passed, "detail": detail}
+    return checked
+
+
 def install(plan: Dict[str, Any]) -> int:
     overlay_dir = plan.get("overlay_dir") or None
     try:
@@ -416,7 +427,7 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
         problems = _rollback(install_dir, previous, roots, touched, removed, release)
         return events.result(False, step=step, error=str(exc), changed=False,
                              rolled_back_to=previous.get("release"), rollback_problems=problems,
-                             service_log=log)
+                             restored_health=_restored_health(previous), service_log=log)
 
     history = [r for r in previous.get("releases") or [] if r != release] + [release]
     events.emit("step", step="prune")

@@ -88,7 +88,8 @@ def test_a_crashing_release_shows_the_journal_and_rolls_back(
     assert any(MARKER in line for line in node3["details"]["service_log"]["lines"]), node3
     release = before["node3"].rsplit("/", 1)[-1]  # current -> releases/<id>
     assert node3["details"]["rolled_back_to"] == release
-    assert f"rolled back to {release}" in node3["message"]
+    assert f"rolled back to {release}, healthy" in node3["message"]  # checked again after the rollback
+    assert node3["details"]["restored_health"]["quorum"]["healthy"] is True
     log_dir = state.config_path.parent / ".flinger" / "sandbox" / "logs"
     assert any(MARKER in p.read_text() for p in log_dir.glob("*/node3.log"))
     for name in NODES:
