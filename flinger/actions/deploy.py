@@ -21,10 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flinger.actions.deploy_plan import ServerPlan, plan_deploy
+from flinger.actions.deploy_plan import ServerPlan, plan_deploy, staging_runs_dir
 from flinger.actions.remote_tool import (
-    ZIPAPP_NAME,
-    local_zipapp,
     read_remote_json,
     resolve_remote_path,
     run_tool,
@@ -36,7 +34,7 @@ from flinger.remote import services
 from flinger.ssh import known_hosts
 from flinger.ssh.connection import Connection, ConnectionPool, privileged
 from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, Status, fan_out
-from flinger.ssh.openssh import remote_rsync_path, rsync_rsh
+from flinger.ssh.openssh import rsync_rsh
 from flinger.topology.model import Server, Topology
 
 RSYNC_IO_TIMEOUT = 120  # seconds without any data before a push counts as failed (not a hang)
@@ -50,28 +48,6 @@ _RSYNC_STAT = re.compile(r"^(Total bytes sent|Literal data|Total transferred fil
 
 def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
-
-
-def is_dead_local_run(holder: str) -> bool:
-    """Whether a lock holder names a flinger run of this user on this machine that has ended."""
-    prefix = f"{getpass.getuser()}@{socket.gethostname()} run "
-    match = re.fullmatch(r"\d{8}T\d{6}Z-(\d+)", holder[len(prefix) :]) if holder.startswith(prefix) else None
-    if match is None:
-        return False
-    pid = int(match.group(1))
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # A live process with that pid may be a different program: only a flinger counts.
-    try:
-        return b"flinger" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 class RunLog:
@@ -128,11 +104,6 @@ class Deployer:
                 conn = self.pool.get(self.topology.builder.server)
                 artifacts = resolve_remote_path(conn, self.topology.builder.artifacts_path)
                 manifest = read_remote_json(conn, f"{artifacts}/manifest.json")
-                local, digest = local_zipapp(self.topology)
-                tool = f"{artifacts}/{ZIPAPP_NAME}"
-                # Same tool already there: leave it (and its mtime), so rsync sends nothing for it.
-                if conn.run(f"sha256sum {shlex.quote(tool)} 2>/dev/null || true").stdout.split()[:1] != [digest]:
-                    conn.put_file(local, tool, mode=0o644)
                 known = self._known_hosts_for_builder()
                 kh_dir = resolve_remote_path(conn, f"$HOME/.flinger/{self.topology.name}")
                 conn.run(f"mkdir -p {shlex.quote(kh_dir)} && chmod 700 {shlex.quote(kh_dir)}")
@@ -167,26 +138,28 @@ class Deployer:
             )
 
     # -- install --------------------------------------------------------------------------
-    def push(self, server: Server, plan: ServerPlan, conn: Connection, report: Reporter) -> dict[str, int]:
-        """The builder rsyncs this server's packages, manifest.json and the tool to its staging dir."""
+    def push(
+        self, server: Server, plan: ServerPlan, conn: Connection, run_dir: str, report: Reporter
+    ) -> dict[str, int]:
+        """The builder rsyncs the packages this server lacks into this run's staging dir."""
         side = self.builder_side()
         artifacts, built = side["artifacts"], side["manifest"].get("packages", {})
         missing = [p for p in plan.packages if p not in built]
         if missing:
             raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
-        staging = resolve_remote_path(conn, plan.staging_dir)
-        conn.run(f"mkdir -p {shlex.quote(staging)}/packages && chmod 700 {shlex.quote(staging)}")
         installed = self.installed_digests(server, conn, plan)
         needed = [p for p in plan.packages if installed.get(p) != built[p].get("sha256")]
         report.details["packages_sent"] = needed
+        if not needed:  # the receipt already records every digest: no builder round trip at all
+            report.info("0 bytes pushed (every package already installed)")
+            return {}
         # One rsync (one handshake) for everything; "/./" keeps the paths below it (--relative).
         files = [built[p].get("file") or f"packages/{p}.tar.gz" for p in needed]
-        sources = [f"{artifacts}/./{f}" for f in [*files, "manifest.json", ZIPAPP_NAME]]
+        sources = [f"{artifacts}/./{f}" for f in files]
         rsh = rsync_rsh(server, self.topology.ssh, known_hosts=side["known_hosts"])
         host = server.addr if ":" not in server.addr else f"[{server.addr}]"
-        dest_root = remote_rsync_path(plan.staging_dir).rstrip("/")
         argv = ["rsync", "--relative", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats",
-                f"--timeout={RSYNC_IO_TIMEOUT}", "-e", rsh, "--", *sources, f"{host}:{dest_root}/"]  # fmt: skip
+                f"--timeout={RSYNC_IO_TIMEOUT}", "-e", rsh, "--", *sources, f"{host}:{run_dir}/"]  # fmt: skip
         with self.pool.lease(self.topology.builder.server) as builder_conn:
             result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
                                       check=False)  # fmt: skip
@@ -210,9 +183,9 @@ class Deployer:
             return {}
         return {name: str(info.get("digest")) for name, info in packages.items() if isinstance(info, dict)}
 
-    def send_overlay(self, plan: ServerPlan, conn: Connection, staging: str) -> str:
+    def send_overlay(self, plan: ServerPlan, conn: Connection, run_dir: str) -> str:
         """This server's overlay, and only this server's, over SFTP: dirs 0700, files 0600."""
-        remote = f"{staging}/overlay-{self.run_id}"
+        remote = f"{run_dir}/overlay"
         conn.sftp_mkdir(remote, 0o700)
         for rel in plan.overlay_files:
             parts = Path(rel).parts
@@ -229,28 +202,34 @@ class Deployer:
         report.step("connect")
         conn = self.pool.get(server.name)
         conn.open()
-        report.step("push")
-        stats = self.push(server, plan, conn, report)
-        report.details["push"] = stats
         staging = resolve_remote_path(conn, plan.staging_dir)
-        tool = f"{staging}/{ZIPAPP_NAME}"
         install_dir = resolve_remote_path(conn, plan.install_dir)
+        # Lock first: nothing is staged on a server another run is deploying to.
         report.step("lock")
+        tool = upload_tool(conn, self.topology, plan.staging_dir)
         self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
         try:
+            # This run's own staging dir; the install removes it, and those of earlier runs.
+            runs = staging_runs_dir(staging, install_dir)
+            run_dir = f"{runs}/{self.run_id}"
+            conn.run(f"mkdir -p {shlex.quote(run_dir)} && chmod 700 {shlex.quote(staging)} {shlex.quote(run_dir)}")
+            report.step("push")
+            stats = self.push(server, plan, conn, run_dir, report)
+            report.details["push"] = stats
             report.step("overlay")
-            overlay_remote = self.send_overlay(plan, conn, staging)
+            overlay_remote = self.send_overlay(plan, conn, run_dir)
             report.step("install")
             built = self.builder_side()["manifest"].get("packages", {})
             remote_plan = {
                 "install_dir": install_dir,
-                "staging_dir": staging,
+                "staging_dir": run_dir,
+                "staging_runs": runs,
                 "release": self.run_id,
                 "packages": [
                     {
                         "name": p,
                         "digest": built[p]["sha256"],
-                        "tarball": f"{staging}/packages/{Path(built[p].get('file') or p + '.tar.gz').name}",
+                        "tarball": f"{run_dir}/packages/{Path(built[p].get('file') or p + '.tar.gz').name}",
                     }
                     for p in plan.packages
                 ],
@@ -303,18 +282,21 @@ class Deployer:
         args = ["lock", action, "--install-dir", install_dir, "--holder", self.holder]
         if action == "acquire":
             args += ["--wait", str(wait)]
-        try:
-            run_tool(conn, server, tool, args)
-        except RemoteCommandError as exc:
-            stale = str(exc.result.get("holder") or "")
-            if action == "acquire" and is_dead_local_run(stale):
-                # Our own machine's run, whose process is gone (killed, or cut off mid-run):
-                # nobody can still be deploying under it. Say so, break it, take it.
-                if report is not None:
-                    report.line(f"breaking a stale lock: {stale} (that flinger process is gone)")
-                run_tool(conn, server, tool, ["lock", "break", "--install-dir", install_dir, "--holder", self.holder])
-                run_tool(conn, server, tool, args)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if report is None:
                 return
+            if event.get("event") == "stale":  # the server found no process left of that run
+                report.details["broke_stale_lock"] = {k: event.get(k) for k in ("holder", "since", "reason")}
+                report.line(f"broke a stale lock of {event.get('holder')} since {event.get('since')}: "
+                            f"{event.get('reason')}")
+            elif event.get("event") == "held":
+                report.line(f"waiting for the deploy lock: held by {event.get('holder')} since "
+                            f"{event.get('since')}; {event.get('why')}")
+
+        try:
+            run_tool(conn, server, tool, args, on_event=on_event)
+        except RemoteCommandError as exc:
             if quiet:
                 if report is not None:
                     report.line(f"lock {action}: {exc.message}")

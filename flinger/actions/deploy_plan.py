@@ -58,16 +58,21 @@ class ServerPlan:
             "wave": self.wave,
             "steps": [
                 {
+                    "step": "lock",
+                    "path": f"{self.install_dir}/.flinger/lock",
+                    "tool": f"{self.staging_dir}/flinger-remote.pyz",
+                },
+                {
                     "step": "push",
                     "by": "builder",
-                    "to": f"{self.staging_dir}/packages",
-                    "files": [f"{p}.tar.gz" for p in self.packages] + ["manifest.json", "flinger-remote.pyz"],
+                    "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/packages",
+                    "files": [f"{p}.tar.gz" for p in self.packages],
+                    "only": "packages whose digest the server's receipt does not record",
                 },
-                {"step": "lock", "path": f"{self.install_dir}/.flinger/lock"},
                 {
                     "step": "overlay",
                     "by": "client",
-                    "to": f"{self.staging_dir}/overlay-<run>",
+                    "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/overlay",
                     "files": self.overlay_files,
                 },
                 {
@@ -91,6 +96,17 @@ class ServerPlan:
             ],
             "notes": self.notes,
         }
+
+
+def staging_key(install_dir: str) -> str:
+    """The name of an install dir's runs directory under the staging dir (`/opt/q` -> `opt_q`):
+    two deployments sharing a staging dir never clean up each other's runs."""
+    return install_dir.strip("/").replace("/", "_").replace("$", "").replace("~", "home") or "root"
+
+
+def staging_runs_dir(staging: str, install_dir: str) -> str:
+    """Where runs stage for this install dir: `<staging>/runs/<key>/<run id>/`."""
+    return f"{staging}/runs/{staging_key(install_dir)}"
 
 
 def template_context(topology: Topology, server: Server, package: Package | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ this module turns that stream into callbacks and the result into data or a Fling
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 import threading
 from collections import deque
@@ -51,12 +52,22 @@ def resolve_remote_path(conn: Connection, path: str) -> str:
 
 
 def upload_tool(conn: Connection, topology: Topology, staging_dir: str) -> str:
-    """Put the tool into `staging_dir` (made 0700) over SFTP; returns its remote path."""
-    local, _digest = local_zipapp(topology)
+    """Put the tool into `staging_dir` (made 0700) over SFTP; returns its remote path.
+
+    The same tool already there is left alone (one round trip); a different one is written
+    beside it and renamed into place, so a run using the old one never reads a torn file.
+    """
+    local, digest = local_zipapp(topology)
     staging = resolve_remote_path(conn, staging_dir)
-    conn.run(f"mkdir -p {shlex.quote(staging)} && chmod 700 {shlex.quote(staging)}")
     remote = f"{staging}/{ZIPAPP_NAME}"
-    conn.put_file(local, remote, mode=0o600)
+    q_staging, q_remote = shlex.quote(staging), shlex.quote(remote)
+    have = conn.run(
+        f"mkdir -p {q_staging} && chmod 700 {q_staging} && (sha256sum {q_remote} 2>/dev/null || true)"
+    ).stdout.split()[:1]
+    if have != [digest]:
+        tmp = f"{remote}.{secrets.token_hex(6)}.tmp"
+        conn.put_file(local, tmp, mode=0o600)
+        conn.run(f"mv -f {shlex.quote(tmp)} {q_remote}")
     return remote
 
 

@@ -347,6 +347,7 @@ def _restored_health(previous: Dict[str, Any]) -> Dict[str, Any]:
 
 def install(plan: Dict[str, Any]) -> int:
     overlay_dir = plan.get("overlay_dir") or None
+    run_dir = plan.get("staging_dir") or None
     try:
         install_dir = _install_dir(plan)
         # From here on the server changes: finish (install or rollback) even if the client goes.
@@ -358,14 +359,38 @@ def install(plan: Dict[str, Any]) -> int:
             raise events.PlanError("overlay_dir %s does not exist" % overlay_dir)
         holder = plan.get("lock_holder")
         if holder:
-            current_lock = lock.read_holder(install_dir) or {}
-            if current_lock.get("holder") != holder:
-                return events.result(False, step="lock", error="the deploy lock is held by %s"
-                                     % (current_lock.get("holder") or "nobody"))
+            # Still ours? Then this process is the one working for the lock from now on: a
+            # re-run judges the lock live while it runs, even after its client is gone.
+            try:
+                refused = lock.claim_for_worker(install_dir, str(holder))
+            except (lock.LockWriteError, OSError) as exc:
+                refused = str(exc)
+            if refused:
+                return events.result(False, step="lock", error=refused)
+            _remove_earlier_runs(plan.get("staging_runs"), run_dir)
         return _install(plan, install_dir, release_id, svcs, roots, overlay_dir)
     finally:
         if overlay_dir:
             shutil.rmtree(overlay_dir, ignore_errors=True)  # staged secrets never linger
+        if run_dir and os.path.basename(os.path.dirname(os.path.dirname(run_dir))) == "runs":
+            shutil.rmtree(run_dir, ignore_errors=True)  # this run's staged packages are unpacked
+
+
+def _remove_earlier_runs(runs: Any, own: Optional[str]) -> None:
+    """Staging dirs of earlier runs of this install dir (killed, or cut off before their
+    install): their overlays hold secrets. Only called while holding the lock, so no run
+    that could still use one exists."""
+    if not isinstance(runs, str) or not runs or os.path.basename(os.path.dirname(runs)) != "runs":
+        return
+    try:
+        names = os.listdir(runs)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(runs, name)
+        if own is None or os.path.abspath(path) != os.path.abspath(own):
+            events.emit("cleanup", removed=path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _install(plan: Dict[str, Any], install_dir: str, release_id: str,

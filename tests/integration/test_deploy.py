@@ -160,23 +160,73 @@ def test_status_reports_release_digests_and_running_services(deployed: dict[str,
         assert next(s["state"] for s in details["services"] if s["name"] == "quorum").startswith("run"), details
 
 
-def test_a_held_lock_refuses_a_second_deploy_until_broken(
+TOOL = "/home/deploy/flinger-staging/flinger-remote.pyz"
+
+
+def _hold_lock(sandbox: SandboxState, host: str, holder: str) -> Any:
+    """Another run holding `host`'s deploy lock: an SSH session that took it and stays open."""
+    import subprocess
+
+    addr, port = sandbox.hosts[host]
+    line = shlex.join(["python3", TOOL, "lock", "acquire", "--install-dir", "/opt/quorum", "--holder", holder])
+    argv = [
+        "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={sandbox.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-p", str(port), f"deploy@{addr}", f"sudo -n sh -c {shlex.quote(line + ' && sleep 300')}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    assert first.get("ok") is True, first
+    return proc
+
+
+def test_a_held_lock_refuses_a_second_deploy_before_anything_is_staged(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
 ) -> None:
-    tool = "/home/deploy/flinger-staging/flinger-remote.pyz"
-    held = ssh_run(
-        sandbox, "node1", "python3", tool, "lock", "acquire", "--install-dir", "/opt/quorum", "--holder", "someone-else"
-    )
-    assert held.returncode == 0, held.stdout + held.stderr
-    code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
-    assert code == 1
-    result = by_server(doc)["node1"]
-    assert result["status"] == "failed" and result["step"] == "lock"
-    assert "someone-else" in json.dumps(result)
-    code, doc = flinger_json(sandbox.config_path, "deploy", "unlock", "--servers", "node1")
+    import time
+
+    holder = _hold_lock(sandbox, "node1", "someone-else")
+    try:
+        code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
+        assert code == 1
+        result = by_server(doc)["node1"]
+        assert result["status"] == "failed" and result["step"] == "lock", result
+        assert "held by someone-else" in result["message"], result
+        assert "ssh session" in result["message"] and "still running here" in result["message"], result
+        assert "push" not in result["details"], result  # lock first: nothing was pushed
+        runs = ssh_run(sandbox, "node1", "sh", "-c", "ls -A /home/deploy/flinger-staging/runs/opt_quorum 2>/dev/null")
+        assert runs.stdout.strip() == "", runs.stdout
+
+        # The holder's session ends (its flinger was killed, say): nothing of it is left on
+        # node1, so the next run breaks the stale lock by itself and says whose it was.
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 30
+    while True:
+        code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
+        if code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # sshd may take a moment to notice the closed connection
     assert code == 0, doc
-    code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
-    assert code == 0, doc
+    broke = by_server(doc)["node1"]["details"]["broke_stale_lock"]
+    assert broke["holder"] == "someone-else", broke
+
+
+def test_a_lock_held_by_a_live_run_is_broken_only_by_unlock(
+    deployed: dict[str, Any], sandbox: SandboxState
+) -> None:
+    holder = _hold_lock(sandbox, "node1", "someone-else")
+    try:
+        code, doc = flinger_json(sandbox.config_path, "deploy", "unlock", "--servers", "node1")
+        assert code == 0, doc
+        code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")
+        assert code == 0, doc
+        assert "broke_stale_lock" not in by_server(doc)["node1"]["details"]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _cut_host(state: SandboxState, name: str) -> None:

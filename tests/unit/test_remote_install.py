@@ -243,7 +243,7 @@ def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
     status, lines = run_remote("lock", None, "acquire", *args, "--holder", "alice")
     assert status == 0
     record = json.loads(Path(install_dir, ".flinger", "lock").read_text())
-    assert record["holder"] == "alice" and "since" in record and "pid" in record
+    assert record["holder"] == "alice" and "since" in record and record["session"]["pid"] == os.getpid()
     status, lines = run_remote("lock", None, "acquire", *args, "--holder", "bob",
                                "--wait", "0.6")
     assert status == 1 and lines[0]["event"] == "held" and lines[0]["holder"] == "alice"
