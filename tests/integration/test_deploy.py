@@ -329,6 +329,120 @@ def test_a_failing_health_check_keeps_the_previous_release_running(
     assert status["name"] == "node3"
 
 
+def _new_run_dirs(logs: Path, before: set[Path]) -> list[Path]:
+    return sorted(d for d in logs.iterdir() if d not in before) if logs.exists() else []
+
+
+def test_a_client_killed_mid_install_leaves_the_server_on_one_release_and_a_rerun_waits_for_it(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flinger_helpers import derived_config
+
+    # A release whose health check never passes on node3 (for 12 s), so its install is still
+    # busy (then rolling back) on node3 when the client dies.
+    repo = Path(__file__).resolve().parents[2]
+    manifest = (repo / "packaging" / "package-manifest.toml").read_text()
+    broken = manifest.replace(
+        'url = "https://{{ server.addr }}:8443/status"', 'url = "https://{{ server.addr }}:9/status"'
+    ).replace("timeout = 30 ", "timeout = 12 ")
+    assert broken != manifest
+    (tmp_path / "manifest.toml").write_text(broken)
+    config = derived_config(sandbox, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
+    (tmp_path / ".flinger").symlink_to(sandbox.config_path.parent / ".flinger")
+    assert flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node3")[0] == 0
+    before = ssh_run(sandbox, "node3", "readlink", "/opt/quorum/current").stdout.strip()
+    ssh_run(sandbox, "node3", "rm", "-f", "/opt/quorum/.flinger/events.log")
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "flinger", "-c", str(config), "--json", "deploy", "install", "--servers", "node3"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and killed.poll() is None:
+            new = _new_run_dirs(logs, runs_before)
+            log = new[0] / "node3.log" if new else None
+            if log is not None and log.exists() and "step: install: service" in log.read_text():
+                killed.send_signal(signal.SIGKILL)  # no goodbye: the client is simply gone
+                break
+            time.sleep(0.01)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert killed.returncode == -signal.SIGKILL, "the run ended before node3 reached its install step"
+    killed_run = _new_run_dirs(logs, runs_before)[0].name
+
+    # At once, the next run: the killed run's install still works on node3, so it waits for
+    # it (it does not break the lock under it), then takes the lock it left behind.
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node3", "--lock-wait", "120")
+    assert code == 0, doc
+    node3 = by_server(doc)["node3"]
+    assert node3["details"]["broke_stale_lock"]["holder"].endswith(f"run {killed_run}"), node3
+    rerun = next(d for d in _new_run_dirs(logs, runs_before) if d.name != killed_run)
+    text = (rerun / "node3.log").read_text()
+    assert "waiting for the deploy lock: held by" in text and "its install (pid" in text, text
+
+    # The killed run's install finished on its own: rolled back, its lines in events.log.
+    events = ssh_run(sandbox, "node3", "cat", "/opt/quorum/.flinger/events.log").stdout.splitlines()
+    result = json.loads(next(line for line in reversed(events) if '"event": "result"' in line))
+    assert result["ok"] is False and result["rolled_back_to"] == before.rsplit("/", 1)[-1], result
+    assert result["restored_health"]["quorum"]["healthy"] is True, result
+    # One release, everywhere on node3: the link, the receipt and the running service agree.
+    current = ssh_run(sandbox, "node3", "readlink", "/opt/quorum/current").stdout.strip()
+    receipt = json.loads(ssh_run(sandbox, "node3", "cat", "/opt/quorum/.flinger/state.json").stdout)
+    assert current.endswith(receipt["release"]) and receipt["release"] == before.rsplit("/", 1)[-1], receipt
+    assert ssh_run(sandbox, "node3", "sv", "status", "quorum").stdout.startswith("run:")
+    left = ssh_run(sandbox, "node3", "sh", "-c", "ls -A /home/deploy/flinger-staging/runs/opt_quorum 2>/dev/null")
+    assert left.stdout.strip() == "", left.stdout  # no staged overlay (secrets) of either run
+
+
+def test_two_concurrent_installs_take_turns_on_every_server(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
+    import subprocess
+    import sys
+
+    proc = run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate")  # a change for every server
+    assert proc.returncode == 0, proc.stderr
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    argv = [sys.executable, "-m", "flinger", "-c", str(sandbox.config_path), "--json", "deploy", "install",
+            "--lock-wait", "180"]  # fmt: skip
+    runs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        for _ in range(2)
+    ]
+    outputs = [r.communicate(timeout=400) for r in runs]
+    for r, (out, err) in zip(runs, outputs, strict=True):
+        assert r.returncode == 0, out + err
+    first, second = (by_server(json.loads(out)) for out, _ in outputs)
+    for node in NODES:
+        # one of the two installed the new overlay, the other found nothing left to do
+        assert sorted([first[node]["details"]["changed"], second[node]["details"]["changed"]]) == [False, True]
+    waited = 0
+    for run in _new_run_dirs(logs, runs_before):
+        for node in NODES:
+            text = (run / f"{node}.log").read_text()
+            steps = [ln.split("step: ", 1)[1] for ln in text.splitlines() if "step: " in ln]
+            assert steps.index("lock") < steps.index("push"), steps  # nothing staged before the lock
+            waited += "waiting for the deploy lock" in text
+    assert waited >= 1  # they did meet on at least one server
+    for node in NODES:
+        current = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
+        receipt = json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)
+        assert current.endswith(receipt["release"]), (node, current, receipt["release"])
+        left = ssh_run(sandbox, node, "sh", "-c", "ls -A /home/deploy/flinger-staging/runs/opt_quorum 2>/dev/null")
+        assert left.stdout.strip() == "", (node, left.stdout)
+    assert flinger_json(sandbox.config_path, "deploy", "status")[0] == 0
+
+
 def test_a_stopped_service_fails_status_and_install_starts_it_again(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
 ) -> None:

@@ -118,7 +118,7 @@ def test_an_empty_lock_file_left_by_a_failed_write_is_broken(
     layout.ensure_install_dir(str(tmp_path))
     Path(layout.lock_file(str(tmp_path))).write_bytes(b"")  # what older versions left on a full disk
     assert lock.acquire(str(tmp_path), "bob run 2", wait=0) == 0
-    result, progress = result_of(capsys)
+    _, progress = result_of(capsys)
     assert progress[0]["reason"] == "an unreadable lock file"
     assert json.loads(Path(layout.lock_file(str(tmp_path))).read_text())["holder"] == "bob run 2"
 
