@@ -443,6 +443,52 @@ def test_two_concurrent_installs_take_turns_on_every_server(
     assert flinger_json(sandbox.config_path, "deploy", "status")[0] == 0
 
 
+def test_ctrl_c_twice_mid_deploy_finishes_the_running_server_and_reports_the_rest(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change everywhere
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    argv = [sys.executable, "-m", "flinger", "-c", str(sandbox.config_path), "--json", "--parallel", "1",
+            "deploy", "install"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    sent = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and sent == 0:
+            new = _new_run_dirs(logs, runs_before)
+            log = new[0] / "node1.log" if new else None
+            if log is not None and log.exists() and "step: install: service" in log.read_text():
+                proc.send_signal(signal.SIGINT)
+                time.sleep(1)
+                proc.send_signal(signal.SIGINT)  # impatient: a second Ctrl-C a second later
+                sent = 2
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sent == 2, "the run ended before node1 reached its install"
+    assert proc.returncode == 130, out + err
+    results = by_server(json.loads(out))
+    assert results["node1"]["status"] == "ok" and results["node1"]["details"]["changed"] is True, results["node1"]
+    assert results["node2"]["status"] == results["node3"]["status"] == "interrupted", results
+    for node in NODES:  # nobody half-switched, no lock left behind
+        current = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
+        receipt = json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)
+        assert current.endswith(receipt["release"]), (node, current, receipt["release"])
+        assert ssh_run(sandbox, node, "test", "!", "-e", "/opt/quorum/.flinger/lock").returncode == 0, node
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")  # the re-run finishes the job
+    assert code == 0, doc
+    changed = {n: r["details"]["changed"] for n, r in by_server(doc).items()}
+    assert changed == {"node1": False, "node2": True, "node3": True}, changed
+
+
 def test_a_stopped_service_fails_status_and_install_starts_it_again(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
 ) -> None:
