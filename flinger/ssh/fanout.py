@@ -8,6 +8,8 @@ lines of output) or unreachable. One server failing never stops the others unles
 from __future__ import annotations
 
 import enum
+import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -132,6 +134,18 @@ def _run_one(server: Server, work: Work, board: Board) -> ServerResult:
     return result
 
 
+def _keep_stopping() -> None:
+    """After the first Ctrl-C, later ones only say that the run is already stopping."""
+
+    def note(_signum: int, _frame: object) -> None:
+        sys.stderr.write("flinger: already stopping: the servers that are running finish their step\n")
+
+    try:
+        signal.signal(signal.SIGINT, note)
+    except ValueError:  # not the main thread: nothing to install
+        pass
+
+
 def fan_out(
     servers: Iterable[Server],
     work: Work,
@@ -160,8 +174,10 @@ def fan_out(
             except KeyboardInterrupt:
                 # Ctrl-C: start no other server; those running finish their step on the
                 # server (a safe point), so none is left half-done; then the summary.
+                # A second Ctrl-C must not cut that short (nor the summary and exit 130).
                 interrupted = True
                 stop.set()
+                _keep_stopping()
                 continue
             for fut in done:
                 server = running.pop(fut)
