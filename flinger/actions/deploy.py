@@ -238,6 +238,7 @@ class Deployer:
                 "services": [s.as_remote() for s in plan.services],
                 # the tool refuses to switch anything unless this run still holds the lock
                 "lock_holder": self.holder,
+                "keep_releases": self.topology.deployment.keep_releases,
             }
 
             def on_event(event: dict[str, Any]) -> None:
@@ -312,6 +313,7 @@ class Deployer:
         extra: list[str] | None = None,
         hold_lock: bool = True,
         lock_wait: float = 0.0,
+        plan_extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         self._check_trusted(server)
         report.step("connect")
@@ -327,10 +329,13 @@ class Deployer:
         report.step(command)
         if hold_lock:
             self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
+        plan = {"install_dir": install_dir, "staging_dir": staging, **(plan_extra or {})}
+        if hold_lock:
+            plan["lock_holder"] = self.holder
         try:
-            result = run_tool(
-                conn, server, tool, args, plan={"install_dir": install_dir, "staging_dir": staging}, on_text=report.line
-            )
+            result = run_tool(conn, server, tool, args, plan=plan, on_event=_step_events(report), on_text=report.line)
+        except RemoteCommandError as exc:
+            raise _explained(exc, report) from None
         finally:
             if hold_lock and command not in ("uninstall", "clean"):
                 self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
@@ -339,6 +344,18 @@ class Deployer:
         if command == "status":
             _require_running(result, report)
         return result
+
+
+def _step_events(report: Reporter) -> Callable[[dict[str, Any]], None]:
+    """The remote tool's progress events as steps and lines of this server's report."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "step":
+            report.step(f"{event.get('step')}" + (f": {event['service']}" if event.get("service") else ""))
+        else:
+            report.line(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event))
+
+    return on_event
 
 
 def _require_running(result: dict[str, Any], report: Reporter) -> None:
@@ -385,6 +402,21 @@ def _explained(exc: RemoteCommandError, report: Reporter) -> RemoteCommandError:
 
 def _summary(command: str, result: dict[str, Any]) -> str:
     """One line for the summary table: what this server has now."""
+    if command == "rollback":
+        if not result.get("changed"):
+            return f"already on release {result.get('release')}"
+        return f"rolled back from {result.get('previous_release')} to {result.get('release')}, healthy"
+    if command == "history":
+        if not result.get("installed"):
+            return "nothing installed"
+        releases = result.get("releases") or []
+        current: dict[str, Any] = next((r for r in releases if r.get("current")), {})
+        others = [str(r.get("release")) for r in releases if not r.get("current")]
+        by = f" by {current.get('installed_by')}" if current.get("installed_by") else ""
+        return (
+            f"current {result.get('current')} (installed {current.get('installed_at') or 'at an unknown time'}{by}); "
+            f"earlier: {', '.join(reversed(others)) or 'none kept'}"
+        )
     if command != "status":
         return f"{command} done"
     if not result.get("installed"):
@@ -408,6 +440,7 @@ def run_deploy(
     fail_fast: bool = False,
     lock_wait: float = 0.0,
     on_start: Callable[[Deployer], None] | None = None,
+    rollback_to: str | None = None,
 ) -> list[ServerResult]:
     """Run one deploy subcommand on `servers`; results in the servers' order."""
     deployer = Deployer(topology, manifest, board=board)
@@ -456,10 +489,11 @@ def run_deploy(
 
             return fan_out(servers, unlock, parallel=parallel, board=deployer.board)
 
-        hold = action != "status"
+        hold = action not in ("status", "history")
+        extra = {"to": rollback_to} if action == "rollback" and rollback_to else None
 
         def other(server: Server, report: Reporter) -> dict[str, Any]:
-            return deployer.simple(server, report, action, hold_lock=hold, lock_wait=lock_wait)
+            return deployer.simple(server, report, action, hold_lock=hold, lock_wait=lock_wait, plan_extra=extra)
 
         return fan_out(servers, other, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
     finally:

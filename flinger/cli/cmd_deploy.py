@@ -1,4 +1,4 @@
-"""`flinger deploy install | uninstall | clean | status | unlock` (all with --dry-run)."""
+"""`flinger deploy install | uninstall | clean | status | history | rollback | unlock`."""
 
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ def _run(
     fail_fast: bool = False,
     lock_wait: float = 0.0,
     allow_empty: bool = False,
+    rollback_to: str | None = None,
 ) -> int:
     from flinger.actions.deploy import run_deploy
 
@@ -115,6 +116,7 @@ def _run(
             fail_fast=fail_fast,
             lock_wait=lock_wait,
             on_start=lambda d: log_dir.append(str(d.log_dir)),
+            rollback_to=rollback_to,
         )
     status = finish(env, f"deploy {action}", results, {"log_dir": log_dir[0] if log_dir else None})
     if not env.json and log_dir:
@@ -161,6 +163,31 @@ def status(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = Fal
     """Per server: reachable or not, installed release and package digests, service state."""
     env = env_of(ctx)
     return _dry_run(env, "status", servers) if dry_run else _run(env, "status", servers)
+
+
+@deploy_app.command("history")
+def history(ctx: typer.Context, servers: ServersOpt = None) -> int:
+    """Per server: the releases kept there, which one is current, when and by whom installed."""
+    return _run(env_of(ctx), "history", servers)
+
+
+@deploy_app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    servers: ServersOpt = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="the release to go back to (default: the one before the current)")
+    ] = None,
+    lock_wait: LockWait = 0.0,
+) -> int:
+    """Switch back to an earlier kept release, restart its services, and check their health."""
+    if to is not None:
+        from flinger.values import name_problem
+
+        problem = name_problem(to)
+        if problem:
+            raise UsageError(f"--to: {problem}")
+    return _run(env_of(ctx), "rollback", servers, lock_wait=lock_wait, rollback_to=to)
 
 
 @deploy_app.command("unlock")

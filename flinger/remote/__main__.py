@@ -18,6 +18,8 @@ COMMANDS = {
     "uninstall": "install",
     "clean": "install",
     "status": "install",
+    "history": "releases",
+    "rollback": "releases",
     "lock": "lock",
     "verify-share": "shamir",
     "prereqs": "prereqs",

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from flinger.remote import events, files, health, layout, lock, services, unpack
 
-KEEP_RELEASES = 2
+KEEP_RELEASES = 3  # the default of [deployment] keep_releases
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
@@ -33,7 +33,7 @@ class StepFailed(Exception):
 
 # ---------------------------------------------------------------------------- the plan
 
-def _plain_name(value: Any, what: str) -> str:
+def plain_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise events.PlanError("%s %r must be a plain name (letters, digits, . _ @ -)"
                                % (what, value))
@@ -47,7 +47,7 @@ def parse_services(plan: Dict[str, Any]) -> List[Dict[str, Any]]:
     for raw in plan.get("services") or []:
         if not isinstance(raw, dict):
             raise events.PlanError("every service must be an object")
-        name = _plain_name(raw.get("name"), "service name")
+        name = plain_name(raw.get("name"), "service name")
         manager = raw.get("manager")
         if manager not in services.MANAGERS:
             raise events.PlanError("service %s: unknown manager %r" % (name, manager))
@@ -86,7 +86,7 @@ def parse_services(plan: Dict[str, Any]) -> List[Dict[str, Any]]:
     return ordered
 
 
-def _install_dir(plan: Dict[str, Any]) -> str:
+def install_dir_of(plan: Dict[str, Any]) -> str:
     path = events.require(plan, "install_dir")
     if not os.path.isabs(path) or os.path.normpath(path) == "/":
         raise events.PlanError("install_dir must be an absolute path other than /")
@@ -104,7 +104,7 @@ def save_state(install_dir: str, state: Dict[str, Any]) -> None:
     files.write_json_atomic(layout.state_file(install_dir), state, mode=0o600)
 
 
-def _now() -> str:
+def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -118,7 +118,7 @@ def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[s
     staging = plan.get("staging_dir") or ""
     unpacked: Dict[str, Dict[str, str]] = {}
     for raw in plan.get("packages") or []:
-        name = _plain_name(raw.get("name"), "package name")
+        name = plain_name(raw.get("name"), "package name")
         digest = str(raw.get("digest", "")).lower()
         if not re.match(r"^[0-9a-f]{64}$", digest):
             raise StepFailed("unpack", "package %s: digest must be a sha256 hex digest" % name)
@@ -287,13 +287,24 @@ def _merge_receipts(*receipts: List[Dict[str, str]]) -> List[Dict[str, str]]:
     return merged
 
 
-def _prune(install_dir: str, history: List[str]) -> List[str]:
-    """Keep the last KEEP_RELEASES releases and the packages they use; return the kept."""
+def keep_releases(plan: Dict[str, Any]) -> int:
+    value = plan.get("keep_releases", KEEP_RELEASES)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise events.PlanError("plan key 'keep_releases' must be an integer >= 1")
+    return value
+
+
+def prune(install_dir: str, history: List[str], keep: int) -> List[str]:
+    """Keep the last `keep` releases (their receipts and the packages they use); return them."""
     releases_dir = os.path.join(install_dir, "releases")
-    kept = history[-KEEP_RELEASES:]
+    kept = history[-keep:]
     for name in os.listdir(releases_dir):
         if name not in kept:
             files.remove_path(os.path.join(releases_dir, name))
+    receipts = layout.receipts_dir(install_dir)
+    for name in os.listdir(receipts) if os.path.isdir(receipts) else []:
+        if name[:-len(".json")] not in kept:
+            files.remove_path(os.path.join(receipts, name))
     used = set()
     for name in kept:
         release_dir = os.path.join(releases_dir, name)
@@ -306,6 +317,13 @@ def _prune(install_dir: str, history: List[str]) -> List[str]:
         if name not in used:
             files.remove_path(os.path.join(packages_dir, name))
     return kept
+
+
+def save_receipt(install_dir: str, state: Dict[str, Any]) -> None:
+    """The receipt of one release, kept as long as the release: what a rollback restores."""
+    files.make_dirs(layout.receipts_dir(install_dir))
+    os.chmod(layout.receipts_dir(install_dir), 0o700)
+    files.write_json_atomic(layout.receipt_file(install_dir, state["release"]), state, mode=0o600)
 
 
 def _rollback(install_dir: str, previous: Dict[str, Any], roots: Dict[str, str],
@@ -345,28 +363,75 @@ def _restored_health(previous: Dict[str, Any]) -> Dict[str, Any]:
     return checked
 
 
+def switch_services(install_dir: str, release: str, svcs: List[Dict[str, Any]],
+                    previous: Dict[str, Any], roots: Dict[str, str],
+                    discard_on_failure: bool) -> Optional[Dict[str, Any]]:
+    """Switch `current` to `release` and make its services run (in order, each healthy before
+    the next); on failure put `previous` back and return what the result should say."""
+    events.emit("step", step="switch", release=release)
+    switch_current(install_dir, release)
+    before = {s["name"]: s for s in previous.get("services") or []}
+    wanted = {s["name"] for s in svcs}
+    touched: List[Dict[str, Any]] = []
+    removed: List[Dict[str, Any]] = []
+    since = time.time() - 1  # journald's --since has whole seconds
+    try:
+        for old in previous.get("services") or []:
+            if old["name"] not in wanted:
+                events.emit("step", step="remove-service", service=old["name"])
+                services.manager_for(old["manager"], roots).deactivate(old)
+                services.remove_receipt(old.get("paths") or [])
+                removed.append(old)
+        for service in svcs:
+            events.emit("step", step="service", service=service["name"])
+            receipt = _activate(service, roots)
+            service["paths"] = _merge_receipts(
+                (before.get(service["name"]) or {}).get("paths") or [], receipt)
+            touched.append(service)
+            _wait_healthy(service)
+    except (StepFailed, services.ServiceError, OSError) as exc:
+        step = exc.step if isinstance(exc, StepFailed) else "services"
+        # The failing service's own words, read before the rollback restarts it.
+        log = _service_log(svcs, step, roots, since)
+        events.emit("step", step="rollback", to=previous.get("release"))
+        problems = _rollback(install_dir, previous, roots, touched, removed,
+                             release if discard_on_failure else None)
+        return {"step": step, "error": str(exc), "changed": False,
+                "rolled_back_to": previous.get("release"), "rollback_problems": problems,
+                "restored_health": _restored_health(previous), "service_log": log}
+
+    return None
+
+
+def claim_lock(plan: Dict[str, Any], install_dir: str) -> Optional[str]:
+    """With a `lock_holder` in the plan: the error if that run does not hold the lock here;
+    else this process becomes the one working for the lock (a re-run judges it live while
+    this runs, even once its client is gone)."""
+    holder = plan.get("lock_holder")
+    if not holder:
+        return None
+    try:
+        return lock.claim_for_worker(install_dir, str(holder))
+    except (lock.LockWriteError, OSError) as exc:
+        return str(exc)
+
+
 def install(plan: Dict[str, Any]) -> int:
     overlay_dir = plan.get("overlay_dir") or None
     run_dir = plan.get("staging_dir") or None
     try:
-        install_dir = _install_dir(plan)
+        install_dir = install_dir_of(plan)
         # From here on the server changes: finish (install or rollback) even if the client goes.
         events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
-        release_id = _plain_name(events.require(plan, "release"), "release")
+        release_id = plain_name(events.require(plan, "release"), "release")
         svcs = parse_services(plan)
         roots = services.roots_from(plan)
         if overlay_dir and not os.path.isdir(overlay_dir):
             raise events.PlanError("overlay_dir %s does not exist" % overlay_dir)
-        holder = plan.get("lock_holder")
-        if holder:
-            # Still ours? Then this process is the one working for the lock from now on: a
-            # re-run judges the lock live while it runs, even after its client is gone.
-            try:
-                refused = lock.claim_for_worker(install_dir, str(holder))
-            except (lock.LockWriteError, OSError) as exc:
-                refused = str(exc)
-            if refused:
-                return events.result(False, step="lock", error=refused)
+        refused = claim_lock(plan, install_dir)
+        if refused:
+            return events.result(False, step="lock", error=refused)
+        if plan.get("lock_holder"):
             _remove_earlier_runs(plan.get("staging_runs"), run_dir)
         return _install(plan, install_dir, release_id, svcs, roots, overlay_dir)
     finally:
@@ -423,46 +488,22 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
     except OSError as exc:
         return events.result(False, step="release", error=str(exc), changed=False)
 
-    events.emit("step", step="switch", release=release)
-    switch_current(install_dir, release)
-    before = {s["name"]: s for s in previous.get("services") or []}
-    wanted = {s["name"] for s in svcs}
-    touched: List[Dict[str, Any]] = []
-    removed: List[Dict[str, Any]] = []
-    since = time.time() - 1  # journald's --since has whole seconds
-    try:
-        for old in previous.get("services") or []:
-            if old["name"] not in wanted:
-                events.emit("step", step="remove-service", service=old["name"])
-                services.manager_for(old["manager"], roots).deactivate(old)
-                services.remove_receipt(old.get("paths") or [])
-                removed.append(old)
-        for service in svcs:
-            events.emit("step", step="service", service=service["name"])
-            receipt = _activate(service, roots)
-            service["paths"] = _merge_receipts(
-                (before.get(service["name"]) or {}).get("paths") or [], receipt)
-            touched.append(service)
-            _wait_healthy(service)
-    except (StepFailed, services.ServiceError, OSError) as exc:
-        step = exc.step if isinstance(exc, StepFailed) else "services"
-        # The failing service's own words, read before the rollback restarts it.
-        log = _service_log(svcs, step, roots, since)
-        events.emit("step", step="rollback", to=previous.get("release"))
-        problems = _rollback(install_dir, previous, roots, touched, removed, release)
-        return events.result(False, step=step, error=str(exc), changed=False,
-                             rolled_back_to=previous.get("release"), rollback_problems=problems,
-                             restored_health=_restored_health(previous), service_log=log)
+    failure = switch_services(install_dir, release, svcs, previous, roots, discard_on_failure=True)
+    if failure is not None:
+        return events.result(False, **failure)
 
     history = [r for r in previous.get("releases") or [] if r != release] + [release]
     events.emit("step", step="prune")
-    history = _prune(install_dir, history)
-    save_state(install_dir, {
+    history = prune(install_dir, history, keep_releases(plan))
+    state = {
         "version": 1, "install_dir": install_dir, "release": release,
         "previous_release": previous.get("release"), "releases": history,
-        "installed_at": _now(), "fingerprint": fingerprint, "packages": unpacked,
+        "installed_at": utc_now(), "installed_by": plan.get("lock_holder"),
+        "fingerprint": fingerprint, "packages": unpacked,
         "services": svcs, "roots": roots, "overlay_owner": plan.get("overlay_owner"),
-    })
+    }
+    save_state(install_dir, state)
+    save_receipt(install_dir, state)
     return events.result(True, changed=True, release=release,
                          previous_release=previous.get("release"))
 
@@ -516,7 +557,7 @@ def uninstall_dir(install_dir: str) -> List[str]:
 
 
 def uninstall(plan: Dict[str, Any], clean: bool = False) -> int:
-    install_dir = _install_dir(plan)
+    install_dir = install_dir_of(plan)
     events.survive_lost_client(os.devnull)  # what it removes, it removes whole
     had_state = bool(load_state(install_dir))
     problems = uninstall_dir(install_dir) if os.path.isdir(install_dir) else []
@@ -529,7 +570,7 @@ def uninstall(plan: Dict[str, Any], clean: bool = False) -> int:
 
 
 def status(plan: Dict[str, Any]) -> int:
-    install_dir = _install_dir(plan)
+    install_dir = install_dir_of(plan)
     state = load_state(install_dir)
     if not state:
         return events.result(True, installed=False)

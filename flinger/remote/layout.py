@@ -1,6 +1,7 @@
 """Paths of an install directory owned by the remote tool, and who created it.
 
-`<install_dir>/.flinger/` (0700) holds the receipt (`state.json`), the deploy lock and
+`<install_dir>/.flinger/` (0700) holds the receipt (`state.json`), one receipt per kept
+release (`releases/<release>.json`), the deploy lock and
 `created-dirs.json`: the directories flinger itself created for the install dir, so an
 uninstall can leave the server exactly as before the first install.
 """
@@ -23,6 +24,15 @@ def state_file(install_dir: str) -> str:
 
 def lock_file(install_dir: str) -> str:
     return os.path.join(state_dir(install_dir), "lock")
+
+
+def receipts_dir(install_dir: str) -> str:
+    return os.path.join(state_dir(install_dir), "releases")
+
+
+def receipt_file(install_dir: str, release: str) -> str:
+    """The receipt of one kept release (what `rollback` switches back to)."""
+    return os.path.join(receipts_dir(install_dir), release + ".json")
 
 
 def _created_file(install_dir: str) -> str:

@@ -23,7 +23,7 @@ from flinger.values import host_problem, jump_problem, name_problem, remote_path
 
 TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers")
 BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
-DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold")
+DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold", "keep_releases")
 SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config")
 SYNC_KEYS = ("exclude",)
 SERVER_KEYS = (
@@ -157,6 +157,7 @@ def load_topology(path: Path) -> Topology:
             staging_dir=_remote_path(d, "staging_dir", "$HOME/flinger-staging"),
             install_dir=_remote_path(d, "install_dir"),
             threshold=threshold,
+            keep_releases=d.integer("keep_releases", 3, low=1, high=100),
         )
 
     def load_ssh() -> SshSettings:

@@ -46,6 +46,7 @@ class Deployment:
     staging_dir: str
     install_dir: str
     threshold: int
+    keep_releases: int = 3  # releases (and their packages) kept on each server for rollback
 
 
 @dataclass(frozen=True)

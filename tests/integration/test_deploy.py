@@ -532,6 +532,43 @@ def test_a_role_typo_that_empties_servers_is_refused_and_changes_nothing(
     assert {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES} == before
 
 
+def test_history_and_rollback_bring_the_previous_release_back_on_every_server(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0  # at the manifest's state
+    code, doc = flinger_json(sandbox.config_path, "deploy", "history")
+    assert code == 0, doc
+    before: dict[str, tuple[str, str]] = {}
+    for node, result in by_server(doc).items():
+        releases = result["details"]["releases"]
+        current = next(r for r in releases if r["current"])
+        earlier = [r for r in releases if r["can_roll_back_to"]]
+        assert earlier and current["installed_by"] and current["installed_at"], releases
+        before[node] = (current["release"], earlier[-1]["release"])
+        assert result["details"]["summary"].startswith(f"current {current['release']} (installed "), result
+
+    code, doc = flinger_json(sandbox.config_path, "deploy", "rollback")
+    assert code == 0, doc
+    topo = deployed["topology"]
+    for node, result in by_server(doc).items():
+        now, previous = before[node]
+        assert result["details"]["release"] == previous and result["details"]["previous_release"] == now, result
+        link = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
+        assert link == f"releases/{previous}", (node, link)
+        # the previous release serves with its own overlay (an earlier test rotated the CA since)
+        ca = tmp_path / f"{node}-ca.pem"
+        ca.write_text(ssh_run(sandbox, node, "cat", "/opt/quorum/current/overlay/tls/ca.pem").stdout)
+        _, served = fetch_cert(topo.servers[node].addr, 8443, ca)
+        assert served["name"] == node
+    assert flinger_json(sandbox.config_path, "deploy", "status")[0] == 0  # running and healthy
+
+    # The manifest still asks for the newer state: install converges to it again.
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+    assert code == 0 and all(r["details"]["changed"] for r in by_server(doc).values()), doc
+    code, doc = flinger_json(sandbox.config_path, "deploy", "rollback", "--to", "no-such-release", "--servers", "node1")
+    assert code == 1 and "release no-such-release is not kept here" in by_server(doc)["node1"]["message"], doc
+
+
 def test_uninstall_leaves_every_server_as_it_was(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
     code, doc = flinger_json(sandbox.config_path, "deploy", "uninstall")
     assert code == 0, doc

@@ -180,8 +180,10 @@ def test_install_upgrade_rollback_prune_uninstall(env: Fixture) -> None:
     # real upgrades; only the last two releases stay
     status, lines = run_remote("install", env.plan("r5", "v5"))
     assert status == 0 and env.current() == "releases/r5" and get(env.url()) == "v5"
-    status, lines = run_remote("install", env.plan("r6", "v6"))
+    status, lines = run_remote("install", {**env.plan("r6", "v6"), "keep_releases": 2})
     assert status == 0 and get(env.url()) == "v6"
+    receipts = env.install_dir / ".flinger" / "releases"
+    assert sorted(os.listdir(receipts)) == ["r5.json", "r6.json"]  # a receipt per kept release
     assert sorted(os.listdir(env.install_dir / "releases")) == ["r5", "r6"]
     assert len(os.listdir(env.install_dir / "packages")) == 2
 
@@ -235,6 +237,56 @@ def test_bad_digest_touches_nothing(env: Fixture) -> None:
     assert not os.path.lexists(env.install_dir / "current")
     assert not os.path.exists(plan["overlay_dir"])
     assert not (env.sv_dir / env.name).exists()
+
+
+@needs_runit
+def test_history_and_rollback_switch_back_to_a_kept_release_and_check_its_health(env: Fixture) -> None:
+    assert run_remote("install", {**env.plan("r1", "v1"), "lock_holder": None})[0] == 0
+    assert run_remote("install", env.plan("r2", "v2"))[0] == 0
+    assert get(env.url()) == "v2"
+    status, lines = run_remote("history", {"install_dir": str(env.install_dir)})
+    assert status == 0
+    releases = {r["release"]: r for r in lines[-1]["releases"]}
+    assert lines[-1]["current"] == "r2" and releases["r1"]["can_roll_back_to"] is True
+    assert releases["r2"]["current"] is True and releases["r2"]["packages"]["web"]
+
+    # back to the one before: its files, its service definition, its content, health-checked
+    status, lines = run_remote("rollback", {"install_dir": str(env.install_dir)})
+    assert status == 0, lines
+    assert lines[-1]["release"] == "r1" and lines[-1]["previous_release"] == "r2"
+    assert any(e.get("event") == "health" and e["ok"] for e in lines)
+    assert env.current() == "releases/r1" and get(env.url()) == "v1"
+    state = json.loads((env.install_dir / ".flinger" / "state.json").read_text())
+    assert state["release"] == "r1" and state["previous_release"] == "r2"
+
+    # the manifest of r1 installed again: nothing to do (the receipt is r1's)
+    status, lines = run_remote("install", env.plan("r3", "v1"))
+    assert status == 0 and lines[-1]["changed"] is False
+
+    # and forward again, by name
+    status, lines = run_remote("rollback", {"install_dir": str(env.install_dir), "to": "r2"})
+    assert status == 0 and env.current() == "releases/r2" and get(env.url()) == "v2"
+    status, lines = run_remote("rollback", {"install_dir": str(env.install_dir), "to": "r2"})
+    assert status == 0 and lines[-1]["changed"] is False
+
+    status, lines = run_remote("rollback", {"install_dir": str(env.install_dir), "to": "r9"})
+    assert status == 1 and "release r9 is not kept here (kept: r1)" in lines[-1]["error"], lines
+    status, lines = run_remote("rollback", {"install_dir": str(env.install_dir), "to": "../r1"})
+    assert status == 1 and env.current() == "releases/r2"
+
+
+@needs_runit
+def test_a_rollback_whose_release_is_unhealthy_puts_the_running_one_back(env: Fixture) -> None:
+    # r1's service serves a directory that the rollback will not find: unhealthy once rolled back to
+    assert run_remote("install", env.plan("r1", "v1", health={"url": env.url(), "timeout": 2, "interval": 0.2},
+                                          directory="web"))[0] == 0
+    assert run_remote("install", env.plan("r2", "v2"))[0] == 0
+    (env.install_dir / "releases" / "r1" / "web").unlink()  # r1 broken on disk since
+    status, lines = run_remote("rollback", {"install_dir": str(env.install_dir)})
+    assert status == 1, lines
+    assert lines[-1]["step"].startswith("health:") and lines[-1]["rolled_back_to"] == "r2", lines[-1]
+    assert env.current() == "releases/r2" and get(env.url()) == "v2"
+    assert (env.install_dir / "releases" / "r1").is_dir()  # a kept release is never discarded
 
 
 def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
