@@ -59,6 +59,8 @@ CASES = [
     ("port = 22", "port = 70000", 13, "servers.node1.port", "between 1 and 65535"),
     ("threshold = 2", "threshold = 4", 8, "deployment.threshold", "between 1 and"),
     ("threshold = 2", "threshold = 0", 8, "deployment.threshold", "between 1 and"),
+    ("threshold = 2", "threshold = 2\nkeep_releases = 0", 9, "deployment.keep_releases", "between 1 and 100"),
+    ("threshold = 2", 'threshold = 2\nkeep_releases = "3"', 9, "deployment.keep_releases", "expected an integer"),
     (
         'servers = ["node1", "node2", "node3"]',
         'servers = ["node1", "node9"]',
