@@ -6,6 +6,7 @@ FlingerError becomes a one-line message and its exit status here, and nowhere el
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 
@@ -18,7 +19,12 @@ from flinger.errors import ConfigErrors, ExitStatus, FlingerError
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    sys.exit(run(argv))
+    status = run(argv)
+    if status == ExitStatus.INTERRUPTED:
+        # The summary is out: one more Ctrl-C while the interpreter shuts down (when Python
+        # puts back the default handler) must not turn exit 130 into death by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
 
 
 def run(argv: list[str] | None = None) -> int:
