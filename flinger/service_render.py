@@ -186,6 +186,13 @@ def render_service(service: Service, service_name: str, manager: str, context: d
     return _render_generated(fields, manager)
 
 
+def render_validate(service: Service, context: dict[str, Any], service_name: str) -> str | None:
+    """The service's validate command for the remote plan, placeholders rendered."""
+    if not service.validate:
+        return None
+    return _render_text(service.validate, context, f"services.{service_name}.validate")
+
+
 def render_health(service: Service, context: dict[str, Any], service_name: str) -> dict[str, Any] | None:
     """The service's health check for the remote plan, placeholders rendered."""
     if service.health is None:

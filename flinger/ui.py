@@ -30,6 +30,7 @@ STATE_STYLE = {
     "unreachable": "bold magenta",
     "skipped": "yellow",
     "interrupted": "yellow",
+    "rolled back": "bold yellow",
 }
 
 
@@ -71,7 +72,7 @@ class LiveBoard:
                 row["state"] = state
                 if state == "running" and row["start"] is None:
                     row["start"] = time.monotonic()
-                if state in ("ok", "failed", "unreachable", "skipped"):
+                if state in ("ok", "failed", "unreachable", "skipped", "rolled back", "interrupted"):
                     row["end"] = time.monotonic()
             if step is not None:
                 row["step"] = step

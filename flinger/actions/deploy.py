@@ -28,12 +28,13 @@ from flinger.actions.remote_tool import (
     run_tool,
     upload_tool,
 )
+from flinger.actions.rollout import RolloutPolicy, plan_batches, run_rollout
 from flinger.errors import FlingerError, HostKeyError, RemoteCommandError
 from flinger.manifest.model import Manifest
 from flinger.remote import services
 from flinger.ssh import known_hosts
 from flinger.ssh.connection import Connection, ConnectionPool, privileged
-from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, Status, fan_out
+from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, fan_out
 from flinger.ssh.openssh import rsync_rsh
 from flinger.topology.model import Server, Topology
 
@@ -264,6 +265,9 @@ class Deployer:
             "changed": changed,
             "started": started,
             "release": result.get("release"),
+            # moved to a new release by this run (what a rollout that fails later undoes)
+            "switched": changed and not started,
+            "previous_release": result.get("previous_release"),
             "push": stats,
             "summary": f"{summary}; {stats.get('bytes_sent', 0):,} bytes pushed",
         }
@@ -385,6 +389,14 @@ def _explained(exc: RemoteCommandError, report: Reporter) -> RemoteCommandError:
         exc.tail = [f"last lines of {log.get('service')}'s log:", *lines]
         for line in lines:
             report.line(f"{log.get('service')}: {line}")
+    output = result.get("validate_output")
+    if isinstance(output, list):
+        lines = [str(line) for line in output]
+        report.details["validate_output"] = lines
+        exc.tail = ["what the validate command printed:", *lines]
+        for line in lines:
+            report.line(f"validate: {line}")
+        exc.message += "; nothing was switched or restarted"
     if "rolled_back_to" in result:
         report.details["rolled_back_to"] = result["rolled_back_to"]
         now = str(result["rolled_back_to"] or "nothing (first install)")
@@ -441,6 +453,7 @@ def run_deploy(
     lock_wait: float = 0.0,
     on_start: Callable[[Deployer], None] | None = None,
     rollback_to: str | None = None,
+    rollout: RolloutPolicy | None = None,
 ) -> list[ServerResult]:
     """Run one deploy subcommand on `servers`; results in the servers' order."""
     deployer = Deployer(topology, manifest, board=board)
@@ -449,30 +462,38 @@ def run_deploy(
     try:
         if action == "install":
             plans = {p.server: p for p in plan_deploy(topology, manifest, servers)}
-            results: dict[str, ServerResult] = {}
-            stop = False
-            for wave in sorted({p.wave for p in plans.values()}):
-                group = [s for s in servers if plans[s.name].wave == wave]
-                if stop:
-                    interrupted = any(r.status is Status.INTERRUPTED for r in results.values())
-                    for s in group:
-                        results[s.name] = ServerResult(
-                            s.name,
-                            Status.INTERRUPTED if interrupted else Status.SKIPPED,
-                            message="not started: " + ("interrupted" if interrupted else "an earlier wave failed"),
-                        )
-                    continue
+            by_name = {s.name: s for s in servers}
+            waves = [
+                [s.name for s in servers if plans[s.name].wave == wave]
+                for wave in sorted({p.wave for p in plans.values()})
+            ]
+            policy = rollout or RolloutPolicy()
 
+            def install(names: list[str]) -> list[ServerResult]:
                 def work(server: Server, report: Reporter) -> dict[str, Any]:
                     return deployer.install_one(server, plans[server.name], report, lock_wait)
 
-                for r in fan_out(group, work, parallel=parallel, board=deployer.board, fail_fast=fail_fast):
-                    results[r.server] = r
-                if any(r.status is Status.INTERRUPTED for r in results.values()) or (
-                    any(r.status is not Status.OK for r in results.values())
-                    and (fail_fast or _has_dependents(plans, wave))
-                ):
-                    stop = True
+                chosen = [by_name[n] for n in names]
+                return fan_out(chosen, work, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
+
+            def check(names: list[str]) -> list[ServerResult]:
+                def work(server: Server, report: Reporter) -> dict[str, Any]:
+                    return deployer.simple(server, report, "status", hold_lock=False)
+
+                return fan_out([by_name[n] for n in names], work, parallel=parallel, board=deployer.board)
+
+            def roll_back(todo: list[tuple[str, str]]) -> list[ServerResult]:
+                to = dict(todo)
+
+                def work(server: Server, report: Reporter) -> dict[str, Any]:
+                    report.step("rollback")
+                    return deployer.simple(
+                        server, report, "rollback", lock_wait=lock_wait, plan_extra={"to": to[server.name]}
+                    )
+
+                return fan_out([by_name[n] for n, _ in todo], work, parallel=parallel, board=deployer.board)
+
+            results = run_rollout(plan_batches(waves, policy), policy, install, check, roll_back)
             return [results[s.name] for s in servers]
 
         if action == "unlock":
@@ -498,8 +519,3 @@ def run_deploy(
         return fan_out(servers, other, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
     finally:
         deployer.close()
-
-
-def _has_dependents(plans: dict[str, ServerPlan], wave: int) -> bool:
-    """A later wave exists only because its services start after this wave's."""
-    return any(p.wave > wave for p in plans.values())

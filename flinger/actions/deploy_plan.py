@@ -24,6 +24,7 @@ class ServicePlan:
     after: list[str]
     health: dict[str, Any] | None
     log_files: list[str] = field(default_factory=list)
+    validate: str | None = None
 
     def as_remote(self) -> dict[str, Any]:
         return {
@@ -34,6 +35,7 @@ class ServicePlan:
             "after": self.after,
             "health": self.health,
             "log_files": self.log_files,
+            "validate": self.validate,
         }
 
 
@@ -87,6 +89,7 @@ class ServerPlan:
                             "manager": s.manager,
                             "after": s.after,
                             "health": s.health,
+                            "validate": s.validate,
                             "files": sorted(s.files),
                         }
                         for s in self.services
@@ -177,7 +180,7 @@ def _overlay_owner(packages: list[Package]) -> dict[str, str] | None:
 
 
 def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServicePlan:
-    from flinger.service_render import render_health, render_service, resolve_service
+    from flinger.service_render import render_health, render_service, render_validate, resolve_service
 
     assert pkg.service is not None
     context = template_context(topology, server, pkg)
@@ -198,6 +201,7 @@ def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServicePl
         after=list(pkg.service.after),
         health=render_health(pkg.service, context, pkg.service_name),
         log_files=[resolved["log_file"]] if resolved["log_file"] else [],
+        validate=render_validate(pkg.service, context, pkg.service_name),
     )
 
 

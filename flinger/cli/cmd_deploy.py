@@ -45,7 +45,7 @@ def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[Se
     return plans
 
 
-def _dry_run(env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = False) -> int:
+def _dry_run(env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = False, rollout: Any = None) -> int:
     from flinger.actions.deploy_plan import plan_deploy
 
     topology, manifest = env.topology(), env.manifest()
@@ -72,13 +72,21 @@ def _dry_run(env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = 
             for p in plans
         ]
     else:
-        document = [p.as_json() for p in plans]
+        from flinger.actions.rollout import RolloutPolicy, plan_batches
+
+        waves = [[p.server for p in plans if p.wave == w] for w in sorted({p.wave for p in plans})]
+        batch_of = {name: b for b in plan_batches(waves, rollout or RolloutPolicy()) for name in b.servers}
+        document = [
+            {**p.as_json(), "batch": batch_of[p.server].number, "canary": batch_of[p.server].canary} for p in plans
+        ]
     if env.json:
         env.ui.emit_json({"command": f"deploy {action}", "dry_run": True, "servers": document})
         return 0
     for entry in document:
         env.ui.out.print(
-            f"[bold]{entry['server']}[/bold] ({entry['addr']})" + (f" wave {entry['wave']}" if "wave" in entry else "")
+            f"[bold]{entry['server']}[/bold] ({entry['addr']})"
+            + (f" wave {entry['wave']}" if "wave" in entry else "")
+            + (f" batch {entry['batch']}" + (" (canary)" if entry.get("canary") else "") if "batch" in entry else "")
         )
         for step in entry["steps"]:
             name = step["step"]
@@ -96,6 +104,7 @@ def _run(
     lock_wait: float = 0.0,
     allow_empty: bool = False,
     rollback_to: str | None = None,
+    rollout: Any = None,
 ) -> int:
     from flinger.actions.deploy import run_deploy
 
@@ -117,6 +126,7 @@ def _run(
             lock_wait=lock_wait,
             on_start=lambda d: log_dir.append(str(d.log_dir)),
             rollback_to=rollback_to,
+            rollout=rollout,
         )
     status = finish(env, f"deploy {action}", results, {"log_dir": log_dir[0] if log_dir else None})
     if not env.json and log_dir:
@@ -132,13 +142,45 @@ def install(
     fail_fast: FailFast = False,
     lock_wait: LockWait = 0.0,
     allow_empty: AllowEmpty = False,
+    batch: Annotated[
+        str | None,
+        typer.Option("--batch", help="servers per batch, N or P% (default: a whole wave at once)"),
+    ] = None,
+    canary: Annotated[
+        int, typer.Option("--canary", min=0, help="a first batch of N servers, checked again after --canary-wait")
+    ] = 0,
+    canary_wait: Annotated[
+        float, typer.Option("--canary-wait", min=0, help="seconds the canary must stay healthy before the rest")
+    ] = 0.0,
+    max_failures: Annotated[
+        str, typer.Option("--max-failures", help="failed servers (N or P%) the rollout goes on despite")
+    ] = "0",
+    no_rollback: Annotated[
+        bool, typer.Option("--no-rollback", help="when the rollout stops, leave switched servers as they are")
+    ] = False,
 ) -> int:
-    """Push packages from the builder, send each server its overlay, switch release, start services."""
+    """Push packages from the builder, send each server its overlay, switch release, start services.
+
+    In batches with --batch: when more servers fail than --max-failures allows, no later batch
+    starts and every server this run switched goes back to the release it had."""
+    from flinger.actions.rollout import RolloutPolicy, parse_amount
+
     env = env_of(ctx)
+    policy = RolloutPolicy(
+        batch=parse_amount(batch, "--batch", minimum=1) if batch is not None else None,
+        canary=canary,
+        canary_wait=canary_wait,
+        max_failures=parse_amount(max_failures, "--max-failures", minimum=0),
+        rollback=not no_rollback,
+    )
+    if canary_wait and not canary:
+        raise UsageError("--canary-wait needs --canary N")
     return (
-        _dry_run(env, "install", servers, allow_empty=allow_empty)
+        _dry_run(env, "install", servers, allow_empty=allow_empty, rollout=policy)
         if dry_run
-        else _run(env, "install", servers, fail_fast=fail_fast, lock_wait=lock_wait, allow_empty=allow_empty)
+        else _run(
+            env, "install", servers, fail_fast=fail_fast, lock_wait=lock_wait, allow_empty=allow_empty, rollout=policy
+        )
     )
 
 

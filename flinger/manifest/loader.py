@@ -45,6 +45,7 @@ SERVICE_KEYS = (
     "limits",
     "log_file",
     "health",
+    "validate",
 )
 HEALTH_KEYS = ("url", "command", "timeout", "interval", "ca")
 OVERLAY_KEYS = ("template", "to", "roles", "mode")
@@ -138,6 +139,7 @@ def _service(f: Fields) -> Service:
         limits=limits,
         log_file=f.opt_str("log_file"),
         health=_health(health) if health is not None else None,
+        validate=f.opt_str("validate"),
     )
 
 

@@ -49,6 +49,8 @@ class Service:
     limits: dict[str, int] = field(default_factory=dict)  # nofile, nproc
     log_file: str | None = None
     health: HealthCheck | None = None
+    # run on the server in the new release's dir before `current` moves (like `nginx -t`)
+    validate: str | None = None
 
 
 @dataclass(frozen=True)

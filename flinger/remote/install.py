@@ -14,12 +14,14 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from flinger.remote import events, files, health, layout, lock, services, unpack
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
+VALIDATE_TIMEOUT = 300  # seconds a service's validate command may run
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
@@ -29,6 +31,7 @@ class StepFailed(Exception):
     def __init__(self, step: str, message: str) -> None:
         super().__init__(message)
         self.step = step
+        self.output: List[str] = []  # what the failing command printed, where there is one
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -66,6 +69,10 @@ def parse_services(plan: Dict[str, Any]) -> List[Dict[str, Any]]:
             "after": [str(a) for a in raw.get("after") or []],
             "log_files": [str(p) for p in raw.get("log_files") or []],
         }
+        if raw.get("validate"):  # absent rather than null: receipts' fingerprints stay as they were
+            if not isinstance(raw["validate"], str):
+                raise events.PlanError("service %s: validate must be a string" % name)
+            parsed[name]["validate"] = raw["validate"]
     ordered: List[Dict[str, Any]] = []
     state: Dict[str, int] = {}
 
@@ -363,6 +370,39 @@ def _restored_health(previous: Dict[str, Any]) -> Dict[str, Any]:
     return checked
 
 
+def _validate(install_dir: str, release: str, svcs: List[Dict[str, Any]]) -> None:
+    """Each service's `validate` command, run against the new release before anything
+    switches: in the release's dir, with FLINGER_RELEASE_DIR set to it. A failure leaves
+    the running release as it is (not even restarted)."""
+    release_dir = os.path.join(install_dir, "releases", release)
+    for service in svcs:
+        command = service.get("validate")
+        if not command:
+            continue
+        events.emit("step", step="validate", service=service["name"])
+        env = dict(os.environ, FLINGER_RELEASE_DIR=release_dir)
+        try:
+            done = subprocess.run(["/bin/sh", "-c", command], cwd=release_dir, env=env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=VALIDATE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired as exc:
+            failed = StepFailed("validate:" + service["name"], "validate of %s did not finish in %d s"
+                                % (service["name"], VALIDATE_TIMEOUT))
+            failed.output = _last_lines(exc.output or b"")
+            raise failed from None
+        output = _last_lines(done.stdout or b"")
+        if done.returncode != 0:
+            failed = StepFailed("validate:" + service["name"], "validate of %s failed (exit %d): %s"
+                                % (service["name"], done.returncode, command))
+            failed.output = output
+            raise failed
+        events.emit("validated", service=service["name"], output=output[-3:])
+
+
+def _last_lines(data: bytes, count: int = 20) -> List[str]:
+    return data.decode("utf-8", "replace").splitlines()[-count:]
+
+
 def switch_services(install_dir: str, release: str, svcs: List[Dict[str, Any]],
                     previous: Dict[str, Any], roots: Dict[str, str],
                     discard_on_failure: bool) -> Optional[Dict[str, Any]]:
@@ -384,10 +424,12 @@ def switch_services(install_dir: str, release: str, svcs: List[Dict[str, Any]],
                 removed.append(old)
         for service in svcs:
             events.emit("step", step="service", service=service["name"])
+            # Touched from the start: its new definition is written before the (re)start,
+            # which may fail; the rollback must put the old definition back all the same.
+            touched.append(service)
             receipt = _activate(service, roots)
             service["paths"] = _merge_receipts(
                 (before.get(service["name"]) or {}).get("paths") or [], receipt)
-            touched.append(service)
             _wait_healthy(service)
     except (StepFailed, services.ServiceError, OSError) as exc:
         step = exc.step if isinstance(exc, StepFailed) else "services"
@@ -488,6 +530,12 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
     except OSError as exc:
         return events.result(False, step="release", error=str(exc), changed=False)
 
+    try:
+        _validate(install_dir, release, svcs)
+    except StepFailed as exc:
+        files.remove_path(os.path.join(install_dir, "releases", release))
+        return events.result(False, step=exc.step, error=str(exc), changed=False,
+                             validate_output=exc.output)
     failure = switch_services(install_dir, release, svcs, previous, roots, discard_on_failure=True)
     if failure is not None:
         return events.result(False, **failure)

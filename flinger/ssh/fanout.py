@@ -28,6 +28,7 @@ class Status(enum.StrEnum):
     UNREACHABLE = "unreachable"
     SKIPPED = "skipped"
     INTERRUPTED = "interrupted"  # not started: Ctrl-C came first
+    ROLLED_BACK = "rolled back"  # its own step went well, then the rollout was undone there
 
 
 @dataclass
@@ -201,7 +202,7 @@ def exit_status(results: Iterable[ServerResult]) -> ExitStatus:
     statuses = {r.status for r in results}
     if Status.INTERRUPTED in statuses:
         return ExitStatus.INTERRUPTED
-    if Status.FAILED in statuses or Status.SKIPPED in statuses:
+    if Status.FAILED in statuses or Status.SKIPPED in statuses or Status.ROLLED_BACK in statuses:
         return ExitStatus.FAILED
     if Status.UNREACHABLE in statuses:
         return ExitStatus.UNREACHABLE

@@ -285,13 +285,17 @@ def test_server_cut_off_mid_run_is_reported_and_a_rerun_completes_it(
     assert deploy.returncode in (1, 4), out + err
     assert results["node2"]["status"] in ("unreachable", "failed"), results["node2"]
     assert results["node2"]["step"] and results["node2"]["step"].startswith("install"), results["node2"]
-    assert results["node1"]["status"] == results["node3"]["status"] == "ok"
-    assert results["node1"]["details"]["changed"] is True
+    # The others installed, then went back to the release they had: the fleet is not left
+    # half on the new release because one server failed.
+    for node in ("node1", "node3"):
+        assert results[node]["status"] == "rolled back", results[node]
+        assert results[node]["details"]["switched"] is True
+        assert f"rolled back to {results[node]['details']['previous_release']}, healthy" in results[node]["message"]
 
     code, doc = flinger_json(sandbox.config_path, "deploy", "install")
     assert code == 0, doc
     results = by_server(doc)
-    assert results["node1"]["details"]["changed"] is False and results["node3"]["details"]["changed"] is False
+    assert results["node1"]["details"]["changed"] is True and results["node3"]["details"]["changed"] is True
     status_code, status = flinger_json(sandbox.config_path, "deploy", "status", "--servers", "node2")
     assert status_code == 0
     node2 = by_server(status)["node2"]["details"]
@@ -331,6 +335,79 @@ def test_a_failing_health_check_keeps_the_previous_release_running(
 
 def _new_run_dirs(logs: Path, before: set[Path]) -> list[Path]:
     return sorted(d for d in logs.iterdir() if d not in before) if logs.exists() else []
+
+
+def _serves(sandbox: SandboxState, ssh_run: Any, topo: Any, node: str, tmp_path: Path) -> bool:
+    """The node's quorum answers over TLS with the certificate of the release it runs now."""
+    ca = tmp_path / f"{node}-current-ca.pem"
+    ca.write_text(ssh_run(sandbox, node, "cat", "/opt/quorum/current/overlay/tls/ca.pem").stdout)
+    _, status = fetch_cert(topo.servers[node].addr, 8443, ca)
+    return bool(status["name"] == node)
+
+
+def _derived_manifest(sandbox: SandboxState, tmp_path: Path, edits: dict[str, str]) -> Path:
+    from flinger_helpers import derived_config
+
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "packaging" / "package-manifest.toml").read_text()
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "manifest.toml").write_text(text)
+    config = derived_config(sandbox, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
+    (tmp_path / ".flinger").symlink_to(sandbox.config_path.parent / ".flinger")  # same overlay and CA
+    return config
+
+
+def test_a_crashing_release_in_batches_of_one_touches_only_the_first_server(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
+    start = 'command = "/usr/bin/python3 {{ install_dir }}/current/quorum/bin/quorum.py'
+    config = _derived_manifest(sandbox, tmp_path, {
+        start: "command = \"/usr/bin/python3 -c \\\"raise SystemExit('crash-on-start')\\\"\" # ",
+        "timeout = 30 ": "timeout = 4 ",
+    })  # fmt: skip
+    before = {n: ssh_run(sandbox, n, "ls", "/opt/quorum/releases").stdout for n in NODES}
+    current = {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout for n in NODES}
+    code, doc = flinger_json(config, "deploy", "install", "--batch", "1")
+    results = by_server(doc)
+    assert code == 1, doc
+    node1 = results["node1"]
+    assert node1["status"] == "failed" and node1["step"] in ("service:quorum", "health:quorum"), node1
+    assert ", healthy" in node1["message"] and "NOT healthy" not in node1["message"], node1  # back, serving
+    for node in ("node2", "node3"):
+        assert results[node]["status"] == "skipped", results[node]
+        assert results[node]["message"] == "not started: batch 1 failed (node1)", results[node]
+    for node in NODES:  # node2 and node3 untouched; node1 back on the release it ran
+        assert ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout == current[node], node
+        assert ssh_run(sandbox, node, "ls", "/opt/quorum/releases").stdout == before[node], node
+        assert _serves(sandbox, ssh_run, deployed["topology"], node, tmp_path), node
+
+
+def test_a_release_failing_in_batch_two_leaves_every_server_on_the_old_release(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    config = _derived_manifest(sandbox, tmp_path, {
+        'url = "https://{{ server.addr }}:8443/status"':
+            "url = \"https://{{ server.addr }}:{{ 8443 if server.name != 'node2' else 9 }}/status\"",
+        "timeout = 30 ": "timeout = 3 ",
+    })  # fmt: skip
+    current = {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES}
+    code, doc = flinger_json(config, "deploy", "install", "--batch", "1")
+    results = by_server(doc)
+    assert code == 1, doc
+    old = current["node1"].rsplit("/", 1)[-1]
+    assert results["node1"]["status"] == "rolled back", results["node1"]
+    assert results["node1"]["details"]["rolled_back_to"] == old
+    assert f"rolled back to {old}, healthy: batch 2 failed (node2)" in results["node1"]["message"]
+    assert results["node2"]["status"] == "failed" and results["node2"]["step"] == "health:quorum"
+    assert results["node3"]["status"] == "skipped"
+    for node in NODES:
+        assert ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip() == current[node], node
+        assert _serves(sandbox, ssh_run, deployed["topology"], node, tmp_path), node
+    history = by_server(flinger_json(sandbox.config_path, "deploy", "history", "--servers", "node1")[1])
+    assert history["node1"]["details"]["current"] == old
 
 
 def test_a_client_killed_mid_install_leaves_the_server_on_one_release_and_a_rerun_waits_for_it(
@@ -530,6 +607,35 @@ def test_a_role_typo_that_empties_servers_is_refused_and_changes_nothing(
     line = typo.splitlines().index(next(ln for ln in typo.splitlines() if ln.startswith('roles = ["nodes"]'))) + 1
     assert f"manifest.toml:{line}: packages.quorum.roles.0: no deployment server has role" in checked.stderr
     assert {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES} == before
+
+
+def test_a_failing_validate_changes_nothing_and_shows_why(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    from flinger_helpers import derived_config
+
+    repo = Path(__file__).resolve().parents[2]
+    manifest = (repo / "packaging" / "package-manifest.toml").read_text()
+    good = 'validate = "/usr/bin/python3 -m json.tool overlay/files/quorum/config.json > /dev/null"'
+    assert good in manifest
+    marker = "MARKER-v41: line 7: Bad directive"
+    bad = manifest.replace(good, f"validate = \"echo '{marker}' >&2; exit 3\"")
+    (tmp_path / "manifest.toml").write_text(bad)
+    config = derived_config(sandbox, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
+    (tmp_path / ".flinger").symlink_to(sandbox.config_path.parent / ".flinger")
+    assert flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node1")[0] == 0
+    before = ssh_run(sandbox, "node1", "readlink", "/opt/quorum/current").stdout.strip()
+    pid = ssh_run(sandbox, "node1", "sv", "status", "quorum").stdout.split("(pid ")[1].split(")")[0]
+
+    proc = run_flinger("-c", str(config), "deploy", "install", "--servers", "node1")
+    assert proc.returncode == 1 and marker in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    code, doc = flinger_json(config, "deploy", "install", "--servers", "node1")
+    node1 = by_server(doc)["node1"]
+    assert code == 1 and node1["step"] == "validate:quorum", node1
+    assert node1["details"]["validate_output"] == [marker] and "nothing was switched" in node1["message"], node1
+    assert ssh_run(sandbox, "node1", "readlink", "/opt/quorum/current").stdout.strip() == before
+    now = ssh_run(sandbox, "node1", "sv", "status", "quorum").stdout
+    assert f"(pid {pid})" in now, now  # not even restarted
 
 
 def test_history_and_rollback_bring_the_previous_release_back_on_every_server(

@@ -289,6 +289,60 @@ def test_a_rollback_whose_release_is_unhealthy_puts_the_running_one_back(env: Fi
     assert (env.install_dir / "releases" / "r1").is_dir()  # a kept release is never discarded
 
 
+@needs_runit
+def test_a_service_whose_restart_fails_gets_its_old_definition_back(
+    env: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run_remote("install", env.plan("r1", "v1"))[0] == 0
+    old_run = (env.sv_dir / env.name / "run").read_text()
+    # `sv restart` fails once, as it does when the new run crashes into its finish script
+    # (seen on the sandbox: "timeout: finish: /etc/sv/quorum: (pid N) 1s"); then the real sv.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "sv").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = restart ] && [ ! -e {tmp_path}/failed-once ]; then\n'
+        f"  touch {tmp_path}/failed-once; echo \"timeout: finish: $2: (pid 1) 1s\"; exit 1\n"
+        "fi\n"
+        f'exec {shutil.which("sv")} "$@"\n'
+    )
+    (shim / "sv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    new = env.plan("r2", "v2")
+    new["services"][0]["files"]["run"] += "# the r2 definition\n"
+    status, lines = run_remote("install", new)
+    assert status == 1, lines
+    result = lines[-1]
+    assert result["step"] == f"service:{env.name}" and "timeout: finish" in result["error"], result
+    assert result["rolled_back_to"] == "r1" and result["rollback_problems"] == [], result
+    assert (env.sv_dir / env.name / "run").read_text() == old_run  # the old definition is back
+    assert result["restored_health"][env.name]["healthy"] is True, result
+    assert env.current() == "releases/r1" and get(env.url()) == "v1"
+
+
+@needs_runit
+def test_a_failing_validate_changes_nothing_and_shows_its_output(env: Fixture) -> None:
+    assert run_remote("install", env.plan("r1", "v1"))[0] == 0
+    pid = sv_pid(env)
+    bad = env.plan("r2", "v2")
+    bad["services"][0]["validate"] = "grep -q v2 web/index.html && echo 'line 3: Bad directive' >&2 && exit 3"
+    status, lines = run_remote("install", bad)
+    assert status == 1, lines
+    result = lines[-1]
+    assert result["step"] == f"validate:{env.name}" and "exit 3" in result["error"], result
+    assert result["validate_output"] == ["line 3: Bad directive"], result
+    assert env.current() == "releases/r1" and sv_pid(env) == pid and get(env.url()) == "v1"
+    assert not (env.install_dir / "releases" / "r2").exists()
+    assert not os.path.exists(bad["overlay_dir"])  # staged secrets go all the same
+
+    good = env.plan("r3", "v3")
+    good["services"][0]["validate"] = 'test "$FLINGER_RELEASE_DIR" = "$PWD" && grep -q v3 web/index.html'
+    status, lines = run_remote("install", good)
+    assert status == 0, lines
+    assert env.current() == "releases/r3" and get(env.url()) == "v3"
+    assert [e["service"] for e in lines if e.get("event") == "validated"] == [env.name]
+
+
 def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
     install_dir = str(tmp_path / "opt" / "app")
     args = ["--install-dir", install_dir]

@@ -1,0 +1,188 @@
+"""The rollout strategy (flinger/actions/rollout.py) on fake servers: batches, gates, the
+allowance of failures, fleet rollback order, canaries, interrupts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from flinger.actions.rollout import Amount, RolloutPolicy, parse_amount, plan_batches, run_rollout
+from flinger.errors import UsageError
+from flinger.ssh.fanout import ServerResult, Status
+
+
+class Fleet:
+    """Fake servers: each installs ok (switching from `old` to `new`) unless told to fail."""
+
+    def __init__(self, failing: set[str] = frozenset(), first_install: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.failing = set(failing)
+        self.first_install = set(first_install)
+        self.installed: list[list[str]] = []
+        self.rolled_back: list[list[tuple[str, str]]] = []
+        self.checked: list[list[str]] = []
+        self.unhealthy_later: set[str] = set()
+        self.rollback_fails: set[str] = set()
+        self.interrupt_at: str | None = None
+        self.waits: list[float] = []
+
+    def install(self, names: list[str]) -> list[ServerResult]:
+        self.installed.append(names)
+        out = []
+        for n in names:
+            if n == self.interrupt_at:
+                out.append(ServerResult(n, Status.INTERRUPTED, message="not started: interrupted"))
+            elif n in self.failing:
+                out.append(ServerResult(n, Status.FAILED, step="health:svc", message="svc is not healthy"))
+            else:
+                prev = None if n in self.first_install else "old"
+                details = {"switched": True, "release": "new", "previous_release": prev, "summary": "release new"}
+                out.append(ServerResult(n, Status.OK, details=details))
+        return out
+
+    def check(self, names: list[str]) -> list[ServerResult]:
+        self.checked.append(names)
+        down = ServerResult("", Status.FAILED, message="svc is down")
+        return [replace(down, server=n) if n in self.unhealthy_later else ServerResult(n, Status.OK) for n in names]
+
+    def rollback(self, todo: list[tuple[str, str]]) -> list[ServerResult]:
+        self.rolled_back.append(todo)
+        return [
+            ServerResult(n, Status.FAILED, step="health:svc", message="svc is not healthy")
+            if n in self.rollback_fails
+            else ServerResult(n, Status.OK)
+            for n, _ in todo
+        ]
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return True
+
+    def run(self, waves: list[list[str]], policy: RolloutPolicy) -> dict[str, ServerResult]:
+        return run_rollout(plan_batches(waves, policy), policy, self.install, self.check, self.rollback, self.wait)
+
+
+ONE = RolloutPolicy(batch=Amount(1))
+NODES = [["a", "b", "c"]]
+
+
+def statuses(results: dict[str, ServerResult]) -> dict[str, str]:
+    return {name: r.status.value for name, r in results.items()}
+
+
+def test_batches_cut_waves_by_count_percent_and_canary() -> None:
+    sizes = [len(b.servers) for b in plan_batches([list("abcde")], RolloutPolicy(batch=Amount(2)))]
+    assert sizes == [2, 2, 1]
+    sizes = [len(b.servers) for b in plan_batches([list("abcde")], RolloutPolicy(batch=Amount(40, percent=True)))]
+    assert sizes == [2, 2, 1]
+    batches = plan_batches([list("abcde")], RolloutPolicy(batch=Amount(2), canary=1))
+    assert [b.servers for b in batches] == [("a",), ("b", "c"), ("d", "e")] and batches[0].canary
+    batches = plan_batches([["a", "b"], ["c"]], ONE)
+    assert [(b.number, b.wave, b.servers, b.last_of_wave) for b in batches] == [
+        (1, 0, ("a",), False), (2, 0, ("b",), True), (3, 1, ("c",), True)
+    ]  # fmt: skip
+    assert [b.servers for b in plan_batches([list("abc")], RolloutPolicy())] == [("a", "b", "c")]
+
+
+def test_a_crash_in_the_first_batch_touches_no_other_server() -> None:
+    fleet = Fleet(failing={"a"})
+    results = fleet.run(NODES, ONE)
+    assert fleet.installed == [["a"]] and fleet.rolled_back == []
+    assert statuses(results) == {"a": "failed", "b": "skipped", "c": "skipped"}
+    assert results["b"].message == "not started: batch 1 failed (a)"
+
+
+def test_a_failure_in_batch_two_rolls_batch_one_back() -> None:
+    fleet = Fleet(failing={"b"})
+    results = fleet.run(NODES, ONE)
+    assert fleet.installed == [["a"], ["b"]] and fleet.rolled_back == [[("a", "old")]]
+    assert statuses(results) == {"a": "rolled back", "b": "failed", "c": "skipped"}
+    assert results["a"].message == "installed new, then rolled back to old, healthy: batch 2 failed (b)"
+    assert results["a"].details["rolled_back_to"] == "old"
+
+
+def test_rollback_goes_batch_by_batch_in_reverse_order() -> None:
+    fleet = Fleet(failing={"e"})
+    fleet.run([list("abcde")], RolloutPolicy(batch=Amount(2)))
+    assert fleet.rolled_back == [[("c", "old"), ("d", "old")], [("a", "old"), ("b", "old")]]
+
+
+def test_failures_within_the_allowance_go_on_and_one_more_stops() -> None:
+    fleet = Fleet(failing={"b"})
+    results = fleet.run([list("abcd")], RolloutPolicy(batch=Amount(1), max_failures=Amount(1)))
+    assert statuses(results) == {"a": "ok", "b": "failed", "c": "ok", "d": "ok"} and fleet.rolled_back == []
+    fleet = Fleet(failing={"b", "c"})
+    results = fleet.run([list("abcd")], RolloutPolicy(batch=Amount(1), max_failures=Amount(25, percent=True)))
+    assert statuses(results) == {"a": "rolled back", "b": "failed", "c": "failed", "d": "skipped"}
+
+
+def test_no_rollback_leaves_switched_servers_and_still_stops() -> None:
+    fleet = Fleet(failing={"b"})
+    results = fleet.run(NODES, RolloutPolicy(batch=Amount(1), rollback=False))
+    assert statuses(results) == {"a": "ok", "b": "failed", "c": "skipped"} and fleet.rolled_back == []
+
+
+def test_all_at_once_by_default_and_a_failure_rolls_the_others_back() -> None:
+    fleet = Fleet(failing={"b"})
+    results = fleet.run(NODES, RolloutPolicy())
+    assert fleet.installed == [["a", "b", "c"]]
+    assert fleet.rolled_back == [[("a", "old"), ("c", "old")]]
+    assert statuses(results) == {"a": "rolled back", "b": "failed", "c": "rolled back"}
+
+
+def test_ctrl_c_stops_the_rollout_and_undoes_nothing() -> None:
+    fleet = Fleet()
+    fleet.interrupt_at = "b"
+    results = fleet.run(NODES, ONE)
+    assert statuses(results) == {"a": "ok", "b": "interrupted", "c": "interrupted"} and fleet.rolled_back == []
+
+
+def test_a_canary_that_sickens_during_its_wait_stops_and_rolls_back() -> None:
+    fleet = Fleet()
+    fleet.unhealthy_later = {"a"}
+    policy = RolloutPolicy(batch=Amount(2), canary=1, canary_wait=30)
+    results = fleet.run(NODES, policy)
+    assert fleet.waits == [30] and fleet.checked == [["a"]]
+    assert statuses(results) == {"a": "rolled back", "b": "skipped", "c": "skipped"}
+    assert results["b"].message == "not started: the canary failed (a)"
+    fleet = Fleet()
+    assert statuses(fleet.run(NODES, policy)) == {"a": "ok", "b": "ok", "c": "ok"}
+    assert fleet.installed == [["a"], ["b", "c"]]
+
+
+def test_a_first_install_has_nothing_to_go_back_to_and_says_so() -> None:
+    fleet = Fleet(failing={"b"}, first_install={"a"})
+    results = fleet.run(NODES, ONE)
+    assert fleet.rolled_back == [] and results["a"].status is Status.OK
+    assert "nothing to roll back to (batch 2 failed (b))" in results["a"].details["summary"]
+
+
+def test_a_rollback_that_fails_is_a_failure_of_that_server() -> None:
+    fleet = Fleet(failing={"c"})
+    fleet.rollback_fails = {"a"}
+    results = fleet.run(NODES, ONE)
+    assert statuses(results) == {"a": "failed", "b": "rolled back", "c": "failed"}
+    assert results["a"].step == "health:svc" and "rolling back to old (batch 3 failed (c)) failed" in str(
+        results["a"].message
+    )
+
+
+def test_a_failed_wave_stops_the_waves_after_it_whatever_the_allowance() -> None:
+    fleet = Fleet(failing={"a"})
+    results = fleet.run([["a", "b"], ["c"]], RolloutPolicy(max_failures=Amount(5)))
+    assert statuses(results) == {"a": "failed", "b": "rolled back", "c": "skipped"}
+    assert results["c"].message == "not started: wave 1 failed and later waves start after it"
+
+
+@pytest.mark.parametrize(
+    ("text", "minimum", "expected"),
+    [("2", 1, Amount(2)), ("25%", 1, Amount(25, True)), ("0", 0, Amount(0)), ("0%", 0, Amount(0, True))],
+)
+def test_amounts(text: str, minimum: int, expected: Amount) -> None:
+    assert parse_amount(text, "--batch", minimum=minimum) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "120%", "0%", "1.5", ""])
+def test_bad_batch_sizes_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="--batch"):
+        parse_amount(text, "--batch", minimum=1)
