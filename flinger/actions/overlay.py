@@ -105,6 +105,9 @@ class OverlayReport:
         }
 
 
+SHARED = "*"  # the key of a deployment-scoped secret's one value in secrets.json
+
+
 def _new_deployment_secret() -> int:
     """The random source of deployment secrets (tests replace it with a known value)."""
     return shamir.random_secret()
@@ -459,16 +462,21 @@ def make_overlay(
 
     old_values = {} if rotate else load_secrets(paths.secrets_file)
     values: dict[str, dict[str, str]] = {}
+    stored: dict[str, dict[str, str]] = {}  # what the state keeps: a deployment-wide value under "*"
     for spec in manifest.secrets.values():
         old = old_values.get(spec.name, {})
         values[spec.name] = {}
+        one_value = old.get(SHARED) if spec.scope == "deployment" else None
+        if spec.scope == "deployment" and (one_value is None or len(one_value) != 2 * spec.nbytes):
+            one_value = _new_token(spec.nbytes)
         for s in deploy:
             if s.has_any_role(spec.roles):
-                value = old.get(s.name)
+                value = one_value or old.get(s.name)
                 if value is None or len(value) != 2 * spec.nbytes:
                     value = _new_token(spec.nbytes)
                 values[spec.name][s.name] = value
-    state_writes[paths.secrets_file] = secrets_to_bytes(values)
+        stored[spec.name] = {SHARED: one_value} if one_value is not None else values[spec.name]
+    state_writes[paths.secrets_file] = secrets_to_bytes(stored)
 
     split_plan = _plan_split(topology, paths, names, rotate=rotate)
     messages.extend(split_plan.messages)
@@ -484,7 +492,7 @@ def make_overlay(
         if secret is not None:
             state_writes[paths.secret_file] = secret_to_bytes(secret)
 
-    sensitive = [v for per in values.values() for v in per.values()]
+    sensitive = [v for per in stored.values() for v in per.values()]
     if split is not None:
         sensitive += [format(v, "x") for v in split.shares.values()]
     if secret is not None:

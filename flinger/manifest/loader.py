@@ -49,7 +49,7 @@ SERVICE_KEYS = (
 )
 HEALTH_KEYS = ("url", "command", "timeout", "interval", "ca")
 OVERLAY_KEYS = ("template", "to", "roles", "mode")
-SECRET_KEYS = ("roles", "visible_to", "bytes")
+SECRET_KEYS = ("roles", "visible_to", "bytes", "scope")
 PREREQ_KEYS = ("apt", "pkg", "sysctl", "users", "groups", "dirs", "script")
 USER_KEYS = ("name", "group", "home", "system", "shell")
 DIR_KEYS = ("path", "owner", "group", "mode")
@@ -305,6 +305,7 @@ def load_manifest(path: Path) -> Manifest:
             roles=_roles(s, "roles", required=True),
             visible_to=_roles(s, "visible_to", ()),
             nbytes=s.integer("bytes", 32, low=16, high=1024),
+            scope=s.choice("scope", ("server", "deployment"), "server"),
         )
 
     def prereq(target: str, table: Any) -> Prereqs:

@@ -78,13 +78,16 @@ class Package:
 
 @dataclass(frozen=True)
 class SecretSpec:
-    """A per-server secret (a random token) for each server with one of `roles`; the
-    templates of servers with a role in `visible_to` may see every server's value."""
+    """A secret (a random token) for each server with one of `roles`: its own per server
+    (`scope = "server"`; the templates of servers with a role in `visible_to` may see every
+    server's value), or one value they all share (`scope = "deployment"`: the same on every
+    such server, kept when roles move, changed only by `overlay --rotate`)."""
 
     name: str
     roles: tuple[str, ...]
     visible_to: tuple[str, ...] = ()
     nbytes: int = 32
+    scope: str = "server"  # server | deployment
 
 
 @dataclass(frozen=True)

@@ -675,6 +675,40 @@ def test_history_and_rollback_bring_the_previous_release_back_on_every_server(
     assert code == 1 and "release no-such-release is not kept here" in by_server(doc)["node1"]["message"], doc
 
 
+def test_a_deployment_wide_secret_is_the_same_everywhere_and_follows_its_role(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    from flinger_helpers import derived_config
+
+    repo = Path(__file__).resolve().parents[2]
+    manifest = (repo / "packaging" / "package-manifest.toml").read_text()
+    manifest += '\n[secrets.cluster_token]\nscope = "deployment"\nroles = ["node", "keeper"]\n'
+    manifest += '\n[secrets.keeper_key]\nscope = "deployment"\nroles = ["keeper"]\n'
+    (tmp_path / "manifest.toml").write_text(manifest)
+    (tmp_path / ".flinger").symlink_to(sandbox.config_path.parent / ".flinger")  # the same overlay state
+    secret = "/opt/quorum/current/overlay/secrets"
+
+    def deploy_with(keeper: str) -> dict[str, str]:
+        edits: dict[str, object] = {"manifest": str(tmp_path / "manifest.toml")}
+        edits.update({f"servers.{n}.roles": ["node", "keeper"] if n == keeper else ["node"] for n in NODES})
+        config = derived_config(sandbox, tmp_path, edits)
+        assert run_flinger("-c", str(config), "overlay").returncode == 0
+        code, doc = flinger_json(config, "deploy", "install")
+        assert code == 0, doc
+        tokens = {n: ssh_run(sandbox, n, "cat", f"{secret}/cluster_token").stdout for n in NODES}
+        assert len(set(tokens.values())) == 1 and len(tokens["node1"]) == 64, tokens  # one value, everywhere
+        keepers = {n for n in NODES if ssh_run(sandbox, n, "test", "-e", f"{secret}/keeper_key").returncode == 0}
+        assert keepers == {keeper}
+        return {"token": tokens["node1"], "keeper_key": ssh_run(sandbox, keeper, "cat", f"{secret}/keeper_key").stdout}
+
+    first = deploy_with("node1")
+    assert deploy_with("node2") == first  # the keeper role moved: same values, on its new server
+
+    # back to the deployment as the other tests know it
+    assert run_flinger("-c", str(sandbox.config_path), "overlay").returncode == 0
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
+
+
 def test_uninstall_leaves_every_server_as_it_was(deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any) -> None:
     code, doc = flinger_json(sandbox.config_path, "deploy", "uninstall")
     assert code == 0, doc

@@ -439,3 +439,31 @@ def test_a_new_secret_spec_leaves_the_others_alone(tmp_path: Path) -> None:
     longer = replace(more, secrets={**more.secrets, "api_key": SecretSpec(name="api_key", roles=("node",), nbytes=32)})
     make_overlay(topology, longer)
     assert len(key_file.read_text()) == 64
+
+
+def test_a_deployment_scoped_secret_is_one_value_kept_when_roles_move(tmp_path: Path) -> None:
+    servers = {"r1": ("10.0.0.1", ("primary",)), "r2": ("10.0.0.2", ("replica",)), "r3": ("10.0.0.3", ("replica",))}
+    topology = make_topology(tmp_path, servers)
+    spec = SecretSpec(name="redis_pw", roles=("primary", "replica"), scope="deployment")
+    manifest = make_manifest(tmp_path, secrets=[spec])
+    make_overlay(topology, manifest)
+    overlay = topology.state_dir / "overlay"
+    values = {s: (overlay / s / "secrets" / "redis_pw").read_text() for s in servers}
+    assert len(set(values.values())) == 1 and len(values["r1"]) == 64  # the same on every server
+
+    # The primary role moves to r2 (r1 becomes a replica): the password stays.
+    moved = make_topology(tmp_path, {
+        "r1": ("10.0.0.1", ("replica",)), "r2": ("10.0.0.2", ("primary",)), "r3": ("10.0.0.3", ("replica",))
+    })  # fmt: skip
+    make_overlay(moved, manifest)
+    assert {(overlay / s / "secrets" / "redis_pw").read_text() for s in servers} == {values["r1"]}
+    # Even with no server holding one of its roles for a while, the value is kept.
+    make_overlay(make_topology(tmp_path, {"r9": ("10.0.0.9", ("other",))}), manifest)
+    make_overlay(moved, manifest)
+    assert (overlay / "r2" / "secrets" / "redis_pw").read_text() == values["r1"]
+    # Only --rotate changes it, and then again on every server at once.
+    make_overlay(moved, manifest, rotate=True)
+    rotated = {(overlay / s / "secrets" / "redis_pw").read_text() for s in servers}
+    assert len(rotated) == 1 and rotated != {values["r1"]}
+    state = json.loads((topology.state_dir / "state" / "secrets.json").read_text())
+    assert list(state["secrets"]["redis_pw"]) == ["*"]
