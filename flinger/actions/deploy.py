@@ -18,6 +18,7 @@ import shlex
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -516,6 +517,24 @@ def run_deploy(
         def other(server: Server, report: Reporter) -> dict[str, Any]:
             return deployer.simple(server, report, action, hold_lock=hold, lock_wait=lock_wait, plan_extra=extra)
 
+        if action == "rollback" and rollout is not None:
+            # The same batches and gates as an install; a rollback that fails stops the rest
+            # (nothing is undone: each failed server already went back to what it ran).
+            names = {s.name: s for s in servers}
+
+            def go_back(batch: list[str]) -> list[ServerResult]:
+                return fan_out([names[n] for n in batch], other, parallel=parallel, board=deployer.board)
+
+            def recheck(batch: list[str]) -> list[ServerResult]:
+                def status(server: Server, report: Reporter) -> dict[str, Any]:
+                    return deployer.simple(server, report, "status", hold_lock=False)
+
+                return fan_out([names[n] for n in batch], status, parallel=parallel, board=deployer.board)
+
+            undo = replace(rollout, rollback=False)
+            batches = plan_batches([[s.name for s in servers]], undo)
+            done = run_rollout(batches, undo, go_back, recheck, lambda _todo: [])
+            return [done[s.name] for s in servers]
         return fan_out(servers, other, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
     finally:
         deployer.close()

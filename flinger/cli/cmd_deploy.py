@@ -221,15 +221,31 @@ def rollback(
         str | None, typer.Option("--to", help="the release to go back to (default: the one before the current)")
     ] = None,
     lock_wait: LockWait = 0.0,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="servers per batch, N or P% (default: all at once)")
+    ] = None,
+    max_failures: Annotated[
+        str, typer.Option("--max-failures", help="failed servers (N or P%) the rollback goes on despite")
+    ] = "0",
 ) -> int:
-    """Switch back to an earlier kept release, restart its services, and check their health."""
+    """Switch back to an earlier kept release, restart its services, and check their health.
+
+    In batches with --batch: when more servers fail than --max-failures allows, the rest are
+    not started (each failed one is back on the release it ran)."""
+    from flinger.actions.rollout import RolloutPolicy, parse_amount
+
     if to is not None:
         from flinger.values import name_problem
 
         problem = name_problem(to)
         if problem:
             raise UsageError(f"--to: {problem}")
-    return _run(env_of(ctx), "rollback", servers, lock_wait=lock_wait, rollback_to=to)
+    policy = RolloutPolicy(
+        batch=parse_amount(batch, "--batch", minimum=1) if batch is not None else None,
+        max_failures=parse_amount(max_failures, "--max-failures", minimum=0),
+        rollback=False,
+    )
+    return _run(env_of(ctx), "rollback", servers, lock_wait=lock_wait, rollback_to=to, rollout=policy)
 
 
 @deploy_app.command("unlock")

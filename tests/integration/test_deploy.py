@@ -653,7 +653,7 @@ def test_history_and_rollback_bring_the_previous_release_back_on_every_server(
         before[node] = (current["release"], earlier[-1]["release"])
         assert result["details"]["summary"].startswith(f"current {current['release']} (installed "), result
 
-    code, doc = flinger_json(sandbox.config_path, "deploy", "rollback")
+    code, doc = flinger_json(sandbox.config_path, "deploy", "rollback", "--batch", "1")  # one at a time
     assert code == 0, doc
     topo = deployed["topology"]
     for node, result in by_server(doc).items():
