@@ -24,9 +24,10 @@ import jinja2
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import Service
+from flinger.remote import services
 
 TEMPLATES = Path(__file__).parent / "templates"
-MANAGERS = ("systemd", "smf", "runit")
+MANAGERS = tuple(services.MANAGERS)  # the one registry: flinger/remote/services.py
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 # the file a package ships under smf/<service>/ to replace the generated definition

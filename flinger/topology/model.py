@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flinger.remote.services import MANAGERS
+
 PRIVILEGES = ("sudo", "pfexec", "none")
-SERVICE_MANAGERS = ("systemd", "smf", "runit")
+SERVICE_MANAGERS = tuple(MANAGERS)  # the one registry: flinger/remote/services.py
 
 
 @dataclass(frozen=True)

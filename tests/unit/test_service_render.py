@@ -12,7 +12,9 @@ import pytest
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import HealthCheck, Service
-from flinger.service_render import render_health, render_service
+from flinger.remote import services
+from flinger.service_render import OVERRIDE_FILES, render_health, render_service
+from flinger.topology.model import SERVICE_MANAGERS
 
 CONTEXT = {"install_dir": "/opt/quorum", "server": {"name": "node1", "addr": "10.0.0.11"},
            "deployment": {"name": "demo"}, "package": {"name": "quorum"}}
@@ -195,3 +197,12 @@ def test_health_placeholders_rendered(tmp_path: Path) -> None:
     assert check["url"] == "https://10.0.0.11:8443/status"
     assert check["ca"] == "/opt/quorum/current/overlay/tls/ca.pem"
     assert check["timeout"] == 30.0
+
+
+def test_every_registered_manager_is_known_to_topology_rendering_and_its_remote_driver(tmp_path: Path) -> None:
+    # one registry (flinger/remote/services.py): adding a manager there without a template here fails
+    assert SERVICE_MANAGERS == tuple(services.MANAGERS)
+    for manager in services.MANAGERS:
+        files = render_service(quorum_service(tmp_path), "quorum", manager, CONTEXT)
+        assert set(services.DEFINITION_KEYS[manager]) <= set(files), manager
+        assert manager in OVERRIDE_FILES, manager
