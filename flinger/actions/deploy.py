@@ -1,20 +1,17 @@
-"""`flinger deploy install | uninstall | clean | status | unlock`: carry out per-server plans.
+"""`flinger deploy install | uninstall | clean | status | history | rollback | unlock`.
 
-install, per server and in parallel (bounded, by waves): the builder pushes that server's
-packages, manifest.json and the remote tool with rsync over the client's agent (forwarded
-to the builder only, host keys checked with a known_hosts file made from the client's);
-the client sends that server's overlay, and only that one, over SFTP; then one remote
-`install` switches to the new release, (re)starts services and waits for their health.
+install, per server: connect, take the server's deploy lock (nothing is staged before it),
+have the artifact store (artifacts.py: the builder's rsync) deliver the packages it lacks into
+this run's staging dir, send that server's overlay, and only that one, over SFTP; then one
+remote `install` switches to the new release, (re)starts services and waits for their
+health. Which servers go when, and what is undone when the rollout stops, is rollout.py's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
-import json
 import os
-import re
-import shlex
 import socket
 import threading
 from collections.abc import Callable
@@ -22,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from flinger.actions.artifacts import ArtifactStore, BuilderRsync
 from flinger.actions.deploy_plan import ServerPlan, plan_deploy, staging_runs_dir
 from flinger.actions.remote_tool import (
-    read_remote_json,
     resolve_remote_path,
     run_tool,
     upload_tool,
@@ -34,18 +31,9 @@ from flinger.errors import FlingerError, HostKeyError, RemoteCommandError
 from flinger.manifest.model import Manifest
 from flinger.remote import services
 from flinger.ssh import known_hosts
-from flinger.ssh.connection import Connection, ConnectionPool, privileged
+from flinger.ssh.connection import Connection, ConnectionPool
 from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, fan_out
-from flinger.ssh.openssh import rsync_rsh
 from flinger.topology.model import Server, Topology
-
-RSYNC_IO_TIMEOUT = 120  # seconds without any data before a push counts as failed (not a hang)
-_STAT_KEYS = {
-    "Total bytes sent": "bytes_sent",
-    "Literal data": "literal_bytes",
-    "Total transferred file size": "transferred_size",
-}
-_RSYNC_STAT = re.compile(r"^(Total bytes sent|Literal data|Total transferred file size): ([\d,]+)")
 
 
 def new_run_id() -> str:
@@ -92,45 +80,10 @@ class Deployer:
         builder = topology.builder.server
         self.pool = ConnectionPool(topology.servers, topology.ssh, agent_for={builder})
         self.holder = f"{getpass.getuser()}@{socket.gethostname()} run {self.run_id}"
-        self._builder_ready: dict[str, Any] | None = None
-        self._builder_lock = threading.Lock()
+        self.store: ArtifactStore = BuilderRsync(topology, self.pool)
 
     def close(self) -> None:
         self.pool.close()
-
-    # -- the builder side, prepared once per run ------------------------------------------
-    def builder_side(self) -> dict[str, Any]:
-        """Artifacts manifest, tool and known_hosts on the builder (once, on first use)."""
-        with self._builder_lock:
-            if self._builder_ready is None:
-                conn = self.pool.get(self.topology.builder.server)
-                artifacts = resolve_remote_path(conn, self.topology.builder.artifacts_path)
-                manifest = read_remote_json(conn, f"{artifacts}/manifest.json")
-                known = self._known_hosts_for_builder()
-                kh_dir = resolve_remote_path(conn, f"$HOME/.flinger/{self.topology.name}")
-                conn.run(f"mkdir -p {shlex.quote(kh_dir)} && chmod 700 {shlex.quote(kh_dir)}")
-                conn.put_bytes(known.encode(), f"{kh_dir}/known_hosts", mode=0o600)
-                self._builder_ready = {
-                    "artifacts": artifacts,
-                    "manifest": manifest,
-                    "known_hosts": f"{kh_dir}/known_hosts",
-                }
-            return self._builder_ready
-
-    def _known_hosts_for_builder(self) -> str:
-        """Only the deployment servers' keys, as the client verified them (never learned anew)."""
-        known = known_hosts.read(self.topology.ssh.known_hosts)
-        lines = []
-        if self.topology.ssh.jump:  # the builder's pushes go through it too, checked as strictly
-            jump = self.pool.jump_connection()
-            assert jump is not None
-            for key in known.lookup(jump.server.addr, jump.server.port or 22).values():
-                lines.append(known_hosts.key_line(jump.server.addr, jump.server.port or 22, key))
-        for server in self.topology.deployment_servers():
-            # none recorded: that server fails at its own push step, with the trust hint
-            for key in known.lookup(server.addr, server.port or 22).values():
-                lines.append(known_hosts.key_line(server.addr, server.port or 22, key))
-        return "\n".join(lines) + "\n"
 
     def _check_trusted(self, server: Server) -> None:
         if not known_hosts.read(self.topology.ssh.known_hosts).lookup(server.addr, server.port or 22):
@@ -141,59 +94,31 @@ class Deployer:
 
     # -- install --------------------------------------------------------------------------
     def push(
-        self, server: Server, plan: ServerPlan, conn: Connection, run_dir: str, report: Reporter
+        self, server: Server, plan: ServerPlan, installed: dict[str, str], run_dir: str, report: Reporter
     ) -> dict[str, int]:
-        """The builder rsyncs the packages this server lacks into this run's staging dir."""
-        side = self.builder_side()
-        artifacts, built = side["artifacts"], side["manifest"].get("packages", {})
+        """The packages this server lacks (by the digests its receipt records), delivered into
+        this run's staging dir by the artifact store."""
+        built = self.store.built()
         missing = [p for p in plan.packages if p not in built]
         if missing:
             raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
-        installed = self.installed_digests(server, conn, plan)
         needed = [p for p in plan.packages if installed.get(p) != built[p].get("sha256")]
         report.details["packages_sent"] = needed
-        if not needed:  # the receipt already records every digest: no builder round trip at all
+        if not needed:  # the receipt already records every digest: no transfer at all
             report.info("0 bytes pushed (every package already installed)")
             return {}
-        # One rsync (one handshake) for everything; "/./" keeps the paths below it (--relative).
-        files = [built[p].get("file") or f"packages/{p}.tar.gz" for p in needed]
-        sources = [f"{artifacts}/./{f}" for f in files]
-        rsh = rsync_rsh(server, self.topology.ssh, known_hosts=side["known_hosts"])
-        host = server.addr if ":" not in server.addr else f"[{server.addr}]"
-        argv = ["rsync", "--relative", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats",
-                f"--timeout={RSYNC_IO_TIMEOUT}", "-e", rsh, "--", *sources, f"{host}:{run_dir}/"]  # fmt: skip
-        with self.pool.lease(self.topology.builder.server) as builder_conn:
-            result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
-                                      check=False)  # fmt: skip
-        if result.exit_code != 0:
-            raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
-        stats: dict[str, int] = {}
-        for line in result.stdout.splitlines():
-            m = _RSYNC_STAT.match(line.strip())
-            if m:
-                stats[_STAT_KEYS[m.group(1)]] = int(m.group(2).replace(",", ""))
+        stats = self.store.deliver(server, run_dir, needed, report)
         report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
         return stats
-
-    def installed_digests(self, server: Server, conn: Connection, plan: ServerPlan) -> dict[str, str]:
-        """Package digests the server's install receipt records (nothing if none yet)."""
-        receipt = f"{resolve_remote_path(conn, plan.install_dir)}/.flinger/state.json"
-        out = conn.run(privileged(f"cat {shlex.quote(receipt)} 2>/dev/null || true", server.privilege))
-        try:
-            packages = json.loads(out.stdout).get("packages", {}) if out.stdout.strip() else {}
-        except (ValueError, AttributeError):
-            return {}
-        return {name: str(info.get("digest")) for name, info in packages.items() if isinstance(info, dict)}
 
     def send_overlay(self, plan: ServerPlan, conn: Connection, run_dir: str) -> str:
         """This server's overlay, and only this server's, over SFTP: dirs 0700, files 0600."""
         remote = f"{run_dir}/overlay"
-        conn.sftp_mkdir(remote, 0o700)
+        # Every directory once, over SFTP (no shell, no extra session), parents first.
+        dirs = {"/".join(Path(rel).parts[:i]) for rel in plan.overlay_files for i in range(1, len(Path(rel).parts))}
+        for sub in ["", *sorted(dirs, key=lambda d: (d.count("/"), d))]:
+            conn.sftp_mkdir(f"{remote}/{sub}".rstrip("/"), 0o700)
         for rel in plan.overlay_files:
-            parts = Path(rel).parts
-            for i in range(1, len(parts)):
-                sub = f"{remote}/{'/'.join(parts[:i])}"
-                conn.run(f"mkdir -p -m 700 {shlex.quote(sub)}")
             conn.put_file(plan.overlay_dir / rel, f"{remote}/{rel}", mode=0o600)
         return remote
 
@@ -208,20 +133,23 @@ class Deployer:
         install_dir = resolve_remote_path(conn, plan.install_dir)
         # Lock first: nothing is staged on a server another run is deploying to.
         report.step("lock")
-        tool = upload_tool(conn, self.topology, plan.staging_dir)
-        self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
+        runs = staging_runs_dir(staging, install_dir)  # made with the tool's check, one round trip
+        tool = upload_tool(conn, self.topology, plan.staging_dir, dirs=(f"{staging}/runs", runs))
+        locked = self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
         try:
-            # This run's own staging dir; the install removes it, and those of earlier runs.
-            runs = staging_runs_dir(staging, install_dir)
+            # This run's own staging dir, made once it holds the lock (an install removes the
+            # others'): the install removes it too.
             run_dir = f"{runs}/{self.run_id}"
-            conn.run(f"mkdir -p {shlex.quote(run_dir)} && chmod 700 {shlex.quote(staging)} {shlex.quote(run_dir)}")
+            conn.sftp_mkdir(run_dir, 0o700)
             report.step("push")
-            stats = self.push(server, plan, conn, run_dir, report)
+            # the tool is this flinger's own (upload_tool made sure): its acquire tells the digests
+            installed = {str(k): str(v) for k, v in (locked.get("installed") or {}).items()}
+            stats = self.push(server, plan, installed, run_dir, report)
             report.details["push"] = stats
             report.step("overlay")
             overlay_remote = self.send_overlay(plan, conn, run_dir)
             report.step("install")
-            built = self.builder_side()["manifest"].get("packages", {})
+            built = self.store.built()
             remote_plan = {
                 "install_dir": install_dir,
                 "staging_dir": run_dir,
@@ -231,7 +159,7 @@ class Deployer:
                     {
                         "name": p,
                         "digest": built[p]["sha256"],
-                        "tarball": f"{run_dir}/packages/{Path(built[p].get('file') or p + '.tar.gz').name}",
+                        "tarball": self.store.staged_path(run_dir, p),
                     }
                     for p in plan.packages
                 ],
@@ -284,7 +212,9 @@ class Deployer:
         wait: float = 0.0,
         report: Reporter | None = None,
         quiet: bool = False,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Acquire or release this run's lock on the server; the tool's result (an acquire
+        tells the package digests the server's receipt records)."""
         args = ["lock", action, "--install-dir", install_dir, "--holder", self.holder]
         if action == "acquire":
             args += ["--wait", str(wait)]
@@ -301,12 +231,12 @@ class Deployer:
                             f"{event.get('since')}; {event.get('why')}")
 
         try:
-            run_tool(conn, server, tool, args, on_event=on_event)
+            return run_tool(conn, server, tool, args, on_event=on_event)
         except RemoteCommandError as exc:
             if quiet:
                 if report is not None:
                     report.line(f"lock {action}: {exc.message}")
-                return
+                return {}
             raise FlingerError(f"{server.name}: {exc.message}") from None
 
     # -- the other subcommands ------------------------------------------------------------

@@ -51,23 +51,25 @@ def resolve_remote_path(conn: Connection, path: str) -> str:
     return path
 
 
-def upload_tool(conn: Connection, topology: Topology, staging_dir: str) -> str:
-    """Put the tool into `staging_dir` (made 0700) over SFTP; returns its remote path.
+def upload_tool(conn: Connection, topology: Topology, staging_dir: str, dirs: tuple[str, ...] = ()) -> str:
+    """Put the tool into `staging_dir` (made 0700, with `dirs` below it) over SFTP; returns its
+    remote path.
 
-    The same tool already there is left alone (one round trip); a different one is written
-    beside it and renamed into place, so a run using the old one never reads a torn file.
+    The same tool already there is left alone (one round trip in all); a different one is
+    written beside it and renamed into place, so a run using the old one never reads a torn
+    file.
     """
     local, digest = local_zipapp(topology)
     staging = resolve_remote_path(conn, staging_dir)
     remote = f"{staging}/{ZIPAPP_NAME}"
-    q_staging, q_remote = shlex.quote(staging), shlex.quote(remote)
+    made = " ".join(shlex.quote(d) for d in (staging, *dirs))
     have = conn.run(
-        f"mkdir -p {q_staging} && chmod 700 {q_staging} && (sha256sum {q_remote} 2>/dev/null || true)"
+        f"mkdir -p {made} && chmod 700 {made} && (sha256sum {shlex.quote(remote)} 2>/dev/null || true)"
     ).stdout.split()[:1]
     if have != [digest]:
         tmp = f"{remote}.{secrets.token_hex(6)}.tmp"
         conn.put_file(local, tmp, mode=0o600)
-        conn.run(f"mv -f {shlex.quote(tmp)} {q_remote}")
+        conn.sftp_rename(tmp, remote)
     return remote
 
 

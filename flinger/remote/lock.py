@@ -110,6 +110,20 @@ def why_live(record: Dict[str, Any]) -> Optional[str]:
 
 # ------------------------------------------------------------------ the lock file
 
+def installed_digests(install_dir: str) -> Dict[str, str]:
+    """The package digests the install receipt records: what the taker of the lock need not
+    send again (told with the lock, to save the client a round trip)."""
+    try:
+        with open(layout.state_file(install_dir), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    packages = state.get("packages") if isinstance(state, dict) else None
+    if not isinstance(packages, dict):
+        return {}
+    return {str(name): str(info.get("digest")) for name, info in packages.items() if isinstance(info, dict)}
+
+
 @contextlib.contextmanager
 def _guard(install_dir: str) -> Iterator[None]:
     """Serialise read-judge-write steps on this install dir's lock."""
@@ -210,10 +224,11 @@ def acquire(install_dir: str, holder: str, wait: float) -> int:
             layout.ensure_install_dir(install_dir)
             with _guard(install_dir):
                 if try_acquire(install_dir, holder):
-                    return events.result(True, holder=holder)
+                    return events.result(True, holder=holder, installed=installed_digests(install_dir))
                 current = read_holder(install_dir) or {}
                 if current.get("holder") == holder:
-                    return events.result(True, holder=holder, already_held=True)
+                    return events.result(True, holder=holder, already_held=True,
+                                         installed=installed_digests(install_dir))
                 live = why_live(current) if not current.get("unreadable") else None
                 if live is None:
                     # Nobody works for that holder here any more: say so, break it, take it.
@@ -222,7 +237,8 @@ def acquire(install_dir: str, holder: str, wait: float) -> int:
                                 else "no process of that run is left on this server")
                     os.unlink(layout.lock_file(install_dir))
                     if try_acquire(install_dir, holder):
-                        return events.result(True, holder=holder, broke_stale=current.get("holder"))
+                        return events.result(True, holder=holder, broke_stale=current.get("holder"),
+                                             installed=installed_digests(install_dir))
                     continue
         except LockWriteError as exc:
             return events.result(False, error=str(exc), step="lock")

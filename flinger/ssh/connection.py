@@ -276,6 +276,11 @@ class Connection:
         self.open()
         self._conn.sftp().mkdir(remote_path, mode)
 
+    def sftp_rename(self, source: str, dest: str) -> None:
+        """Rename over SFTP, replacing `dest` atomically (OpenSSH's posix-rename): no shell."""
+        self.open()
+        self._conn.sftp().posix_rename(source, dest)
+
     def direct_channel(self, addr: str, port: int) -> paramiko.Channel:
         """A TCP channel through this server to addr:port (for fetching keys behind a jump)."""
         self.open()

@@ -1,0 +1,117 @@
+"""Where a server's packages come from: the artifact store seam of `deploy install`.
+
+An `ArtifactStore` says which packages are built (name -> digest and file) and delivers the
+ones a server lacks into that run's staging dir on the server, reporting what it sent.
+`BuilderRsync` is today's store: the builder rsyncs them straight to the server over the
+client's agent, forwarded to the builder alone, with host keys checked against a
+known_hosts file written from the client's verified keys (never learned anew). Another
+store (a registry the servers pull from) implements the same three methods.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from flinger.actions.remote_tool import read_remote_json, resolve_remote_path
+from flinger.errors import RemoteCommandError
+from flinger.ssh import known_hosts
+from flinger.ssh.connection import ConnectionPool
+from flinger.ssh.fanout import Reporter
+from flinger.ssh.openssh import rsync_rsh
+from flinger.topology.model import Server, Topology
+
+RSYNC_IO_TIMEOUT = 120  # seconds without any data before a push counts as failed (not a hang)
+_STAT_KEYS = {
+    "Total bytes sent": "bytes_sent",
+    "Literal data": "literal_bytes",
+    "Total transferred file size": "transferred_size",
+}
+_RSYNC_STAT = re.compile(r"^(Total bytes sent|Literal data|Total transferred file size): ([\d,]+)")
+
+
+class ArtifactStore(Protocol):
+    def built(self) -> dict[str, dict[str, Any]]:
+        """Every built package: name -> {"sha256": ..., "file": ...}."""
+        ...
+
+    def staged_path(self, run_dir: str, package: str) -> str:
+        """Where the server finds `package`'s tarball once delivered into `run_dir`."""
+        ...
+
+    def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
+        """Put `packages` into `run_dir` on `server`; transfer statistics."""
+        ...
+
+
+class BuilderRsync:
+    """The builder rsyncs packages to each server (one rsync, one handshake per server)."""
+
+    def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
+        self.topology = topology
+        self.pool = pool
+        self._ready: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def _side(self) -> dict[str, Any]:
+        """Artifacts manifest and known_hosts on the builder (once per run, on first use)."""
+        with self._lock:
+            if self._ready is None:
+                conn = self.pool.get(self.topology.builder.server)
+                artifacts = resolve_remote_path(conn, self.topology.builder.artifacts_path)
+                manifest = read_remote_json(conn, f"{artifacts}/manifest.json")
+                kh_dir = resolve_remote_path(conn, f"$HOME/.flinger/{self.topology.name}")
+                conn.run(f"mkdir -p {shlex.quote(kh_dir)} && chmod 700 {shlex.quote(kh_dir)}")
+                conn.put_bytes(self._known_hosts().encode(), f"{kh_dir}/known_hosts", mode=0o600)
+                self._ready = {"artifacts": artifacts, "manifest": manifest, "known_hosts": f"{kh_dir}/known_hosts"}
+            return self._ready
+
+    def _known_hosts(self) -> str:
+        """Only the deployment servers' keys, as the client verified them (never learned anew)."""
+        known = known_hosts.read(self.topology.ssh.known_hosts)
+        lines = []
+        if self.topology.ssh.jump:  # the builder's pushes go through it too, checked as strictly
+            jump = self.pool.jump_connection()
+            assert jump is not None
+            for key in known.lookup(jump.server.addr, jump.server.port or 22).values():
+                lines.append(known_hosts.key_line(jump.server.addr, jump.server.port or 22, key))
+        for server in self.topology.deployment_servers():
+            # none recorded: that server fails at its own push step, with the trust hint
+            for key in known.lookup(server.addr, server.port or 22).values():
+                lines.append(known_hosts.key_line(server.addr, server.port or 22, key))
+        return "\n".join(lines) + "\n"
+
+    def built(self) -> dict[str, dict[str, Any]]:
+        packages = self._side()["manifest"].get("packages", {})
+        return packages if isinstance(packages, dict) else {}
+
+    @staticmethod
+    def _file(info: dict[str, Any], package: str) -> str:
+        return str(info.get("file") or f"packages/{package}.tar.gz")
+
+    def staged_path(self, run_dir: str, package: str) -> str:
+        return f"{run_dir}/packages/{Path(self._file(self.built()[package], package)).name}"
+
+    def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
+        side = self._side()
+        built = self.built()
+        # "/./" keeps the paths below it (--relative): packages/<file> lands in run_dir/packages/
+        sources = [f"{side['artifacts']}/./{self._file(built[p], p)}" for p in packages]
+        rsh = rsync_rsh(server, self.topology.ssh, known_hosts=side["known_hosts"])
+        host = server.addr if ":" not in server.addr else f"[{server.addr}]"
+        argv = ["rsync", "--relative", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats",
+                f"--timeout={RSYNC_IO_TIMEOUT}", "-e", rsh, "--", *sources, f"{host}:{run_dir}/"]  # fmt: skip
+        with self.pool.lease(self.topology.builder.server) as builder_conn:
+            result = builder_conn.run(shlex.join(argv), on_line=lambda _s, t: report.line(t) if "rror" in t else None,
+                                      check=False)  # fmt: skip
+        if result.exit_code != 0:
+            raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
+        stats: dict[str, int] = {}
+        for line in result.stdout.splitlines():
+            m = _RSYNC_STAT.match(line.strip())
+            if m:
+                stats[_STAT_KEYS[m.group(1)]] = int(m.group(2).replace(",", ""))
+        return stats
