@@ -410,6 +410,27 @@ def test_a_release_failing_in_batch_two_leaves_every_server_on_the_old_release(
     assert history["node1"]["details"]["current"] == old
 
 
+def test_a_healthy_canary_is_checked_again_after_its_wait_then_the_rest_follow(
+    deployed: dict[str, Any], sandbox: SandboxState
+) -> None:
+    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change everywhere
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    code, doc = flinger_json(
+        sandbox.config_path, "deploy", "install", "--canary", "1", "--canary-wait", "1", "--batch", "2"
+    )
+    assert code == 0, doc
+    assert all(r["details"]["changed"] for r in by_server(doc).values()), doc
+    run = _new_run_dirs(logs, runs_before)[0]
+    canary = (run / "node1.log").read_text()
+    # node1 alone first, its install done, then its status checked again before the others start
+    assert canary.index("step: install") < canary.index("step: status"), canary
+    for node in ("node2", "node3"):
+        assert "step: status" not in (run / f"{node}.log").read_text()
+    started = {n: (run / f"{n}.log").read_text().splitlines()[0].split()[0] for n in NODES}
+    assert started["node1"] <= started["node2"] and started["node1"] <= started["node3"], started
+
+
 def test_a_client_killed_mid_install_leaves_the_server_on_one_release_and_a_rerun_waits_for_it(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
 ) -> None:
