@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flinger.errors import FlingerError, RemoteCommandError
+from flinger.remote.events import SCHEMA
 from flinger.ssh.connection import Connection, privileged
 from flinger.topology.model import Server, Topology
 
@@ -113,10 +114,15 @@ def run_tool(
         if on_text is not None:
             on_text(text)
 
-    stdin = json.dumps(plan).encode() if plan is not None else None
+    stdin = json.dumps({"schema": SCHEMA, **plan}).encode() if plan is not None else None
     outcome = conn.run(line, stdin=stdin, on_line=sink, check=False)
     if not result:
         raise RemoteCommandError(f"{args[0]} on {server.name}", outcome.exit_code or 1, list(tail))
+    if result.get("schema") != SCHEMA:
+        raise FlingerError(
+            f"{server.name}: {args[0]}: the remote tool answered with result schema {result.get('schema')!r}, "
+            f"this flinger reads {SCHEMA}"
+        )
     if not result.get("ok"):
         err = RemoteCommandError(f"{args[0]} on {server.name}", outcome.exit_code or 1, list(tail), result)
         err.message = str(result.get("error") or err.message)

@@ -1,7 +1,7 @@
 """JSON-lines output of the remote tool: progress events, the final result, and the plan input.
 
 Every command writes one JSON object per line to stdout (`{"event": ...}`) and ends with
-`{"event": "result", "ok": ...}`; human text goes to stderr. Builds run packages in threads,
+`{"event": "result", "ok": ..., "schema": N}`; human text goes to stderr. Builds run packages in threads,
 so writes are serialised by a lock to keep lines whole.
 
 A command that changes a server must not die because its client went away (Ctrl-C, a cut
@@ -16,6 +16,11 @@ import signal
 import sys
 import threading
 from typing import Any, Dict, Optional
+
+# The version of the plan/result contract between flinger and this tool: plans may say which
+# they follow ("schema"), every result says it. A change that an older reader would misread
+# bumps it; both sides refuse what they do not know.
+SCHEMA = 1
 
 _write_lock = threading.Lock()
 _fallback: Optional[str] = None  # where lines go once the client is gone
@@ -63,8 +68,8 @@ def emit(event: str, **fields: Any) -> None:
 
 
 def result(ok: bool, **fields: Any) -> int:
-    """Write the final result line and return the command's exit status."""
-    emit("result", ok=ok, **fields)
+    """Write the final result line (it says its schema) and return the command's exit status."""
+    emit("result", ok=ok, schema=SCHEMA, **fields)
     return 0 if ok else 1
 
 
@@ -75,13 +80,17 @@ def say(text: str) -> None:
 
 
 def read_plan() -> Dict[str, Any]:
-    """Read the command's JSON plan from stdin; it must be an object."""
+    """Read the command's JSON plan from stdin; it must be an object of a schema this tool reads."""
     try:
         plan = json.load(sys.stdin)
     except ValueError as exc:
         raise PlanError("the plan on stdin is not valid JSON: %s" % exc) from None
     if not isinstance(plan, dict):
         raise PlanError("the plan on stdin must be a JSON object")
+    schema = plan.get("schema", SCHEMA)
+    if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= SCHEMA:
+        raise PlanError("this flinger-remote reads plans of schema 1 to %d, not %r: run it from "
+                        "the flinger that sent it" % (SCHEMA, schema))
     return plan
 
 

@@ -306,6 +306,9 @@ def load_share(path: str) -> Dict[str, Any]:
     return parse_share(doc, str(path))
 
 
+_SCHEMA = 1  # events.SCHEMA: this module stays importable alone (the quorum service ships it)
+
+
 def _emit(event: Dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
     sys.stdout.flush()
@@ -317,7 +320,7 @@ def main(argv: Sequence[str]) -> int:
     files = list(argv[1:])
     if not files:
         sys.stderr.write("usage: flinger-remote verify-share FILE...\n")
-        _emit({"event": "result", "ok": False, "error": "no share files given"})
+        _emit({"event": "result", "ok": False, "error": "no share files given", "schema": _SCHEMA})
         return 2
     all_valid = True
     reference: Optional[Tuple[str, List[int]]] = None
@@ -343,7 +346,7 @@ def main(argv: Sequence[str]) -> int:
         event["valid"] = valid
         all_valid = all_valid and valid
         _emit(event)
-    _emit({"event": "result", "ok": all_valid})
+    _emit({"event": "result", "ok": all_valid, "schema": _SCHEMA})
     return 0 if all_valid else 1
 
 

@@ -343,6 +343,14 @@ def test_a_failing_validate_changes_nothing_and_shows_its_output(env: Fixture) -
     assert [e["service"] for e in lines if e.get("event") == "validated"] == [env.name]
 
 
+def test_a_plan_of_an_unknown_schema_is_refused_and_every_result_says_its_schema(tmp_path: Path) -> None:
+    status, lines = run_remote("status", {"install_dir": str(tmp_path / "app"), "schema": 2})
+    assert status == 1 and "reads plans of schema 1 to 1, not 2" in lines[-1]["error"], lines
+    assert lines[-1]["schema"] == 1
+    status, lines = run_remote("status", {"install_dir": str(tmp_path / "app"), "schema": 1})
+    assert status == 0 and lines[-1] == {"event": "result", "ok": True, "schema": 1, "installed": False}
+
+
 def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
     install_dir = str(tmp_path / "opt" / "app")
     args = ["--install-dir", install_dir]

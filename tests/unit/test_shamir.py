@@ -207,7 +207,7 @@ def test_verify_share_command_reports_each_file_and_hides_values(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["valid"] for e in lines[:-1]] == [True, True, True]
     assert [e["index"] for e in lines[:-1]] == [1, 2, 3]
-    assert lines[-1] == {"event": "result", "ok": True}
+    assert lines[-1] == {"event": "result", "ok": True, "schema": 1}
 
     doc = json.loads(paths[1].read_text())
     doc["share"] = format(int(doc["share"], 16) ^ 1, "x")
@@ -242,7 +242,7 @@ def test_runs_on_python39_with_the_standard_library_only() -> None:
             [python39, "-S", "-c", code, *map(str, paths)], capture_output=True, text=True, check=False
         )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"event": "result", "ok": True}
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"event": "result", "ok": True, "schema": 1}
 
 
 def test_parses_with_the_python_39_grammar() -> None:
