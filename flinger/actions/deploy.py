@@ -27,12 +27,12 @@ from flinger.actions.remote_tool import (
     upload_tool,
 )
 from flinger.actions.rollout import RolloutPolicy, plan_batches, run_rollout
-from flinger.errors import FlingerError, HostKeyError, RemoteCommandError
+from flinger.errors import FlingerError, RemoteCommandError
 from flinger.manifest.model import Manifest
 from flinger.remote import services
-from flinger.ssh import known_hosts
-from flinger.ssh.connection import Connection, ConnectionPool
+from flinger.ssh.connection import ConnectionPool
 from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, fan_out
+from flinger.ssh.transport import HostPool, Transport
 from flinger.topology.model import Server, Topology
 
 
@@ -71,26 +71,32 @@ class RunLog:
 class Deployer:
     """One run of a deploy subcommand: its connections, paths on the builder, and the run id."""
 
-    def __init__(self, topology: Topology, manifest: Manifest, *, board: Board | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        manifest: Manifest,
+        *,
+        board: Board | None = None,
+        pool: HostPool | None = None,
+        store: ArtifactStore | None = None,
+    ) -> None:
         self.topology = topology
         self.manifest = manifest
         self.run_id = new_run_id()
         self.log_dir = topology.state_dir / "logs" / self.run_id
         self.board: Board = RunLog(self.log_dir, board or NullBoard())
-        builder = topology.builder.server
-        self.pool = ConnectionPool(topology.servers, topology.ssh, agent_for={builder})
         self.holder = f"{getpass.getuser()}@{socket.gethostname()} run {self.run_id}"
-        self.store: ArtifactStore = BuilderRsync(topology, self.pool)
+        if pool is None:  # SSH, and the builder's rsync over the agent (forwarded to it alone)
+            ssh = ConnectionPool(topology.servers, topology.ssh, agent_for={topology.builder.server})
+            self.pool: HostPool = ssh
+            self.store: ArtifactStore = store or BuilderRsync(topology, ssh)
+        else:
+            if store is None:
+                raise ValueError("a host pool of its own needs an artifact store of its own")
+            self.pool, self.store = pool, store
 
     def close(self) -> None:
         self.pool.close()
-
-    def _check_trusted(self, server: Server) -> None:
-        if not known_hosts.read(self.topology.ssh.known_hosts).lookup(server.addr, server.port or 22):
-            raise HostKeyError(
-                f"{server.name}: host key not in {self.topology.ssh.known_hosts}; "
-                f"run: flinger trust --servers {server.name}"
-            )
 
     # -- install --------------------------------------------------------------------------
     def push(
@@ -111,7 +117,7 @@ class Deployer:
         report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
         return stats
 
-    def send_overlay(self, plan: ServerPlan, conn: Connection, run_dir: str) -> str:
+    def send_overlay(self, plan: ServerPlan, conn: Transport, run_dir: str) -> str:
         """This server's overlay, and only this server's, over SFTP: dirs 0700, files 0600."""
         remote = f"{run_dir}/overlay"
         # Every directory once, over SFTP (no shell, no extra session), parents first.
@@ -123,7 +129,7 @@ class Deployer:
         return remote
 
     def install_one(self, server: Server, plan: ServerPlan, report: Reporter, lock_wait: float) -> dict[str, Any]:
-        self._check_trusted(server)
+        self.pool.check_trusted(server)
         if not plan.overlay_files:
             raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
         report.step("connect")
@@ -204,7 +210,7 @@ class Deployer:
     def lock(
         self,
         server: Server,
-        conn: Connection,
+        conn: Transport,
         tool: str,
         install_dir: str,
         action: str,
@@ -250,7 +256,7 @@ class Deployer:
         lock_wait: float = 0.0,
         plan_extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        self._check_trusted(server)
+        self.pool.check_trusted(server)
         report.step("connect")
         conn = self.pool.get(server.name)
         conn.open()
@@ -385,9 +391,12 @@ def run_deploy(
     on_start: Callable[[Deployer], None] | None = None,
     rollback_to: str | None = None,
     rollout: RolloutPolicy | None = None,
+    pool: HostPool | None = None,
+    store: ArtifactStore | None = None,
 ) -> list[ServerResult]:
-    """Run one deploy subcommand on `servers`; results in the servers' order."""
-    deployer = Deployer(topology, manifest, board=board)
+    """Run one deploy subcommand on `servers`; results in the servers' order. `pool` and
+    `store` replace SSH and the builder's rsync (the local ones run the engine in tests)."""
+    deployer = Deployer(topology, manifest, board=board, pool=pool, store=store)
     if on_start is not None:
         on_start(deployer)
     try:

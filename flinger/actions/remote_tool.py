@@ -17,7 +17,8 @@ from typing import Any
 
 from flinger.errors import FlingerError, RemoteCommandError
 from flinger.remote.events import SCHEMA
-from flinger.ssh.connection import Connection, privileged
+from flinger.ssh.connection import privileged
+from flinger.ssh.transport import Transport
 from flinger.topology.model import Server, Topology
 
 ZIPAPP_NAME = "flinger-remote.pyz"
@@ -40,7 +41,7 @@ def local_zipapp(topology: Topology) -> tuple[Path, str]:
         return _built[dest]
 
 
-def resolve_remote_path(conn: Connection, path: str) -> str:
+def resolve_remote_path(conn: Transport, path: str) -> str:
     """Expand a leading ~ or $HOME with the login user's home on that host (asked once)."""
     if not path.startswith(("~", "$HOME")):
         return path
@@ -52,7 +53,7 @@ def resolve_remote_path(conn: Connection, path: str) -> str:
     return path
 
 
-def upload_tool(conn: Connection, topology: Topology, staging_dir: str, dirs: tuple[str, ...] = ()) -> str:
+def upload_tool(conn: Transport, topology: Topology, staging_dir: str, dirs: tuple[str, ...] = ()) -> str:
     """Put the tool into `staging_dir` (made 0700, with `dirs` below it) over SFTP; returns its
     remote path.
 
@@ -75,7 +76,7 @@ def upload_tool(conn: Connection, topology: Topology, staging_dir: str, dirs: tu
 
 
 def run_tool(
-    conn: Connection,
+    conn: Transport,
     server: Server,
     tool_path: str,
     args: list[str],
@@ -130,7 +131,7 @@ def run_tool(
     return result
 
 
-def read_remote_json(conn: Connection, path: str) -> dict[str, Any]:
+def read_remote_json(conn: Transport, path: str) -> dict[str, Any]:
     """Read a JSON file on a host (e.g. the builder's artifacts manifest)."""
     out = conn.run(f"cat {shlex.quote(path)}", check=False)
     if out.exit_code != 0:

@@ -400,6 +400,15 @@ class ConnectionPool:
             self._jump = Connection(jump, self.settings)
         return self._jump
 
+    def check_trusted(self, server: Server) -> None:
+        """A server whose key is not in known_hosts fails before any connection: first use is
+        an explicit `flinger trust`."""
+        if not known_hosts.read(self.settings.known_hosts).lookup(server.addr, server.port or 22):
+            raise HostKeyError(
+                f"{server.name}: host key not in {self.settings.known_hosts}; "
+                f"run: flinger trust --servers {server.name}"
+            )
+
     def get(self, name: str) -> Connection:
         with self._lock:
             if name not in self._conns:

@@ -1,0 +1,173 @@
+"""The deploy engine on the local transport (flinger/ssh/transport.py): the real Deployer,
+rollout and remote tool (lock, per-run staging, install, rollback), each "server" a home
+directory on this machine, no SSH. The SSH path is the integration tests' job."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flinger.actions.deploy import run_deploy
+from flinger.actions.overlay import make_overlay
+from flinger.actions.rollout import Amount, RolloutPolicy
+from flinger.manifest.model import OverlayFile
+from flinger.remote import files, tarball
+from flinger.ssh.fanout import Reporter, ServerResult, Status
+from flinger.ssh.transport import LocalPool
+from flinger.topology.model import Server, Topology
+from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
+
+NODES = ("node1", "node2", "node3")
+
+
+class LocalStore:
+    """Artifacts built here; delivered by copying (a corrupt copy for the servers in `broken`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.broken: set[str] = set()
+        self.version = ""
+        self.delivered: list[str] = []
+
+    def build(self, version: str) -> None:
+        tree = self.root / f"tree-{version}"
+        tree.mkdir(parents=True)
+        (tree / "VERSION").write_text(version)
+        pack = self.root / "packages" / "app.tar.gz"
+        pack.parent.mkdir(parents=True, exist_ok=True)
+        tarball.pack_tree(str(tree), str(pack))
+        self.version = version
+
+    def built(self) -> dict[str, dict[str, Any]]:
+        pack = self.root / "packages" / "app.tar.gz"
+        return {"app": {"sha256": files.sha256_file(str(pack)), "file": "packages/app.tar.gz"}}
+
+    def staged_path(self, run_dir: str, package: str) -> str:
+        return f"{run_dir}/packages/{package}.tar.gz"
+
+    def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
+        self.delivered.append(server.name)
+        os.makedirs(f"{run_dir}/packages", 0o700, exist_ok=True)
+        data = (self.root / "packages" / "app.tar.gz").read_bytes()
+        if server.name in self.broken:
+            data = data[:-10]  # a copy cut short
+        Path(self.staged_path(run_dir, "app")).write_bytes(data)
+        return {"bytes_sent": len(data)}
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        write_template(root, "tmpl/app.conf.j2", "name = {{ server.name }}\n")
+        base = make_topology(root, nodes(3))
+        self.topology: Topology = replace(
+            base,
+            deployment=replace(base.deployment, install_dir="$HOME/app", keep_releases=3),
+            servers={n: replace(s, privilege="none") for n, s in base.servers.items()},
+        )
+        self.manifest = make_manifest(root, overlay=[OverlayFile(template="tmpl/app.conf.j2", dest="app.conf")])
+        make_overlay(self.topology, self.manifest)
+        self.homes = root / "hosts"
+        self.store = LocalStore(root / "artifacts")
+
+    def install(self, policy: RolloutPolicy | None = None) -> dict[str, ServerResult]:
+        servers = [self.topology.servers[n] for n in NODES]
+        pool = LocalPool(self.topology.servers, self.homes)
+        results = run_deploy(
+            self.topology, self.manifest, servers, "install", parallel=3, rollout=policy, pool=pool, store=self.store
+        )
+        return {r.server: r for r in results}
+
+    def rollback(self, **extra: Any) -> dict[str, ServerResult]:
+        servers = [self.topology.servers[n] for n in NODES]
+        pool = LocalPool(self.topology.servers, self.homes)
+        results = run_deploy(
+            self.topology, self.manifest, servers, "rollback", parallel=3, pool=pool, store=self.store,
+            rollout=RolloutPolicy(rollback=False), **extra,
+        )  # fmt: skip
+        return {r.server: r for r in results}
+
+    def version(self, node: str) -> str:
+        current = self.homes / node / "app" / "current"
+        return (current / "app" / "VERSION").read_text() if current.exists() else ""
+
+    def staging_left(self, node: str) -> list[str]:
+        runs = self.homes / node / "flinger-staging" / "runs"
+        return sorted(str(p.relative_to(runs)) for p in runs.glob("*/*")) if runs.exists() else []
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    fleet = Fleet(tmp_path)
+    fleet.store.build("v1")
+    results = fleet.install()
+    assert all(r.status is Status.OK for r in results.values()), results
+    return fleet
+
+
+def test_install_locks_stages_per_run_and_cleans_up(fleet: Fleet) -> None:
+    for node in NODES:
+        assert fleet.version(node) == "v1"
+        assert fleet.staging_left(node) == []  # the run's dir (and its overlay) is gone
+        assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()  # released
+        conf = fleet.homes / node / "app" / "current" / "overlay" / "files" / "app.conf"
+        assert conf.read_text() == f"name = {node}\n"
+    again = fleet.install()
+    assert {n: r.details["packages_sent"] for n, r in again.items()} == {n: [] for n in NODES}
+    assert all(r.details["changed"] is False for r in again.values())
+
+
+def test_a_failure_in_batch_two_rolls_batch_one_back_to_its_release(fleet: Fleet) -> None:
+    fleet.store.build("v2")
+    fleet.store.broken = {"node2"}
+    results = fleet.install(RolloutPolicy(batch=Amount(1)))
+    assert [results[n].status for n in NODES] == [Status.ROLLED_BACK, Status.FAILED, Status.SKIPPED]
+    assert results["node2"].step == "unpack" and "does not match" in str(results["node2"].message)
+    message = str(results["node1"].message)
+    assert "rolled back to" in message and "batch 2 failed (node2)" in message, message
+    assert [fleet.version(n) for n in NODES] == ["v1", "v1", "v1"]  # the whole fleet as it was
+    assert fleet.store.delivered[-2:] == ["node1", "node2"]  # node3 never started
+    history = json.loads((fleet.homes / "node1" / "app" / ".flinger" / "state.json").read_text())
+    assert history["previous_release"] is not None and len(history["releases"]) == 2
+
+    fleet.store.broken = set()
+    results = fleet.install(RolloutPolicy(batch=Amount(1)))  # the re-run finishes the job
+    assert all(r.status is Status.OK for r in results.values()) and [fleet.version(n) for n in NODES] == ["v2"] * 3
+
+
+def test_no_rollback_leaves_the_first_batch_on_the_new_release(fleet: Fleet) -> None:
+    fleet.store.build("v2")
+    fleet.store.broken = {"node2"}
+    results = fleet.install(RolloutPolicy(batch=Amount(1), rollback=False))
+    assert [results[n].status for n in NODES] == [Status.OK, Status.FAILED, Status.SKIPPED]
+    assert [fleet.version(n) for n in NODES] == ["v2", "v1", "v1"]
+
+
+def test_history_and_rollback_to_an_earlier_release(fleet: Fleet) -> None:
+    fleet.store.build("v2")
+    assert all(r.status is Status.OK for r in fleet.install().values())
+    results = fleet.rollback()
+    assert all(r.status is Status.OK for r in results.values()), results
+    assert [fleet.version(n) for n in NODES] == ["v1"] * 3
+    back = fleet.rollback(rollback_to=str(results["node1"].details["previous_release"]))
+    assert all(r.status is Status.OK for r in back.values()) and fleet.version("node1") == "v2"
+
+
+def test_a_held_lock_fails_that_server_before_anything_is_staged(fleet: Fleet, tmp_path: Path) -> None:
+    lock = fleet.homes / "node3" / "app" / ".flinger" / "lock"
+    # another run holds it, and a process of it (this test) still runs on the "server"
+    from flinger.remote import lock as remote_lock
+
+    record = {"holder": "someone", "since": "now", "boot_id": remote_lock._boot_id(),
+              "session": remote_lock.process_ref(os.getpid(), "ssh session")}  # fmt: skip
+    lock.write_text(json.dumps(record))
+    fleet.store.build("v2")
+    results = fleet.install(RolloutPolicy(rollback=False))
+    assert results["node3"].status is Status.FAILED and results["node3"].step == "lock"
+    assert "held by someone" in str(results["node3"].message)
+    assert "push" not in results["node3"].details and fleet.staging_left("node3") == []
+    assert fleet.version("node3") == "v1" and [fleet.version(n) for n in ("node1", "node2")] == ["v2", "v2"]
