@@ -6,8 +6,8 @@ bind-mounts the host's own directories over /root, /opt, /srv, /etc/sv, /etc/ser
 makes the non-root login user (key login, passwordless `sudo -n`), starts
 `runsvdir -P /etc/service` in the background and then execs sshd. unshare and sh both exec, so
 the pid we spawn *is* the sshd, and everything sshd forks (login sessions, what users start)
-shares the private mounts. sshd keeps its stock limits (MaxSessions 10, MaxStartups 10:30:100):
-what works here works on a stock Debian host.
+shares the private mounts. sshd_config sets no session or startup limit, so OpenSSH's defaults
+apply and root logins are refused: what works here works on a stock Debian host.
 """
 
 from __future__ import annotations
