@@ -399,10 +399,19 @@ def run_deploy(
     deployer = Deployer(topology, manifest, board=board, pool=pool, store=store)
     if on_start is not None:
         on_start(deployer)
+    by_name = {s.name: s for s in servers}
+
+    def check(names: list[str]) -> list[ServerResult]:
+        """A gate of a rollout: each server's services running and healthy (`deploy status`)."""
+
+        def work(server: Server, report: Reporter) -> dict[str, Any]:
+            return deployer.simple(server, report, "status", hold_lock=False)
+
+        return fan_out([by_name[n] for n in names], work, parallel=parallel, board=deployer.board)
+
     try:
         if action == "install":
             plans = {p.server: p for p in plan_deploy(topology, manifest, servers)}
-            by_name = {s.name: s for s in servers}
             waves = [
                 [s.name for s in servers if plans[s.name].wave == wave]
                 for wave in sorted({p.wave for p in plans.values()})
@@ -415,12 +424,6 @@ def run_deploy(
 
                 chosen = [by_name[n] for n in names]
                 return fan_out(chosen, work, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
-
-            def check(names: list[str]) -> list[ServerResult]:
-                def work(server: Server, report: Reporter) -> dict[str, Any]:
-                    return deployer.simple(server, report, "status", hold_lock=False)
-
-                return fan_out([by_name[n] for n in names], work, parallel=parallel, board=deployer.board)
 
             def roll_back(todo: list[tuple[str, str]]) -> list[ServerResult]:
                 to = dict(todo)
@@ -459,20 +462,12 @@ def run_deploy(
         if action == "rollback" and rollout is not None:
             # The same batches and gates as an install; a rollback that fails stops the rest
             # (nothing is undone: each failed server already went back to what it ran).
-            names = {s.name: s for s in servers}
-
             def go_back(batch: list[str]) -> list[ServerResult]:
-                return fan_out([names[n] for n in batch], other, parallel=parallel, board=deployer.board)
-
-            def recheck(batch: list[str]) -> list[ServerResult]:
-                def status(server: Server, report: Reporter) -> dict[str, Any]:
-                    return deployer.simple(server, report, "status", hold_lock=False)
-
-                return fan_out([names[n] for n in batch], status, parallel=parallel, board=deployer.board)
+                return fan_out([by_name[n] for n in batch], other, parallel=parallel, board=deployer.board)
 
             undo = replace(rollout, rollback=False)
             batches = plan_batches([[s.name for s in servers]], undo)
-            done = run_rollout(batches, undo, go_back, recheck, lambda _todo: [])
+            done = run_rollout(batches, undo, go_back, check, lambda _todo: [])
             return [done[s.name] for s in servers]
         return fan_out(servers, other, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
     finally:
