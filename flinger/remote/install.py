@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from flinger.remote import events, files, health, layout, lock, services, unpack
 
@@ -642,22 +642,29 @@ def status(plan: Dict[str, Any]) -> int:
                          packages=state.get("packages"), services=report)
 
 
-def main(argv: List[str]) -> int:
-    command = argv[0]
+PlanCommand = Callable[[Dict[str, Any]], int]
+
+
+def run_plan_command(command: str, handlers: Dict[str, PlanCommand]) -> int:
+    """Read the plan from stdin and run the command's handler; a bad plan, or a service or
+    file error, becomes the command's failed result (one place for every plan command)."""
     try:
         plan = events.read_plan()
-        if command == "install":
-            return install(plan)
-        if command == "activate":
-            return activate(plan)
-        if command == "deactivate":
-            return deactivate(plan)
-        if command in ("uninstall", "clean"):
-            return uninstall(plan, clean=command == "clean")
-        if command == "status":
-            return status(plan)
+        if command in handlers:
+            return handlers[command](plan)
     except events.PlanError as exc:
         return events.result(False, error=str(exc))
     except (services.ServiceError, OSError) as exc:
         return events.result(False, error="%s: %s" % (command, exc))
     return events.result(False, error="unknown command %s" % command)
+
+
+def main(argv: List[str]) -> int:
+    return run_plan_command(argv[0], {
+        "install": install,
+        "activate": activate,
+        "deactivate": deactivate,
+        "uninstall": uninstall,
+        "clean": lambda plan: uninstall(plan, clean=True),
+        "status": status,
+    })

@@ -84,13 +84,4 @@ def rollback(plan: Dict[str, Any]) -> int:
 
 
 def main(argv: List[str]) -> int:
-    command = argv[0]
-    try:
-        plan = events.read_plan()
-        if command == "history":
-            return history(plan)
-        return rollback(plan)
-    except events.PlanError as exc:
-        return events.result(False, error=str(exc))
-    except (services.ServiceError, OSError) as exc:
-        return events.result(False, error="%s: %s" % (command, exc))
+    return install.run_plan_command(argv[0], {"history": history, "rollback": rollback})
