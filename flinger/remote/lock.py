@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from flinger.remote import events, layout
+from flinger.remote import events, files, layout
 
 _POLL_SECONDS = 0.5
 _SESSION_COMMS = ("sshd", "sshd-session")
@@ -114,8 +114,7 @@ def installed_digests(install_dir: str) -> Dict[str, str]:
     """The package digests the install receipt records: what the taker of the lock need not
     send again (told with the lock, to save the client a round trip)."""
     try:
-        with open(layout.state_file(install_dir), encoding="utf-8") as handle:
-            state = json.load(handle)
+        state = files.read_json(layout.state_file(install_dir), {})
     except (OSError, ValueError):
         return {}
     packages = state.get("packages") if isinstance(state, dict) else None
@@ -148,6 +147,11 @@ def read_holder(install_dir: str) -> Optional[Dict[str, Any]]:
     return content if isinstance(content, dict) else {"holder": str(content), "unreadable": True}
 
 
+def _write_error(path: str, exc: OSError) -> LockWriteError:
+    return LockWriteError("cannot write the deploy lock in %s: %s"
+                          % (os.path.dirname(path), exc.strerror or exc))
+
+
 def _write_complete(path: str, record: Dict[str, Any]) -> str:
     """A private temporary file next to `path` holding `record`, flushed to disk."""
     tmp = "%s.%d.tmp" % (path, os.getpid())
@@ -160,8 +164,7 @@ def _write_complete(path: str, record: Dict[str, Any]) -> str:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise LockWriteError("cannot write the deploy lock in %s: %s"
-                             % (os.path.dirname(path), exc.strerror or exc)) from None
+        raise _write_error(path, exc) from None
     return tmp
 
 
@@ -180,8 +183,7 @@ def try_acquire(install_dir: str, holder: str) -> bool:
     except FileExistsError:
         return False
     except OSError as exc:
-        raise LockWriteError("cannot write the deploy lock in %s: %s"
-                             % (os.path.dirname(path), exc.strerror or exc)) from None
+        raise _write_error(path, exc) from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -196,8 +198,7 @@ def _replace(install_dir: str, record: Dict[str, Any]) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise LockWriteError("cannot write the deploy lock in %s: %s"
-                             % (os.path.dirname(path), exc.strerror or exc)) from None
+        raise _write_error(path, exc) from None
 
 
 def claim_for_worker(install_dir: str, holder: str) -> Optional[str]:
