@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +11,9 @@ from flinger.cli.app import ServersOpt, app, env_of, finish
 from flinger.cli.env import Env
 from flinger.errors import UsageError
 from flinger.topology.model import Server
+
+if TYPE_CHECKING:
+    from flinger.actions.rollout import RolloutPolicy
 
 deploy_app = typer.Typer(help="Install to, or remove from, every deployment server in parallel.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
@@ -21,6 +24,17 @@ LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="seconds to 
 AllowEmpty = Annotated[
     bool, typer.Option("--allow-empty", help="install even to servers that get no package (their services stop)")
 ]
+
+
+def _rollout_policy(batch: str | None, max_failures: str, **rest: Any) -> RolloutPolicy:
+    """The --batch / --max-failures options (and the rest of a policy) as a RolloutPolicy."""
+    from flinger.actions.rollout import RolloutPolicy, parse_amount
+
+    return RolloutPolicy(
+        batch=parse_amount(batch, "--batch", minimum=1) if batch is not None else None,
+        max_failures=parse_amount(max_failures, "--max-failures", minimum=0),
+        **rest,
+    )
 
 
 def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[ServerPlan]:
@@ -45,7 +59,9 @@ def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[Se
     return plans
 
 
-def _dry_run(env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = False, rollout: Any = None) -> int:
+def _dry_run(
+    env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = False, rollout: RolloutPolicy | None = None
+) -> int:
     from flinger.actions.deploy_plan import plan_deploy
 
     topology, manifest = env.topology(), env.manifest()
@@ -104,7 +120,7 @@ def _run(
     lock_wait: float = 0.0,
     allow_empty: bool = False,
     rollback_to: str | None = None,
-    rollout: Any = None,
+    rollout: RolloutPolicy | None = None,
 ) -> int:
     from flinger.actions.deploy import run_deploy
 
@@ -163,16 +179,8 @@ def install(
 
     In batches with --batch: when more servers fail than --max-failures allows, no later batch
     starts and every server this run switched goes back to the release it had."""
-    from flinger.actions.rollout import RolloutPolicy, parse_amount
-
     env = env_of(ctx)
-    policy = RolloutPolicy(
-        batch=parse_amount(batch, "--batch", minimum=1) if batch is not None else None,
-        canary=canary,
-        canary_wait=canary_wait,
-        max_failures=parse_amount(max_failures, "--max-failures", minimum=0),
-        rollback=not no_rollback,
-    )
+    policy = _rollout_policy(batch, max_failures, canary=canary, canary_wait=canary_wait, rollback=not no_rollback)
     if canary_wait and not canary:
         raise UsageError("--canary-wait needs --canary N")
     return (
@@ -232,19 +240,13 @@ def rollback(
 
     In batches with --batch: when more servers fail than --max-failures allows, the rest are
     not started (each failed one is back on the release it ran)."""
-    from flinger.actions.rollout import RolloutPolicy, parse_amount
-
     if to is not None:
         from flinger.values import name_problem
 
         problem = name_problem(to)
         if problem:
             raise UsageError(f"--to: {problem}")
-    policy = RolloutPolicy(
-        batch=parse_amount(batch, "--batch", minimum=1) if batch is not None else None,
-        max_failures=parse_amount(max_failures, "--max-failures", minimum=0),
-        rollback=False,
-    )
+    policy = _rollout_policy(batch, max_failures, rollback=False)
     return _run(env_of(ctx), "rollback", servers, lock_wait=lock_wait, rollback_to=to, rollout=policy)
 
 
