@@ -10,7 +10,6 @@ store (a registry the servers pull from) implements the same three methods.
 
 from __future__ import annotations
 
-import re
 import shlex
 import threading
 from pathlib import Path
@@ -21,16 +20,11 @@ from flinger.errors import RemoteCommandError
 from flinger.ssh import known_hosts
 from flinger.ssh.connection import ConnectionPool
 from flinger.ssh.fanout import Reporter
-from flinger.ssh.openssh import rsync_rsh
+from flinger.ssh.openssh import rsync_rsh, rsync_stat
 from flinger.topology.model import Server, Topology
 
 RSYNC_IO_TIMEOUT = 120  # seconds without any data before a push counts as failed (not a hang)
-_STAT_KEYS = {
-    "Total bytes sent": "bytes_sent",
-    "Literal data": "literal_bytes",
-    "Total transferred file size": "transferred_size",
-}
-_RSYNC_STAT = re.compile(r"^(Total bytes sent|Literal data|Total transferred file size): ([\d,]+)")
+PUSH_STATS = ("bytes_sent", "literal_bytes", "transferred_size")  # what a push reports
 
 
 class ArtifactStore(Protocol):
@@ -109,9 +103,5 @@ class BuilderRsync:
                                       check=False)  # fmt: skip
         if result.exit_code != 0:
             raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
-        stats: dict[str, int] = {}
-        for line in result.stdout.splitlines():
-            m = _RSYNC_STAT.match(line.strip())
-            if m:
-                stats[_STAT_KEYS[m.group(1)]] = int(m.group(2).replace(",", ""))
-        return stats
+        stats = [rsync_stat(line.strip()) for line in result.stdout.splitlines()]
+        return {key: number for key, number in filter(None, stats) if key in PUSH_STATS}

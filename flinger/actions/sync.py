@@ -10,18 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flinger.errors import ConfigError, FlingerError, UnreachableError
-from flinger.ssh.openssh import remote_rsync_path, require_local, rsync_rsh
+from flinger.ssh.openssh import RSYNC_STAT_FIELDS, remote_rsync_path, require_local, rsync_rsh, rsync_stat
 from flinger.topology.model import Topology
-
-STAT_FIELDS = {
-    "Number of regular files transferred": "files_transferred",
-    "Total file size": "total_size",
-    "Total transferred file size": "transferred_size",
-    "Literal data": "literal_bytes",
-    "Matched data": "matched_bytes",
-    "Total bytes sent": "bytes_sent",
-    "Total bytes received": "bytes_received",
-}
 
 
 @dataclass(frozen=True)
@@ -131,12 +121,11 @@ def _parse_line(
     transferred: list[str],
     on_progress: Callable[[str], None] | None,
 ) -> None:
-    for label, key in STAT_FIELDS.items():
-        if line.startswith(label + ":"):
-            number = line.split(":", 1)[1].split()[0].replace(",", "")
-            if number.isdigit():
-                stats[key] = int(number)
-            return
+    if line.partition(":")[0] in RSYNC_STAT_FIELDS:
+        stat = rsync_stat(line)
+        if stat is not None:
+            stats[stat[0]] = stat[1]
+        return
     m = _DELETE.match(line)
     if m:
         deleted.append(m.group(1))

@@ -78,6 +78,26 @@ def rsync_rsh(server: Server, settings: SshSettings, *, known_hosts: str | None 
     return shlex.join(ssh_argv(server, settings, known_hosts=known_hosts))
 
 
+RSYNC_STAT_FIELDS = {  # rsync --stats labels -> the keys flinger reports them under
+    "Number of regular files transferred": "files_transferred",
+    "Total file size": "total_size",
+    "Total transferred file size": "transferred_size",
+    "Literal data": "literal_bytes",
+    "Matched data": "matched_bytes",
+    "Total bytes sent": "bytes_sent",
+    "Total bytes received": "bytes_received",
+}
+
+
+def rsync_stat(line: str) -> tuple[str, int] | None:
+    """(key, number) of one `rsync --stats` line ("Literal data: 1,234 bytes"), else None."""
+    label, colon, rest = line.partition(":")
+    key = RSYNC_STAT_FIELDS.get(label)
+    words = rest.split()
+    number = words[0].replace(",", "") if words else ""
+    return (key, int(number)) if colon and key is not None and number.isdigit() else None
+
+
 def remote_rsync_path(path: str) -> str:
     """rsync does not expand $HOME or ~ on the remote side: make those relative to home."""
     for prefix in ("$HOME/", "~/"):
