@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from flinger.progress import Event, Finished, Info, Output, Started, Step
 from flinger.ssh.fanout import ServerResult, Status
 
 STATE_STYLE = {
@@ -63,25 +64,31 @@ class LiveBoard:
             )
         return table
 
-    def update(
-        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
-    ) -> None:
+    def __call__(self, event: Event) -> None:
+        """The board is a sink of the run's events (progress.py)."""
+        if isinstance(event, Output):
+            self.line(event.name, event.text)
+            return
         with self._lock:
-            row = self.rows.setdefault(server, {"state": "waiting", "step": "", "info": "", "start": None, "end": None})
-            if state is not None:
-                row["state"] = state
-                if state == "running" and row["start"] is None:
-                    row["start"] = time.monotonic()
-                if state in ("ok", "failed", "unreachable", "skipped", "rolled back", "interrupted"):
-                    row["end"] = time.monotonic()
-            if step is not None:
-                row["step"] = step
-            if info is not None:
-                row["info"] = info
+            row = self.rows.setdefault(
+                event.name, {"state": "waiting", "step": "", "info": "", "start": None, "end": None}
+            )
+            state: str | None = None
+            if isinstance(event, Started):
+                state = row["state"] = "running"
+                if row["start"] is None:
+                    row["start"] = event.at
+            elif isinstance(event, Finished):
+                state = row["state"] = event.state
+                row["end"] = event.at
+            elif isinstance(event, Step):
+                row["step"] = event.step
+            elif isinstance(event, Info):
+                row["info"] = event.text
             if self._live is not None:
                 self._live.update(self._render())
             elif state is not None and self.ui.verbose and not self.ui.json_mode:
-                self.ui.note(f"{server}: {state}")
+                self.ui.note(f"{event.name}: {state}")
 
     def line(self, server: str, text: str) -> None:
         if self.ui.json_mode:

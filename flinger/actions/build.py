@@ -13,8 +13,8 @@ from typing import Any
 from flinger.actions.remote_tool import ZIPAPP_NAME, local_zipapp, resolve_remote_path, run_tool
 from flinger.errors import RemoteCommandError
 from flinger.manifest.model import Manifest, Package
+from flinger.progress import Finished, Output, Sink, Started, Step, nowhere
 from flinger.ssh.connection import ConnectionPool
-from flinger.ssh.fanout import Board, NullBoard
 from flinger.topology.model import Topology
 
 
@@ -77,9 +77,8 @@ def run_build(
     *,
     check_only: bool = False,
     no_cache: bool = False,
-    board: Board | None = None,
+    events: Sink = nowhere,
 ) -> BuildOutcome:
-    board = board or NullBoard()
     plan = plan_build(manifest, check_only=check_only, no_cache=no_cache, jobs=2)
     outcomes = {name: PackageOutcome(name, setup_hint=pkg.setup_hint) for name, pkg in manifest.packages.items()}
     pool = ConnectionPool(topology.servers, topology.ssh)
@@ -105,9 +104,11 @@ def run_build(
             if out is None:
                 return
             if kind == "output":
-                board.line(name, str(event.get("line", "")))
+                events(Output(name, str(event.get("line", ""))))
             elif kind in ("start", "command", "download"):
-                board.update(name, state="running", step=str(event.get("command") or kind))
+                if kind == "start":
+                    events(Started(name))
+                events(Step(name, str(event.get("command") or kind)))
             elif kind in ("built", "cached", "checked", "failed", "skipped"):
                 out.state = kind if not (kind == "checked" and not event.get("ok", True)) else "failed"
                 out.sha256 = event.get("sha256", out.sha256)
@@ -116,7 +117,8 @@ def run_build(
                 out.exit_status = event.get("exit_status")
                 out.tail = list(event.get("tail") or [])
                 out.error = event.get("error") or event.get("reason")
-                board.update(name, state="ok" if out.state in ("built", "cached", "checked") else "failed", step=kind)
+                events(Step(name, kind))
+                events(Finished(name, "ok" if out.state in ("built", "cached", "checked") else "failed"))
 
         try:
             run_tool(conn, builder, tool, ["build"], plan, as_root=False, on_event=on_event)

@@ -13,7 +13,6 @@ import datetime as dt
 import getpass
 import os
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,43 +28,19 @@ from flinger.actions.remote_tool import (
 from flinger.actions.rollout import RolloutPolicy, plan_batches, run_rollout
 from flinger.errors import FlingerError, RemoteCommandError
 from flinger.manifest.model import Manifest
+from flinger.progress import Events, RunLog, Sink, nowhere
 from flinger.remote import services
 from flinger.ssh.connection import ConnectionPool
-from flinger.ssh.fanout import Board, NullBoard, Reporter, ServerResult, fan_out
+from flinger.ssh.fanout import Reporter, ServerResult, fan_out
 from flinger.ssh.transport import HostPool, Transport
 from flinger.topology.model import Server, Topology
 
 
 def new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
-
-
-class RunLog:
-    """A Board that also writes one log per server for this run (steps and output lines)."""
-
-    def __init__(self, directory: Path, inner: Board) -> None:
-        self.directory = directory
-        self.inner = inner
-        self._lock = threading.Lock()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    def _write(self, server: str, text: str) -> None:
-        stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
-        with self._lock, open(self.directory / f"{server}.log", "a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {text}\n")
-
-    def update(
-        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
-    ) -> None:
-        if state is not None:
-            self._write(server, f"state: {state}")
-        if step is not None:
-            self._write(server, f"step: {step}")
-        self.inner.update(server, state=state, step=step, info=info)
-
-    def line(self, server: str, text: str) -> None:
-        self._write(server, text)
-        self.inner.line(server, text)
+    """When (to the millisecond, so ids sort by start) and which process: two runs of one
+    process never share their logs or staging dir."""
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z-{os.getpid()}"
 
 
 class Deployer:
@@ -76,7 +51,7 @@ class Deployer:
         topology: Topology,
         manifest: Manifest,
         *,
-        board: Board | None = None,
+        events: Sink = nowhere,
         pool: HostPool | None = None,
         store: ArtifactStore | None = None,
     ) -> None:
@@ -84,7 +59,7 @@ class Deployer:
         self.manifest = manifest
         self.run_id = new_run_id()
         self.log_dir = topology.state_dir / "logs" / self.run_id
-        self.board: Board = RunLog(self.log_dir, board or NullBoard())
+        self.events = Events([RunLog(self.log_dir), events])
         self.holder = f"{getpass.getuser()}@{socket.gethostname()} run {self.run_id}"
         if pool is None:  # SSH, and the builder's rsync over the agent (forwarded to it alone)
             ssh = ConnectionPool(topology.servers, topology.ssh, agent_for={topology.builder.server})
@@ -385,7 +360,7 @@ def run_deploy(
     action: str,
     *,
     parallel: int,
-    board: Board | None = None,
+    events: Sink = nowhere,
     fail_fast: bool = False,
     lock_wait: float = 0.0,
     on_start: Callable[[Deployer], None] | None = None,
@@ -396,7 +371,7 @@ def run_deploy(
 ) -> list[ServerResult]:
     """Run one deploy subcommand on `servers`; results in the servers' order. `pool` and
     `store` replace SSH and the builder's rsync (the local ones run the engine in tests)."""
-    deployer = Deployer(topology, manifest, board=board, pool=pool, store=store)
+    deployer = Deployer(topology, manifest, events=events, pool=pool, store=store)
     if on_start is not None:
         on_start(deployer)
     by_name = {s.name: s for s in servers}
@@ -407,7 +382,7 @@ def run_deploy(
         def work(server: Server, report: Reporter) -> dict[str, Any]:
             return deployer.simple(server, report, "status", hold_lock=False)
 
-        return fan_out([by_name[n] for n in names], work, parallel=parallel, board=deployer.board)
+        return fan_out([by_name[n] for n in names], work, parallel=parallel, events=deployer.events)
 
     try:
         if action == "install":
@@ -423,7 +398,7 @@ def run_deploy(
                     return deployer.install_one(server, plans[server.name], report, lock_wait)
 
                 chosen = [by_name[n] for n in names]
-                return fan_out(chosen, work, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
+                return fan_out(chosen, work, parallel=parallel, events=deployer.events, fail_fast=fail_fast)
 
             def roll_back(todo: list[tuple[str, str]]) -> list[ServerResult]:
                 to = dict(todo)
@@ -434,7 +409,7 @@ def run_deploy(
                         server, report, "rollback", lock_wait=lock_wait, plan_extra={"to": to[server.name]}
                     )
 
-                return fan_out([by_name[n] for n, _ in todo], work, parallel=parallel, board=deployer.board)
+                return fan_out([by_name[n] for n, _ in todo], work, parallel=parallel, events=deployer.events)
 
             results = run_rollout(plan_batches(waves, policy), policy, install, check, roll_back)
             return [results[s.name] for s in servers]
@@ -451,7 +426,7 @@ def run_deploy(
                 )
                 return {"summary": "lock broken"}
 
-            return fan_out(servers, unlock, parallel=parallel, board=deployer.board)
+            return fan_out(servers, unlock, parallel=parallel, events=deployer.events)
 
         hold = action not in ("status", "history")
         extra = {"to": rollback_to} if action == "rollback" and rollback_to else None
@@ -463,12 +438,12 @@ def run_deploy(
             # The same batches and gates as an install; a rollback that fails stops the rest
             # (nothing is undone: each failed server already went back to what it ran).
             def go_back(batch: list[str]) -> list[ServerResult]:
-                return fan_out([by_name[n] for n in batch], other, parallel=parallel, board=deployer.board)
+                return fan_out([by_name[n] for n in batch], other, parallel=parallel, events=deployer.events)
 
             undo = replace(rollout, rollback=False)
             batches = plan_batches([[s.name for s in servers]], undo)
             done = run_rollout(batches, undo, go_back, check, lambda _todo: [])
             return [done[s.name] for s in servers]
-        return fan_out(servers, other, parallel=parallel, board=deployer.board, fail_fast=fail_fast)
+        return fan_out(servers, other, parallel=parallel, events=deployer.events, fail_fast=fail_fast)
     finally:
         deployer.close()

@@ -19,9 +19,10 @@ from flinger.actions.remote_tool import resolve_remote_path, run_tool, upload_to
 from flinger.errors import FlingerError, UsageError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Prereqs
+from flinger.progress import Sink, nowhere
 from flinger.remote.prereqs import CHANGED, FAILED, WOULD_CHANGE
 from flinger.ssh.connection import ConnectionPool
-from flinger.ssh.fanout import Board, Reporter, ServerResult, fan_out
+from flinger.ssh.fanout import Reporter, ServerResult, fan_out
 from flinger.tomlfile import suggest
 from flinger.topology.model import Server, Topology
 
@@ -180,7 +181,7 @@ def run_prereqs(
     *,
     check: bool,
     parallel: int,
-    board: Board | None = None,
+    events: Sink = nowhere,
     servers: list[str] | None = None,
     skip_scripts: bool = False,
 ) -> list[ServerResult]:
@@ -249,6 +250,6 @@ def run_prereqs(
         return details
 
     try:
-        return fan_out([topology.servers[n] for n in chosen], work, parallel=parallel, board=board)
+        return fan_out([topology.servers[n] for n in chosen], work, parallel=parallel, events=events)
     finally:
         pool.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flinger.errors import RemoteCommandError
+from flinger.progress import Sink, nowhere
 from flinger.ssh.connection import ConnectionPool, privileged
-from flinger.ssh.fanout import Board, Reporter, ServerResult, fan_out
+from flinger.ssh.fanout import Reporter, ServerResult, fan_out
 from flinger.topology.model import Server, Topology
 
 
@@ -16,7 +17,7 @@ def run_exec(
     command: str,
     *,
     parallel: int,
-    board: Board | None = None,
+    events: Sink = nowhere,
     use_privilege: bool = False,
 ) -> list[ServerResult]:
     """Run `command` (a shell command line, given by the operator) on each server."""
@@ -35,6 +36,6 @@ def run_exec(
         return dict(report.details)
 
     try:
-        return fan_out(servers, work, parallel=parallel, board=board)
+        return fan_out(servers, work, parallel=parallel, events=events)
     finally:
         pool.close()

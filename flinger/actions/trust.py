@@ -6,9 +6,10 @@ import threading
 from typing import Any
 
 from flinger.errors import HostKeyError
+from flinger.progress import Sink, nowhere
 from flinger.ssh import known_hosts
 from flinger.ssh.connection import Connection, ConnectionPool
-from flinger.ssh.fanout import Board, Reporter, ServerResult, fan_out
+from flinger.ssh.fanout import Reporter, ServerResult, fan_out
 from flinger.ssh.hostkeys import fetch_host_key, fingerprint
 from flinger.topology.model import Server, Topology
 
@@ -19,7 +20,7 @@ def run_trust(
     *,
     replace: bool = False,
     parallel: int = 16,
-    board: Board | None = None,
+    events: Sink = nowhere,
 ) -> list[ServerResult]:
     """Record each server's key in [ssh] known_hosts; a changed key needs `replace`."""
     path = topology.ssh.known_hosts
@@ -68,4 +69,4 @@ def run_trust(
             "summary": f"{seen} {key.get_name()} ({state})",
         }
 
-    return fan_out(servers, work, parallel=parallel, board=board)
+    return fan_out(servers, work, parallel=parallel, events=events)

@@ -10,6 +10,7 @@ import typer
 
 from flinger.cli.env import Env
 from flinger.errors import ExitStatus
+from flinger.progress import Info
 from flinger.ssh.fanout import ServerResult, exit_status
 from flinger.ui import UI
 
@@ -122,7 +123,7 @@ def trust(
     chosen = env.select_servers(servers, include_builder=True)
     board = env.ui.board([s.name for s in chosen], "trust")
     with board.running():
-        results = run_trust(env.topology(), chosen, replace=replace, parallel=env.parallel, board=board)
+        results = run_trust(env.topology(), chosen, replace=replace, parallel=env.parallel, events=board)
     return finish(env, "trust", results, {"known_hosts": str(env.topology().ssh.known_hosts)})
 
 
@@ -143,7 +144,7 @@ def exec_(
     board = env.ui.board([s.name for s in chosen], f"exec: {command}")
     with board.running():
         results = run_exec(
-            env.topology(), chosen, command, parallel=env.parallel, board=board, use_privilege=privileged
+            env.topology(), chosen, command, parallel=env.parallel, events=board, use_privilege=privileged
         )
     if not env.json:  # the lines were shown as they came; --json keeps stdout and stderr apart
         for r in results:
@@ -162,7 +163,7 @@ def sync(ctx: typer.Context) -> int:
     env.ui.note(plan.describe())
     board = env.ui.board([env.topology().builder.server], "sync")
     with board.running():
-        result = run_sync(plan, on_progress=lambda line: board.update(env.topology().builder.server, info=line))
+        result = run_sync(plan, on_progress=lambda line: board(Info(env.topology().builder.server, line)))
     stats = result.stats
     if env.json:
         env.ui.emit_json(

@@ -23,7 +23,7 @@ def _build(env: Env, *, check_only: bool, no_cache: bool) -> int:
     title = "build check" if check_only else "build package"
     board = env.ui.board(list(manifest.packages), f"{title} on {env.topology().builder.server}")
     with board.running():
-        outcome = run_build(env.topology(), manifest, check_only=check_only, no_cache=no_cache, board=board)
+        outcome = run_build(env.topology(), manifest, check_only=check_only, no_cache=no_cache, events=board)
     status = ExitStatus.OK if outcome.ok else ExitStatus.FAILED
     if env.json:
         env.ui.emit_json(

@@ -137,7 +137,7 @@ def _run(
             chosen,
             action,
             parallel=env.parallel,
-            board=board,
+            events=board,
             fail_fast=fail_fast,
             lock_wait=lock_wait,
             on_start=lambda d: log_dir.append(str(d.log_dir)),

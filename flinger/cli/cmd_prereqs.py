@@ -36,7 +36,7 @@ def install_prereqs(
     board = env.ui.board(chosen, title)
     with board.running():
         results = run_prereqs(
-            topology, manifest, check=check, parallel=env.parallel, board=board, servers=chosen,
+            topology, manifest, check=check, parallel=env.parallel, events=board, servers=chosen,
             skip_scripts=skip_scripts,
         )  # fmt: skip
     return finish(env, title, results, {"check": check})

@@ -16,9 +16,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from flinger.errors import ExitStatus, FlingerError, RemoteCommandError, UnreachableError
+from flinger.progress import Event, Finished, Info, Output, Sink, Started, Step, Timeline, nowhere
 from flinger.topology.model import Server
 
 
@@ -41,6 +42,7 @@ class ServerResult:
     message: str | None = None
     tail: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, object]] = field(default_factory=list)  # each step and its seconds
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -52,57 +54,45 @@ class ServerResult:
             "message": self.message,
             "tail": self.tail,
             "details": self.details,
+            "steps": self.steps,
         }
 
 
-class Board(Protocol):
-    """Where per-server progress goes (the live view, or nothing)."""
-
-    def update(
-        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
-    ) -> None: ...
-
-    def line(self, server: str, text: str) -> None: ...
-
-
-class NullBoard:
-    def update(
-        self, server: str, *, state: str | None = None, step: str | None = None, info: str | None = None
-    ) -> None:
-        return None
-
-    def line(self, server: str, text: str) -> None:
-        return None
-
-
 class Reporter:
-    """Handed to the per-server function: report the step, output lines and details."""
+    """Handed to the per-server function: report the step, output lines and details. Each
+    report is a typed event (progress.py) sent to the run's sinks; the step timeline and the
+    last lines are also kept here for this server's result."""
 
-    def __init__(self, server: str, board: Board) -> None:
+    def __init__(self, server: str, emit: Sink) -> None:
         self.server = server
-        self.board = board
+        self._emit = emit
+        self.timeline = Timeline()
         self.current_step: str | None = None
         self.details: dict[str, Any] = {}
         self.tail: deque[str] = deque(maxlen=20)
 
+    def emit(self, event: Event) -> None:
+        self.timeline(event)
+        self._emit(event)
+
     def step(self, name: str) -> None:
         self.current_step = name
-        self.board.update(self.server, step=name)
+        self.emit(Step(self.server, name))
 
     def info(self, text: str) -> None:
-        self.board.update(self.server, info=text)
+        self.emit(Info(self.server, text))
 
     def line(self, text: str) -> None:
         self.tail.append(text)
-        self.board.line(self.server, text)
+        self.emit(Output(self.server, text))
 
 
 Work = Callable[[Server, Reporter], dict[str, Any] | None]
 
 
-def _run_one(server: Server, work: Work, board: Board) -> ServerResult:
-    reporter = Reporter(server.name, board)
-    board.update(server.name, state="running")
+def _run_one(server: Server, work: Work, emit: Sink) -> ServerResult:
+    reporter = Reporter(server.name, emit)
+    reporter.emit(Started(server.name))
     started = time.monotonic()
     tail: list[str] = []
     code: int | None
@@ -131,7 +121,8 @@ def _run_one(server: Server, work: Work, board: Board) -> ServerResult:
         tail=tail,
         details={**reporter.details, **details},
     )
-    board.update(server.name, state=status.value)
+    reporter.emit(Finished(server.name, status.value))
+    result.steps = reporter.timeline.of(server.name)
     return result
 
 
@@ -152,12 +143,12 @@ def fan_out(
     work: Work,
     *,
     parallel: int = 16,
-    board: Board | None = None,
+    events: Sink = nowhere,
     fail_fast: bool = False,
 ) -> list[ServerResult]:
-    """Run `work` for every server, at most `parallel` at once; results in server order."""
+    """Run `work` for every server, at most `parallel` at once; results in server order.
+    Progress goes to `events` as typed events (progress.py)."""
     servers = list(servers)
-    board = board or NullBoard()
     results: dict[str, ServerResult] = {}
     stop = threading.Event()
     pending = list(servers)
@@ -167,7 +158,7 @@ def fan_out(
         while pending or running:
             while pending and len(running) < parallel and not stop.is_set():
                 server = pending.pop(0)
-                running[pool.submit(_run_one, server, work, board)] = server
+                running[pool.submit(_run_one, server, work, events)] = server
             if not running:
                 break
             try:
@@ -189,10 +180,10 @@ def fan_out(
         for server in pending:
             if interrupted:
                 results[server.name] = ServerResult(server.name, Status.INTERRUPTED, message="not started: interrupted")
-                board.update(server.name, state="interrupted")
+                events(Finished(server.name, Status.INTERRUPTED.value))
             else:
                 results[server.name] = ServerResult(server.name, Status.SKIPPED, message="not started (--fail-fast)")
-                board.update(server.name, state="skipped")
+                events(Finished(server.name, Status.SKIPPED.value))
     return [results[s.name] for s in servers]
 
 

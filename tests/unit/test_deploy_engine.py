@@ -171,3 +171,25 @@ def test_a_held_lock_fails_that_server_before_anything_is_staged(fleet: Fleet, t
     assert "held by someone" in str(results["node3"].message)
     assert "push" not in results["node3"].details and fleet.staging_left("node3") == []
     assert fleet.version("node3") == "v1" and [fleet.version(n) for n in ("node1", "node2")] == ["v2", "v2"]
+
+
+def test_one_stream_of_events_feeds_the_watcher_the_run_log_and_the_results(fleet: Fleet) -> None:
+    from flinger.progress import Event, as_record
+
+    seen: list[Event] = []
+    fleet.store.build("v2")
+    servers = [fleet.topology.servers[n] for n in NODES]
+    results = run_deploy(
+        fleet.topology, fleet.manifest, servers, "install", parallel=3, events=seen.append,
+        pool=LocalPool(fleet.topology.servers, fleet.homes), store=fleet.store,
+    )  # fmt: skip
+    assert all(r.status is Status.OK for r in results)
+    logs = sorted((fleet.topology.state_dir / "logs").iterdir())[-1]
+    kept = [json.loads(ln) for ln in (logs / "events.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in kept] == [as_record(e) for e in seen]
+    for result in results:
+        mine = [as_record(e) for e in seen if e.name == result.server]
+        steps = [r["step"] for r in mine if r["event"] == "step"]
+        assert mine[0]["event"] == "started" and mine[-1] == {"event": "finished", "name": result.server, "state": "ok"}
+        assert steps[:5] == ["connect", "lock", "push", "overlay", "install"] and "install: switch" in steps, steps
+        assert [s["step"] for s in result.steps] == steps  # --json carries the same steps, timed
