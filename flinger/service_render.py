@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 MANAGERS = tuple(services.MANAGERS)  # the one registry: flinger/remote/services.py
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
-# the file a package ships under smf/<service>/ to replace the generated definition
-OVERRIDE_FILES = {"systemd": ("{name}.service", "unit"), "smf": ("manifest.xml", "manifest"),
-                  "runit": ("run", "run")}
-_RUNIT_EXTRA = (("finish", "finish"), ("log/run", "log/run"))
 
 
 def _systemd_escape(value: Any) -> str:
@@ -140,29 +137,55 @@ def _chpst_options(fields: dict[str, Any]) -> str:
     return " ".join(options)
 
 
-def _render_generated(fields: dict[str, Any], manager: str) -> dict[str, str]:
-    if manager == "systemd":
-        return {"unit": _ENV.get_template("systemd.service.j2").render(fields)}
-    if manager == "smf":
-        # SMF expands %-tokens in method strings
-        start = fields["command"].replace("%", "%%")
-        if fields["log_file"]:
-            start = f"{start} >>{shlex.quote(fields['log_file'])} 2>&1"
-        return {"manifest": _XML_ENV.get_template("smf-manifest.xml.j2").render(fields, start=start)}
-    files = {"run": _ENV.get_template("runit-run.sh.j2").render(fields,
-                                                                 chpst=_chpst_options(fields))}
+def _render_systemd(fields: dict[str, Any]) -> dict[str, str]:
+    return {"unit": _ENV.get_template("systemd.service.j2").render(fields)}
+
+
+def _render_smf(fields: dict[str, Any]) -> dict[str, str]:
+    # SMF expands %-tokens in method strings
+    start = fields["command"].replace("%", "%%")
+    if fields["log_file"]:
+        start = f"{start} >>{shlex.quote(fields['log_file'])} 2>&1"
+    return {"manifest": _XML_ENV.get_template("smf-manifest.xml.j2").render(fields, start=start)}
+
+
+def _render_runit(fields: dict[str, Any]) -> dict[str, str]:
+    files = {"run": _ENV.get_template("runit-run.sh.j2").render(fields, chpst=_chpst_options(fields))}
     if fields["restart"] != "always" or fields["restart_delay"] > 1:
         files["finish"] = _ENV.get_template("runit-finish.sh.j2").render(fields)
     return files
 
 
+@dataclass(frozen=True)
+class Renderer:
+    """How one service manager's definition is made here: generated from a template, or
+    shipped by a package under smf/<service>/ (`override`: the file's name, the plan key
+    it fills, and further optional files with theirs)."""
+
+    generate: Callable[[dict[str, Any]], dict[str, str]]
+    override: tuple[str, str]
+    override_extra: tuple[tuple[str, str], ...] = ()
+
+
+# One entry per driver of the registry in flinger/remote/services.py (checked just below):
+# adding a manager is its driver there, its template here and this one line.
+RENDERERS: dict[str, Renderer] = {
+    "systemd": Renderer(_render_systemd, ("{name}.service", "unit")),
+    "smf": Renderer(_render_smf, ("manifest.xml", "manifest")),
+    "runit": Renderer(_render_runit, ("run", "run"), (("finish", "finish"), ("log/run", "log/run"))),
+}
+if set(RENDERERS) != set(services.MANAGERS):  # pragma: no cover - a manager half added
+    raise ImportError(f"service managers without a renderer or a driver: {set(RENDERERS) ^ set(services.MANAGERS)}")
+
+
 def _render_override(override_dir: Path, service_name: str, manager: str,
                      context: dict[str, Any]) -> dict[str, str] | None:
-    filename, key = OVERRIDE_FILES[manager]
+    renderer = RENDERERS[manager]
+    filename, key = renderer.override
     path = override_dir / filename.format(name=service_name)
     if not path.is_file():
         return None
-    extra = _RUNIT_EXTRA if manager == "runit" else ()
+    extra = renderer.override_extra
     files = {key: _render_text(path.read_text(encoding="utf-8"), context, str(path))}
     for name, extra_key in extra:
         if (override_dir / name).is_file():
@@ -184,7 +207,7 @@ def render_service(service: Service, service_name: str, manager: str, context: d
                                    {**context, "service": fields})
         if shipped is not None:
             return shipped
-    return _render_generated(fields, manager)
+    return RENDERERS[manager].generate(fields)
 
 
 def render_validate(service: Service, context: dict[str, Any], service_name: str) -> str | None:

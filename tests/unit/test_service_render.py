@@ -13,7 +13,7 @@ import pytest
 from flinger.errors import ConfigError
 from flinger.manifest.model import HealthCheck, Service
 from flinger.remote import services
-from flinger.service_render import OVERRIDE_FILES, render_health, render_service
+from flinger.service_render import RENDERERS, render_health, render_service
 from flinger.topology.model import SERVICE_MANAGERS
 
 CONTEXT = {"install_dir": "/opt/quorum", "server": {"name": "node1", "addr": "10.0.0.11"},
@@ -205,4 +205,4 @@ def test_every_registered_manager_is_known_to_topology_rendering_and_its_remote_
     for manager in services.MANAGERS:
         files = render_service(quorum_service(tmp_path), "quorum", manager, CONTEXT)
         assert set(services.DEFINITION_KEYS[manager]) <= set(files), manager
-        assert manager in OVERRIDE_FILES, manager
+        assert RENDERERS[manager].override[1] in services.DEFINITION_KEYS[manager], manager
