@@ -157,7 +157,7 @@ def run_rollout(
                         r,
                         status=Status.FAILED,
                         step="canary",
-                        message=f"healthy after its install, not {policy.canary_wait:g} s later: {r.message}",
+                        message=f"healthy after the switch, not {policy.canary_wait:g} s later: {r.message}",
                         details={**results[r.server].details, **r.details},
                     )
         failures += len(bad)

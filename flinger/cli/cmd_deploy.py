@@ -30,6 +30,8 @@ def _rollout_policy(batch: str | None, max_failures: str, **rest: Any) -> Rollou
     """The --batch / --max-failures options (and the rest of a policy) as a RolloutPolicy."""
     from flinger.actions.rollout import RolloutPolicy, parse_amount
 
+    if rest.get("canary_wait") and not rest.get("canary"):
+        raise UsageError("--canary-wait needs --canary N")
     return RolloutPolicy(
         batch=parse_amount(batch, "--batch", minimum=1) if batch is not None else None,
         max_failures=parse_amount(max_failures, "--max-failures", minimum=0),
@@ -150,6 +152,14 @@ def _run(
     return status
 
 
+Canary = Annotated[
+    int, typer.Option("--canary", min=0, help="a first batch of N servers, checked again after --canary-wait")
+]
+CanaryWait = Annotated[
+    float, typer.Option("--canary-wait", min=0, help="seconds the canary must stay healthy before the rest")
+]
+
+
 @deploy_app.command("install")
 def install(
     ctx: typer.Context,
@@ -162,12 +172,8 @@ def install(
         str | None,
         typer.Option("--batch", help="servers per batch, N or P% (default: a whole wave at once)"),
     ] = None,
-    canary: Annotated[
-        int, typer.Option("--canary", min=0, help="a first batch of N servers, checked again after --canary-wait")
-    ] = 0,
-    canary_wait: Annotated[
-        float, typer.Option("--canary-wait", min=0, help="seconds the canary must stay healthy before the rest")
-    ] = 0.0,
+    canary: Canary = 0,
+    canary_wait: CanaryWait = 0.0,
     max_failures: Annotated[
         str, typer.Option("--max-failures", help="failed servers (N or P%) the rollout goes on despite")
     ] = "0",
@@ -181,8 +187,6 @@ def install(
     starts and every server this run switched goes back to the release it had."""
     env = env_of(ctx)
     policy = _rollout_policy(batch, max_failures, canary=canary, canary_wait=canary_wait, rollback=not no_rollback)
-    if canary_wait and not canary:
-        raise UsageError("--canary-wait needs --canary N")
     return (
         _dry_run(env, "install", servers, allow_empty=allow_empty, rollout=policy)
         if dry_run
@@ -232,6 +236,8 @@ def rollback(
     batch: Annotated[
         str | None, typer.Option("--batch", help="servers per batch, N or P% (default: all at once)")
     ] = None,
+    canary: Canary = 0,
+    canary_wait: CanaryWait = 0.0,
     max_failures: Annotated[
         str, typer.Option("--max-failures", help="failed servers (N or P%) the rollback goes on despite")
     ] = "0",
@@ -246,7 +252,7 @@ def rollback(
         problem = name_problem(to)
         if problem:
             raise UsageError(f"--to: {problem}")
-    policy = _rollout_policy(batch, max_failures, rollback=False)
+    policy = _rollout_policy(batch, max_failures, canary=canary, canary_wait=canary_wait, rollback=False)
     return _run(env_of(ctx), "rollback", servers, lock_wait=lock_wait, rollback_to=to, rollout=policy)
 
 

@@ -193,3 +193,23 @@ def test_one_stream_of_events_feeds_the_watcher_the_run_log_and_the_results(flee
         assert mine[0]["event"] == "started" and mine[-1] == {"event": "finished", "name": result.server, "state": "ok"}
         assert steps[:5] == ["connect", "lock", "push", "overlay", "install"] and "install: switch" in steps, steps
         assert [s["step"] for s in result.steps] == steps  # --json carries the same steps, timed
+
+
+def test_a_rollback_with_a_canary_checks_it_again_before_the_others_go_back(fleet: Fleet) -> None:
+    from flinger.progress import Event, Started, Step
+
+    fleet.store.build("v2")
+    assert all(r.status is Status.OK for r in fleet.install().values())
+    seen: list[Event] = []
+    policy = RolloutPolicy(canary=1, canary_wait=0.01, rollback=False)
+    servers = [fleet.topology.servers[n] for n in NODES]
+    results = run_deploy(
+        fleet.topology, fleet.manifest, servers, "rollback", parallel=3, events=seen.append, rollout=policy,
+        pool=LocalPool(fleet.topology.servers, fleet.homes), store=fleet.store,
+    )  # fmt: skip
+    assert all(r.status is Status.OK for r in results) and [fleet.version(n) for n in NODES] == ["v1"] * 3
+    order = [(type(e).__name__, e.name, getattr(e, "step", "")) for e in seen if isinstance(e, (Started, Step))]
+    gate = order.index(("Step", "node1", "status"))  # the canary's second look
+    assert ("Started", "node1", "") in order[:gate]
+    assert all(name == "node1" for _kind, name, _step in order[:gate]), order
+    assert {name for _kind, name, _step in order[gate:]} == {"node1", "node2", "node3"}
