@@ -1,7 +1,8 @@
 """Time `make_overlay` for 10, 100 and 1000 servers (threshold = majority) against baselines
 measured in the same run, so the results read as ratios on any machine.
 
-    python benchmarks/overlay_bench.py [--sizes 10,100,1000] [--repeat 3]
+    python benchmarks/overlay_bench.py [--sizes 10,100,1000] [--repeat 3] [--template peers|own]
+                                       [--no-verify-each]
 
 Per size it measures, best of --repeat:
   overlay   make_overlay on an empty state dir (CA, certs, split, templates, files)
@@ -11,7 +12,10 @@ Per size it measures, best of --repeat:
   verify    verifying every share alone against the commitments (verify_share each)
   batch     verifying all of them in one randomised check (verify_shares_batch, what
             `flinger secret verify` uses for 4 shares or more)
-  write     writing the same files (same sizes, 0600, atomic) without any crypto (baseline)
+  write     writing the same files (same sizes, 0600, atomic, one sync for all, as the
+            overlay writes them) without any crypto (baseline);
+            a file the overlay links into every server's dir (verifier.json) is written once
+            and linked, as the overlay does; MB counts each file once
 """
 
 from __future__ import annotations
@@ -36,15 +40,25 @@ from flinger.actions.overlay import make_overlay  # noqa: E402
 from flinger.manifest.model import OverlayFile, SecretSpec  # noqa: E402
 from flinger.remote import shamir  # noqa: E402
 from flinger.secrets.ca import create_ca, issue_server_cert  # noqa: E402
-from flinger.secrets.private_files import write_private  # noqa: E402
+from flinger.secrets.private_files import write_private_all  # noqa: E402
 
-TEMPLATE = """\
+TEMPLATES = {
+    # every server's config lists every server: output (and time) grow as n^2
+    "peers": """\
 name = {{ server.name }}
 addr = {{ server.addr }}
 share_index = {{ overlay.index }}
 threshold = {{ deployment.threshold }}
 peers = [{% for s in servers %}"{{ s.addr }}"{{ ", " if not loop.last }}{% endfor %}]
-"""
+""",
+    # only the server's own values: output grows as n
+    "own": """\
+name = {{ server.name }}
+addr = {{ server.addr }}
+share_index = {{ overlay.index }}
+threshold = {{ deployment.threshold }}
+""",
+}
 
 
 def best_of(repeat: int, run: Callable[[], object], setup: Callable[[], object] | None = None) -> float:
@@ -58,9 +72,9 @@ def best_of(repeat: int, run: Callable[[], object], setup: Callable[[], object] 
     return best
 
 
-def measure(n: int, repeat: int, work: Path) -> dict[str, float]:
+def measure(n: int, repeat: int, work: Path, template: str, verify: bool) -> dict[str, float]:
     root = work / f"n{n}"
-    write_template(root, "t/app.conf.j2", TEMPLATE)
+    write_template(root, "t/app.conf.j2", TEMPLATES[template])
     topology = make_topology(root, nodes(n))
     manifest = make_manifest(
         root,
@@ -85,19 +99,31 @@ def measure(n: int, repeat: int, work: Path) -> dict[str, float]:
     secret = shamir.random_secret()
     results["split"] = best_of(repeat, lambda: shamir.split(secret, n, t))
     commitments, shares = shamir.split(secret, n, t)
-    results["verify"] = best_of(1, lambda: all(shamir.verify_share(i, v, commitments) for i, v in shares))
+    results["verify"] = (
+        best_of(1, lambda: all(shamir.verify_share(i, v, commitments) for i, v in shares)) if verify else float("nan")
+    )
     results["batch"] = best_of(repeat, lambda: shamir.verify_shares_batch(shares, commitments))
 
-    files = [(p.relative_to(state), p.read_bytes()) for p in sorted(state.rglob("*")) if p.is_file()]
+    # Each file once per inode, as on disk: every overlay's verifier.json is one file, linked.
+    files: list[tuple[Path, bytes | Path]] = []
+    first_of: dict[tuple[int, int], Path] = {}
+    for p in sorted(state.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            key = (st.st_dev, st.st_ino)
+            files.append((p.relative_to(state), first_of[key] if key in first_of else p.read_bytes()))
+            first_of.setdefault(key, p.relative_to(state))
     copy = work / f"copy{n}"
 
     def write_all() -> None:
+        write_private_all((copy / rel, data) for rel, data in files if isinstance(data, bytes))
         for rel, data in files:
-            write_private(copy / rel, data)
+            if isinstance(data, Path):
+                os.link(copy / data, copy / rel)
 
     results["write"] = best_of(repeat, write_all, lambda: shutil.rmtree(copy, ignore_errors=True))
     results["files"] = float(len(files))
-    results["mb"] = sum(len(data) for _, data in files) / 1e6
+    results["mb"] = sum(len(data) for _, data in files if isinstance(data, bytes)) / 1e6
     clean()
     shutil.rmtree(copy, ignore_errors=True)
     return results
@@ -107,9 +133,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--template", choices=sorted(TEMPLATES), default="peers")
+    parser.add_argument("--no-verify-each", action="store_true", help="skip checking every share alone (slow)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    print(f"template: {args.template}")
     header = (
         "servers",
         "t",
@@ -129,7 +158,8 @@ def main() -> int:
     print("|" + "---|" * len(header))
     with tempfile.TemporaryDirectory(prefix="flinger-bench-") as tmp:
         for n in sizes:
-            r = measure(n, args.repeat if n < 1000 else max(1, args.repeat // 3), Path(tmp))
+            repeat = args.repeat if n < 1000 else max(1, args.repeat // 3)
+            r = measure(n, repeat, Path(tmp), args.template, not args.no_verify_each)
             base = r["certs"] + r["split"] + r["write"]
             row = (
                 str(n),

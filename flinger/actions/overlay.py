@@ -14,6 +14,7 @@ change of the deployment servers or of the threshold re-splits the same deployme
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -46,7 +47,7 @@ from flinger.secrets.overlay_state import (
     secrets_to_bytes,
 )
 from flinger.secrets.overlay_templates import Namespace, SecretView, make_environment, render
-from flinger.secrets.private_files import TEMP_SUFFIX, private_dir, remove_path, write_private
+from flinger.secrets.private_files import TEMP_SUFFIX, link_private, private_dir, remove_path, write_private_all
 from flinger.topology.model import Server, Topology
 
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -257,6 +258,8 @@ def _render_server(
     values: dict[str, dict[str, str]],
     common: dict[str, Any],
     verifier: Namespace | None,
+    verifier_file: bytes,
+    verifier_sha256: str,
     env: jinja2.Environment,
     sensitive: list[str],
 ) -> dict[str, bytes]:
@@ -264,16 +267,12 @@ def _render_server(
     deployment = topology.deployment
     files: dict[str, bytes] = {}
     index = split.index_of(server.name) if split is not None else None
-    if split is not None and index is not None and verifier is not None:
-        doc = shamir.share_document(
-            topology.name,
-            split.threshold,
-            len(split.servers),
-            index,
-            split.shares[server.name],
-            verifier["commitments"],
+    if split is not None and index is not None and verifier_file:
+        doc = shamir.separate_share_document(
+            topology.name, split.threshold, len(split.servers), index, split.shares[server.name], verifier_sha256
         )
         files["share.json"] = (json.dumps(doc, indent=1) + "\n").encode()
+        files[shamir.VERIFIER_FILE] = verifier_file  # one object for all: linked, not copied
     files["tls/cert.pem"] = cert.cert_pem
     files["tls/key.pem"] = cert.key_pem
     files["tls/ca.pem"] = ca.cert_pem
@@ -501,6 +500,14 @@ def make_overlay(
     common = _common_context(topology, deploy)
     shared = split if n > 1 else None
     verifier = _verifier(shared) if shared is not None else None
+    verifier_file = (
+        shamir.verifier_file(topology.name, shared.threshold, verifier["commitments"])
+        if shared is not None and verifier is not None
+        else b""
+    )
+    verifier_sha256 = hashlib.sha256(verifier_file).hexdigest()  # once: every share pins it
+    if verifier_file:
+        state_writes[paths.verifier_file] = verifier_file
     plan: dict[str, dict[str, bytes]] = {}
     for s in deploy:
         plan[s.name] = _render_server(
@@ -513,6 +520,8 @@ def make_overlay(
             values=values,
             common=common,
             verifier=verifier,
+            verifier_file=verifier_file,
+            verifier_sha256=verifier_sha256,
             env=env,
             sensitive=sensitive,
         )
@@ -521,18 +530,34 @@ def make_overlay(
     private_dir(paths.root)
     for d in (paths.ca_dir, paths.state_dir, paths.tls_dir, paths.overlay_dir):
         private_dir(d)
-    for path, data in state_writes.items():
-        write_private(path, data)
+    write_private_all(state_writes.items())  # the state first: it is what a re-run keeps
     if not keep_secret:
         remove_path(paths.secret_file)
+    if not verifier_file:
+        remove_path(paths.verifier_file)
     for tls in paths.tls_dir.iterdir():
         if tls.name not in certs:
             remove_path(tls)
+    linked = {
+        (s.name, shamir.VERIFIER_FILE)
+        for s in deploy
+        if shamir.VERIFIER_FILE in plan[s.name]
+        and link_private(paths.verifier_file, paths.overlay_dir / s.name / shamir.VERIFIER_FILE)
+    }
+    for s in deploy:
+        private_dir(paths.overlay_dir / s.name)
+    wrote = write_private_all(
+        (paths.overlay_dir / s.name / rel, data)
+        for s in deploy
+        for rel, data in plan[s.name].items()
+        if rel != shamir.VERIFIER_FILE
+    )
     servers: list[ServerOverlay] = []
     for s in deploy:
         base = paths.overlay_dir / s.name
-        private_dir(base)
-        written = [rel for rel, data in plan[s.name].items() if write_private(base / rel, data)]
+        written = [
+            rel for rel in plan[s.name] if (s.name, rel) in linked or base / rel in wrote
+        ]
         servers.append(
             ServerOverlay(
                 server=s.name,

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 P = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A0879"
@@ -32,7 +34,9 @@ P = int(
 Q = (P - 1) // 2
 G = 2
 GROUP = "rfc3526-2048"
-VERSION = 1
+VERSION = 1  # a share file that carries its verifier (the commitments) inside
+VERSION_SEPARATE = 2  # a share file that names one deployment-wide verifier file by digest
+VERIFIER_FILE = "verifier.json"
 SECRET_BYTES = 32  # deployment secrets are 256-bit integers (well below q)
 
 Share = Tuple[int, int]
@@ -99,14 +103,76 @@ def split(secret: int, n: int, t: int) -> Tuple[List[int], List[Share]]:
     if not 0 <= secret < Q:
         raise ValueError("the secret must be a non-negative integer below the group order")
     coefficients = [secret] + [secrets.randbelow(Q) for _ in range(t - 1)]
-    commitments = [pow_g(a) for a in coefficients]
-    shares = []
-    for i in range(1, n + 1):
-        value = 0
-        for a in reversed(coefficients):  # Horner
-            value = (value * i + a) % Q
-        shares.append((i, value))
-    return commitments, shares
+    collect = _commit_in_workers(coefficients)
+    shares = [(i, _evaluate(coefficients, i)) for i in range(1, n + 1)]  # meanwhile, here
+    return collect(), shares
+
+
+def _evaluate(coefficients: Sequence[int], x: int) -> int:
+    """f(x) mod q by Horner's rule, reduced once every 32 steps (x is small: the number grows
+    by a few bits a step, and a reduction costs more than the steps it saves)."""
+    value = 0
+    backwards = coefficients[::-1]
+    for k in range(0, len(backwards), 32):
+        for a in backwards[k:k + 32]:
+            value = value * x + a
+        value %= Q
+    return value
+
+
+def _pow_g_all(exponents: Sequence[int]) -> List[int]:
+    return [pow_g(e) for e in exponents]
+
+
+_PARALLEL_FROM = 128  # commitments: below this, starting worker processes costs more
+
+
+def _commit_in_workers(coefficients: List[int]) -> Callable[[], List[int]]:
+    """Start the commitments g^a_j in worker processes, one per CPU, each this very file
+    run as `--pow-g` (for many servers they are most of a split: 501 take 2 s on one CPU);
+    returns the function that collects them. Few of them, one CPU, or no worker to be had
+    (this file inside a zip): they are computed here, by that function. The coefficients
+    reach the workers over pipes, never a file or an argument."""
+    cpus = os.cpu_count() or 1
+    here = os.path.abspath(__file__)
+    if len(coefficients) < _PARALLEL_FROM or cpus < 2 or not os.path.isfile(here):
+        return lambda: _pow_g_all(coefficients)
+    size = -(-len(coefficients) // cpus)
+    chunks = [coefficients[k:k + size] for k in range(0, len(coefficients), size)]
+    workers: List[Tuple[Any, List[int]]] = []
+    for chunk in chunks:
+        try:
+            worker = subprocess.Popen(
+                [sys.executable, "-I", here, "--pow-g"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )
+            worker.stdin.write("".join("%x\n" % a for a in chunk).encode())  # type: ignore[union-attr]
+            worker.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            worker = None
+        workers.append((worker, chunk))
+
+    def collect() -> List[int]:
+        commitments: List[int] = []
+        for worker, chunk in workers:
+            got: List[int] = []
+            if worker is not None:
+                out = worker.stdout.read().decode()
+                worker.wait()
+                got = [int(line, 16) for line in out.split()] if worker.returncode == 0 else []
+            answered = len(got) == len(chunk) and got[0] == pow_g(chunk[0]) and got[-1] == pow_g(chunk[-1])
+            # a worker that died, answered short or answered wrong: its part again, here
+            commitments.extend(got if answered else _pow_g_all(chunk))
+        return commitments
+
+    return collect
+
+
+def _pow_g_worker() -> int:
+    """`--pow-g`: exponents in hex, one a line, on stdin; g^e mod p the same way on stdout."""
+    exponents = [int(line, 16) for line in sys.stdin.read().split()]
+    sys.stdout.write("".join("%x\n" % pow_g(e) for e in exponents))
+    return 0
 
 
 def verify_share(index: int, value: int, commitments: Sequence[int]) -> bool:
@@ -230,6 +296,37 @@ def share_document(
     }
 
 
+def verifier_file(deployment: str, threshold: int, commitments: Sequence[Union[int, str]]) -> bytes:
+    """The deployment-wide verifier file (`verifier.json`): the commitments once, for every
+    server, instead of a copy in each share file (at 1000 servers that copy was 256 KiB each)."""
+    doc = {
+        "version": VERSION_SEPARATE,
+        "deployment": deployment,
+        "threshold": threshold,
+        "group": GROUP,
+        "generator": G,
+        "commitments": [c if isinstance(c, str) else format(c, "x") for c in commitments],
+    }
+    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+
+
+def separate_share_document(
+    deployment: str, threshold: int, total: int, index: int, value: int, verifier_sha256: str
+) -> Dict[str, Any]:
+    """The JSON document of one share file (version 2) that names the verifier file beside
+    it and pins it by SHA-256 (of `verifier_file`'s bytes, computed once for all shares):
+    the share is only ever checked against those exact bytes."""
+    return {
+        "version": VERSION_SEPARATE,
+        "deployment": deployment,
+        "threshold": threshold,
+        "total": total,
+        "index": index,
+        "share": format(value, "x"),
+        "verifier": {"file": VERIFIER_FILE, "sha256": verifier_sha256},
+    }
+
+
 def _int_field(doc: Dict[str, Any], key: str, where: str) -> int:
     value = doc.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -250,12 +347,70 @@ def _hex_field(value: Any, key: str, where: str, bound: int) -> int:
     return number
 
 
-def parse_share(doc: Any, where: str = "share") -> Dict[str, Any]:
-    """Validate a share document; returns it with "share" and the commitments as ints."""
+# parsed verifier files (deployment, threshold, commitments), by the SHA-256 of their bytes
+_VERIFIERS: Dict[str, Tuple[Any, Any, List[int]]] = {}
+
+
+def _commitments(raw: Any, threshold: int, where: str, key: str) -> List[int]:
+    if not isinstance(raw, list) or len(raw) != threshold:
+        raise ValueError("%s: %s: expected %d of them" % (where, key, threshold))
+    return [_hex_field(c, "%s.%d" % (key, k), where, P) for k, c in enumerate(raw)]
+
+
+def _group_fields(doc: Dict[str, Any], where: str, prefix: str) -> None:
+    if doc.get("group") != GROUP:
+        raise ValueError("%s: %sgroup: expected %s" % (where, prefix, GROUP))
+    if doc.get("generator") != G:
+        raise ValueError("%s: %sgenerator: expected %d" % (where, prefix, G))
+
+
+def _separate_verifier(
+    ref: Any, deployment: str, threshold: int, where: str, read: Callable[[str], bytes]
+) -> List[int]:
+    """The commitments of a version 2 share: its verifier file, read by `read(name)`, must
+    have the SHA-256 the share names and be of the same deployment and threshold."""
+    if not isinstance(ref, dict):
+        raise ValueError("%s: verifier: expected an object" % where)
+    name, digest = ref.get("file"), ref.get("sha256")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError("%s: verifier.file: expected a file name" % where)
+    if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError("%s: verifier.sha256: expected 64 hex digits" % where)
+    data = read(name)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ValueError("%s: verifier.sha256: %s is not the verifier this share was made with" % (where, name))
+    cached = _VERIFIERS.get(digest)
+    if cached is None:
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except ValueError:
+            raise ValueError("%s: %s: not valid JSON" % (where, name)) from None
+        if not isinstance(doc, dict) or doc.get("version") != VERSION_SEPARATE:
+            raise ValueError("%s: %s: version: expected %d" % (where, name, VERSION_SEPARATE))
+        _group_fields(doc, where, name + ": ")
+        raw = doc.get("commitments")
+        if not isinstance(raw, list) or not raw:
+            raise ValueError("%s: %s: commitments: expected a list" % (where, name))
+        cached = (doc.get("deployment"), doc.get("threshold"),
+                  _commitments(raw, len(raw), where, name + ": commitments"))
+        _VERIFIERS.clear()  # callers read one deployment's verifier, over and over
+        _VERIFIERS[digest] = cached
+    if cached[0] != deployment or cached[1] != threshold or len(cached[2]) != threshold:
+        raise ValueError("%s: %s: another deployment or threshold than the share's" % (where, name))
+    return cached[2]
+
+
+def parse_share(
+    doc: Any, where: str = "share", read_verifier: Optional[Callable[[str], bytes]] = None
+) -> Dict[str, Any]:
+    """Validate a share document; returns it with "share" and the commitments as ints (in
+    the version 1 shape, whichever version it was). A version 2 share reads its verifier
+    file through `read_verifier(name)`."""
     if not isinstance(doc, dict):
         raise ValueError("%s: expected a JSON object" % where)
-    if doc.get("version") != VERSION:
-        raise ValueError("%s: version: expected %d" % (where, VERSION))
+    version = doc.get("version")
+    if version not in (VERSION, VERSION_SEPARATE) or isinstance(version, bool):
+        raise ValueError("%s: version: expected %d or %d" % (where, VERSION, VERSION_SEPARATE))
     deployment = doc.get("deployment")
     if not isinstance(deployment, str) or not deployment:
         raise ValueError("%s: deployment: expected a name" % where)
@@ -268,18 +423,15 @@ def parse_share(doc: Any, where: str = "share") -> Dict[str, Any]:
         raise ValueError("%s: index: must be between 1 and total (%d)" % (where, total))
     value = _hex_field(doc.get("share"), "share", where, Q)
     verifier = doc.get("verifier")
-    if not isinstance(verifier, dict):
-        raise ValueError("%s: verifier: expected an object" % where)
-    if verifier.get("group") != GROUP:
-        raise ValueError("%s: verifier.group: expected %s" % (where, GROUP))
-    if verifier.get("generator") != G:
-        raise ValueError("%s: verifier.generator: expected %d" % (where, G))
-    raw = verifier.get("commitments")
-    if not isinstance(raw, list) or len(raw) != threshold:
-        raise ValueError("%s: verifier.commitments: expected %d of them" % (where, threshold))
-    commitments = [
-        _hex_field(c, "verifier.commitments.%d" % k, where, P) for k, c in enumerate(raw)
-    ]
+    if version == VERSION_SEPARATE:
+        if read_verifier is None:
+            raise ValueError("%s: verifier: a separate verifier file, and no way to read it" % where)
+        commitments = _separate_verifier(verifier, deployment, threshold, where, read_verifier)
+    else:
+        if not isinstance(verifier, dict):
+            raise ValueError("%s: verifier: expected an object" % where)
+        _group_fields(verifier, where, "verifier.")
+        commitments = _commitments(verifier.get("commitments"), threshold, where, "verifier.commitments")
     return {
         "version": VERSION,
         "deployment": deployment,
@@ -292,7 +444,8 @@ def parse_share(doc: Any, where: str = "share") -> Dict[str, Any]:
 
 
 def load_share(path: str) -> Dict[str, Any]:
-    """Read and validate a share file; ValueError (naming the file, never the value) if bad."""
+    """Read and validate a share file (and the verifier file beside it, for version 2);
+    ValueError (naming the file, never the value) if bad."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read(1 << 22)
@@ -303,7 +456,16 @@ def load_share(path: str) -> Dict[str, Any]:
     except ValueError as e:
         # json's message quotes no document content, only a position.
         raise ValueError("%s: not valid JSON (line %d)" % (path, getattr(e, "lineno", 0))) from None
-    return parse_share(doc, str(path))
+
+    def read_verifier(name: str) -> bytes:
+        beside = os.path.join(os.path.dirname(path), name)
+        try:
+            with open(beside, "rb") as f:
+                return f.read(1 << 24)
+        except OSError as e:
+            raise ValueError("%s: verifier: cannot read %s: %s" % (path, beside, e.strerror or e)) from None
+
+    return parse_share(doc, str(path), read_verifier)
 
 
 _SCHEMA = 1  # events.SCHEMA: this module stays importable alone (the quorum service ships it)
@@ -317,6 +479,8 @@ def _emit(event: Dict[str, Any]) -> None:
 def main(argv: Sequence[str]) -> int:
     """`verify-share FILE...`: check each share against its commitments (and that all files
     carry the same verifier); JSON lines on stdout; exit 0 when every share is valid."""
+    if list(argv[1:]) == ["--pow-g"]:
+        return _pow_g_worker()
     files = list(argv[1:])
     if not files:
         sys.stderr.write("usage: flinger-remote verify-share FILE...\n")

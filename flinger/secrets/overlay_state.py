@@ -63,6 +63,11 @@ class StatePaths:
         return self.state_dir / "split.json"
 
     @property
+    def verifier_file(self) -> Path:
+        """The deployment-wide verifier (public): every overlay's verifier.json is this file."""
+        return self.state_dir / shamir.VERIFIER_FILE
+
+    @property
     def secret_file(self) -> Path:
         return self.state_dir / "secret"
 

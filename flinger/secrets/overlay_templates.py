@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 import jinja2
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
@@ -82,12 +83,33 @@ def _defined(value: Any) -> Any:
     return value
 
 
+# What a template may read of a `{% for %}` loop: plain values jinja2 computes.
+_LOOP_FIELDS = frozenset(
+    {"index", "index0", "revindex", "revindex0", "first", "last", "length", "depth", "depth0",
+     "previtem", "nextitem"}
+)  # fmt: skip
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, with a short way through the two lookups a template makes most: an item
+    of one of our Namespaces (data, never a Python attribute) and a loop's own counters. A
+    peers loop makes n lookups for each of n servers; the general check took 3 of the 8 s
+    of 1000 servers' overlays. Everything else goes through the sandbox's full check."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Namespace) and attribute in obj:
+            return obj[attribute]
+        if type(obj) is LoopContext and attribute in _LOOP_FIELDS:
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
+
+
 def make_environment(template_root: Path) -> jinja2.Environment:
     """The one jinja2 environment for overlay templates under `template_root`: sandboxed (a
     template cannot reach Python internals), every undefined name an error that names it."""
     # Overlay files are config files (JSON, TOML, env files), not HTML: escaping would corrupt
     # them, and templates use filters such as tojson where quoting matters.
-    env = SandboxedEnvironment(
+    env = _Sandbox(
         loader=jinja2.FileSystemLoader(str(template_root)),
         undefined=_Undefined,
         keep_trailing_newline=True,

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 DIR_MODE = 0o700
@@ -31,22 +32,85 @@ def private_dir(path: Path) -> None:
         os.chmod(path, DIR_MODE)
 
 
+def link_private(source: Path, path: Path) -> bool:
+    """Make `path` the same file as `source` (a private file written before): one copy on
+    disk however many overlays hold it. Atomic (a new link, then os.replace); False when it
+    already is that file. Where hard links are refused, a copy is written instead."""
+    private_dir(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samefile(source, path) and not path.is_symlink():
+            return False
+    tmp = path.with_name(f".{path.name}.link{TEMP_SUFFIX}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return write_private(path, source.read_bytes())
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def _unchanged(path: Path, data: bytes) -> bool:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (
+        path.is_file()
+        and not path.is_symlink()
+        and (st.st_mode & 0o777) == FILE_MODE
+        and st.st_size == len(data)
+        and path.read_bytes() == data
+    )
+
+
+def write_private_all(files: Iterable[tuple[Path, bytes]]) -> set[Path]:
+    """Write many private files atomically, as `write_private` does each, with one sync
+    for them all instead of an fsync each (8000 fsyncs took 2.5 s for 1000 servers'
+    overlays): every changed file goes to a temporary file first, then all the data is
+    synced, then each is renamed into place, then the renames are synced. After a crash,
+    each file is whole, old or new. Returns the paths written (unchanged ones are not)."""
+    staged: list[tuple[str, Path]] = []
+    made: set[Path] = set()
+    renamed = 0
+    try:
+        for path, data in files:
+            if _unchanged(path, data):
+                continue
+            if path.parent not in made:
+                private_dir(path.parent)
+                made.add(path.parent)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), FILE_MODE)
+                f.write(data)
+        if staged:
+            os.sync()
+        for tmp, path in staged:
+            os.replace(tmp, path)
+            renamed += 1
+    finally:
+        for tmp, _path in staged[renamed:]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    if staged:
+        os.sync()
+    return {path for _tmp, path in staged}
+
+
 def write_private(path: Path, data: bytes) -> bool:
     """Write `data` to `path` (mode 0600) atomically; False (and nothing touched) when the
     file already holds exactly `data` with mode 0600."""
     private_dir(path.parent)
-    try:
-        st = path.lstat()
-        if (
-            path.is_file()
-            and not path.is_symlink()
-            and (st.st_mode & 0o777) == FILE_MODE
-            and st.st_size == len(data)
-            and path.read_bytes() == data
-        ):
-            return False
-    except FileNotFoundError:
-        pass
+    if _unchanged(path, data):
+        return False
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -53,10 +53,17 @@ def test_layout_of_every_server(tmp_path: Path) -> None:
     report = make_overlay(topology, manifest)
     overlay = topology.state_dir / "overlay"
     assert sorted(p.name for p in overlay.iterdir()) == ["node1", "node2", "node3"]
-    expected = ["files/app/app.conf", "secrets/api_key", "share.json", "tls/ca.pem", "tls/cert.pem", "tls/key.pem"]
+    expected = [
+        "files/app/app.conf", "secrets/api_key", "share.json", "tls/ca.pem", "tls/cert.pem", "tls/key.pem",
+        "verifier.json",
+    ]  # fmt: skip
+    verifier = topology.state_dir / "state" / "verifier.json"
     for name in ("node1", "node2", "node3"):
         assert sorted(_files(overlay / name)) == expected
         assert list(report.server(name).files) == expected
+        assert os.path.samefile(overlay / name / "verifier.json", verifier)  # one copy on disk
+        share = json.loads((overlay / name / "share.json").read_text())
+        assert share["version"] == 2 and "commitments" not in json.dumps(share)
     conf = (overlay / "node2" / "files" / "app" / "app.conf").read_text()
     assert "name = node2\naddr = 10.0.0.3\nindex = 2\nthreshold = 2\npeers = node1,node2,node3\n" == conf
     assert (topology.state_dir / "ca" / "ca.key").exists()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_verify_notices_a_share_from_an_older_split(tmp_path: Path) -> None:
     make_overlay(topology, make_manifest(tmp_path / "demo"), rotate=True)
     _share_path(topology, "node1").write_text(old)
     checks = {c.server: c for c in verify_shares(topology)}
-    assert not checks["node1"].valid and "current" in (checks["node1"].reason or "")
+    assert not checks["node1"].valid and "not the verifier this share was made with" in (checks["node1"].reason or "")
 
 
 def test_single_server_has_nothing_to_verify(tmp_path: Path) -> None:
@@ -105,9 +106,16 @@ def test_combine_names_the_tampered_file(tmp_path: Path) -> None:
 def test_combine_names_a_file_whose_commitment_was_altered(tmp_path: Path) -> None:
     topology = _deploy(tmp_path)
     files = [_share_path(topology, n) for n in ("node1", "node2", "node3")]
+    elsewhere = tmp_path / "elsewhere"  # node3's share beside a verifier with one commitment altered
+    elsewhere.mkdir()
+    verifier = json.loads((files[2].parent / "verifier.json").read_text())
+    verifier["commitments"][1] = format(int(verifier["commitments"][1], 16) ^ 2, "x")
+    altered = json.dumps(verifier).encode()
     doc = json.loads(files[2].read_text())
-    doc["verifier"]["commitments"][1] = format(int(doc["verifier"]["commitments"][1], 16) ^ 2, "x")
-    files[2].write_text(json.dumps(doc))
+    doc["verifier"]["sha256"] = hashlib.sha256(altered).hexdigest()  # and the pin changed to match it
+    (elsewhere / "verifier.json").write_bytes(altered)
+    (elsewhere / "share.json").write_text(json.dumps(doc))
+    files[2] = elsewhere / "share.json"
     with pytest.raises(FlingerError, match=re.escape(str(files[2]))):
         combine_share_files(files, reveal=False)
 
@@ -125,6 +133,7 @@ def test_combine_refuses_the_same_share_twice(tmp_path: Path) -> None:
     topology = _deploy(tmp_path)
     copy = tmp_path / "copy.json"
     copy.write_bytes(_share_path(topology, "node1").read_bytes())
+    (tmp_path / "verifier.json").write_bytes((_share_path(topology, "node1").parent / "verifier.json").read_bytes())
     files = [_share_path(topology, "node1"), copy, _share_path(topology, "node2")]
     with pytest.raises(FlingerError, match="holds share 1"):
         combine_share_files(files, reveal=False)

@@ -3,11 +3,13 @@ any threshold of shares, verification, the share file format and the verify-shar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -164,7 +166,7 @@ def test_share_document_round_trips_through_load_share(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "expect"),
     [
-        ("version", 2, "version"),
+        ("version", 3, "version"),
         ("threshold", 9, "threshold"),
         ("threshold", True, "threshold"),
         ("index", 0, "index"),
@@ -281,3 +283,102 @@ def test_batch_verification_accepts_good_shares_and_rejects_one_bad(data: st.Dat
     assert not shamir.verify_shares_batch(bad, commitments)
     _, other = shamir.split(shamir.random_secret(), n, t)
     assert not shamir.verify_shares_batch(other, commitments)
+
+
+def _write_separate(tmp: Path, deployment: str, n: int, t: int, secret: int) -> list[Path]:
+    """Version 2: one verifier.json for all, each share pinning it by SHA-256."""
+    commitments, shares = shamir.split(secret, n, t)
+    verifier = shamir.verifier_file(deployment, t, commitments)
+    (tmp / "verifier.json").write_bytes(verifier)
+    paths = []
+    for i, v in shares:
+        p = tmp / f"{deployment}-{i}.json"
+        digest = hashlib.sha256(verifier).hexdigest()
+        p.write_text(json.dumps(shamir.separate_share_document(deployment, t, n, i, v, digest)))
+        paths.append(p)
+    return paths
+
+
+def test_a_separate_verifier_file_loads_like_an_embedded_one(tmp_path: Path) -> None:
+    secret = shamir.random_secret()
+    paths = _write_separate(tmp_path, "demo", 5, 3, secret)
+    raw = json.loads(paths[0].read_text())
+    assert raw["version"] == 2 and set(raw["verifier"]) == {"file", "sha256"}
+    docs = [shamir.load_share(str(p)) for p in paths]
+    assert all(shamir.verify_share(d["index"], d["share"], d["verifier"]["commitments"]) for d in docs)
+    assert len(docs[0]["verifier"]["commitments"]) == 3
+    assert shamir.combine([(d["index"], d["share"]) for d in docs[2:]]) == secret
+
+
+def test_a_share_refuses_a_verifier_file_that_is_not_the_one_it_pins(tmp_path: Path) -> None:
+    paths = _write_separate(tmp_path, "demo", 3, 2, shamir.random_secret())
+    shamir.load_share(str(paths[0]))  # parsed once: the cache must not let a changed file through
+    verifier = tmp_path / "verifier.json"
+    doc = json.loads(verifier.read_text())
+    doc["commitments"][0] = format(int(doc["commitments"][0], 16) ^ 2, "x")
+    verifier.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="not the verifier this share was made with"):
+        shamir.load_share(str(paths[0]))
+    verifier.unlink()
+    with pytest.raises(ValueError, match="cannot read"):
+        shamir.load_share(str(paths[1]))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expect"),
+    [
+        ("file", "../verifier.json", "verifier.file"),
+        ("file", "", "verifier.file"),
+        ("sha256", "zz", "verifier.sha256"),
+        ("sha256", "0" * 64, "not the verifier"),
+    ],
+)
+def test_a_share_names_its_verifier_only_as_a_file_beside_it(
+    tmp_path: Path, field: str, value: str, expect: str
+) -> None:
+    path = _write_separate(tmp_path, "demo", 3, 2, shamir.random_secret())[0]
+    doc = json.loads(path.read_text())
+    doc["verifier"][field] = value
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=expect):
+        shamir.load_share(str(path))
+
+
+def test_a_verifier_of_another_threshold_is_refused_even_when_cached(tmp_path: Path) -> None:
+    paths = _write_separate(tmp_path, "demo", 3, 2, shamir.random_secret())
+    shamir.load_share(str(paths[0]))
+    doc = json.loads(paths[1].read_text())
+    doc["threshold"] = 3  # the pin still matches; the verifier says 2
+    paths[1].write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="another deployment or threshold"):
+        shamir.load_share(str(paths[1]))
+
+
+def test_many_commitments_are_made_by_worker_processes_and_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+    real = shamir.subprocess.Popen
+
+    def popen(argv: list[str], **kw: Any) -> Any:
+        started.append(argv)
+        return real(argv, **kw)
+
+    monkeypatch.setattr(shamir.subprocess, "Popen", popen)
+    monkeypatch.setattr(shamir.os, "cpu_count", lambda: 2)
+    secret = shamir.random_secret()
+    commitments, shares = shamir.split(secret, 300, 151)
+    assert len(started) == 2 and all(argv[-1] == "--pow-g" for argv in started)
+    assert shamir.verify_shares_batch(shares, commitments) and shamir.check_secret(secret, commitments)
+    assert shamir.verify_share(*shares[7], commitments)
+
+
+def test_a_worker_that_fails_or_lies_is_done_over_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    liar = tmp_path / "liar"
+    liar.write_text("#!/bin/sh\nwhile read -r line; do echo 5; done\n")  # one wrong answer a line
+    liar.chmod(0o755)
+    monkeypatch.setattr(shamir.os, "cpu_count", lambda: 2)
+    for executable in ("/bin/false", str(liar)):
+        monkeypatch.setattr(shamir.sys, "executable", executable)
+        secret = shamir.random_secret()
+        commitments, shares = shamir.split(secret, 260, 130)
+        assert shamir.verify_shares_batch(shares, commitments), executable
+        assert shamir.check_secret(secret, commitments)
