@@ -1,21 +1,23 @@
 """`flinger deploy install | uninstall | clean | status | history | rollback | unlock`.
 
-install, per server: connect, take the server's deploy lock (nothing is staged before it),
-have the artifact store (artifacts.py: the builder's rsync) deliver the packages it lacks into
-this run's staging dir, send that server's overlay, and only that one, over SFTP; then one
-remote `install` switches to the new release, (re)starts services and waits for their
-health. Which servers go when, and what is undone when the rollout stops, is rollout.py's.
+install, per server: connect, and run the remote `install` with that server's overlay (and
+only that one) in its plan: it takes the server's deploy lock (nothing is staged before it),
+and when every package is already there it installs (switch, (re)start, health) and gives
+the lock up in the same command. Otherwise it names the packages it lacks, still holding
+the lock; the artifact store (artifacts.py: the builder's rsync) delivers them into this
+run's staging dir, and a second `install` finishes. Which servers go when, and what is
+undone when the rollout stops, is rollout.py's.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import getpass
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from flinger.actions.artifacts import ArtifactStore, BuilderRsync
@@ -74,36 +76,12 @@ class Deployer:
         self.pool.close()
 
     # -- install --------------------------------------------------------------------------
-    def push(
-        self, server: Server, plan: ServerPlan, installed: dict[str, str], run_dir: str, report: Reporter
-    ) -> dict[str, int]:
-        """The packages this server lacks (by the digests its receipt records), delivered into
-        this run's staging dir by the artifact store."""
-        built = self.store.built()
-        missing = [p for p in plan.packages if p not in built]
-        if missing:
-            raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
-        needed = [p for p in plan.packages if installed.get(p) != built[p].get("sha256")]
-        report.details["packages_sent"] = needed
-        if not needed:  # the receipt already records every digest: no transfer at all
-            report.info("0 bytes pushed (every package already installed)")
-            return {}
-        stats = self.store.deliver(server, run_dir, needed, report)
-        report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
-        return stats
-
-    def send_overlay(self, plan: ServerPlan, conn: Transport, run_dir: str) -> str:
-        """This server's overlay, and only this server's, over SFTP: dirs 0700, files 0600."""
-        remote = f"{run_dir}/overlay"
-        # Every directory once, over SFTP (no shell, no extra session), parents first.
-        dirs = {"/".join(Path(rel).parts[:i]) for rel in plan.overlay_files for i in range(1, len(Path(rel).parts))}
-        for sub in ["", *sorted(dirs, key=lambda d: (d.count("/"), d))]:
-            conn.sftp_mkdir(f"{remote}/{sub}".rstrip("/"), 0o700)
-        for rel in plan.overlay_files:
-            conn.put_file(plan.overlay_dir / rel, f"{remote}/{rel}", mode=0o600)
-        return remote
-
     def install_one(self, server: Server, plan: ServerPlan, report: Reporter, lock_wait: float) -> dict[str, Any]:
+        """One server's install in as few round trips as it takes: the remote `install`
+        takes the lock, and when every package is already there (a re-run, an overlay
+        change) also installs and gives the lock up, all in one command; otherwise it says
+        which packages it lacks, holding the lock, and they are delivered before a second
+        `install`. The overlay travels in the install's plan (stdin), never as files."""
         self.pool.check_trusted(server)
         if not plan.overlay_files:
             raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
@@ -112,60 +90,69 @@ class Deployer:
         conn.open()
         staging = resolve_remote_path(conn, plan.staging_dir)
         install_dir = resolve_remote_path(conn, plan.install_dir)
-        # Lock first: nothing is staged on a server another run is deploying to.
         report.step("lock")
         runs = staging_runs_dir(staging, install_dir)  # made with the tool's check, one round trip
         tool = upload_tool(conn, self.topology, plan.staging_dir, dirs=(f"{staging}/runs", runs))
-        locked = self.lock(server, conn, tool, install_dir, "acquire", wait=lock_wait, report=report)
-        try:
-            # This run's own staging dir, made once it holds the lock (an install removes the
-            # others'): the install removes it too.
-            run_dir = f"{runs}/{self.run_id}"
-            conn.sftp_mkdir(run_dir, 0o700)
-            report.step("push")
-            # the tool is this flinger's own (upload_tool made sure): its acquire tells the digests
-            installed = {str(k): str(v) for k, v in (locked.get("installed") or {}).items()}
-            stats = self.push(server, plan, installed, run_dir, report)
-            report.details["push"] = stats
-            report.step("overlay")
-            overlay_remote = self.send_overlay(plan, conn, run_dir)
-            report.step("install")
-            built = self.store.built()
-            remote_plan = {
-                "install_dir": install_dir,
-                "staging_dir": run_dir,
-                "staging_runs": runs,
-                "release": self.run_id,
-                "packages": [
-                    {
-                        "name": p,
-                        "digest": built[p]["sha256"],
-                        "tarball": self.store.staged_path(run_dir, p),
-                    }
-                    for p in plan.packages
-                ],
-                "overlay_dir": overlay_remote,
-                "overlay_owner": plan.overlay_owner,
-                "services": [s.as_remote() for s in plan.services],
-                # the tool refuses to switch anything unless this run still holds the lock
-                "lock_holder": self.holder,
-                "keep_releases": self.topology.deployment.keep_releases,
-            }
+        run_dir = f"{runs}/{self.run_id}"
+        built = self.store.built()
+        missing = [p for p in plan.packages if p not in built]
+        if missing:
+            raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
+        remote_plan = {
+            "install_dir": install_dir,
+            "staging_dir": run_dir,
+            "staging_runs": runs,
+            "release": self.run_id,
+            "packages": [
+                {"name": p, "digest": built[p]["sha256"], "tarball": self.store.staged_path(run_dir, p)}
+                for p in plan.packages
+            ],
+            "overlay_files": {
+                rel: base64.b64encode((plan.overlay_dir / rel).read_bytes()).decode() for rel in plan.overlay_files
+            },
+            "overlay_owner": plan.overlay_owner,
+            "services": [s.as_remote() for s in plan.services],
+            # the tool refuses to switch anything unless this run still holds the lock
+            "lock_holder": self.holder,
+            "release_lock": True,
+            "keep_releases": self.topology.deployment.keep_releases,
+        }
+        unlocked = False
+        on_event = self._install_events(report)
 
-            def on_event(event: dict[str, Any]) -> None:
-                if event.get("event") == "step":
-                    report.step(f"install: {event.get('step')}")
-                elif event.get("event") in ("failed", "error"):
-                    report.line(str(event.get("error") or event))
-                else:
-                    report.line(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event))
-
+        def install(**extra: Any) -> dict[str, Any]:
+            nonlocal unlocked
             try:
-                result = run_tool(conn, server, tool, ["install"], remote_plan, on_event=on_event, on_text=report.line)
+                answer = run_tool(
+                    conn, server, tool, ["install"], {**remote_plan, **extra}, on_event=on_event, on_text=report.line
+                )
             except RemoteCommandError as exc:
+                unlocked = unlocked or bool(exc.result.get("lock_released"))
+                if exc.result.get("step") == "lock" and not exc.result.get("service_log"):
+                    raise FlingerError(f"{server.name}: {exc.message}") from None
                 raise _explained(exc, report) from None
+            unlocked = unlocked or bool(answer.get("lock_released"))
+            return answer
+
+        stats: dict[str, int] = {}
+        try:
+            result = install(acquire={"wait": lock_wait})
+            need = [str(p) for p in result.get("need") or []]
+            report.details["packages_sent"] = need
+            if need:  # the lock is held: deliver what this server lacks, then install
+                report.step("push")
+                conn.sftp_mkdir(run_dir, 0o700)
+                stats = self.store.deliver(server, run_dir, need, report)
+                report.details["push"] = stats
+                report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
+                report.step("install")
+                result = install()
+            else:
+                report.details["push"] = stats
+                report.info("0 bytes pushed (every package already installed)")
         finally:
-            self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
+            if not unlocked:
+                self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
         changed = bool(result.get("changed", True))
         started = [str(name) for name in result.get("started") or []]
         summary = f"release {result.get('release', self.run_id)}" if changed else "no change"
@@ -181,6 +168,28 @@ class Deployer:
             "push": stats,
             "summary": f"{summary}; {stats.get('bytes_sent', 0):,} bytes pushed",
         }
+
+    @staticmethod
+    def _install_events(report: Reporter) -> Callable[[dict[str, Any]], None]:
+        """The remote install's events: its steps, the lock's news, and its output lines."""
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event.get("event")
+            if kind == "step":
+                report.step(f"install: {event.get('step')}")
+            elif kind == "stale":  # the server found no process left of that run
+                report.details["broke_stale_lock"] = {k: event.get(k) for k in ("holder", "since", "reason")}
+                report.line(f"broke a stale lock of {event.get('holder')} since {event.get('since')}: "
+                            f"{event.get('reason')}")
+            elif kind == "held":
+                report.line(f"waiting for the deploy lock: held by {event.get('holder')} since "
+                            f"{event.get('since')}; {event.get('why')}")
+            elif kind in ("failed", "error"):
+                report.line(str(event.get("error") or event))
+            else:
+                report.line(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event))
+
+        return on_event
 
     def lock(
         self,

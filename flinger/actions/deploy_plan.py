@@ -69,11 +69,11 @@ class ServerPlan:
                     "by": "builder",
                     "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/packages",
                     "files": [f"{p}.tar.gz" for p in self.packages],
-                    "only": "packages whose digest the server's receipt does not record",
+                    "only": "packages the server does not have unpacked (it says which, holding the lock)",
                 },
                 {
                     "step": "overlay",
-                    "by": "client",
+                    "by": "client, in the install's plan",
                     "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/overlay",
                     "files": self.overlay_files,
                 },

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 # The version of the plan/result contract between flinger and this tool: plans may say which
 # they follow ("schema"), every result says it. A change that an older reader would misread
@@ -67,8 +67,19 @@ def emit(event: str, **fields: Any) -> None:
         _write(sys.stdout, line)
 
 
+_before_result: List[Callable[[Dict[str, Any]], None]] = []
+
+
+def before_result(hook: Callable[[Dict[str, Any]], None]) -> None:
+    """Run `hook(fields)` just before the result line is written (it may add fields): the
+    last thing a command does, whichever way it ends, e.g. give up the deploy lock."""
+    _before_result.append(hook)
+
+
 def result(ok: bool, **fields: Any) -> int:
     """Write the final result line (it says its schema) and return the command's exit status."""
+    while _before_result:
+        _before_result.pop(0)(fields)
     emit("result", ok=ok, schema=SCHEMA, **fields)
     return 0 if ok else 1
 

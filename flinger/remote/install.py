@@ -10,6 +10,7 @@ restored and restarted, so the previous release keeps running. The receipt
 the install dir, and `uninstall` removes exactly those.
 """
 
+import base64
 import hashlib
 import os
 import re
@@ -459,15 +460,35 @@ def claim_lock(plan: Dict[str, Any], install_dir: str) -> Optional[str]:
 
 
 def install(plan: Dict[str, Any]) -> int:
+    """`install`. With `acquire` in the plan it first takes the deploy lock for
+    `lock_holder`; when a package is not here yet it stops there, holding the lock, and says
+    which (`need`): the client has them delivered, then runs `install` again. With
+    `overlay_files` the overlay comes in the plan itself, and with `release_lock` the lock is
+    given up just before the result: a run with nothing to deliver is this one command."""
     overlay_dir = plan.get("overlay_dir") or None
     run_dir = plan.get("staging_dir") or None
     try:
         install_dir = install_dir_of(plan)
-        # From here on the server changes: finish (install or rollback) even if the client goes.
-        events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
         release_id = plain_name(events.require(plan, "release"), "release")
         svcs = parse_services(plan)
         roots = services.roots_from(plan)
+        holder = str(plan.get("lock_holder") or "")
+        if plan.get("acquire") is not None:
+            if not holder:
+                raise events.PlanError("acquire needs a lock_holder")
+            wait = plan["acquire"].get("wait", 0) if isinstance(plan["acquire"], dict) else 0
+            taken = lock.take(install_dir, holder, float(wait or 0))
+            if not taken.pop("ok"):
+                return events.result(False, **taken)
+            need = _missing_packages(plan, install_dir)
+            if need:  # the lock stays: the client delivers these, then installs
+                return events.result(True, need=need, installed=taken["installed"], changed=False)
+        if holder and plan.get("release_lock"):
+            events.before_result(lambda fields: _let_go(install_dir, holder, fields))
+        # From here on the server changes: finish (install or rollback) even if the client goes.
+        events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
+        if plan.get("overlay_files") is not None:
+            overlay_dir = _stage_overlay(run_dir, plan["overlay_files"])
         if overlay_dir and not os.path.isdir(overlay_dir):
             raise events.PlanError("overlay_dir %s does not exist" % overlay_dir)
         refused = claim_lock(plan, install_dir)
@@ -481,6 +502,59 @@ def install(plan: Dict[str, Any]) -> int:
             shutil.rmtree(overlay_dir, ignore_errors=True)  # staged secrets never linger
         if run_dir and os.path.basename(os.path.dirname(os.path.dirname(run_dir))) == "runs":
             shutil.rmtree(run_dir, ignore_errors=True)  # this run's staged packages are unpacked
+
+
+def _missing_packages(plan: Dict[str, Any], install_dir: str) -> List[str]:
+    """The plan's packages not unpacked here yet (by name and digest)."""
+    need = []
+    for raw in plan.get("packages") or []:
+        name = plain_name(raw.get("name"), "package name")
+        digest = str(raw.get("digest", "")).lower()
+        if not os.path.isdir(os.path.join(install_dir, _package_dir(name, digest))):
+            need.append(name)
+    return need
+
+
+def _let_go(install_dir: str, holder: str, fields: Dict[str, Any]) -> None:
+    """Give up the deploy lock at the end of the install; the result says whether it was."""
+    try:
+        refused, released = lock.let_go(install_dir, holder)
+    except OSError as exc:
+        refused, released = str(exc), False
+    fields["lock_released"] = released
+    if refused:
+        fields["lock_problem"] = refused
+
+
+def _stage_overlay(run_dir: Optional[str], overlay: Any) -> str:
+    """Write the overlay that came in the plan ({relative path: base64}) under this run's
+    staging dir: dirs 0700, files 0600, nothing outside it."""
+    if not run_dir or os.path.basename(os.path.dirname(os.path.dirname(run_dir))) != "runs":
+        raise events.PlanError("overlay_files need the run's own staging_dir")
+    if not isinstance(overlay, dict):
+        raise events.PlanError("overlay_files: expected an object")
+    target = os.path.join(run_dir, "overlay")
+    os.makedirs(run_dir, 0o700, exist_ok=True)
+    files.remove_path(target)
+    os.mkdir(target, 0o700)
+    for rel, data in sorted(overlay.items()):
+        parts = str(rel).split("/")
+        if not rel or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+            raise events.PlanError("overlay_files: %r is not a relative path inside the overlay" % rel)
+        try:
+            content = base64.b64decode(str(data), validate=True)
+        except (ValueError, TypeError):
+            raise events.PlanError("overlay_files: %s is not base64" % rel) from None
+        parent = target
+        for part in parts[:-1]:
+            parent = os.path.join(parent, part)
+            if not os.path.isdir(parent):
+                os.mkdir(parent, 0o700)
+        path = os.path.join(parent, parts[-1])
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+    return target
 
 
 def _remove_earlier_runs(runs: Any, own: Optional[str]) -> None:

@@ -23,7 +23,7 @@ import fcntl
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from flinger.remote import events, files, layout
 
@@ -216,6 +216,15 @@ def claim_for_worker(install_dir: str, holder: str) -> Optional[str]:
 
 
 def acquire(install_dir: str, holder: str, wait: float) -> int:
+    """`lock acquire`: take the lock, waiting up to `wait` seconds; the result says how."""
+    outcome = take(install_dir, holder, wait)
+    return events.result(bool(outcome.pop("ok")), **outcome)
+
+
+def take(install_dir: str, holder: str, wait: float) -> Dict[str, Any]:
+    """Take the lock for `holder` (breaking a stale one, waiting up to `wait` seconds for a
+    live one): the outcome's fields, `ok` first; `installed` tells the package digests the
+    receipt records. Progress (`held`, `stale`) goes out as events."""
     deadline = time.monotonic() + wait
     reported = False
     while True:
@@ -225,11 +234,11 @@ def acquire(install_dir: str, holder: str, wait: float) -> int:
             layout.ensure_install_dir(install_dir)
             with _guard(install_dir):
                 if try_acquire(install_dir, holder):
-                    return events.result(True, holder=holder, installed=installed_digests(install_dir))
+                    return {"ok": True, "holder": holder, "installed": installed_digests(install_dir)}
                 current = read_holder(install_dir) or {}
                 if current.get("holder") == holder:
-                    return events.result(True, holder=holder, already_held=True,
-                                         installed=installed_digests(install_dir))
+                    return {"ok": True, "holder": holder, "already_held": True,
+                            "installed": installed_digests(install_dir)}
                 live = why_live(current) if not current.get("unreadable") else None
                 if live is None:
                     # Nobody works for that holder here any more: say so, break it, take it.
@@ -238,36 +247,44 @@ def acquire(install_dir: str, holder: str, wait: float) -> int:
                                 else "no process of that run is left on this server")
                     os.unlink(layout.lock_file(install_dir))
                     if try_acquire(install_dir, holder):
-                        return events.result(True, holder=holder, broke_stale=current.get("holder"),
-                                             installed=installed_digests(install_dir))
+                        return {"ok": True, "holder": holder, "broke_stale": current.get("holder"),
+                                "installed": installed_digests(install_dir)}
                     continue
         except LockWriteError as exc:
-            return events.result(False, error=str(exc), step="lock")
+            return {"ok": False, "error": str(exc), "step": "lock"}
         except OSError as exc:  # no room even for the install dir or the guard file
-            return events.result(False, step="lock", error="cannot take the deploy lock in %s: %s"
-                                 % (layout.state_dir(install_dir), exc.strerror or exc))
+            return {"ok": False, "step": "lock", "error": "cannot take the deploy lock in %s: %s"
+                    % (layout.state_dir(install_dir), exc.strerror or exc)}
         if not reported:
             events.emit("held", holder=current.get("holder"), since=current.get("since"), why=live)
             reported = True
         if time.monotonic() >= deadline:
-            return events.result(False, error="the deploy lock is held by %s since %s (%s)"
-                                 % (current.get("holder"), current.get("since"), live),
-                                 holder=current.get("holder"), since=current.get("since"))
+            return {"ok": False, "error": "the deploy lock is held by %s since %s (%s)"
+                    % (current.get("holder"), current.get("since"), live),
+                    "holder": current.get("holder"), "since": current.get("since")}
         time.sleep(_POLL_SECONDS)
 
 
 def release(install_dir: str, holder: str) -> int:
+    """`lock release`: give the lock up, if `holder` holds it."""
+    refused, released = let_go(install_dir, holder)
+    if refused:
+        return events.result(False, error=refused, holder=(read_holder(install_dir) or {}).get("holder"))
+    return events.result(True, released=released)
+
+
+def let_go(install_dir: str, holder: str) -> Tuple[Optional[str], bool]:
+    """Remove the lock if `holder` holds it: (the error if another does, whether removed)."""
     if not os.path.isdir(layout.state_dir(install_dir)):
-        return events.result(True, released=False)
+        return None, False
     with _guard(install_dir):
         current = read_holder(install_dir)
         if current is None:
-            return events.result(True, released=False)
+            return None, False
         if current.get("holder") != holder:
-            return events.result(False, error="the deploy lock is held by %s, not by %s"
-                                 % (current.get("holder"), holder), holder=current.get("holder"))
+            return "the deploy lock is held by %s, not by %s" % (current.get("holder"), holder), False
         os.unlink(layout.lock_file(install_dir))
-    return events.result(True, released=True)
+    return None, True
 
 
 def break_lock(install_dir: str) -> int:

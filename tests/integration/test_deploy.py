@@ -478,11 +478,12 @@ def test_a_client_killed_mid_install_leaves_the_server_on_one_release_and_a_reru
     killed_run = _new_run_dirs(logs, runs_before)[0].name
 
     # At once, the next run: the killed run's install still works on node3, so it waits for
-    # it (it does not break the lock under it), then takes the lock it left behind.
+    # it (it does not break the lock under it); that install, done with its rollback, gives
+    # the lock up itself, and the next run takes it (nothing stale to break).
     code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--servers", "node3", "--lock-wait", "120")
     assert code == 0, doc
     node3 = by_server(doc)["node3"]
-    assert node3["details"]["broke_stale_lock"]["holder"].endswith(f"run {killed_run}"), node3
+    assert "broke_stale_lock" not in node3["details"], node3
     rerun = next(d for d in _new_run_dirs(logs, runs_before) if d.name != killed_run)
     text = (rerun / "node3.log").read_text()
     assert "waiting for the deploy lock: held by" in text and "its install (pid" in text, text
@@ -492,6 +493,7 @@ def test_a_client_killed_mid_install_leaves_the_server_on_one_release_and_a_reru
     result = json.loads(next(line for line in reversed(events) if '"event": "result"' in line))
     assert result["ok"] is False and result["rolled_back_to"] == before.rsplit("/", 1)[-1], result
     assert result["restored_health"]["quorum"]["healthy"] is True, result
+    assert result["lock_released"] is True, result  # and the lock given up by that install
     # One release, everywhere on node3: the link, the receipt and the running service agree.
     current = ssh_run(sandbox, "node3", "readlink", "/opt/quorum/current").stdout.strip()
     receipt = json.loads(ssh_run(sandbox, "node3", "cat", "/opt/quorum/.flinger/state.json").stdout)
@@ -529,7 +531,8 @@ def test_two_concurrent_installs_take_turns_on_every_server(
         for node in NODES:
             text = (run / f"{node}.log").read_text()
             steps = [ln.split("step: ", 1)[1] for ln in text.splitlines() if "step: " in ln]
-            assert steps.index("lock") < steps.index("push"), steps  # nothing staged before the lock
+            # nothing staged before the lock (the run that found nothing to do pushed nothing)
+            assert steps.index("lock") < steps.index("push") if "push" in steps else steps[:2] == ["connect", "lock"]
             waited += "waiting for the deploy lock" in text
     assert waited >= 1  # they did meet on at least one server
     for node in NODES:

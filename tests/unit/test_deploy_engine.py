@@ -191,7 +191,7 @@ def test_one_stream_of_events_feeds_the_watcher_the_run_log_and_the_results(flee
         mine = [as_record(e) for e in seen if e.name == result.server]
         steps = [r["step"] for r in mine if r["event"] == "step"]
         assert mine[0]["event"] == "started" and mine[-1] == {"event": "finished", "name": result.server, "state": "ok"}
-        assert steps[:5] == ["connect", "lock", "push", "overlay", "install"] and "install: switch" in steps, steps
+        assert steps[:4] == ["connect", "lock", "push", "install"] and "install: switch" in steps, steps
         assert [s["step"] for s in result.steps] == steps  # --json carries the same steps, timed
 
 
@@ -213,3 +213,37 @@ def test_a_rollback_with_a_canary_checks_it_again_before_the_others_go_back(flee
     assert ("Started", "node1", "") in order[:gate]
     assert all(name == "node1" for _kind, name, _step in order[:gate]), order
     assert {name for _kind, name, _step in order[gate:]} == {"node1", "node2", "node3"}
+
+
+def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(fleet: Fleet) -> None:
+    from flinger.ssh.transport import LocalTransport
+
+    pool = LocalPool(fleet.topology.servers, fleet.homes)
+    commands: list[tuple[str, str]] = []
+    for name in NODES:
+        host = pool.get(name)
+        assert isinstance(host, LocalTransport)
+        real = host.run
+
+        def counted(command: str, *args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            commands.append((_name, command))
+            return _real(command, *args, **kw)
+
+        host.run = counted  # type: ignore[method-assign]
+    servers = [fleet.topology.servers[n] for n in NODES]
+    results = run_deploy(fleet.topology, fleet.manifest, servers, "install", parallel=3, pool=pool, store=fleet.store)
+    assert all(r.status is Status.OK and r.details["changed"] is False for r in results)
+    for node in NODES:
+        tool_runs = [c for n, c in commands if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
+        assert len(tool_runs) == 1 and " install" in tool_runs[0], tool_runs  # no lock, no unlock of its own
+        assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
+    assert fleet.store.delivered.count("node1") == 1  # the fixture's first install only
+
+    fleet.store.build("v2")  # something to deliver: lock + need, delivery, install (which unlocks)
+    commands.clear()
+    results = run_deploy(fleet.topology, fleet.manifest, servers, "install", parallel=3, pool=pool, store=fleet.store)
+    assert all(r.status is Status.OK and r.details["packages_sent"] == ["app"] for r in results)
+    for node in NODES:
+        tool_runs = [c for n, c in commands if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
+        assert len(tool_runs) == 2 and all(" install" in c for c in tool_runs), tool_runs
+        assert fleet.version(node) == "v2"

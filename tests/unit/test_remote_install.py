@@ -457,3 +457,44 @@ def test_a_lost_client_never_leaves_a_half_switched_server(env: Fixture) -> None
     assert get(env.url()) == "v1"
     log = (env.install_dir / ".flinger" / "events.log").read_text()
     assert '"step": "rollback"' in log and '"event": "result", "ok": false' in log
+
+
+@needs_runit
+def test_one_install_command_locks_says_what_it_lacks_then_installs_and_unlocks(env: Fixture) -> None:
+    import base64
+
+    run_dir = env.tmp / "st" / "runs" / "opt_app" / "r1"
+    lock_file = env.install_dir / ".flinger" / "lock"
+    plan = {**env.plan("r1", "v1"), "staging_dir": str(run_dir), "lock_holder": "alice", "release_lock": True,
+            "overlay_files": {"secrets/token": base64.b64encode(b"s3cret").decode()}}  # fmt: skip
+    plan.pop("overlay_dir")
+    status, lines = run_remote("install", {**plan, "acquire": {"wait": 0}})
+    assert status == 0 and lines[-1]["need"] == ["web"] and lines[-1]["changed"] is False
+    assert json.loads(lock_file.read_text())["holder"] == "alice"  # held for the delivery
+    assert not os.path.lexists(env.install_dir / "current")
+
+    (run_dir / "packages").mkdir(parents=True)
+    shutil.copy(env.staging / plan["packages"][0]["tarball"], run_dir / plan["packages"][0]["tarball"])
+    status, lines = run_remote("install", plan)
+    assert status == 0 and lines[-1]["changed"] is True and lines[-1]["lock_released"] is True
+    assert not lock_file.exists() and not run_dir.exists()  # staged overlay and packages gone too
+    token = env.install_dir / "current" / "overlay" / "secrets" / "token"
+    assert token.read_bytes() == b"s3cret" and token.stat().st_mode & 0o077 == 0
+    assert get(env.url()) == "v1"
+
+    # nothing new: the whole run is this one command
+    status, lines = run_remote("install", {**plan, "release": "r2", "acquire": {"wait": 0}})
+    assert status == 0 and lines[-1]["changed"] is False and lines[-1]["lock_released"] is True
+    assert "need" not in lines[-1] and not lock_file.exists()
+
+
+@needs_runit
+@pytest.mark.parametrize("bad", ["../escape", "/etc/passwd", "a//b", "secrets/./x"])
+def test_an_overlay_path_outside_the_overlay_is_refused_and_the_lock_given_up(env: Fixture, bad: str) -> None:
+    run_dir = env.tmp / "st" / "runs" / "opt_app" / "r1"
+    plan = {**env.plan("r1", "v1"), "staging_dir": str(run_dir), "lock_holder": "alice", "release_lock": True,
+            "overlay_files": {bad: "eA=="}, "packages": []}  # fmt: skip
+    status, lines = run_remote("install", {**plan, "acquire": {"wait": 0}})
+    assert status == 1 and "not a relative path inside the overlay" in lines[-1]["error"]
+    assert lines[-1]["lock_released"] is True and not (env.install_dir / ".flinger" / "lock").exists()
+    assert not (env.tmp / "escape").exists() and not os.path.lexists(env.install_dir / "current")
