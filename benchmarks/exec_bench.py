@@ -1,5 +1,6 @@
-"""Time `flinger exec "true"` across 1, 4 and 16 sandbox servers against plain OpenSSH run one
-host after another, measured in the same run on the same sandbox, so the results read as ratios.
+"""Time `flinger exec "true"` across 1, 4 and 16 sandbox servers against plain OpenSSH, run on all
+hosts at once (the floor) and one host after another, measured in the same run on the same
+sandbox, so the results read as ratios.
 
     python benchmarks/exec_bench.py [--sizes 1,4,16] [--repeat 5] [--dir D] [--base-addr A]
 
@@ -8,8 +9,10 @@ of max(sizes) + 1 hosts (the first is the builder, never used here), trusts the 
 then per size and repetition times, as wall clock of the whole subprocess:
   flinger    `python -m flinger --json exec true --servers node1,..,nodeN` (the real CLI,
              parallel fan-out over paramiko; interpreter start and imports included)
-  baseline   `ssh -F /dev/null -o BatchMode=yes ... deploy@ADDR true` for node1..nodeN, one
-             after another (a fresh OpenSSH connection per host, strict host keys)
+  floor      `ssh -F /dev/null -o BatchMode=yes ... deploy@ADDR true` for node1..nodeN, all
+             started at once, waited for together (a fresh OpenSSH connection per host, strict
+             host keys)
+  baseline   the same `ssh` commands one after another
 and, repeat times, the CLI floor: `python -c "import paramiko, flinger.cli.app"` (interpreter
 start and the imports every SSH command pays, no network). The order of flinger and baseline
 alternates between repetitions. The sandbox is always brought down (and its directory purged).
@@ -71,17 +74,27 @@ class ExecBench:
             raise SystemExit(f"flinger exec failed on a server: {out[:2000]}")
         self.slowest_server.append(max(float(s["duration"]) for s in servers))
 
+    def ssh_argv(self, name: str) -> list[str]:
+        addr, port = self.state.hosts[name]
+        return [
+            "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.state.known_hosts}", "-p", str(port), f"deploy@{addr}", "true",
+        ]  # fmt: skip
+
     def ssh_loop(self, nodes: list[str]) -> None:
         for name in nodes:
-            addr, port = self.state.hosts[name]
-            checked(
-                [
-                    "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                    "-o", f"UserKnownHostsFile={self.state.known_hosts}",
-                    "-p", str(port), f"deploy@{addr}", "true",
-                ],
-                self.env,
-            )  # fmt: skip
+            checked(self.ssh_argv(name), self.env)
+
+    def ssh_parallel(self, nodes: list[str]) -> None:
+        procs = [
+            subprocess.Popen(self.ssh_argv(n), env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+            for n in nodes
+        ]  # fmt: skip
+        for name, proc in zip(nodes, procs, strict=True):
+            _, err = proc.communicate(timeout=300)
+            if proc.returncode != 0:
+                raise SystemExit(f"ssh to {name} failed ({proc.returncode}): {err.decode()[-2000:]}")
 
     def cli_floor(self) -> None:
         checked([sys.executable, "-c", "import paramiko, flinger.cli.app"], self.env)
@@ -94,17 +107,23 @@ def measure(bench: ExecBench, sizes: list[int], repeat: int) -> dict[int, dict[s
         chosen = nodes[:n]
         flinger_times: list[float] = []
         ssh_times: list[float] = []
+        floor_times: list[float] = []
         bench.slowest_server = []
         for rep in range(repeat):
-            order = ["flinger", "ssh"] if rep % 2 == 0 else ["ssh", "flinger"]
+            order = ["flinger", "floor", "ssh"] if rep % 2 == 0 else ["ssh", "floor", "flinger"]
             for label in order:
                 if label == "flinger":
                     flinger_times.append(timed(lambda: bench.flinger_exec(chosen)))  # noqa: B023
+                elif label == "floor":
+                    floor_times.append(timed(lambda: bench.ssh_parallel(chosen)))  # noqa: B023
                 else:
                     ssh_times.append(timed(lambda: bench.ssh_loop(chosen)))  # noqa: B023
         results[n] = {
             "flinger": statistics.median(flinger_times),
             "baseline": statistics.median(ssh_times),
+            "floor": statistics.median(floor_times),
+            "floor_min": min(floor_times),
+            "floor_max": max(floor_times),
             "slowest_server": statistics.median(bench.slowest_server),
             "flinger_min": min(flinger_times),
             "flinger_max": max(flinger_times),
@@ -112,7 +131,8 @@ def measure(bench: ExecBench, sizes: list[int], repeat: int) -> dict[int, dict[s
             "baseline_max": max(ssh_times),
         }
         r = results[n]
-        print(f"  {n:>3} servers: flinger {r['flinger']:.2f} s, ssh loop {r['baseline']:.2f} s", flush=True)
+        print(f"  {n:>3} servers: flinger {r['flinger']:.2f} s, ssh in parallel {r['floor']:.2f} s, "
+              f"ssh loop {r['baseline']:.2f} s", flush=True)
     return results
 
 
@@ -120,13 +140,14 @@ def print_table(results: dict[int, dict[str, float]], floor: float) -> None:
     first = min(results)
     print()
     print(
-        "| servers | flinger exec (s) | ssh loop (s) | flinger / ssh loop | flinger growth "
-        "| ssh loop growth | slowest server inside flinger (s) |"
+        "| servers | flinger exec (s) | ssh in parallel: floor (s) | flinger / floor | ssh loop (s) "
+        "| flinger / ssh loop | flinger growth | ssh loop growth | slowest server inside flinger (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n, r in sorted(results.items()):
         print(
             f"| {n} | {r['flinger']:.2f} ({r['flinger_min']:.2f}-{r['flinger_max']:.2f}) "
+            f"| {r['floor']:.2f} ({r['floor_min']:.2f}-{r['floor_max']:.2f}) | {r['flinger'] / r['floor']:.2f} "
             f"| {r['baseline']:.2f} ({r['baseline_min']:.2f}-{r['baseline_max']:.2f}) "
             f"| {r['flinger'] / r['baseline']:.2f} "
             f"| x{r['flinger'] / results[first]['flinger']:.2f} | x{r['baseline'] / results[first]['baseline']:.2f} "
@@ -158,6 +179,7 @@ def main() -> None:
         # Warm the page cache and every sshd once, so the first measured run is not special.
         bench.flinger_exec(state.nodes)
         bench.ssh_loop(state.nodes)
+        bench.ssh_parallel(state.nodes)
         bench.slowest_server = []
         floor = statistics.median(timed(bench.cli_floor) for _ in range(args.repeat))
         results = measure(bench, sizes, args.repeat)
