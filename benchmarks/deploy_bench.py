@@ -15,7 +15,8 @@ per repetition (the order of the two sides alternates), wall clock of:
   floor fresh      `xargs -P N` over the servers, each: one OpenSSH ControlMaster connection,
                    `scp` of the tarball and of that server's overlay dir over it, then one `ssh`
                    running `sudo -n sh -s` that unpacks into a new release dir, switches
-                   `current`, writes the service definition (systemd unit + daemon-reload +
+                   `current` (after the service's `validate` command, run in the new release
+                   dir as flinger runs it), writes the service definition (systemd unit + daemon-reload +
                    enable + restart, or runit run/finish + link + `sv up|restart`) and polls
                    https://ADDR:8443/status (curl -k, every 0.5 s as the manifest's check)
   floor again      the same again: plain ssh has no way to know nothing changed
@@ -69,10 +70,14 @@ def listening(addr: str, port: int) -> bool:
         return sock.connect_ex((addr, port)) == 0
 
 
-def install_script(manager: str, files: dict[str, str], addr: str, release: str, staging: str) -> str:
-    """What the floor runs as root on one server (every value quoted)."""
+def install_script(
+    manager: str, files: dict[str, str], addr: str, release: str, staging: str, validate: str | None
+) -> str:
+    """What the floor runs as root on one server (every value quoted). The service's validate
+    command runs in the new release dir before the switch, as flinger runs it."""
     q = shlex.quote
     rel = f"{INSTALL_DIR}/releases/{release}"
+    check = f"(cd {q(rel)} && FLINGER_RELEASE_DIR={q(rel)} sh -c {q(validate)})" if validate else ":"
     if manager == "systemd":
         activate = f"""printf '%s' {q(files["unit"])} > /etc/systemd/system/quorum.service.new
 mv /etc/systemd/system/quorum.service.new /etc/systemd/system/quorum.service
@@ -99,6 +104,7 @@ tar xzf {q(staging)}/quorum.tar.gz -C {q(rel)}/quorum
 rm -rf {q(rel)}/overlay
 mv {q(staging)}/overlay {q(rel)}/overlay
 chmod 700 {q(rel)}/overlay
+{check}
 ln -sfn {q('releases/' + release)} {INSTALL_DIR}/current.new
 mv -T {INSTALL_DIR}/current.new {INSTALL_DIR}/current
 {activate}
@@ -168,7 +174,10 @@ class Bench:
         plans = plan_deploy(topology, load_manifest(topology.manifest_path), topology.deployment_servers())
         (service,) = [s for s in plans[0].services if s.name == "quorum"]
         self.files = dict(service.files)
+        self.validate = service.validate
         (self.work / "floor-one.sh").write_text(FLOOR_ONE)
+        self.steps: dict[str, dict[str, list[float]]] = {}  # fresh | no-change -> step -> seconds
+        self.pushed: dict[str, list[int]] = {}  # fresh | no-change -> bytes the builder sent, per server
 
     def ssh_options(self) -> list[str]:
         return ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
@@ -184,6 +193,18 @@ class Bench:
             raise SystemExit(f"deploy {action} did not succeed on exactly {self.nodes}: {out[:3000]}")
         if changed is not None and any(bool(s["details"].get("changed")) != changed for s in servers):
             raise SystemExit(f"deploy {action}: expected changed={changed}: {out[:3000]}")
+        if action == "install":  # where each server's time went (flinger's own step timeline)
+            label = "fresh" if changed else "no-change"
+            for server in servers:
+                spent: dict[str, float] = {}
+                for step in server.get("steps") or []:
+                    name = str(step["step"]).split(":")[0]  # "install: service: quorum" -> "install"
+                    spent[name] = spent.get(name, 0.0) + float(step["seconds"])
+                for name, seconds in spent.items():
+                    self.steps.setdefault(label, {}).setdefault(name, []).append(seconds)
+            for server in servers:
+                push = server["details"].get("push") or {}
+                self.pushed.setdefault(label, []).append(int(push.get("bytes_sent", 0)))
         return seconds
 
     def floor(self) -> float:
@@ -193,7 +214,7 @@ class Bench:
         for name in self.nodes:
             addr, port = self.state.hosts[name]
             (self.work / f"install-{name}.sh").write_text(
-                install_script(self.manager, self.files, addr, release, "/home/deploy/bench-staging"))
+                install_script(self.manager, self.files, addr, release, "/home/deploy/bench-staging", self.validate))
             lines.append(f"{name} {addr} {port}")
         env = {**self.env, "WORK": str(self.work), "KNOWN_HOSTS": str(self.state.known_hosts)}
         argv = ["xargs", "-P", str(len(self.nodes)), "-L", "1", "sh", str(self.work / "floor-one.sh")]
@@ -267,6 +288,11 @@ def main() -> None:
               f"| {med['floor again']:.2f} | {med['flinger again'] / med['floor again']:.2f} "
               f"| {med['flinger again'] / med['flinger fresh']:.2f} |")  # fmt: skip
         print("\nall runs (s): " + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in times.items()))
+        for label, steps in bench.steps.items():
+            parts = ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in steps.items())
+            print(f"flinger {label}, median seconds per server and step: {parts}")
+            print(f"flinger {label}, package bytes the builder sent, in all per run: "
+                  f"{sum(bench.pushed[label]) // args.repeat}")
     finally:
         sandbox.down(args.dir, purge=True)
         shutil.rmtree(args.dir / "bench", ignore_errors=True)

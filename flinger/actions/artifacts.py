@@ -51,17 +51,28 @@ class BuilderRsync:
         self._lock = threading.Lock()
 
     def _side(self) -> dict[str, Any]:
-        """Artifacts manifest and known_hosts on the builder (once per run, on first use)."""
+        """Where the artifacts are and their manifest (read once per run, on first use)."""
         with self._lock:
             if self._ready is None:
                 conn = self.pool.get(self.topology.builder.server)
                 artifacts = resolve_remote_path(conn, self.topology.builder.artifacts_path)
                 manifest = read_remote_json(conn, f"{artifacts}/manifest.json")
+                self._ready = {"artifacts": artifacts, "manifest": manifest}
+            return self._ready
+
+    def _pushing(self) -> dict[str, Any]:
+        """What a push needs besides: the known_hosts it checks servers against, written on
+        the builder once per run, before the first push (a run with nothing to push never
+        writes it)."""
+        side = self._side()
+        with self._lock:
+            if "known_hosts" not in side:
+                conn = self.pool.get(self.topology.builder.server)
                 kh_dir = resolve_remote_path(conn, f"$HOME/.flinger/{self.topology.name}")
                 conn.run(f"mkdir -p {shlex.quote(kh_dir)} && chmod 700 {shlex.quote(kh_dir)}")
                 conn.put_bytes(self._known_hosts().encode(), f"{kh_dir}/known_hosts", mode=0o600)
-                self._ready = {"artifacts": artifacts, "manifest": manifest, "known_hosts": f"{kh_dir}/known_hosts"}
-            return self._ready
+                side["known_hosts"] = f"{kh_dir}/known_hosts"
+            return side
 
     def _known_hosts(self) -> str:
         """Only the deployment servers' keys, as the client verified them (never learned anew)."""
@@ -90,7 +101,7 @@ class BuilderRsync:
         return f"{run_dir}/packages/{Path(self._file(self.built()[package], package)).name}"
 
     def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
-        side = self._side()
+        side = self._pushing()
         built = self.built()
         # "/./" keeps the paths below it (--relative): packages/<file> lands in run_dir/packages/
         sources = [f"{side['artifacts']}/./{self._file(built[p], p)}" for p in packages]

@@ -16,6 +16,7 @@ import datetime as dt
 import getpass
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -271,6 +272,20 @@ class Deployer:
         return result
 
 
+def _prefetch(read: Callable[[], object]) -> None:
+    """Start `read` (which caches what it reads) at once, beside the servers' first steps:
+    every server needs it, and it need not wait for the first of them to ask. An error is
+    left for the servers that ask again: each reports it as its own step's failure."""
+
+    def quietly() -> None:
+        try:
+            read()
+        except Exception:  # noqa: BLE001,S110 - the servers' own call reports it
+            pass
+
+    threading.Thread(target=quietly, name="flinger-prefetch", daemon=True).start()
+
+
 def _step_events(report: Reporter) -> Callable[[dict[str, Any]], None]:
     """The remote tool's progress events as steps and lines of this server's report."""
 
@@ -396,6 +411,7 @@ def run_deploy(
     try:
         if action == "install":
             plans = {p.server: p for p in plan_deploy(topology, manifest, servers)}
+            _prefetch(deployer.store.built)  # the builder's manifest, while servers connect
             waves = [
                 [s.name for s in servers if plans[s.name].wave == wave]
                 for wave in sorted({p.wave for p in plans.values()})
