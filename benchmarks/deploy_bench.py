@@ -186,7 +186,7 @@ class Bench:
     def flinger_deploy(self, action: str, changed: bool | None) -> float:
         start = time.perf_counter()
         out = self.flinger("--json", "deploy", action)
-        seconds = time.perf_counter() - start
+        wall = time.perf_counter() - start
         report = json.loads(out)
         servers = report["servers"]
         if report["exit_status"] != 0 or sorted(s["server"] for s in servers) != sorted(self.nodes):
@@ -205,7 +205,7 @@ class Bench:
             for server in servers:
                 push = server["details"].get("push") or {}
                 self.pushed.setdefault(label, []).append(int(push.get("bytes_sent", 0)))
-        return seconds
+        return wall
 
     def floor(self) -> float:
         self.rounds += 1
