@@ -2,7 +2,7 @@
 floor: plain OpenSSH doing the same work on all N servers in parallel, in the same run, on the
 same hosts, so the results read as ratios.
 
-    python benchmarks/deploy_bench.py [--init runit|systemd] [--servers 16] [--repeat 3]
+    python benchmarks/deploy_bench.py [--init runit|systemd] [--servers 16] [--parallel 16] [--repeat 3]
                                       [--dir D] [--base-addr A]
 
 Needs root (the sandbox). It starts one sandbox of N + 1 hosts of the chosen kind (the builder
@@ -10,9 +10,10 @@ build1, node1..nodeN; login `deploy` with `sudo -n`, sshd's stock limits), runs 
 `build package` and `overlay` once, copies the built package tarball out of the builder (scp,
 untimed) and renders the quorum service exactly as flinger does for that service manager. Then,
 per repetition (the order of the two sides alternates), wall clock of:
-  flinger fresh    `flinger --json deploy install` at the default parallelism, nothing installed
+  flinger fresh    `flinger --json --parallel P deploy install` (P = --parallel, 16 by default
+                   as flinger's), nothing installed
   flinger again    the same, nothing changed (flinger must say `changed: false` everywhere)
-  floor fresh      `xargs -P N` over the servers, each: one OpenSSH ControlMaster connection,
+  floor fresh      `xargs -P P` over the servers, each: one OpenSSH ControlMaster connection,
                    `scp` of the tarball and of that server's overlay dir over it, then one `ssh`
                    running `sudo -n sh -s` that unpacks into a new release dir, switches
                    `current` (after the service's `validate` command, run in the new release
@@ -158,6 +159,7 @@ class Bench:
         self.manager = state.init
         self.files: dict[str, str] = {}
         self.rounds = 0
+        self.parallel = 16
 
     def flinger(self, *args: str) -> str:
         return checked([sys.executable, "-m", "flinger", "-c", str(self.config), *args], self.env)
@@ -185,7 +187,7 @@ class Bench:
 
     def flinger_deploy(self, action: str, changed: bool | None) -> float:
         start = time.perf_counter()
-        out = self.flinger("--json", "deploy", action)
+        out = self.flinger("--json", "--parallel", str(self.parallel), "deploy", action)
         wall = time.perf_counter() - start
         report = json.loads(out)
         servers = report["servers"]
@@ -217,7 +219,7 @@ class Bench:
                 install_script(self.manager, self.files, addr, release, "/home/deploy/bench-staging", self.validate))
             lines.append(f"{name} {addr} {port}")
         env = {**self.env, "WORK": str(self.work), "KNOWN_HOSTS": str(self.state.known_hosts)}
-        argv = ["xargs", "-P", str(len(self.nodes)), "-L", "1", "sh", str(self.work / "floor-one.sh")]
+        argv = ["xargs", "-P", str(self.parallel), "-L", "1", "sh", str(self.work / "floor-one.sh")]
         start = time.perf_counter()
         checked(argv, env, stdin="\n".join(lines) + "\n")
         return time.perf_counter() - start
@@ -240,6 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", choices=("runit", "systemd"), default="systemd")
     parser.add_argument("--servers", type=int, default=16)
+    parser.add_argument("--parallel", type=int, default=16, help="servers at once, both sides (flinger's default)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-deploy-{os.getpid()}"))
     parser.add_argument("--base-addr", default="127.77.201.0")
@@ -255,6 +258,7 @@ def main() -> None:
         work = args.dir / "bench"
         work.mkdir(mode=0o700)
         bench = Bench(state, work, state.nodes)
+        bench.parallel = args.parallel
         bench.prepare()
         print(f"package: {(work / 'quorum.tar.gz').stat().st_size} bytes", flush=True)
         labels = ("flinger fresh", "flinger again", "floor fresh", "floor again")

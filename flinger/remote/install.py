@@ -15,24 +15,13 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from flinger.remote import events, files, health, layout, lock, services, unpack
+from flinger.remote import events, files, health, layout, lock, services, switch, unpack
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
-VALIDATE_TIMEOUT = 300  # seconds a service's validate command may run
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
-
-
-class StepFailed(Exception):
-    """A step of the install failed: names the step."""
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(message)
-        self.step = step
-        self.output: List[str] = []  # what the failing command printed, where there is one
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -129,7 +118,7 @@ def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[s
         name = plain_name(raw.get("name"), "package name")
         digest = str(raw.get("digest", "")).lower()
         if not re.match(r"^[0-9a-f]{64}$", digest):
-            raise StepFailed("unpack", "package %s: digest must be a sha256 hex digest" % name)
+            raise switch.StepFailed("unpack", "package %s: digest must be a sha256 hex digest" % name)
         relative = _package_dir(name, digest)
         target = os.path.join(install_dir, relative)
         unpacked[name] = {"digest": digest, "dir": relative}
@@ -138,15 +127,15 @@ def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[s
             continue
         tarball = os.path.join(staging, str(raw.get("tarball", "")))
         if not os.path.isfile(tarball):
-            raise StepFailed("unpack", "package %s: no tarball at %s" % (name, tarball))
+            raise switch.StepFailed("unpack", "package %s: no tarball at %s" % (name, tarball))
         actual = files.sha256_file(tarball)
         if actual != digest:
-            raise StepFailed("unpack", "package %s: tarball sha256 %s does not match %s"
+            raise switch.StepFailed("unpack", "package %s: tarball sha256 %s does not match %s"
                              % (name, actual, digest))
         try:
             unpack.extract(tarball, target)
         except (unpack.UnsafeArchive, OSError) as exc:
-            raise StepFailed("unpack", "package %s: %s" % (name, exc)) from None
+            raise switch.StepFailed("unpack", "package %s: %s" % (name, exc)) from None
         events.emit("step", step="unpack", package=name, reused=False)
     return unpacked
 
@@ -175,7 +164,7 @@ def _owner_ids(owner: Optional[Dict[str, Any]]) -> Tuple[int, int]:
         uid = pwd.getpwnam(owner["user"]).pw_uid if owner.get("user") else -1
         gid = grp.getgrnam(owner["group"]).gr_gid if owner.get("group") else -1
     except KeyError as exc:
-        raise StepFailed("release", "overlay owner: no such user or group %s" % exc) from None
+        raise switch.StepFailed("release", "overlay owner: no such user or group %s" % exc) from None
     return uid, gid
 
 
@@ -202,19 +191,6 @@ def _make_release(install_dir: str, release: str, unpacked: Dict[str, Dict[str, 
     return name
 
 
-def switch_current(install_dir: str, release: Optional[str]) -> None:
-    """Point `current` at releases/<release> atomically (rename of a new symlink), or
-    remove it when release is None."""
-    current = os.path.join(install_dir, "current")
-    if release is None:
-        files.remove_path(current)
-        return
-    temporary = os.path.join(install_dir, ".current.%d" % os.getpid())
-    files.remove_path(temporary)
-    os.symlink(os.path.join("releases", release), temporary)
-    os.replace(temporary, current)
-
-
 def _current_release(install_dir: str) -> Optional[str]:
     current = os.path.join(install_dir, "current")
     if not os.path.islink(current):
@@ -234,65 +210,6 @@ def _fingerprint(plan: Dict[str, Any], svcs: List[Dict[str, Any]],
         "roots": roots,
     }
     return hashlib.sha256(files.canonical_json(content).encode()).hexdigest()
-
-
-def _activate(service: Dict[str, Any], roots: Dict[str, str]) -> services.Receipt:
-    manager = services.manager_for(service["manager"], roots)
-    try:
-        receipt: services.Receipt = manager.activate(service)
-    except (services.ServiceError, OSError) as exc:
-        raise StepFailed("service:" + service["name"], str(exc)) from None
-    return receipt
-
-
-def _wait_healthy(service: Dict[str, Any]) -> None:
-    passed, seen = health.wait_healthy(service["health"])
-    events.emit("health", service=service["name"], ok=passed, detail=seen)
-    if not passed:
-        raise StepFailed("health:" + service["name"], "%s is not healthy: %s"
-                         % (service["name"], seen))
-
-
-def _start_stopped(state: Dict[str, Any], roots: Dict[str, str]) -> List[str]:
-    """Start (and health-check) each recorded service that is not running; their names."""
-    started: List[str] = []
-    for service in state.get("services") or []:
-        manager = services.manager_for(service["manager"], roots)
-        try:
-            running = manager.state(service) in services.RUNNING_STATES
-        except (services.ServiceError, OSError):
-            running = False
-        if running:
-            continue
-        events.emit("step", step="service", service=service["name"], reason="not running")
-        _activate(service, roots)
-        _wait_healthy(service)
-        started.append(service["name"])
-    return started
-
-
-def _service_log(svcs: List[Dict[str, Any]], step: str, roots: Dict[str, str],
-                 since: float) -> Dict[str, Any]:
-    """{"service": name, "lines": [...]} of the service a failed step names (what it logged
-    since this install started it, where the manager can tell), else {}."""
-    name = step.split(":", 1)[1] if ":" in step else ""
-    for service in svcs:
-        if service["name"] == name:
-            try:
-                lines = services.manager_for(service["manager"], roots).log_tail(service, since=since)
-            except (services.ServiceError, OSError) as exc:
-                lines = ["(its log could not be read: %s)" % exc]
-            return {"service": name, "lines": lines}
-    return {}
-
-
-def _merge_receipts(*receipts: List[Dict[str, str]]) -> List[Dict[str, str]]:
-    merged: List[Dict[str, str]] = []
-    for receipt in receipts:
-        for entry in receipt:
-            if entry not in merged:
-                merged.append(entry)
-    return merged
 
 
 def keep_releases(plan: Dict[str, Any]) -> int:
@@ -332,118 +249,6 @@ def save_receipt(install_dir: str, state: Dict[str, Any]) -> None:
     files.make_dirs(layout.receipts_dir(install_dir))
     os.chmod(layout.receipts_dir(install_dir), 0o700)
     files.write_json_atomic(layout.receipt_file(install_dir, state["release"]), state, mode=0o600)
-
-
-def _rollback(install_dir: str, previous: Dict[str, Any], roots: Dict[str, str],
-              touched: List[Dict[str, Any]], removed: List[Dict[str, Any]],
-              failed_release: Optional[str]) -> List[str]:
-    """Put the previous release back: `current`, service definitions, running services."""
-    problems: List[str] = []
-    switch_current(install_dir, previous.get("release"))
-    before = {s["name"]: s for s in previous.get("services") or []}
-    for service in reversed(touched):
-        try:
-            if service["name"] in before:
-                _activate(before[service["name"]], roots)
-            else:
-                services.manager_for(service["manager"], roots).deactivate(service)
-                services.remove_receipt(service.get("paths") or [])
-        except (StepFailed, services.ServiceError, OSError) as exc:
-            problems.append("%s: %s" % (service["name"], exc))
-    for service in removed:
-        try:
-            _activate(service, roots)
-        except StepFailed as exc:
-            problems.append("%s: %s" % (service["name"], exc))
-    if failed_release:
-        files.remove_path(os.path.join(install_dir, "releases", failed_release))
-    return problems
-
-
-def _restored_health(previous: Dict[str, Any]) -> Dict[str, Any]:
-    """After a rollback: does each restored service pass its own health check again?"""
-    checked: Dict[str, Any] = {}
-    for service in previous.get("services") or []:
-        if service.get("health"):
-            passed, detail = health.wait_healthy(service["health"])
-            events.emit("health", service=service["name"], ok=passed, detail=detail, restored=True)
-            checked[service["name"]] = {"healthy": passed, "detail": detail}
-    return checked
-
-
-def _validate(install_dir: str, release: str, svcs: List[Dict[str, Any]]) -> None:
-    """Each service's `validate` command, run against the new release before anything
-    switches: in the release's dir, with FLINGER_RELEASE_DIR set to it. A failure leaves
-    the running release as it is (not even restarted)."""
-    release_dir = os.path.join(install_dir, "releases", release)
-    for service in svcs:
-        command = service.get("validate")
-        if not command:
-            continue
-        events.emit("step", step="validate", service=service["name"])
-        env = dict(os.environ, FLINGER_RELEASE_DIR=release_dir)
-        try:
-            done = subprocess.run(["/bin/sh", "-c", command], cwd=release_dir, env=env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, timeout=VALIDATE_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired as exc:
-            failed = StepFailed("validate:" + service["name"], "validate of %s did not finish in %d s"
-                                % (service["name"], VALIDATE_TIMEOUT))
-            failed.output = _last_lines(exc.output or b"")
-            raise failed from None
-        output = _last_lines(done.stdout or b"")
-        if done.returncode != 0:
-            failed = StepFailed("validate:" + service["name"], "validate of %s failed (exit %d): %s"
-                                % (service["name"], done.returncode, command))
-            failed.output = output
-            raise failed
-        events.emit("validated", service=service["name"], output=output[-3:])
-
-
-def _last_lines(data: bytes, count: int = 20) -> List[str]:
-    return data.decode("utf-8", "replace").splitlines()[-count:]
-
-
-def switch_services(install_dir: str, release: str, svcs: List[Dict[str, Any]],
-                    previous: Dict[str, Any], roots: Dict[str, str],
-                    discard_on_failure: bool) -> Optional[Dict[str, Any]]:
-    """Switch `current` to `release` and make its services run (in order, each healthy before
-    the next); on failure put `previous` back and return what the result should say."""
-    events.emit("step", step="switch", release=release)
-    switch_current(install_dir, release)
-    before = {s["name"]: s for s in previous.get("services") or []}
-    wanted = {s["name"] for s in svcs}
-    touched: List[Dict[str, Any]] = []
-    removed: List[Dict[str, Any]] = []
-    since = time.time() - 1  # journald's --since has whole seconds
-    try:
-        for old in previous.get("services") or []:
-            if old["name"] not in wanted:
-                events.emit("step", step="remove-service", service=old["name"])
-                services.manager_for(old["manager"], roots).deactivate(old)
-                services.remove_receipt(old.get("paths") or [])
-                removed.append(old)
-        for service in svcs:
-            events.emit("step", step="service", service=service["name"])
-            # Touched from the start: its new definition is written before the (re)start,
-            # which may fail; the rollback must put the old definition back all the same.
-            touched.append(service)
-            receipt = _activate(service, roots)
-            service["paths"] = _merge_receipts(
-                (before.get(service["name"]) or {}).get("paths") or [], receipt)
-            _wait_healthy(service)
-    except (StepFailed, services.ServiceError, OSError) as exc:
-        step = exc.step if isinstance(exc, StepFailed) else "services"
-        # The failing service's own words, read before the rollback restarts it.
-        log = _service_log(svcs, step, roots, since)
-        events.emit("step", step="rollback", to=previous.get("release"))
-        problems = _rollback(install_dir, previous, roots, touched, removed,
-                             release if discard_on_failure else None)
-        return {"step": step, "error": str(exc), "changed": False,
-                "rolled_back_to": previous.get("release"), "rollback_problems": problems,
-                "restored_health": _restored_health(previous), "service_log": log}
-
-    return None
 
 
 def claim_lock(plan: Dict[str, Any], install_dir: str) -> Optional[str]:
@@ -586,10 +391,10 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
         # Nothing to install, but the manifest also says the services run: start any that
         # does not (stopped by hand, crashed for good) and check its health.
         try:
-            started = _start_stopped(previous, roots)
-        except StepFailed as exc:
+            started = switch.start_stopped(previous, roots)
+        except switch.StepFailed as exc:
             return events.result(False, step=exc.step, error=str(exc), changed=False,
-                                 service_log=_service_log(previous.get("services") or [], exc.step,
+                                 service_log=switch.service_log(previous.get("services") or [], exc.step,
                                                           roots, time.time() - 60))
         return events.result(True, changed=bool(started), started=started,
                              release=previous.get("release"))
@@ -599,18 +404,18 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
         events.emit("step", step="release")
         release = _make_release(install_dir, release_id, unpacked, overlay_dir,
                                 plan.get("overlay_owner"))
-    except StepFailed as exc:
+    except switch.StepFailed as exc:
         return events.result(False, step=exc.step, error=str(exc), changed=False)
     except OSError as exc:
         return events.result(False, step="release", error=str(exc), changed=False)
 
     try:
-        _validate(install_dir, release, svcs)
-    except StepFailed as exc:
+        switch.validate(install_dir, release, svcs)
+    except switch.StepFailed as exc:
         files.remove_path(os.path.join(install_dir, "releases", release))
         return events.result(False, step=exc.step, error=str(exc), changed=False,
                              validate_output=exc.output)
-    failure = switch_services(install_dir, release, svcs, previous, roots, discard_on_failure=True)
+    failure = switch.switch_services(install_dir, release, svcs, previous, roots, discard_on_failure=True)
     if failure is not None:
         return events.result(False, **failure)
 
@@ -637,9 +442,9 @@ def activate(plan: Dict[str, Any]) -> int:
     created: List[Dict[str, str]] = []
     for service in parse_services(plan):
         try:
-            created.extend(_activate(service, roots))
-            _wait_healthy(service)
-        except StepFailed as exc:
+            created.extend(switch.activate_service(service, roots))
+            switch.wait_healthy(service)
+        except switch.StepFailed as exc:
             return events.result(False, step=exc.step, error=str(exc), paths=created)
     return events.result(True, paths=created)
 

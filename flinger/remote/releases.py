@@ -11,7 +11,7 @@ back, exactly as a failed install is rolled back. Plans: {install_dir, to?, lock
 import os
 from typing import Any, Dict, List
 
-from flinger.remote import events, files, install, layout, services
+from flinger.remote import events, files, install, layout, services, switch
 
 
 def _receipt(install_dir: str, release: str) -> Dict[str, Any]:
@@ -71,7 +71,7 @@ def rollback(plan: Dict[str, Any]) -> int:
     events.emit("step", step="rollback", to=target, since=now)
     svcs: List[Dict[str, Any]] = [dict(s) for s in receipt.get("services") or []]
     roots = receipt.get("roots") or services.roots_from({})
-    failure = install.switch_services(install_dir, target, svcs, state, roots, discard_on_failure=False)
+    failure = switch.switch_services(install_dir, target, svcs, state, roots, discard_on_failure=False)
     if failure is not None:
         return events.result(False, **failure)
     history_now = [r for r in state.get("releases") or [] if r != target] + [target]
