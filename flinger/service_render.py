@@ -151,6 +151,8 @@ def _render_smf(fields: dict[str, Any]) -> dict[str, str]:
 
 def _render_runit(fields: dict[str, Any]) -> dict[str, str]:
     files = {"run": _ENV.get_template("runit-run.sh.j2").render(fields, chpst=_chpst_options(fields))}
+    if not fields["log_file"]:  # its output to a log service of its own, not to runsvdir's
+        files["log/run"] = _ENV.get_template("runit-log-run.sh.j2").render(fields)
     if fields["restart"] != "always" or fields["restart_delay"] > 1:
         files["finish"] = _ENV.get_template("runit-finish.sh.j2").render(fields)
     return files

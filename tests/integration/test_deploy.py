@@ -376,6 +376,9 @@ def test_a_crashing_release_in_batches_of_one_touches_only_the_first_server(
     node1 = results["node1"]
     assert node1["status"] == "failed" and node1["step"] in ("service:quorum", "health:quorum"), node1
     assert ", healthy" in node1["message"] and "NOT healthy" not in node1["message"], node1  # back, serving
+    # the crash's own words, from the log service flinger gives a runit service with no log_file
+    log = node1["details"]["service_log"]
+    assert log["service"] == "quorum" and any("crash-on-start" in line for line in log["lines"]), log
     for node in ("node2", "node3"):
         assert results[node]["status"] == "skipped", results[node]
         assert results[node]["message"] == "not started: batch 1 failed (node1)", results[node]

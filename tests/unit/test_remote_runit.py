@@ -95,3 +95,25 @@ def test_failing_health_check_fails_activate(runit_roots: dict[str, str]) -> Non
     status, lines = run_remote("activate", {**runit_roots, "services": [service]})
     assert status == 1 and lines[-1]["step"] == "health:sick"
     run_remote("deactivate", {**runit_roots, "services": [service]})
+
+
+def test_a_generated_service_without_log_file_keeps_its_output_for_the_failure_report(
+    runit_roots: dict[str, str], tmp_path: Path
+) -> None:
+    """runsvdir's own output goes nowhere a report can read: a generated runit service gets a
+    svlogd log service, whose lines a failed health check then shows (as the journal does)."""
+    from flinger.manifest.model import Service
+    from flinger.remote.services import Runit
+    from flinger.service_render import render_service
+
+    service = Service(command="/bin/sh -c 'echo crash-marker-4711 >&2; exit 3'", working_dir=str(tmp_path))
+    files = render_service(service, "crashy", "runit", {"server": {"addr": "127.0.0.1"}})
+    assert "log/run" in files
+    plan = {"name": "crashy", "manager": "runit", "package": "p", "files": files,
+            "health": {"command": "exit 1", "timeout": 1.5, "interval": 0.2}}  # fmt: skip
+    status, lines = run_remote("activate", {**runit_roots, "services": [plan]})
+    assert status == 1 and lines[-1]["step"] == "health:crashy"
+    tail = Runit(runit_roots).log_tail(plan)
+    assert any(line.endswith("crash-marker-4711") for line in tail), tail
+    status, _ = run_remote("deactivate", {**runit_roots, "services": [plan]})
+    assert status == 0 and not (Path(runit_roots["sv_dir"]) / "crashy").exists()

@@ -106,7 +106,9 @@ def test_runit_run_script_runs_with_env_and_workdir(tmp_path: Path) -> None:
         tmp_path, user=None, group=None, working_dir=str(work), log_file=None, limits={},
         command="""/bin/sh -c 'pwd; echo "$QUORUM_NODE"; echo "$TRICKY"' """)
     files = render_service(service, "quorum", "runit", CONTEXT)
-    assert set(files) == {"run", "finish"}  # restart_sec 2.5 > runsv's own 1 s pause
+    # finish: restart_sec 2.5 > runsv's own 1 s pause; log/run: no log_file, so svlogd keeps it
+    assert set(files) == {"run", "finish", "log/run"}
+    assert files["log/run"].rstrip().endswith("exec svlogd -tt ./main")
     script = tmp_path / "run"
     script.write_text(files["run"])
     script.chmod(0o755)
