@@ -232,11 +232,18 @@ class Runit:
                 files.write_atomic(path, service["files"][key].encode(), 0o755)
             elif os.path.exists(path):
                 os.unlink(path)
+        log = os.path.join(directory, "log")
+        if not fresh and "log/run" in service["files"] and runsv_ready(directory) \
+                and not runsv_ready(log):
+            # A log service new to a supervised service (an upgrade): runsv looks for log/
+            # only when it starts. Have it exit (the service stops with it); runsvdir starts
+            # a new runsv, with the log, on its next scan.
+            run(["sv", "exit", directory], check=False)
+            _wait_for(lambda: not runsv_ready(directory), _RUNSV_WAIT)
         if fresh:
             os.symlink(directory, link)
         receipt.append({"path": link, "kind": "file"})
-        watched = [directory] + ([os.path.join(directory, "log")]
-                                 if "log/run" in service["files"] else [])
+        watched = [directory] + ([log] if "log/run" in service["files"] else [])
         for path in watched:
             if not _wait_for(lambda p=path: runsv_ready(p), _RUNSV_WAIT):
                 raise ServiceError("no runsv picked up %s within %ds (is runsvdir running on %s?)"

@@ -117,3 +117,16 @@ def test_a_generated_service_without_log_file_keeps_its_output_for_the_failure_r
     assert any(line.endswith("crash-marker-4711") for line in tail), tail
     status, _ = run_remote("deactivate", {**runit_roots, "services": [plan]})
     assert status == 0 and not (Path(runit_roots["sv_dir"]) / "crashy").exists()
+
+
+def test_a_log_service_added_to_a_running_service_is_picked_up(runit_roots: dict[str, str]) -> None:
+    """An upgrade: the service ran without log/ (runsv looks for it only when it starts)."""
+    service = sleeper("grows-a-log")
+    service["health"]["command"] = service["health"]["command"].replace("{sv}", runit_roots["sv_dir"])
+    assert run_remote("activate", {**runit_roots, "services": [service]})[0] == 0
+    with_log = {**service, "files": {**service["files"], "log/run": "#!/bin/sh\nmkdir -p main\nexec svlogd main\n"}}
+    status, lines = run_remote("activate", {**runit_roots, "services": [with_log]})
+    assert status == 0, lines
+    directory = Path(runit_roots["sv_dir"]) / "grows-a-log"
+    assert sv_status(str(directory)).startswith("run:") and sv_status(str(directory / "log")).startswith("run:")
+    assert run_remote("deactivate", {**runit_roots, "services": [with_log]})[0] == 0
