@@ -178,17 +178,12 @@ class Deployer:
             kind = event.get("event")
             if kind == "step":
                 report.step(f"install: {event.get('step')}")
-            elif kind == "stale":  # the server found no process left of that run
-                report.details["broke_stale_lock"] = {k: event.get(k) for k in ("holder", "since", "reason")}
-                report.line(f"broke a stale lock of {event.get('holder')} since {event.get('since')}: "
-                            f"{event.get('reason')}")
-            elif kind == "held":
-                report.line(f"waiting for the deploy lock: held by {event.get('holder')} since "
-                            f"{event.get('since')}; {event.get('why')}")
+            elif _lock_news(event, report):
+                pass
             elif kind in ("failed", "error"):
                 report.line(str(event.get("error") or event))
             else:
-                report.line(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event))
+                report.line(_event_line(event))
 
         return on_event
 
@@ -204,22 +199,14 @@ class Deployer:
         report: Reporter | None = None,
         quiet: bool = False,
     ) -> dict[str, Any]:
-        """Acquire or release this run's lock on the server; the tool's result (an acquire
-        tells the package digests the server's receipt records)."""
+        """Acquire or release this run's lock on the server; the tool's result."""
         args = ["lock", action, "--install-dir", install_dir, "--holder", self.holder]
         if action == "acquire":
             args += ["--wait", str(wait)]
 
         def on_event(event: dict[str, Any]) -> None:
-            if report is None:
-                return
-            if event.get("event") == "stale":  # the server found no process left of that run
-                report.details["broke_stale_lock"] = {k: event.get(k) for k in ("holder", "since", "reason")}
-                report.line(f"broke a stale lock of {event.get('holder')} since {event.get('since')}: "
-                            f"{event.get('reason')}")
-            elif event.get("event") == "held":
-                report.line(f"waiting for the deploy lock: held by {event.get('holder')} since "
-                            f"{event.get('since')}; {event.get('why')}")
+            if report is not None:
+                _lock_news(event, report)
 
         try:
             return run_tool(conn, server, tool, args, on_event=on_event)
@@ -293,9 +280,28 @@ def _step_events(report: Reporter) -> Callable[[dict[str, Any]], None]:
         if event.get("event") == "step":
             report.step(f"{event.get('step')}" + (f": {event['service']}" if event.get("service") else ""))
         else:
-            report.line(" ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event))
+            report.line(_event_line(event))
 
     return on_event
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """A remote event as one line of its server's report: its fields as key=value."""
+    return " ".join(f"{k}={v}" for k, v in event.items() if k != "event") or str(event)
+
+
+def _lock_news(event: dict[str, Any], report: Reporter) -> bool:
+    """What the remote side says while taking the lock (a stale one broken, a live one waited
+    for), told in this server's report; False for any other event."""
+    if event.get("event") == "stale":  # the server found no process left of that run
+        report.details["broke_stale_lock"] = {k: event.get(k) for k in ("holder", "since", "reason")}
+        report.line(f"broke a stale lock of {event.get('holder')} since {event.get('since')}: {event.get('reason')}")
+        return True
+    if event.get("event") == "held":
+        report.line(f"waiting for the deploy lock: held by {event.get('holder')} since "
+                    f"{event.get('since')}; {event.get('why')}")
+        return True
+    return False
 
 
 def _require_running(result: dict[str, Any], report: Reporter) -> None:

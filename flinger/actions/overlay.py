@@ -538,15 +538,14 @@ def make_overlay(
     for tls in paths.tls_dir.iterdir():
         if tls.name not in certs:
             remove_path(tls)
-    linked = {
-        (s.name, shamir.VERIFIER_FILE)
-        for s in deploy
-        if shamir.VERIFIER_FILE in plan[s.name]
-        and link_private(paths.verifier_file, paths.overlay_dir / s.name / shamir.VERIFIER_FILE)
-    }
+    wrote: set[Path] = set()
     for s in deploy:
         private_dir(paths.overlay_dir / s.name)
-    wrote = write_private_all(
+        if shamir.VERIFIER_FILE in plan[s.name]:  # the one verifier, linked into every overlay
+            verifier_path = paths.overlay_dir / s.name / shamir.VERIFIER_FILE
+            if link_private(paths.verifier_file, verifier_path):
+                wrote.add(verifier_path)
+    wrote |= write_private_all(
         (paths.overlay_dir / s.name / rel, data)
         for s in deploy
         for rel, data in plan[s.name].items()
@@ -555,9 +554,7 @@ def make_overlay(
     servers: list[ServerOverlay] = []
     for s in deploy:
         base = paths.overlay_dir / s.name
-        written = [
-            rel for rel in plan[s.name] if (s.name, rel) in linked or base / rel in wrote
-        ]
+        written = [rel for rel in plan[s.name] if base / rel in wrote]
         servers.append(
             ServerOverlay(
                 server=s.name,

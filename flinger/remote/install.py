@@ -111,15 +111,22 @@ def _package_dir(name: str, digest: str) -> str:
     return os.path.join("packages", "%s-%s" % (name, digest[:16]))
 
 
-def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[str, str]]:
-    staging = plan.get("staging_dir") or ""
-    unpacked: Dict[str, Dict[str, str]] = {}
+def _planned_packages(plan: Dict[str, Any]) -> List[Tuple[Dict[str, Any], str, str, str]]:
+    """The plan's packages: (entry, name, digest, dir relative to the install dir)."""
+    found = []
     for raw in plan.get("packages") or []:
         name = plain_name(raw.get("name"), "package name")
         digest = str(raw.get("digest", "")).lower()
+        found.append((raw, name, digest, _package_dir(name, digest)))
+    return found
+
+
+def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[str, str]]:
+    staging = plan.get("staging_dir") or ""
+    unpacked: Dict[str, Dict[str, str]] = {}
+    for raw, name, digest, relative in _planned_packages(plan):
         if not re.match(r"^[0-9a-f]{64}$", digest):
             raise switch.StepFailed("unpack", "package %s: digest must be a sha256 hex digest" % name)
-        relative = _package_dir(name, digest)
         target = os.path.join(install_dir, relative)
         unpacked[name] = {"digest": digest, "dir": relative}
         if os.path.isdir(target):
@@ -287,7 +294,7 @@ def install(plan: Dict[str, Any]) -> int:
                 return events.result(False, **taken)
             need = _missing_packages(plan, install_dir)
             if need:  # the lock stays: the client delivers these, then installs
-                return events.result(True, need=need, installed=taken["installed"], changed=False)
+                return events.result(True, need=need, changed=False)
         if holder and plan.get("release_lock"):
             events.before_result(lambda fields: _let_go(install_dir, holder, fields))
         # From here on the server changes: finish (install or rollback) even if the client goes.
@@ -311,13 +318,8 @@ def install(plan: Dict[str, Any]) -> int:
 
 def _missing_packages(plan: Dict[str, Any], install_dir: str) -> List[str]:
     """The plan's packages not unpacked here yet (by name and digest)."""
-    need = []
-    for raw in plan.get("packages") or []:
-        name = plain_name(raw.get("name"), "package name")
-        digest = str(raw.get("digest", "")).lower()
-        if not os.path.isdir(os.path.join(install_dir, _package_dir(name, digest))):
-            need.append(name)
-    return need
+    return [name for _raw, name, _digest, relative in _planned_packages(plan)
+            if not os.path.isdir(os.path.join(install_dir, relative))]
 
 
 def _let_go(install_dir: str, holder: str, fields: Dict[str, Any]) -> None:

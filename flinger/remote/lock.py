@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from flinger.remote import events, files, layout
+from flinger.remote import events, layout
 
 _POLL_SECONDS = 0.5
 _SESSION_COMMS = ("sshd", "sshd-session")
@@ -109,19 +109,6 @@ def why_live(record: Dict[str, Any]) -> Optional[str]:
 
 
 # ------------------------------------------------------------------ the lock file
-
-def installed_digests(install_dir: str) -> Dict[str, str]:
-    """The package digests the install receipt records: what the taker of the lock need not
-    send again (told with the lock, to save the client a round trip)."""
-    try:
-        state = files.read_json(layout.state_file(install_dir), {})
-    except (OSError, ValueError):
-        return {}
-    packages = state.get("packages") if isinstance(state, dict) else None
-    if not isinstance(packages, dict):
-        return {}
-    return {str(name): str(info.get("digest")) for name, info in packages.items() if isinstance(info, dict)}
-
 
 @contextlib.contextmanager
 def _guard(install_dir: str) -> Iterator[None]:
@@ -223,8 +210,8 @@ def acquire(install_dir: str, holder: str, wait: float) -> int:
 
 def take(install_dir: str, holder: str, wait: float) -> Dict[str, Any]:
     """Take the lock for `holder` (breaking a stale one, waiting up to `wait` seconds for a
-    live one): the outcome's fields, `ok` first; `installed` tells the package digests the
-    receipt records. Progress (`held`, `stale`) goes out as events."""
+    live one): the outcome's fields, `ok` first. Progress (`held`, `stale`) goes out as
+    events."""
     deadline = time.monotonic() + wait
     reported = False
     while True:
@@ -234,11 +221,10 @@ def take(install_dir: str, holder: str, wait: float) -> Dict[str, Any]:
             layout.ensure_install_dir(install_dir)
             with _guard(install_dir):
                 if try_acquire(install_dir, holder):
-                    return {"ok": True, "holder": holder, "installed": installed_digests(install_dir)}
+                    return {"ok": True, "holder": holder}
                 current = read_holder(install_dir) or {}
                 if current.get("holder") == holder:
-                    return {"ok": True, "holder": holder, "already_held": True,
-                            "installed": installed_digests(install_dir)}
+                    return {"ok": True, "holder": holder, "already_held": True}
                 live = why_live(current) if not current.get("unreadable") else None
                 if live is None:
                     # Nobody works for that holder here any more: say so, break it, take it.
@@ -247,8 +233,7 @@ def take(install_dir: str, holder: str, wait: float) -> Dict[str, Any]:
                                 else "no process of that run is left on this server")
                     os.unlink(layout.lock_file(install_dir))
                     if try_acquire(install_dir, holder):
-                        return {"ok": True, "holder": holder, "broke_stale": current.get("holder"),
-                                "installed": installed_digests(install_dir)}
+                        return {"ok": True, "holder": holder, "broke_stale": current.get("holder")}
                     continue
         except LockWriteError as exc:
             return {"ok": False, "error": str(exc), "step": "lock"}

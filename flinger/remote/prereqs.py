@@ -40,7 +40,7 @@ _ACCOUNT_LOCK_RETRIES = 5  # another useradd/groupadd holding /etc/passwd's lock
 
 Completed = Tuple[int, str, str]  # exit status, stdout, stderr
 Runner = Callable[[List[str], Optional[Dict[str, str]], Optional[str]], Completed]
-Sink = Callable[..., None]
+Emit = Callable[..., None]
 
 
 def run_command(argv: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> Completed:
@@ -68,7 +68,7 @@ class Prereqs:
     """One run of a plan on one host: looks, decides, changes (unless check), reports."""
 
     def __init__(self, plan: Dict[str, Any], runner: Runner = run_command, root: str = "/",
-                 emit: Sink = events.emit, which: Optional[Callable[[str], bool]] = None) -> None:
+                 emit: Emit = events.emit, which: Optional[Callable[[str], bool]] = None) -> None:
         self.plan = plan
         self.check = bool(plan.get("check", False))
         self.runner = runner

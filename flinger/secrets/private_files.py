@@ -32,6 +32,33 @@ def private_dir(path: Path) -> None:
         os.chmod(path, DIR_MODE)
 
 
+def _temp_beside(path: Path, data: bytes, *, fsync: bool) -> str:
+    """`data` in a new 0600 temporary file in `path`'s directory (synced if `fsync`); its name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _into_place(tmp: str | Path, path: Path) -> None:
+    """Rename `tmp` over `path` (atomic); `tmp` is gone either way."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def link_private(source: Path, path: Path) -> bool:
     """Make `path` the same file as `source` (a private file written before): one copy on
     disk however many overlays hold it. Atomic (a new link, then os.replace); False when it
@@ -47,12 +74,7 @@ def link_private(source: Path, path: Path) -> bool:
         os.link(source, tmp)
     except OSError:
         return write_private(path, source.read_bytes())
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _into_place(tmp, path)
     return True
 
 
@@ -86,11 +108,7 @@ def write_private_all(files: Iterable[tuple[Path, bytes]]) -> set[Path]:
             if path.parent not in made:
                 private_dir(path.parent)
                 made.add(path.parent)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), FILE_MODE)
-                f.write(data)
+            staged.append((_temp_beside(path, data, fsync=False), path))
         if staged:
             os.sync()
         for tmp, path in staged:
@@ -111,18 +129,7 @@ def write_private(path: Path, data: bytes) -> bool:
     private_dir(path.parent)
     if _unchanged(path, data):
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _into_place(_temp_beside(path, data, fsync=True), path)
     return True
 
 

@@ -140,12 +140,20 @@ def test_fingerprint_is_sha256_of_the_32_byte_secret() -> None:
     assert shamir.fingerprint(1) == "SHA256:" + hashlib.sha256(b"\0" * 31 + b"\1").hexdigest()
 
 
-def _write_shares(tmp: Path, deployment: str, n: int, t: int, secret: int) -> list[Path]:
+def _write_shares(tmp: Path, deployment: str, n: int, t: int, secret: int, *, separate: bool = False) -> list[Path]:
+    """Share files of version 1 (the commitments inside), or with `separate` of version 2:
+    one verifier.json beside them for all, each share pinning it by SHA-256."""
     commitments, shares = shamir.split(secret, n, t)
+    if separate:
+        verifier = shamir.verifier_file(deployment, t, commitments)
+        (tmp / "verifier.json").write_bytes(verifier)
+        digest = hashlib.sha256(verifier).hexdigest()
     paths = []
     for i, v in shares:
         p = tmp / f"{deployment}-{i}.json"
-        p.write_text(json.dumps(shamir.share_document(deployment, t, n, i, v, commitments)))
+        doc = (shamir.separate_share_document(deployment, t, n, i, v, digest) if separate
+               else shamir.share_document(deployment, t, n, i, v, commitments))  # fmt: skip
+        p.write_text(json.dumps(doc))
         paths.append(p)
     return paths
 
@@ -285,23 +293,9 @@ def test_batch_verification_accepts_good_shares_and_rejects_one_bad(data: st.Dat
     assert not shamir.verify_shares_batch(other, commitments)
 
 
-def _write_separate(tmp: Path, deployment: str, n: int, t: int, secret: int) -> list[Path]:
-    """Version 2: one verifier.json for all, each share pinning it by SHA-256."""
-    commitments, shares = shamir.split(secret, n, t)
-    verifier = shamir.verifier_file(deployment, t, commitments)
-    (tmp / "verifier.json").write_bytes(verifier)
-    paths = []
-    for i, v in shares:
-        p = tmp / f"{deployment}-{i}.json"
-        digest = hashlib.sha256(verifier).hexdigest()
-        p.write_text(json.dumps(shamir.separate_share_document(deployment, t, n, i, v, digest)))
-        paths.append(p)
-    return paths
-
-
 def test_a_separate_verifier_file_loads_like_an_embedded_one(tmp_path: Path) -> None:
     secret = shamir.random_secret()
-    paths = _write_separate(tmp_path, "demo", 5, 3, secret)
+    paths = _write_shares(tmp_path, "demo", 5, 3, secret, separate=True)
     raw = json.loads(paths[0].read_text())
     assert raw["version"] == 2 and set(raw["verifier"]) == {"file", "sha256"}
     docs = [shamir.load_share(str(p)) for p in paths]
@@ -311,7 +305,7 @@ def test_a_separate_verifier_file_loads_like_an_embedded_one(tmp_path: Path) -> 
 
 
 def test_a_share_refuses_a_verifier_file_that_is_not_the_one_it_pins(tmp_path: Path) -> None:
-    paths = _write_separate(tmp_path, "demo", 3, 2, shamir.random_secret())
+    paths = _write_shares(tmp_path, "demo", 3, 2, shamir.random_secret(), separate=True)
     shamir.load_share(str(paths[0]))  # parsed once: the cache must not let a changed file through
     verifier = tmp_path / "verifier.json"
     doc = json.loads(verifier.read_text())
@@ -336,7 +330,7 @@ def test_a_share_refuses_a_verifier_file_that_is_not_the_one_it_pins(tmp_path: P
 def test_a_share_names_its_verifier_only_as_a_file_beside_it(
     tmp_path: Path, field: str, value: str, expect: str
 ) -> None:
-    path = _write_separate(tmp_path, "demo", 3, 2, shamir.random_secret())[0]
+    path = _write_shares(tmp_path, "demo", 3, 2, shamir.random_secret(), separate=True)[0]
     doc = json.loads(path.read_text())
     doc["verifier"][field] = value
     path.write_text(json.dumps(doc))
@@ -345,7 +339,7 @@ def test_a_share_names_its_verifier_only_as_a_file_beside_it(
 
 
 def test_a_verifier_of_another_threshold_is_refused_even_when_cached(tmp_path: Path) -> None:
-    paths = _write_separate(tmp_path, "demo", 3, 2, shamir.random_secret())
+    paths = _write_shares(tmp_path, "demo", 3, 2, shamir.random_secret(), separate=True)
     shamir.load_share(str(paths[0]))
     doc = json.loads(paths[1].read_text())
     doc["threshold"] = 3  # the pin still matches; the verifier says 2
