@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(openssh-server openssh-client openssh-sftp-server rsync runit sudo passwd python3 python3-venv iproute2 util-linux procps ca-certificates
-          mmdebstrap systemd-container)  # the last two: systemd sandbox hosts (--init systemd)
+          mmdebstrap systemd-container  # systemd sandbox hosts (--init systemd)
+          docker-registry)              # CNCF Distribution: the sandbox's OCI registry (--registry)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts the system sshd on install where it can; the sandbox does not need it.
+# It may start the system registry too, on every address's port 5000: the sandbox runs its own.
+pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/config.yml' 2>/dev/null || true
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

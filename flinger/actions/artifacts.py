@@ -1,11 +1,18 @@
 """Where a server's packages come from: the artifact store seam of `deploy install`.
 
-An `ArtifactStore` says which packages are built (name -> digest and file) and delivers the
-ones a server lacks into that run's staging dir on the server, reporting what it sent.
-`BuilderRsync` is today's store: the builder rsyncs them straight to the server over the
-client's agent, forwarded to the builder alone, with host keys checked against a
-known_hosts file written from the client's verified keys (never learned anew). Another
-store (a registry the servers pull from) implements the same three methods.
+An `ArtifactStore` says which packages are built (name -> digest and file), what a server's
+install plan needs to get them, and delivers the ones a server lacks into that run's
+staging dir when the server cannot fetch them itself.
+
+- `BuilderRsync` (store = "builder", the default): the builder rsyncs them straight to each
+  server over the client's agent, forwarded to the builder alone, with host keys checked
+  against a known_hosts file written from the client's verified keys (never learned anew).
+  The builder sends N copies for N servers.
+- `RegistryStore` (store = "registry"): the builder publishes the build to an OCI registry
+  once per run (only the blobs it lacks, one manifest per build), and each server's own
+  install pulls the blobs it lacks by digest and checks them (flinger/remote/registry.py).
+  The builder sends each package once, whatever the number of servers; no agent is
+  forwarded.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from flinger.actions.remote_tool import read_remote_json, resolve_remote_path
-from flinger.errors import RemoteCommandError
+from flinger.actions.remote_tool import read_remote_json, resolve_remote_path, run_tool, upload_tool
+from flinger.errors import FlingerError, RemoteCommandError
+from flinger.secrets import registry_credentials
 from flinger.ssh import known_hosts
 from flinger.ssh.connection import ConnectionPool
 from flinger.ssh.fanout import Reporter
@@ -36,19 +44,35 @@ class ArtifactStore(Protocol):
         """Where the server finds `package`'s tarball once delivered into `run_dir`."""
         ...
 
+    def install_plan(self) -> dict[str, Any]:
+        """What a server's install plan carries for this store (the registry to pull from)."""
+        ...
+
     def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
         """Put `packages` into `run_dir` on `server`; transfer statistics."""
         ...
 
+    def summary(self) -> dict[str, Any]:
+        """What the builder sent in this run (for --json and the benchmark)."""
+        ...
+
+
+def package_file(info: dict[str, Any], package: str) -> str:
+    """A built package's tarball, relative to the artifacts dir."""
+    return str(info.get("file") or f"packages/{package}.tar.gz")
+
 
 class BuilderRsync:
     """The builder rsyncs packages to each server (one rsync, one handshake per server)."""
+
+    failing_step = "build manifest"  # what a server's report names when built() fails
 
     def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
         self.topology = topology
         self.pool = pool
         self._ready: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._sent = 0
 
     def _side(self) -> dict[str, Any]:
         """Where the artifacts are and their manifest (read once per run, on first use)."""
@@ -93,18 +117,20 @@ class BuilderRsync:
         packages = self._side()["manifest"].get("packages", {})
         return packages if isinstance(packages, dict) else {}
 
-    @staticmethod
-    def _file(info: dict[str, Any], package: str) -> str:
-        return str(info.get("file") or f"packages/{package}.tar.gz")
-
     def staged_path(self, run_dir: str, package: str) -> str:
-        return f"{run_dir}/packages/{Path(self._file(self.built()[package], package)).name}"
+        return f"{run_dir}/packages/{Path(package_file(self.built()[package], package)).name}"
+
+    def install_plan(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        return {"store": "builder", "builder_bytes_sent": self._sent}
 
     def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
         side = self._pushing()
         built = self.built()
         # "/./" keeps the paths below it (--relative): packages/<file> lands in run_dir/packages/
-        sources = [f"{side['artifacts']}/./{self._file(built[p], p)}" for p in packages]
+        sources = [f"{side['artifacts']}/./{package_file(built[p], p)}" for p in packages]
         rsh = rsync_rsh(server, self.topology.ssh, known_hosts=side["known_hosts"])
         host = server.addr if ":" not in server.addr else f"[{server.addr}]"
         argv = ["rsync", "--relative", "--times", "--perms", "--chmod=F600,D700", "--partial", "--stats",
@@ -115,4 +141,81 @@ class BuilderRsync:
         if result.exit_code != 0:
             raise RemoteCommandError(f"rsync from the builder to {server.name}", result.exit_code, result.tail)
         stats = [rsync_stat(line.strip()) for line in result.stdout.splitlines()]
-        return {key: number for key, number in filter(None, stats) if key in PUSH_STATS}
+        pushed = {key: number for key, number in filter(None, stats) if key in PUSH_STATS}
+        with self._lock:
+            self._sent += pushed.get("bytes_sent", 0)
+        return pushed
+
+
+class RegistryStore:
+    """The builder publishes the build to an OCI registry once per run; servers pull."""
+
+    failing_step = "publish"
+
+    def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
+        self.topology = topology
+        self.pool = pool
+        self._lock = threading.Lock()
+        self._published: dict[str, Any] | None = None
+        self._failure: str | None = None
+        self._spec: dict[str, Any] | None = None
+
+    def _registry(self) -> dict[str, Any]:
+        """The registry as plans name it (no credential: that travels apart)."""
+        if self._spec is None:
+            art = self.topology.artifacts
+            self._spec = {"url": art.url, "repository": art.repository,
+                          "ca_pem": registry_credentials.ca_pem(self.topology), "plain_http": art.plain_http}
+        return self._spec
+
+    def built(self) -> dict[str, dict[str, Any]]:
+        """The build, published first (once per run: a second call, from any thread, waits
+        for the first and shares its outcome)."""
+        with self._lock:
+            if self._failure is not None:
+                raise FlingerError(self._failure)
+            if self._published is None:
+                try:
+                    self._published = self._publish()
+                except FlingerError as exc:
+                    self._failure = exc.message
+                    raise
+            packages = self._published.get("packages")
+            return packages if isinstance(packages, dict) else {}
+
+    def _publish(self) -> dict[str, Any]:
+        builder = self.topology.builder_server()
+        plan = {
+            "artifacts_dir": "",
+            "registry": self._registry(),
+            "credential": registry_credentials.push_credential(self.topology),
+        }
+        conn = self.pool.get(builder.name)
+        plan["artifacts_dir"] = resolve_remote_path(conn, self.topology.builder.artifacts_path)
+        tool = upload_tool(conn, self.topology, f"$HOME/.flinger/{self.topology.name}")
+        try:
+            return run_tool(conn, builder, tool, ["registry-push"], plan, as_root=False)
+        except RemoteCommandError as exc:
+            raise FlingerError(f"publishing the build to {self.topology.artifacts.url} from "
+                               f"{builder.name}: {exc.message}") from None
+
+    def staged_path(self, run_dir: str, package: str) -> str:
+        return f"{run_dir}/packages/{Path(package_file(self.built()[package], package)).name}"
+
+    def install_plan(self) -> dict[str, Any]:
+        credential = registry_credentials.PULL_CREDENTIAL_FILE if self.topology.artifacts.pull_credential() else None
+        return {"registry": {**self._registry(), "credential": credential}}
+
+    def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
+        raise FlingerError(f"{server.name} pulls its packages from the registry itself; it asked for "
+                           f"{', '.join(packages)} instead (a remote tool older than this flinger?)")
+
+    def summary(self) -> dict[str, Any]:
+        published = self._published or {}
+        return {
+            "store": "registry",
+            "builder_bytes_sent": int(published.get("bytes_sent") or 0),
+            "manifest_digest": published.get("manifest_digest"),
+            "tag": published.get("tag"),
+            "pushed": published.get("pushed") or [],
+        }

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from flinger.actions.artifacts import ArtifactStore, BuilderRsync
+from flinger.actions.artifacts import ArtifactStore, BuilderRsync, RegistryStore
 from flinger.actions.deploy_plan import ServerPlan, plan_deploy, staging_runs_dir
 from flinger.actions.remote_tool import (
     resolve_remote_path,
@@ -64,10 +64,12 @@ class Deployer:
         self.log_dir = topology.state_dir / "logs" / self.run_id
         self.events = Events([RunLog(self.log_dir), events])
         self.holder = f"{getpass.getuser()}@{socket.gethostname()} run {self.run_id}"
-        if pool is None:  # SSH, and the builder's rsync over the agent (forwarded to it alone)
-            ssh = ConnectionPool(topology.servers, topology.ssh, agent_for={topology.builder.server})
+        if pool is None:  # SSH; the builder's rsync uses the agent (forwarded to it alone)
+            registry = topology.artifacts.registry
+            ssh = ConnectionPool(topology.servers, topology.ssh,
+                                 agent_for=set() if registry else {topology.builder.server})
             self.pool: HostPool = ssh
-            self.store: ArtifactStore = store or BuilderRsync(topology, ssh)
+            self.store: ArtifactStore = store or (RegistryStore if registry else BuilderRsync)(topology, ssh)
         else:
             if store is None:
                 raise ValueError("a host pool of its own needs an artifact store of its own")
@@ -95,7 +97,11 @@ class Deployer:
         runs = staging_runs_dir(staging, install_dir)  # made with the tool's check, one round trip
         tool = upload_tool(conn, self.topology, plan.staging_dir, dirs=(f"{staging}/runs", runs))
         run_dir = f"{runs}/{self.run_id}"
-        built = self.store.built()
+        try:
+            built = self.store.built()
+        except FlingerError:
+            report.step(getattr(self.store, "failing_step", "artifacts"))
+            raise
         missing = [p for p in plan.packages if p not in built]
         if missing:
             raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
@@ -117,7 +123,11 @@ class Deployer:
             "lock_holder": self.holder,
             "release_lock": True,
             "keep_releases": self.topology.deployment.keep_releases,
+            **self.store.install_plan(),
         }
+        credential = (remote_plan.get("registry") or {}).get("credential")
+        if credential and credential not in plan.overlay_files:
+            raise FlingerError(f"the overlay of {server.name} has no registry pull credential: run flinger overlay")
         unlocked = False
         on_event = self._install_events(report)
 
@@ -150,7 +160,12 @@ class Deployer:
                 result = install()
             else:
                 report.details["push"] = stats
-                report.info("0 bytes pushed (every package already installed)")
+                pulled = {str(k): int(v) for k, v in (result.get("pulled") or {}).items()}
+                if pulled:
+                    report.details["pulled"] = pulled
+                    report.info(f"{sum(pulled.values()):,} bytes pulled from the registry ({', '.join(pulled)})")
+                else:
+                    report.info("0 bytes pushed (every package already installed)")
         finally:
             if not unlocked:
                 self.lock(server, conn, tool, install_dir, "release", report=report, quiet=True)
@@ -167,7 +182,8 @@ class Deployer:
             "switched": changed and not started,
             "previous_release": result.get("previous_release"),
             "push": stats,
-            "summary": f"{summary}; {stats.get('bytes_sent', 0):,} bytes pushed",
+            "pulled": report.details.get("pulled", {}),
+            "summary": f"{summary}; {_moved(stats, report.details.get('pulled'))}",
         }
 
     @staticmethod
@@ -271,6 +287,13 @@ def _prefetch(read: Callable[[], object]) -> None:
             pass
 
     threading.Thread(target=quietly, name="flinger-prefetch", daemon=True).start()
+
+
+def _moved(pushed: dict[str, int], pulled: dict[str, int] | None) -> str:
+    """How this server's packages came: pushed by the builder or pulled from the registry."""
+    if pulled:
+        return f"{sum(pulled.values()):,} bytes pulled from the registry"
+    return f"{pushed.get('bytes_sent', 0):,} bytes pushed"
 
 
 def _step_events(report: Reporter) -> Callable[[dict[str, Any]], None]:

@@ -1,6 +1,7 @@
-"""The deploy plan: for each server, what the builder pushes, which overlay files the client
-sends, and what the remote tool installs and starts. Pure data: no host is contacted, so
-`--dry-run` prints exactly this, and it holds no secret (overlay files by name only).
+"""The deploy plan: for each server, what the builder pushes (or, with a registry, what the
+server pulls), which overlay files the client sends, and what the remote tool installs and
+starts. Pure data: no host is contacted, so `--dry-run` prints exactly this, and it holds no
+secret (overlay files by name only).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ServerPlan:
     install_dir: str
     overlay_dir: Path
     overlay_owner: dict[str, str] | None = None
+    registry: str | None = None  # "URL/REPOSITORY" when the server pulls its packages from there
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -70,6 +72,15 @@ class ServerPlan:
                     "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/packages",
                     "files": [f"{p}.tar.gz" for p in self.packages],
                     "only": "packages the server does not have unpacked (it says which, holding the lock)",
+                }
+                if self.registry is None
+                else {
+                    "step": "pull",
+                    "by": "server, in its install (the builder publishes the build once per run)",
+                    "from": self.registry,
+                    "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/packages",
+                    "files": [f"{p}.tar.gz" for p in self.packages],
+                    "only": "packages the server does not have unpacked, each checked against its sha256",
                 },
                 {
                     "step": "overlay",
@@ -221,6 +232,7 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
     waves = _waves(manifest, packages)
     plans = []
     overlay_root = topology.state_dir / "overlay"
+    art = topology.artifacts
     for server in servers:
         overlay_dir = overlay_root / server.name
         overlay_files = (
@@ -247,6 +259,7 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
             install_dir=topology.deployment.install_dir,
             overlay_dir=overlay_dir,
             overlay_owner=_overlay_owner(packages[server.name]),
+            registry=f"{art.url}/{art.repository}" if art.registry else None,
         )
         if not overlay_files:
             plan.notes.append("no overlay for this server yet: run `flinger overlay` first")

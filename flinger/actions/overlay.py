@@ -3,7 +3,8 @@
 For every deployment server, under `.flinger/<deployment>/overlay/<server>/`: its threshold
 share of the deployment secret (`share.json`), its TLS key and certificate signed by the
 deployment CA (`tls/`), its per-server secrets (`secrets/<name>`) and its rendered config
-templates (`files/<dest>`). Everything is worked out in memory first (keys, shares, every
+templates (`files/<dest>`); with a registry store, the registry's pull credential
+(`flinger/registry-pull.json`). Everything is worked out in memory first (keys, shares, every
 template): any error leaves the disk untouched. Then files are written 0600 in 0700
 directories, atomically, and files no longer in the plan are removed.
 
@@ -25,9 +26,10 @@ from typing import Any
 
 import jinja2
 
-from flinger.errors import ConfigError
+from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.model import Manifest
 from flinger.remote import shamir
+from flinger.secrets import registry_credentials
 from flinger.secrets.ca import (
     CertifiedKey,
     cert_fingerprint,
@@ -525,6 +527,15 @@ def make_overlay(
             env=env,
             sensitive=sensitive,
         )
+
+    pull = registry_credentials.pull_credential_file(topology) if topology.artifacts.registry else None
+    for name, server_files in plan.items():  # each server pulls packages with it (0600, as all)
+        if pull is not None:
+            if registry_credentials.PULL_CREDENTIAL_FILE in server_files:
+                raise FlingerError(f"{name}: an overlay file of the manifest is at "
+                                   f"{registry_credentials.PULL_CREDENTIAL_FILE}, where the registry's "
+                                   "pull credential goes: move it")
+            server_files[registry_credentials.PULL_CREDENTIAL_FILE] = pull
 
     # Nothing was written up to here: from now on the plan is carried out.
     private_dir(paths.root)

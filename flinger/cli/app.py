@@ -211,24 +211,31 @@ def sandbox_up(
     servers: Annotated[int, typer.Option("--servers", min=2, max=200, help="hosts, the first is the builder")] = 4,
     directory: DirOpt = DEFAULT_SANDBOX,
     init: InitOpt = Init.runit,
+    registry: Annotated[
+        bool,
+        typer.Option("--registry", help="also run an OCI registry (TLS, password) that deploys go through"),
+    ] = False,
 ) -> int:
     """Start N sshd hosts (one builder, N-1 servers) and write DIR/deploy.toml."""
     from flinger import sandbox
 
     env = env_of(ctx)
-    state = sandbox.up(directory.resolve(), servers, init=init.value)
+    state = sandbox.up(directory.resolve(), servers, init=init.value, with_registry=registry)
     if env.json:
         env.ui.emit_json(
             {
                 "command": "sandbox up",
                 "config": str(state.config_path),
                 "hosts": {k: list(v) for k, v in state.hosts.items()},
+                "registry": state.registry_url,
             }
         )
         return 0
     env.ui.table(
         f"sandbox {state.directory}", ("host", "address", "port"), [(n, a, p) for n, (a, p) in state.hosts.items()]
     )
+    if state.registry_url:
+        env.ui.note(f"registry: {state.registry_url} (deploy.toml's [artifacts] sends packages through it)")
     env.ui.note(f'config: {state.config_path}\nagent:  eval "$(flinger sandbox env --dir {directory})"')
     return 0
 

@@ -124,7 +124,7 @@ def _run(
     rollback_to: str | None = None,
     rollout: RolloutPolicy | None = None,
 ) -> int:
-    from flinger.actions.deploy import run_deploy
+    from flinger.actions.deploy import Deployer, run_deploy
 
     topology, manifest = env.topology(), env.manifest()
     chosen = env.select_servers(servers)
@@ -132,6 +132,12 @@ def _run(
         _checked_plans(env, chosen, allow_empty)
     board = env.ui.board([s.name for s in chosen], f"deploy {action}")
     log_dir: list[str] = []
+    deployers: list[Deployer] = []
+
+    def started(deployer: Deployer) -> None:
+        log_dir.append(str(deployer.log_dir))
+        deployers.append(deployer)
+
     with board.running():
         results = run_deploy(
             topology,
@@ -142,11 +148,17 @@ def _run(
             events=board,
             fail_fast=fail_fast,
             lock_wait=lock_wait,
-            on_start=lambda d: log_dir.append(str(d.log_dir)),
+            on_start=started,
             rollback_to=rollback_to,
             rollout=rollout,
         )
-    status = finish(env, f"deploy {action}", results, {"log_dir": log_dir[0] if log_dir else None})
+    extra: dict[str, Any] = {"log_dir": log_dir[0] if log_dir else None}
+    if action == "install" and deployers:
+        extra["artifacts"] = sent = deployers[0].store.summary()
+        if not env.json:
+            where = "published to the registry" if sent["store"] == "registry" else "pushed to servers"
+            env.ui.note(f"the builder sent {sent['builder_bytes_sent']:,} bytes ({where})")
+    status = finish(env, f"deploy {action}", results, extra)
     if not env.json and log_dir:
         env.ui.note(f"logs: {log_dir[0]}")
     return status

@@ -23,6 +23,7 @@ COMMANDS = {
     "lock": "lock",
     "verify-share": "shamir",
     "prereqs": "prereqs",
+    "registry-push": "registry",
 }
 
 

@@ -12,13 +12,14 @@ the install dir, and `uninstall` removes exactly those.
 
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from flinger.remote import events, files, health, layout, lock, services, switch, unpack
+from flinger.remote import events, files, health, layout, lock, registry, services, switch, unpack
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
@@ -293,10 +294,17 @@ def install(plan: Dict[str, Any]) -> int:
             if not taken.pop("ok"):
                 return events.result(False, **taken)
             need = _missing_packages(plan, install_dir)
-            if need:  # the lock stays: the client delivers these, then installs
-                return events.result(True, need=need, changed=False)
+            if need and plan.get("registry") is None:  # the lock stays: the client delivers
+                return events.result(True, need=need, changed=False)  # these, then installs
         if holder and plan.get("release_lock"):
             events.before_result(lambda fields: _let_go(install_dir, holder, fields))
+        if plan.get("registry") is not None:  # this server pulls what it lacks itself
+            try:
+                pulled = _pull_missing(plan, install_dir, run_dir)
+            except switch.StepFailed as exc:
+                return events.result(False, step=exc.step, error=str(exc), changed=False)
+            if pulled:
+                events.before_result(lambda fields: fields.update(pulled=pulled))
         # From here on the server changes: finish (install or rollback) even if the client goes.
         events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
         if plan.get("overlay_files") is not None:
@@ -320,6 +328,61 @@ def _missing_packages(plan: Dict[str, Any], install_dir: str) -> List[str]:
     """The plan's packages not unpacked here yet (by name and digest)."""
     return [name for _raw, name, _digest, relative in _planned_packages(plan)
             if not os.path.isdir(os.path.join(install_dir, relative))]
+
+
+def _pull_missing(plan: Dict[str, Any], install_dir: str, run_dir: Optional[str]) -> Dict[str, int]:
+    """Pull the packages not here yet from the plan's registry into this run's staging dir,
+    each checked against its digest before anything unpacks it; bytes received by name."""
+    need = set(_missing_packages(plan, install_dir))
+    if not need:
+        return {}
+    if not run_dir or os.path.basename(os.path.dirname(os.path.dirname(run_dir))) != "runs":
+        raise events.PlanError("a registry pull needs the run's own staging_dir")
+    spec = plan["registry"]
+    try:
+        client = registry.from_plan(spec, _registry_credential(plan, spec))
+    except registry.RegistryError as exc:
+        raise switch.StepFailed("pull", "registry: %s" % exc) from None
+    pulled: Dict[str, int] = {}
+    try:
+        for raw, name, digest, _relative in _planned_packages(plan):
+            if name not in need:
+                continue
+            dest = os.path.abspath(os.path.join(run_dir, str(raw.get("tarball", ""))))
+            if os.path.dirname(os.path.dirname(dest)) != os.path.abspath(run_dir):
+                raise events.PlanError("package %s: tarball %r is not in the run's packages dir" % (name, dest))
+            files.make_dirs(os.path.dirname(dest), mode=0o700)
+            events.emit("step", step="pull", package=name)
+            def retrying(why: str, package: str = name) -> None:
+                events.emit("retry", package=package, why=why)
+
+            try:
+                got = client.pull_blob("sha256:" + digest, dest, on_retry=retrying)
+            except (registry.RegistryError, OSError) as exc:
+                raise switch.StepFailed("pull", "package %s from the registry: %s" % (name, exc)) from None
+            pulled[name] = got["bytes"]
+            events.emit("pulled", package=name, bytes=got["bytes"], resumed=got["resumed"])
+    finally:
+        client.close()
+    return pulled
+
+
+def _registry_credential(plan: Dict[str, Any], spec: Any) -> Optional[Dict[str, Any]]:
+    """The pull credential, from the overlay file the registry spec names (never the plan)."""
+    rel = spec.get("credential") if isinstance(spec, dict) else None
+    if not rel:
+        return None
+    encoded = (plan.get("overlay_files") or {}).get(rel)
+    if encoded is None:
+        raise switch.StepFailed("pull", "the overlay has no %s (the registry's pull credential): "
+                                "run flinger overlay" % rel)
+    try:
+        value = json.loads(base64.b64decode(str(encoded), validate=True).decode())
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("username"), str):
+        raise switch.StepFailed("pull", "%s in the overlay is not a registry credential" % rel)
+    return value
 
 
 def _let_go(install_dir: str, holder: str, fields: Dict[str, Any]) -> None:

@@ -5,13 +5,15 @@ and a runsvdir in a mount namespace with their own /etc (an overlay), /root, /op
 /etc/sv and /etc/service; systemd hosts boot systemd in systemd-nspawn on a cached Debian
 rootfs. Either way the login is `deploy` with passwordless `sudo -n`, and sshd keeps its stock
 limits. `up` also starts an ssh-agent holding the client key and writes known_hosts and
-deploy.toml.
+deploy.toml; with a registry, CNCF Distribution on the next loopback address (TLS, password).
 """
 
 from flinger.sandbox.lifecycle import (
     down,
     env,
     refresh_known_hosts,
+    registry_artifacts,
+    registry_files,
     rotate_host_key,
     start_host,
     state_of,
@@ -32,6 +34,8 @@ __all__ = [
     "env",
     "missing_tools",
     "refresh_known_hosts",
+    "registry_artifacts",
+    "registry_files",
     "rotate_host_key",
     "start_host",
     "state_of",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import tomlkit
 
@@ -30,8 +31,15 @@ def repository_root() -> Path:
     )
 
 
-def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint], init: str = "runit") -> str:
-    """deploy.toml text for `hosts` (builder first, then the nodes)."""
+def render(
+    source_dir: Path,
+    known_hosts: Path,
+    hosts: dict[str, Endpoint],
+    init: str = "runit",
+    artifacts: dict[str, Any] | None = None,
+) -> str:
+    """deploy.toml text for `hosts` (builder first, then the nodes), and `artifacts` as its
+    [artifacts] table when the sandbox runs a registry."""
     nodes = [name for name in hosts if name != BUILDER_NAME]
     doc = tomlkit.document()
     doc.add(tomlkit.comment("A local sandbox, written by flinger sandbox up."))
@@ -58,6 +66,12 @@ def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint], init
     ssh["use_ssh_config"] = False
     doc["ssh"] = ssh
 
+    if artifacts is not None:
+        table = tomlkit.table()
+        for key, value in artifacts.items():
+            table[key] = value
+        doc["artifacts"] = table
+
     servers = tomlkit.table(is_super_table=True)
     for name, (addr, port) in hosts.items():
         server = tomlkit.table()
@@ -75,9 +89,15 @@ def render(source_dir: Path, known_hosts: Path, hosts: dict[str, Endpoint], init
     return tomlkit.dumps(doc)
 
 
-def write(paths: SandboxPaths, source_dir: Path, hosts: dict[str, Endpoint], init: str = "runit") -> Topology:
+def write(
+    paths: SandboxPaths,
+    source_dir: Path,
+    hosts: dict[str, Endpoint],
+    init: str = "runit",
+    artifacts: dict[str, Any] | None = None,
+) -> Topology:
     """Write <dir>/deploy.toml and load it back, so a sandbox never hands out a bad config."""
-    write_private_file(paths.config, render(source_dir, paths.known_hosts, hosts, init), 0o644)
+    write_private_file(paths.config, render(source_dir, paths.known_hosts, hosts, init, artifacts), 0o644)
     return load_topology(paths.config)
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from flinger.errors import FlingerError
-from flinger.sandbox import agent, config, keys, rootfs, runit_hosts, state, systemd_hosts
+from flinger.sandbox import agent, config, keys, registry, rootfs, runit_hosts, state, systemd_hosts
 from flinger.sandbox.net import is_listening, pick_addresses, wait_not_listening
 from flinger.sandbox.paths import PRIVATE_MOUNTS, SandboxPaths, host_names
 from flinger.sandbox.procs import ProcessRef, terminate
@@ -49,6 +49,8 @@ def _running(record: SandboxRecord) -> list[ProcessRef]:
     procs = [p for h in record.hosts for p in h.processes()]
     if record.agent is not None:
         procs.append(record.agent)
+    if record.registry is not None and record.registry.process is not None:
+        procs.append(record.registry.process)
     return [p for p in procs if p.alive()]
 
 
@@ -74,11 +76,14 @@ def up(
     port: int = 2222,
     source_dir: Path | None = None,
     init: str = "runit",
+    with_registry: bool = False,
 ) -> SandboxState:
     """Start `servers` hosts (build1, node1..) in `directory`, or return the running sandbox.
 
     init "runit": sshd + runsvdir in a mount namespace (fast); "systemd": each host boots
-    systemd in systemd-nspawn on a cached Debian rootfs, as real fleets run.
+    systemd in systemd-nspawn on a cached Debian rootfs, as real fleets run. With
+    `with_registry`, also an OCI registry (sandbox/registry.py), and deploy.toml's
+    [artifacts] sends packages through it (started beside a running sandbox too).
     """
     if init not in INITS:
         raise FlingerError(f'init must be one of {", ".join(INITS)}, got "{init}"')
@@ -91,6 +96,8 @@ def up(
     existing = state.load(directory)
     if existing is not None:
         if _fully_running(existing) and len(existing.hosts) == servers and existing.init == init:
+            if with_registry and not _registry_running(existing):
+                existing = _start_registry(existing, source_dir)
             return SandboxState.of(existing)
         if _running(existing):
             raise FlingerError(
@@ -134,7 +141,10 @@ def up(
         if rootfs_tree is not None:  # they boot side by side
             for booting in record.hosts:
                 systemd_hosts.wait_ready(paths.host(booting.name), booting, paths.client_key, paths.known_hosts)
-        config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts, init)
+        if with_registry:
+            record = _start_registry(record, source_dir)
+        else:
+            config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts, init)
     except BaseException:
         _, survivors = _stop_all(record)
         if not survivors:  # else keep the record, so `down` can try again
@@ -142,6 +152,39 @@ def up(
             paths.agent_socket.unlink(missing_ok=True)
         raise
     return SandboxState.of(record)
+
+
+def _registry_running(record: SandboxRecord) -> bool:
+    reg = record.registry
+    return reg is not None and reg.process is not None and reg.process.alive() and is_listening(reg.addr, reg.port)
+
+
+def _start_registry(record: SandboxRecord, source_dir: Path | None) -> SandboxRecord:
+    """Start the registry (on the address after the last host), record it, and write
+    deploy.toml with its [artifacts] table."""
+    paths = SandboxPaths(record.directory)
+    if record.registry is not None:
+        registry.stop(record.registry)
+    started = registry.start(registry.RegistryFiles(paths.registry_dir), registry.address_after(record.hosts[-1].addr))
+    record = replace(record, registry=started)
+    state.save(record)
+    artifacts = registry.artifacts_table(registry.RegistryFiles(paths.registry_dir), started)
+    config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts, record.init,
+                 artifacts=artifacts)
+    return record
+
+
+def registry_files(directory: Path) -> registry.RegistryFiles:
+    """The files of the sandbox registry in `directory` (its CA, password, blobs)."""
+    return registry.RegistryFiles(SandboxPaths(directory.expanduser().resolve()).registry_dir)
+
+
+def registry_artifacts(directory: Path) -> dict[str, object]:
+    """deploy.toml's [artifacts] table for the running sandbox registry in `directory`."""
+    record = _load_running(directory)
+    if record.registry is None:
+        raise FlingerError("this sandbox runs no registry: flinger sandbox up --registry")
+    return registry.artifacts_table(registry_files(directory), record.registry)
 
 
 def _client_public(paths: SandboxPaths) -> str:
@@ -178,6 +221,8 @@ def _stop_all(record: SandboxRecord) -> tuple[list[str], list[ProcessRef]]:
         survivors += left
     if record.agent is not None:
         survivors += terminate([record.agent])
+    if record.registry is not None:
+        survivors += registry.stop(record.registry)
     return stopped, survivors
 
 
@@ -211,8 +256,9 @@ def down(directory: Path, *, purge: bool = False) -> list[str]:
 
 def _purge(paths: SandboxPaths) -> None:
     """Remove what `up` created (and only that); the directory itself if left empty."""
-    if paths.hosts_dir.exists():
-        shutil.rmtree(paths.hosts_dir)
+    for tree in (paths.hosts_dir, paths.registry_dir):
+        if tree.exists():
+            shutil.rmtree(tree)
     for path in (
         paths.client_key,
         paths.client_key.with_name(paths.client_key.name + ".pub"),

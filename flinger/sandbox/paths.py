@@ -115,6 +115,10 @@ class SandboxPaths:
         return self.directory / "agent.log"
 
     @property
+    def registry_dir(self) -> Path:
+        return self.directory / "registry"
+
+    @property
     def hosts_dir(self) -> Path:
         return self.directory / "hosts"
 

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from flinger.errors import FlingerError
 from flinger.sandbox.paths import BUILDER_NAME, SandboxPaths
 from flinger.sandbox.procs import ProcessRef
+from flinger.sandbox.registry import RegistryRecord
 
 STATE_VERSION = 1
 
@@ -48,6 +49,7 @@ class SandboxRecord:
     agent: ProcessRef | None = None
     hosts: tuple[HostRecord, ...] = field(default_factory=tuple)
     init: str = "runit"  # what runs the hosts' services: "runit" | "systemd"
+    registry: RegistryRecord | None = None  # `up --registry`: the OCI registry
 
     def host(self, name: str) -> HostRecord:
         for host in self.hosts:
@@ -75,6 +77,7 @@ class SandboxState:
     client_key: Path
     hosts: dict[str, Endpoint]  # name -> (addr, port), builder first
     init: str = "runit"  # "runit" | "systemd"
+    registry_url: str | None = None  # https://ADDR:PORT when the sandbox runs a registry
 
     @property
     def builder(self) -> str:
@@ -95,6 +98,7 @@ class SandboxState:
             client_key=paths.client_key,
             hosts={h.name: Endpoint(h.addr, h.port) for h in record.hosts},
             init=record.init,
+            registry_url=record.registry.url if record.registry is not None else None,
         )
 
 
@@ -119,6 +123,12 @@ def _ref(data: Any) -> ProcessRef | None:
     return ProcessRef(int(data["pid"]), int(data["start"]))
 
 
+def _registry(data: Any) -> RegistryRecord | None:
+    if data is None:
+        return None
+    return RegistryRecord(str(data["addr"]), int(data["port"]), _ref(data.get("process")))
+
+
 def save(record: SandboxRecord) -> None:
     """Write sandbox.json atomically (0600)."""
     path = SandboxPaths(record.directory).state_file
@@ -139,6 +149,11 @@ def save(record: SandboxRecord) -> None:
             }
             for h in record.hosts
         ],
+        "registry": None if record.registry is None else {
+            "addr": record.registry.addr,
+            "port": record.registry.port,
+            "process": _ref_json(record.registry.process),
+        },
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sandbox.", suffix=".json")
     try:
@@ -181,6 +196,7 @@ def load(directory: Path) -> SandboxRecord | None:
             agent=_ref(data.get("agent")),
             hosts=hosts,
             init=str(data.get("init", "runit")),
+            registry=_registry(data.get("registry")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FlingerError(f"{path} is not a sandbox state file ({exc})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,15 +14,19 @@ from flinger.tomlfile import Collector, Fields, TomlFile, load_toml, locate, sug
 from flinger.topology.model import (
     PRIVILEGES,
     SERVICE_MANAGERS,
+    STORES,
+    Artifacts,
     Builder,
     Deployment,
     Server,
     SshSettings,
     Topology,
 )
-from flinger.values import host_problem, jump_problem, name_problem, remote_path_problem, user_problem
+from flinger.values import host_problem, is_loopback, jump_problem, name_problem, remote_path_problem, user_problem
 
-TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers")
+TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers", "artifacts")
+ARTIFACTS_KEYS = ("store", "url", "repository", "ca", "username", "password_file", "pull_username",
+                  "pull_password_file", "plain_http")
 BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
 DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold", "keep_releases")
 SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config")
@@ -37,6 +42,7 @@ SERVER_KEYS = (
     "python",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 
 
@@ -87,6 +93,71 @@ def _server(file: TomlFile, name: str, table: object) -> Server:
         service_manager=f.choice("service_manager", SERVICE_MANAGERS, "systemd"),
         host_key=host_key,
         python=python,
+    )
+
+
+def _client_path(base: Path, value: str) -> Path:
+    """A path on the client: ~ and $VARS expanded, relative ones next to deploy.toml."""
+    expanded = Path(os.path.expandvars(os.path.expanduser(value)))
+    return expanded if expanded.is_absolute() else base / expanded
+
+
+def _registry_url(f: Fields, plain_http: bool) -> str:
+    url = f.string("url", required=True)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise f.error("url", f"not a URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise f.error("url", 'expected "https://HOST[:PORT]"')
+    if parts.username is not None or parts.password is not None:
+        raise f.error("url", "no credentials in the URL: use username and password_file")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise f.error("url", 'expected "https://HOST[:PORT]" with no path (the repository has its own key)')
+    f.checked("url", host, host_problem(host))
+    if port is not None and not 1 <= port <= 65535:
+        raise f.error("url", "the port must be between 1 and 65535")
+    if parts.scheme == "http":
+        if not plain_http:
+            raise f.error("url", "plain http sends packages and credentials in the clear: use https "
+                                 "(or, for a registry on a loopback address, set plain_http = true)")
+        if not is_loopback(host):
+            raise f.error("url", "plain http is only allowed to a loopback registry (127.0.0.0/8, ::1, localhost)")
+    return url.rstrip("/")
+
+
+def _artifacts(f: Fields, base: Path) -> Artifacts:
+    store = f.choice("store", STORES, "builder")
+    if store == "builder":
+        return Artifacts()
+    plain_http = f.flag("plain_http", False)
+    url = _registry_url(f, plain_http)
+    repository = f.string("repository", required=True)
+    if len(repository) > 255 or not _REPOSITORY.match(repository):
+        raise f.error("repository", "an OCI repository name: lowercase letters and digits, parts joined "
+                                    "by '.', '_', '-' and '/' (e.g. flinger/quorum)")
+    ca = f.opt_str("ca")
+    users: dict[str, str | None] = {}
+    for user_key, file_key in (("username", "password_file"), ("pull_username", "pull_password_file")):
+        user = f.opt_str(user_key)
+        if user is not None and ":" in user:
+            raise f.error(user_key, "a user name without ':'")
+        if (user is None) != (not f.has(file_key)):
+            raise f.error(file_key if user is not None else user_key,
+                          f"{user_key} and {file_key} go together")
+        users[user_key] = user
+    return Artifacts(
+        store=store,
+        url=url,
+        repository=repository,
+        ca=_client_path(base, ca) if ca else None,
+        username=users["username"],
+        password_file=_client_path(base, f.string("password_file")) if users["username"] is not None else None,
+        pull_username=users["pull_username"],
+        pull_password_file=(_client_path(base, f.string("pull_password_file"))
+                            if users["pull_username"] is not None else None),
+        plain_http=plain_http,
     )
 
 
@@ -186,12 +257,17 @@ def load_topology(path: Path) -> Topology:
             raise top.error("name", "use letters, digits, '.', '_' and '-'")
         return source, manifest, name, sync.str_list("exclude")
 
+    def load_artifacts() -> Artifacts:
+        return _artifacts(top.sub("artifacts", ARTIFACTS_KEYS), path.parent)
+
     builder = errors.attempt(load_builder)
+    artifacts = errors.attempt(load_artifacts)
     deployment = errors.attempt(load_deployment)
     ssh = errors.attempt(load_ssh)
     rest = errors.attempt(load_top)
     errors.raise_any()
     assert builder is not None and deployment is not None and ssh is not None and rest is not None
+    assert artifacts is not None
     source, manifest, name, exclude = rest
     return Topology(
         config_path=path.resolve(),
@@ -203,6 +279,7 @@ def load_topology(path: Path) -> Topology:
         ssh=ssh,
         servers=servers,
         sync_exclude=exclude,
+        artifacts=artifacts,
         lines=file.lines,
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from flinger.remote.services import MANAGERS
 
 PRIVILEGES = ("sudo", "pfexec", "none")
+STORES = ("builder", "registry")
 SERVICE_MANAGERS = tuple(MANAGERS)  # the one registry: flinger/remote/services.py
 
 
@@ -62,6 +63,34 @@ class SshSettings:
 
 
 @dataclass(frozen=True)
+class Artifacts:
+    """Where servers get packages: pushed by the builder over SSH ("builder"), or pulled from
+    an OCI registry the builder publishes to ("registry")."""
+
+    store: str = "builder"
+    url: str | None = None  # https://HOST[:PORT] (http:// only for loopback, with plain_http)
+    repository: str | None = None
+    ca: Path | None = None  # CA bundle that verifies the registry (else the system's)
+    username: str | None = None  # the builder's push credential (and the servers', unless pull_* say)
+    password_file: Path | None = None
+    pull_username: str | None = None
+    pull_password_file: Path | None = None
+    plain_http: bool = False
+
+    @property
+    def registry(self) -> bool:
+        return self.store == "registry"
+
+    def pull_credential(self) -> tuple[str, Path] | None:
+        """(username, password file) the servers pull with, if the registry wants one."""
+        if self.pull_username is not None and self.pull_password_file is not None:
+            return self.pull_username, self.pull_password_file
+        if self.username is not None and self.password_file is not None:
+            return self.username, self.password_file
+        return None
+
+
+@dataclass(frozen=True)
 class Topology:
     """A whole deploy.toml: where the client tree is, the builder, and the servers."""
 
@@ -74,6 +103,7 @@ class Topology:
     ssh: SshSettings
     servers: dict[str, Server]
     sync_exclude: tuple[str, ...] = ()
+    artifacts: Artifacts = field(default_factory=Artifacts)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
