@@ -107,8 +107,8 @@ def _registry_url(f: Fields, plain_http: bool) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise f.error("url", f"not a URL: {exc}") from None
+    except ValueError:
+        raise f.error("url", 'expected "https://HOST[:PORT]" with a port between 1 and 65535') from None
     if parts.scheme not in ("https", "http") or not host:
         raise f.error("url", 'expected "https://HOST[:PORT]"')
     if parts.username is not None or parts.password is not None:
@@ -128,13 +128,16 @@ def _registry_url(f: Fields, plain_http: bool) -> str:
 
 
 def _artifacts(f: Fields, base: Path) -> Artifacts:
+    """[artifacts]; the registry keys are checked whenever they are there (a table kept while
+    store is "builder" is still right when it changes), and required with store = "registry"."""
     store = f.choice("store", STORES, "builder")
-    if store == "builder":
+    if store == "builder" and not any(f.has(k) for k in ARTIFACTS_KEYS if k != "store"):
         return Artifacts()
     plain_http = f.flag("plain_http", False)
-    url = _registry_url(f, plain_http)
-    repository = f.string("repository", required=True)
-    if len(repository) > 255 or not _REPOSITORY.match(repository):
+    registry = store == "registry"
+    url = _registry_url(f, plain_http) if registry or f.has("url") else None
+    repository = f.string("repository", required=registry)
+    if repository is not None and (len(repository) > 255 or not _REPOSITORY.match(repository)):
         raise f.error("repository", "an OCI repository name: lowercase letters and digits, parts joined "
                                     "by '.', '_', '-' and '/' (e.g. flinger/quorum)")
     ca = f.opt_str("ca")

@@ -75,10 +75,26 @@ def run_check(config: Path) -> tuple[int, str]:
     return code, err.getvalue() + out.getvalue()
 
 
-@pytest.mark.parametrize("example", ["orion", "gitmirror", "nativelink"])
+REGISTRY_TABLE = b"""
+[artifacts]
+store = "registry"
+url = "https://registry.example.net:5000"
+repository = "flinger/orion"
+ca = "registry-ca.pem"
+username = "deploy"
+password_file = "registry.pw"
+pull_username = "reader"
+pull_password_file = "reader.pw"
+plain_http = false
+"""
+
+
+@pytest.mark.parametrize("example", ["orion", "gitmirror", "nativelink", "orion+registry"])
 def test_check_is_total_on_mutants(example: str, tmp_path: Path) -> None:
     project = tmp_path / example
-    shutil.copytree(REPO / "examples" / example, project)
+    shutil.copytree(REPO / "examples" / example.split("+")[0], project)
+    if example.endswith("+registry"):  # an [artifacts] table of every key, mutated like the rest
+        (project / "deploy.toml").write_bytes((project / "deploy.toml").read_bytes() + REGISTRY_TABLE)
     files = [project / "deploy.toml", project / "packaging" / "package-manifest.toml"]
     originals = {f: f.read_bytes() for f in files}
     rng = random.Random(f"flinger-check-fuzz-{example}")
