@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -74,7 +74,7 @@ def test_a_build_is_published_once_and_pulled_back_bit_for_bit(distribution: dic
     assert dest.read_bytes() == big and got == {"bytes": len(big), "resumed": False}
     assert dest.stat().st_mode & 0o777 == 0o600
     # the manifest names every package by digest, under the build's tag
-    status, headers, body = reg.request("GET", f"/v2/test/repo/manifests/{first['tag']}",
+    _, _, body = reg.request("GET", f"/v2/test/repo/manifests/{first['tag']}",
                                         headers={"Accept": registry.MANIFEST_TYPE})
     layers = {layer["annotations"]["dev.flinger.package"]: layer["digest"] for layer in json.loads(body)["layers"]}
     assert layers == {"app": "sha256:" + hashlib.sha256(big).hexdigest(),
@@ -163,13 +163,13 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
 
     blob = os.urandom(300_000)
     token = "tok-123"
-    seen: list[tuple[str, str | None, str | None]] = []
+    seen: ClassVar[list[tuple[str, str | None, str | None]]] = []
     cut = True
 
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         FakeRegistry.seen.append((self.path, self.headers.get("Authorization"), self.headers.get("Range")))
         if self.path.startswith("/token?"):
             ok = self.headers.get("Authorization") == "Basic dTpw"  # u:p
