@@ -3,12 +3,14 @@ floor: plain OpenSSH doing the same work on all N servers in parallel, in the sa
 same hosts, so the results read as ratios.
 
     python benchmarks/deploy_bench.py [--init runit|systemd] [--servers 16] [--parallel 16] [--repeat 3]
-                                      [--dir D] [--base-addr A]
+                                      [--payload-mb 0] [--dir D] [--base-addr A]
 
 Needs root (the sandbox). It starts one sandbox of N + 1 hosts of the chosen kind (the builder
 build1, node1..nodeN; login `deploy` with `sudo -n`, sshd's stock limits), runs `trust`, `sync`,
-`build package` and `overlay` once, copies the built package tarball out of the builder (scp,
-untimed) and renders the quorum service exactly as flinger does for that service manager. Then,
+`build package` and `overlay` once (with --payload-mb, from a copy of this tree whose quorum
+package also carries that many MiB of random bytes: benchmarks/payload.py), copies the built
+package tarball out of the builder (scp, untimed) and renders the quorum service exactly as
+flinger does for that service manager. Then,
 per repetition (the order of the two sides alternates), wall clock of:
   flinger fresh    `flinger --json --parallel P deploy install` (P = --parallel, 16 by default
                    as flinger's), nothing installed
@@ -48,6 +50,9 @@ from flinger.actions.deploy_plan import plan_deploy  # noqa: E402
 from flinger.manifest import load_manifest  # noqa: E402
 from flinger.sandbox import SandboxState  # noqa: E402
 from flinger.topology import load_topology  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from payload import config_from, payload_tree  # noqa: E402
 
 INSTALL_DIR = "/opt/quorum"  # the overlay's config.json names this path: both sides install here
 QUORUM_PORT = 8443
@@ -244,6 +249,8 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=16)
     parser.add_argument("--parallel", type=int, default=16, help="servers at once, both sides (flinger's default)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--payload-mb", type=int, default=0,
+                        help="MiB of random bytes added to the quorum package (0: the example as it is)")
     parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-deploy-{os.getpid()}"))
     parser.add_argument("--base-addr", default="127.77.201.0")
     args = parser.parse_args()
@@ -259,6 +266,9 @@ def main() -> None:
         work.mkdir(mode=0o700)
         bench = Bench(state, work, state.nodes)
         bench.parallel = args.parallel
+        if args.payload_mb:
+            source = payload_tree(work / "src", args.payload_mb)
+            bench.config = config_from(state.config_path, source, work / "deploy.toml")
         bench.prepare()
         print(f"package: {(work / 'quorum.tar.gz').stat().st_size} bytes", flush=True)
         labels = ("flinger fresh", "flinger again", "floor fresh", "floor again")

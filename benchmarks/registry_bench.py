@@ -36,16 +36,16 @@ import sys
 import time
 from pathlib import Path
 
-import tomlkit
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flinger import sandbox  # noqa: E402
 from flinger.sandbox import SandboxState  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from payload import config_from, payload_tree  # noqa: E402
+
 RUN_TIMEOUT = 900
-PAYLOAD_PATH = '  { from = "bench-payload/*", to = "payload/" },\n'
 
 
 def checked(argv: list[str], env: dict[str, str]) -> str:
@@ -63,25 +63,10 @@ class Bench:
         self.env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
         self.parallel = parallel
         self.nodes = state.nodes
-        source = work / "src"  # this tree, with a payload in the quorum package
-        checked(["rsync", "-a", "--exclude", ".git/", "--exclude", ".venv/", "--exclude", ".flinger/",
-                 "--exclude", "__pycache__/", f"{REPO}/", f"{source}/"], self.env)  # fmt: skip
-        (source / "bench-payload").mkdir()
-        with (source / "bench-payload" / "blob.bin").open("wb") as out:
-            for _ in range(payload_mb):
-                out.write(os.urandom(1 << 20))
-        manifest = source / "packaging" / "package-manifest.toml"
-        text = manifest.read_text()
-        anchor = '  { from = "examples/quorum/*.py", to = "bin/" },'
-        assert anchor in text
-        manifest.write_text(text.replace(anchor, anchor + "\n" + PAYLOAD_PATH.rstrip("\n")))
-        doc = tomlkit.parse(state.config_path.read_text())
-        doc["source_dir"] = str(source)
-        self.registry_config = work / "registry.toml"  # both share one client state dir: work/.flinger
-        self.registry_config.write_text(tomlkit.dumps(doc))
-        doc["artifacts"] = {"store": "builder"}
-        self.builder_config = work / "builder.toml"
-        self.builder_config.write_text(tomlkit.dumps(doc))
+        source = payload_tree(work / "src", payload_mb)  # both configs share one client state: work/.flinger
+        self.registry_config = config_from(state.config_path, source, work / "registry.toml")
+        self.builder_config = config_from(state.config_path, source, work / "builder.toml",
+                                          artifacts={"store": "builder"})
         self.blobs = sandbox.registry_files(state.directory).data / "docker"
         self.steps: dict[str, dict[str, list[float]]] = {}  # store -> step -> seconds, per server and run
 

@@ -65,7 +65,7 @@ def package_file(info: dict[str, Any], package: str) -> str:
 class BuilderRsync:
     """The builder rsyncs packages to each server (one rsync, one handshake per server)."""
 
-    failing_step = "build manifest"  # what a server's report names when built() fails
+    wait_step = "build manifest"  # the step a server is in while built() gets ready (or fails)
 
     def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
         self.topology = topology
@@ -150,7 +150,7 @@ class BuilderRsync:
 class RegistryStore:
     """The builder publishes the build to an OCI registry once per run; servers pull."""
 
-    failing_step = "publish"
+    wait_step = "publish"
 
     def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
         self.topology = topology

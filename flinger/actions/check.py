@@ -10,6 +10,7 @@ from flinger.actions.deploy_plan import plan_deploy
 from flinger.errors import ConfigError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest
+from flinger.secrets import registry_credentials
 from flinger.tomlfile import Collector
 from flinger.topology.model import Server, Topology
 
@@ -20,6 +21,7 @@ class CheckReport:
     config: str
     manifest: str
     threshold: int
+    artifacts: dict[str, Any] = field(default_factory=dict)
     server_rows: list[tuple[str, ...]] = field(default_factory=list)
     package_rows: list[tuple[str, ...]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -35,6 +37,7 @@ class CheckReport:
             "config": self.config,
             "manifest": self.manifest,
             "threshold": self.threshold,
+            "artifacts": self.artifacts,
             "servers": [
                 {"server": server, "addr": addr, "roles": listed(roles), "builder": builder == "yes",
                  "deploy": deploy == "yes", "manager": manager}
@@ -103,11 +106,25 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
             )
         )
     _render_every_service(topology, manifest, deploy)
+    report.artifacts = _check_artifacts(topology)
     for spec in manifest.secrets.values():
         for role in (*spec.roles, *spec.visible_to):
             if role != "*" and role not in held:
                 report.warnings.append(f'{manifest.path}: secrets.{spec.name}: no deployment server has role "{role}"')
     return report
+
+
+def _check_artifacts(topology: Topology) -> dict[str, Any]:
+    """Where packages come from; for a registry, its password files and CA read as a deploy
+    will (the user's alone, not empty, certificates), so a problem shows here first."""
+    art = topology.artifacts
+    if not art.registry:
+        return {"store": "builder"}
+    registry_credentials.push_credential(topology)
+    registry_credentials.pull_credential(topology)
+    registry_credentials.ca_pem(topology)
+    return {"store": "registry", "url": art.url, "repository": art.repository,
+            "pull_credential": art.pull_credential() is not None}
 
 
 def _render_every_service(topology: Topology, manifest: Manifest, deploy: list[Server]) -> None:

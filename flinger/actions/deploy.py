@@ -97,11 +97,9 @@ class Deployer:
         runs = staging_runs_dir(staging, install_dir)  # made with the tool's check, one round trip
         tool = upload_tool(conn, self.topology, plan.staging_dir, dirs=(f"{staging}/runs", runs))
         run_dir = f"{runs}/{self.run_id}"
-        try:
-            built = self.store.built()
-        except FlingerError:
-            report.step(getattr(self.store, "failing_step", "artifacts"))
-            raise
+        report.step(getattr(self.store, "wait_step", "artifacts"))  # e.g. the registry's publish, once per run
+        built = self.store.built()
+        report.step("lock")  # the install takes it first
         missing = [p for p in plan.packages if p not in built]
         if missing:
             raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
