@@ -65,8 +65,6 @@ def package_file(info: dict[str, Any], package: str) -> str:
 class BuilderRsync:
     """The builder rsyncs packages to each server (one rsync, one handshake per server)."""
 
-    wait_step = "build manifest"  # the step a server is in while built() gets ready (or fails)
-
     def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
         self.topology = topology
         self.pool = pool
@@ -150,7 +148,7 @@ class BuilderRsync:
 class RegistryStore:
     """The builder publishes the build to an OCI registry once per run; servers pull."""
 
-    wait_step = "publish"
+    wait_step = "publish"  # the step a server is in while built() publishes (or fails to)
 
     def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
         self.topology = topology

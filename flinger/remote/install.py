@@ -133,6 +133,7 @@ def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[s
         if os.path.isdir(target):
             events.emit("step", step="unpack", package=name, reused=True)
             continue
+        events.emit("step", step="unpack", package=name, reused=False)  # before: the time is unpack's
         tarball = os.path.join(staging, str(raw.get("tarball", "")))
         if not os.path.isfile(tarball):
             raise switch.StepFailed("unpack", "package %s: no tarball at %s" % (name, tarball))
@@ -144,7 +145,6 @@ def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[s
             unpack.extract(tarball, target)
         except (unpack.UnsafeArchive, OSError) as exc:
             raise switch.StepFailed("unpack", "package %s: %s" % (name, exc)) from None
-        events.emit("step", step="unpack", package=name, reused=False)
     return unpacked
 
 
@@ -294,8 +294,9 @@ def install(plan: Dict[str, Any]) -> int:
             if not taken.pop("ok"):
                 return events.result(False, **taken)
             need = _missing_packages(plan, install_dir)
-            if need and plan.get("registry") is None:  # the lock stays: the client delivers
-                return events.result(True, need=need, changed=False)  # these, then installs
+            if need and plan.get("registry") is None:
+                # the lock stays: the client has these delivered, then installs
+                return events.result(True, need=need, changed=False)
         if holder and plan.get("release_lock"):
             events.before_result(lambda fields: _let_go(install_dir, holder, fields))
         if plan.get("registry") is not None:  # this server pulls what it lacks itself
@@ -353,6 +354,7 @@ def _pull_missing(plan: Dict[str, Any], install_dir: str, run_dir: Optional[str]
                 raise events.PlanError("package %s: tarball %r is not in the run's packages dir" % (name, dest))
             files.make_dirs(os.path.dirname(dest), mode=0o700)
             events.emit("step", step="pull", package=name)
+
             def retrying(why: str, package: str = name) -> None:
                 events.emit("retry", package=package, why=why)
 

@@ -50,6 +50,12 @@ class LocalStore:
     def staged_path(self, run_dir: str, package: str) -> str:
         return f"{run_dir}/packages/{package}.tar.gz"
 
+    def install_plan(self) -> dict[str, Any]:
+        return {}  # the servers get packages delivered, as from the builder
+
+    def summary(self) -> dict[str, Any]:
+        return {"store": "local", "builder_bytes_sent": 0}
+
     def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
         self.delivered.append(server.name)
         os.makedirs(f"{run_dir}/packages", 0o700, exist_ok=True)
