@@ -3,7 +3,7 @@ floor: plain OpenSSH doing the same work on all N servers in parallel, in the sa
 same hosts, so the results read as ratios.
 
     python benchmarks/deploy_bench.py [--init runit|systemd] [--servers 16] [--parallel 16] [--repeat 3]
-                                      [--payload-mb 0] [--dir D] [--base-addr A]
+                                      [--store builder|registry] [--payload-mb 0] [--dir D] [--base-addr A]
 
 Needs root (the sandbox). It starts one sandbox of N + 1 hosts of the chosen kind (the builder
 build1, node1..nodeN; login `deploy` with `sudo -n`, sshd's stock limits), runs `trust`, `sync`,
@@ -184,7 +184,7 @@ class Bench:
         self.validate = service.validate
         (self.work / "floor-one.sh").write_text(FLOOR_ONE)
         self.steps: dict[str, dict[str, list[float]]] = {}  # fresh | no-change -> step -> seconds
-        self.pushed: dict[str, list[int]] = {}  # fresh | no-change -> bytes the builder sent, per server
+        self.pushed: dict[str, list[int]] = {}  # fresh | no-change -> bytes the builder sent, per run
 
     def ssh_options(self) -> list[str]:
         return ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
@@ -209,9 +209,7 @@ class Bench:
                     spent[name] = spent.get(name, 0.0) + float(step["seconds"])
                 for name, seconds in spent.items():
                     self.steps.setdefault(label, {}).setdefault(name, []).append(seconds)
-            for server in servers:
-                push = server["details"].get("push") or {}
-                self.pushed.setdefault(label, []).append(int(push.get("bytes_sent", 0)))
+            self.pushed.setdefault(label, []).append(int(report["artifacts"]["builder_bytes_sent"]))
         return wall
 
     def floor(self) -> float:
@@ -249,6 +247,8 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=16)
     parser.add_argument("--parallel", type=int, default=16, help="servers at once, both sides (flinger's default)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--store", choices=("builder", "registry"), default="builder",
+                        help="registry: flinger's servers pull from the sandbox registry, emptied before each round")
     parser.add_argument("--payload-mb", type=int, default=0,
                         help="MiB of random bytes added to the quorum package (0: the example as it is)")
     parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-deploy-{os.getpid()}"))
@@ -261,7 +261,8 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
     print(f"sandbox: {args.servers + 1} {args.init} hosts in {args.dir}", flush=True)
     try:
-        state = sandbox.up(args.dir, args.servers + 1, base_addr=args.base_addr, init=args.init)
+        state = sandbox.up(args.dir, args.servers + 1, base_addr=args.base_addr, init=args.init,
+                           with_registry=args.store == "registry")
         work = args.dir / "bench"
         work.mkdir(mode=0o700)
         bench = Bench(state, work, state.nodes)
@@ -277,6 +278,8 @@ def main() -> None:
 
             def flinger_round() -> None:
                 bench.assert_nothing_serves()
+                if args.store == "registry":  # the builder publishes in every round, as it pushes
+                    shutil.rmtree(sandbox.registry_files(state.directory).data / "docker", ignore_errors=True)
                 times["flinger fresh"].append(bench.flinger_deploy("install", True))
                 times["flinger again"].append(bench.flinger_deploy("install", False))
                 bench.flinger_deploy("clean", None)
