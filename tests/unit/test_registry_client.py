@@ -156,6 +156,20 @@ def test_the_builder_publishes_through_the_remote_tool_on_the_oldest_python(
         assert result["event"] == "result" and result["ok"] is True, done.stdout + done.stderr
         assert distribution["password"] not in done.stdout + done.stderr
     assert result["pushed"] == [] and result["bytes_sent"] == 0  # the second run found it all there
+    # and a server on the oldest Python pulls it back, resuming a partial download
+    digest = "sha256:" + json.loads((art / "manifest.json").read_text())["packages"]["old"]["sha256"]
+    (tmp_path / "old.part").write_bytes((art / "packages" / "old.tar.gz").read_bytes()[:1000])
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from flinger.remote import registry; "
+        "spec = json.loads(sys.stdin.read()); "
+        "reg = registry.from_plan(spec['registry'], spec['credential']); "
+        "print(json.dumps(reg.pull_blob(sys.argv[2], sys.argv[3])))"
+    )
+    done = subprocess.run([require_python39(), "-c", script, str(pyz), digest, str(tmp_path / "old")],
+                          input=json.dumps(plan), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"bytes": 9000, "resumed": True}
+    assert (tmp_path / "old").read_bytes() == (art / "packages" / "old.tar.gz").read_bytes()
 
 
 class FakeRegistry(http.server.BaseHTTPRequestHandler):
