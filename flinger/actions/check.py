@@ -106,7 +106,7 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
             )
         )
     _render_every_service(topology, manifest, deploy)
-    report.artifacts = _check_artifacts(topology)
+    report.artifacts = check_artifacts(topology)
     for spec in manifest.secrets.values():
         for role in (*spec.roles, *spec.visible_to):
             if role != "*" and role not in held:
@@ -114,7 +114,7 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
     return report
 
 
-def _check_artifacts(topology: Topology) -> dict[str, Any]:
+def check_artifacts(topology: Topology) -> dict[str, Any]:
     """Where packages come from; for a registry, its password files and CA read as a deploy
     will (the user's alone, not empty, certificates), so a problem shows here first."""
     art = topology.artifacts

@@ -124,12 +124,14 @@ def _run(
     rollback_to: str | None = None,
     rollout: RolloutPolicy | None = None,
 ) -> int:
+    from flinger.actions.check import check_artifacts
     from flinger.actions.deploy import Deployer, run_deploy
 
     topology, manifest = env.topology(), env.manifest()
     chosen = env.select_servers(servers)
     if action == "install":
         _checked_plans(env, chosen, allow_empty)
+        check_artifacts(topology)  # the registry's password files and CA: exit 2 before any server
     board = env.ui.board([s.name for s in chosen], f"deploy {action}")
     log_dir: list[str] = []
     deployers: list[Deployer] = []

@@ -118,3 +118,21 @@ def test_the_ca_must_hold_certificates(tmp_path: Path) -> None:
     assert caught.value.key == "artifacts.ca" and "no PEM certificate" in caught.value.message
     (tmp_path / "ca.pem").write_bytes(ca.create_ca("t").cert_pem)
     assert "BEGIN CERTIFICATE" in (registry_credentials.ca_pem(topo) or "")
+
+
+def test_deploy_install_refuses_a_readable_password_file_before_any_server(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "examples" / "deployment-example.toml").read_text()
+    text = text.replace('source_dir = ".."', f'source_dir = "{repo}"', 1)
+    text = text.replace('store = "builder"', REGISTRY.replace("[artifacts]\n", "").rstrip("\n"), 1)
+    config = tmp_path / "deploy.toml"
+    config.write_text(text)
+    (tmp_path / "registry.pw").write_text("hunter2-registry\n")
+    (tmp_path / "registry.pw").chmod(0o640)
+    done = subprocess.run([sys.executable, "-m", "flinger", "-c", str(config), "deploy", "install"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("flinger: error:")]
+    assert len(errors) == 1 and "artifacts.password_file" in errors[0] and "chmod 600" in errors[0], done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    assert not (tmp_path / ".flinger" / "quorum" / "logs").exists()  # no run started
