@@ -233,13 +233,16 @@ class Runit:
             elif os.path.exists(path):
                 os.unlink(path)
         log = os.path.join(directory, "log")
+        started_anew = fresh
         if not fresh and "log/run" in service["files"] and runsv_ready(directory) \
                 and not runsv_ready(log):
             # A log service new to a supervised service (an upgrade): runsv looks for log/
             # only when it starts. Have it exit (the service stops with it); runsvdir starts
-            # a new runsv, with the log, on its next scan.
+            # a new runsv, with the log, on its next scan, and that one starts the service
+            # with the new files: a restart on top would stop it again just after.
             run(["sv", "exit", directory], check=False)
             _wait_for(lambda: not runsv_ready(directory), _RUNSV_WAIT)
+            started_anew = True
         if fresh:
             os.symlink(directory, link)
         receipt.append({"path": link, "kind": "file"})
@@ -248,7 +251,7 @@ class Runit:
             if not _wait_for(lambda p=path: runsv_ready(p), _RUNSV_WAIT):
                 raise ServiceError("no runsv picked up %s within %ds (is runsvdir running on %s?)"
                                    % (path, _RUNSV_WAIT, self.service_dir))
-        run(["sv", "up" if fresh else "restart", directory])
+        run(["sv", "up" if started_anew else "restart", directory])
         return receipt
 
     def deactivate(self, service: Dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flinger.cli import run
+from flinger.secrets.ca import create_ca
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES_A_FILE = re.compile(r"^flinger: error: /[^\n]*?\.toml(:\d+)?: \S")  # file[:line]: ...
@@ -95,6 +96,10 @@ def test_check_is_total_on_mutants(example: str, tmp_path: Path) -> None:
     shutil.copytree(REPO / "examples" / example.split("+")[0], project)
     if example.endswith("+registry"):  # an [artifacts] table of every key, mutated like the rest
         (project / "deploy.toml").write_bytes((project / "deploy.toml").read_bytes() + REGISTRY_TABLE)
+        (project / "registry-ca.pem").write_bytes(create_ca("fuzz").cert_pem)  # what check reads
+        for name in ("registry.pw", "reader.pw"):
+            (project / name).write_text("a-password\n")
+            (project / name).chmod(0o600)
     files = [project / "deploy.toml", project / "packaging" / "package-manifest.toml"]
     originals = {f: f.read_bytes() for f in files}
     rng = random.Random(f"flinger-check-fuzz-{example}")
