@@ -26,7 +26,7 @@ from typing import Any
 
 import jinja2
 
-from flinger.errors import ConfigError, FlingerError
+from flinger.errors import ConfigError
 from flinger.manifest.model import Manifest
 from flinger.remote import shamir
 from flinger.secrets import registry_credentials
@@ -529,12 +529,8 @@ def make_overlay(
         )
 
     pull = registry_credentials.pull_credential_file(topology) if topology.artifacts.registry else None
-    for name, server_files in plan.items():  # each server pulls packages with it (0600, as all)
-        if pull is not None:
-            if registry_credentials.PULL_CREDENTIAL_FILE in server_files:
-                raise FlingerError(f"{name}: an overlay file of the manifest is at "
-                                   f"{registry_credentials.PULL_CREDENTIAL_FILE}, where the registry's "
-                                   "pull credential goes: move it")
+    if pull is not None:  # each server pulls packages with it; the manifest's files are all under files/
+        for server_files in plan.values():
             server_files[registry_credentials.PULL_CREDENTIAL_FILE] = pull
 
     # Nothing was written up to here: from now on the plan is carried out.

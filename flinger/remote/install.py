@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from flinger.remote import events, files, health, layout, lock, registry, services, switch, unpack
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
+FLINGER_OWN = "flinger"  # the overlay's dir of files for flinger itself, not for the services
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
@@ -413,6 +414,8 @@ def _stage_overlay(run_dir: Optional[str], overlay: Any) -> str:
         parts = str(rel).split("/")
         if not rel or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
             raise events.PlanError("overlay_files: %r is not a relative path inside the overlay" % rel)
+        if parts[0] == FLINGER_OWN:  # for the install itself (the registry's pull credential),
+            continue  # read from the plan: never written, never in a release the service reads
         try:
             content = base64.b64decode(str(data), validate=True)
         except (ValueError, TypeError):
