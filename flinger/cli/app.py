@@ -256,11 +256,13 @@ def sandbox_down(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> int
 
 @sandbox_app.command("status")
 def sandbox_status(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> int:
-    """Show each sandbox host and whether its sshd and its service manager (runsvdir or systemd) are alive."""
+    """Show each sandbox host and whether its sshd and its service manager (runsvdir or systemd) are alive,
+    and the registry's state when it runs one."""
     from flinger import sandbox
 
     env = env_of(ctx)
     rows = sandbox.status(directory.resolve())
+    registry = sandbox.registry_status(directory.resolve())
     if env.json:
         env.ui.emit_json([vars(r) for r in rows])
     else:
@@ -272,7 +274,10 @@ def sandbox_status(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> i
                 for r in rows
             ],
         )
-    return 0 if rows and all(r.sshd_alive for r in rows) else int(ExitStatus.UNREACHABLE)
+        if registry is not None:
+            env.ui.note(f"registry: {registry[0]} {'up' if registry[1] else 'down'}")
+    registry_ok = registry is None or registry[1]
+    return 0 if rows and all(r.sshd_alive for r in rows) and registry_ok else int(ExitStatus.UNREACHABLE)
 
 
 @sandbox_app.command("env")

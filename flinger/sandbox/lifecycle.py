@@ -174,6 +174,14 @@ def _start_registry(record: SandboxRecord, source_dir: Path | None) -> SandboxRe
     return record
 
 
+def registry_status(directory: Path) -> tuple[str, bool] | None:
+    """The sandbox registry's URL and whether it answers, or None when it runs none."""
+    record = state.load(directory.expanduser().resolve())
+    if record is None or record.registry is None:
+        return None
+    return record.registry.url, _registry_running(record)
+
+
 def registry_files(directory: Path) -> registry.RegistryFiles:
     """The files of the sandbox registry in `directory` (its CA, password, blobs)."""
     return registry.RegistryFiles(SandboxPaths(directory.expanduser().resolve()).registry_dir)

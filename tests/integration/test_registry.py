@@ -20,6 +20,7 @@ from flinger_helpers import by_server, derived_config, flinger_json, run_flinger
 
 from flinger import sandbox as sb
 from flinger.sandbox import SandboxState
+from flinger.sandbox.net import is_listening
 from flinger.topology import load_topology
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,9 @@ def reg_sandbox(sandbox_prerequisites: None, tmp_path_factory: pytest.TempPathFa
         yield state
     finally:
         sb.down(directory)
+    url = state.registry_url or ""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    assert not is_listening(host, int(port)), f"the registry still listens on {url} after down"
 
 
 def _flinger(state: SandboxState, *args: str, config: Path | None = None) -> tuple[int, dict[str, Any]]:
@@ -205,3 +209,8 @@ def test_uninstall_through_the_registry_topology_leaves_the_servers_clean(
     assert code == 0, doc
     for node in NODES:
         assert run_ssh(reg_sandbox, node, "test", "-e", "/opt/quorum").returncode != 0, node
+
+
+def test_sandbox_status_names_the_registry_and_whether_it_answers(reg_sandbox: SandboxState) -> None:
+    proc = run_flinger("sandbox", "status", "--dir", str(reg_sandbox.directory))
+    assert proc.returncode == 0 and f"registry: {reg_sandbox.registry_url} up" in proc.stderr, proc.stderr
