@@ -62,6 +62,13 @@ def package_file(info: dict[str, Any], package: str) -> str:
     return str(info.get("file") or f"packages/{package}.tar.gz")
 
 
+def builder_manifest(topology: Topology, pool: ConnectionPool) -> tuple[str, dict[str, Any]]:
+    """The artifacts dir on the builder and its manifest.json (what `build package` wrote)."""
+    conn = pool.get(topology.builder.server)
+    artifacts = resolve_remote_path(conn, topology.builder.artifacts_path)
+    return artifacts, read_remote_json(conn, f"{artifacts}/manifest.json")
+
+
 class BuilderRsync:
     """The builder rsyncs packages to each server (one rsync, one handshake per server)."""
 
@@ -76,9 +83,7 @@ class BuilderRsync:
         """Where the artifacts are and their manifest (read once per run, on first use)."""
         with self._lock:
             if self._ready is None:
-                conn = self.pool.get(self.topology.builder.server)
-                artifacts = resolve_remote_path(conn, self.topology.builder.artifacts_path)
-                manifest = read_remote_json(conn, f"{artifacts}/manifest.json")
+                artifacts, manifest = builder_manifest(self.topology, self.pool)
                 self._ready = {"artifacts": artifacts, "manifest": manifest}
             return self._ready
 
@@ -155,7 +160,8 @@ class RegistryStore:
         self.pool = pool
         self._lock = threading.Lock()
         self._published: dict[str, Any] | None = None
-        self._failure: str | None = None
+        self._failure: str | None = None  # the publish failed: what it said
+        self._hard_failure: str | None = None  # ... and the builder's manifest could not be read either
         self._spec: dict[str, Any] | None = None
 
     def _registry(self) -> dict[str, Any]:
@@ -168,18 +174,28 @@ class RegistryStore:
 
     def built(self) -> dict[str, dict[str, Any]]:
         """The build, published first (once per run: a second call, from any thread, waits
-        for the first and shares its outcome)."""
+        for the first and shares its outcome). When the publish fails, the build is read
+        from the builder's manifest instead: a server that has every package still
+        converges (starts what stopped), and one that lacks a package fails at `publish`
+        with the publish's own message (`deliver`)."""
         with self._lock:
-            if self._failure is not None:
-                raise FlingerError(self._failure)
+            if self._hard_failure is not None:
+                raise FlingerError(self._hard_failure)
             if self._published is None:
                 try:
                     self._published = self._publish()
                 except FlingerError as exc:
                     self._failure = exc.message
-                    raise
+                    try:
+                        self._published = {"packages": self._builder_manifest().get("packages")}
+                    except FlingerError:
+                        self._hard_failure = exc.message
+                        raise exc from None
             packages = self._published.get("packages")
             return packages if isinstance(packages, dict) else {}
+
+    def _builder_manifest(self) -> dict[str, Any]:
+        return builder_manifest(self.topology, self.pool)[1]
 
     def _publish(self) -> dict[str, Any]:
         builder = self.topology.builder_server()
@@ -201,10 +217,15 @@ class RegistryStore:
         return f"{run_dir}/packages/{Path(package_file(self.built()[package], package)).name}"
 
     def install_plan(self) -> dict[str, Any]:
+        if self._failure is not None:  # nothing to pull from: the install says what it lacks
+            return {}
         credential = registry_credentials.PULL_CREDENTIAL_FILE if self.topology.artifacts.pull_credential() else None
         return {"registry": {**self._registry(), "credential": credential}}
 
     def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
+        if self._failure is not None:
+            report.step("publish")
+            raise FlingerError(f"{', '.join(packages)} not installed here, and {self._failure}")
         raise FlingerError(f"{server.name} pulls its packages from the registry itself; it asked for "
                            f"{', '.join(packages)} instead (a remote tool older than this flinger?)")
 
@@ -216,4 +237,5 @@ class RegistryStore:
             "manifest_digest": published.get("manifest_digest"),
             "tag": published.get("tag"),
             "pushed": published.get("pushed") or [],
+            "publish_error": self._failure,
         }

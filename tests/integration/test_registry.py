@@ -186,20 +186,33 @@ def test_a_corrupt_blob_is_refused_and_nothing_is_half_installed(
     assert by_server(doc)["node3"]["details"]["changed"] is True, doc
 
 
-def test_a_registry_that_does_not_answer_fails_every_server_at_publish_and_changes_nothing(
+def test_a_registry_that_does_not_answer_fails_only_the_server_that_needs_a_package(
     installed: dict[str, Any], reg_sandbox: SandboxState, tmp_path: Path
 ) -> None:
+    """An outage of the registry: servers that have every package still converge (a stopped
+    service is started again); one that lacks a package fails at `publish`, changed nowhere."""
     url = installed["topology"].artifacts.url
     host = url.rsplit(":", 1)[0]
     config = derived_config(reg_sandbox, tmp_path, {"artifacts.url": f"{host}:5999"})  # nothing listens
     (tmp_path / ".flinger").symlink_to(reg_sandbox.config_path.parent / ".flinger")  # same overlay and CA
-    before = {n: run_ssh(reg_sandbox, n, "readlink", "/opt/quorum/current").stdout for n in NODES}
+    code, doc = _flinger(reg_sandbox, "deploy", "uninstall", "--servers", "node3")
+    assert code == 0, doc
+    assert run_ssh(reg_sandbox, "node2", "sv", "down", "/etc/sv/quorum").returncode == 0
+    before = {n: run_ssh(reg_sandbox, n, "readlink", "/opt/quorum/current").stdout for n in ("node1", "node2")}
     code, doc = _flinger(reg_sandbox, "deploy", "install", config=config)
+    results = by_server(doc)
     assert code == 1, doc
-    for node, result in by_server(doc).items():
-        assert result["status"] == "failed" and result["step"] == "publish", (node, result)
-        assert "5999 unreachable" in result["message"], (node, result)
-    assert {n: run_ssh(reg_sandbox, n, "readlink", "/opt/quorum/current").stdout for n in NODES} == before
+    node3 = results["node3"]
+    assert node3["status"] == "failed" and node3["step"] == "publish", node3
+    assert "5999 unreachable" in node3["message"] and "quorum not installed here" in node3["message"], node3
+    assert run_ssh(reg_sandbox, "node3", "test", "-e", "/opt/quorum/current").returncode != 0
+    assert run_ssh(reg_sandbox, "node3", "test", "-e", "/opt/quorum/.flinger/lock").returncode != 0
+    assert results["node1"]["status"] == "ok" and results["node1"]["details"]["changed"] is False, results["node1"]
+    assert results["node2"]["status"] == "ok" and results["node2"]["details"]["started"] == ["quorum"], results
+    assert {n: run_ssh(reg_sandbox, n, "readlink", "/opt/quorum/current").stdout for n in before} == before
+    assert "5999 unreachable" in doc["artifacts"]["publish_error"], doc["artifacts"]
+    code, doc = _flinger(reg_sandbox, "deploy", "install")  # the registry back: node3 finishes
+    assert code == 0 and by_server(doc)["node3"]["details"]["changed"] is True, doc
 
 
 def test_uninstall_through_the_registry_topology_leaves_the_servers_clean(
