@@ -23,7 +23,7 @@ import re
 import ssl
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from flinger.remote import events, files
 
@@ -80,7 +80,7 @@ class Registry:
             token = base64.b64encode(("%s:%s" % (username, password or "")).encode()).decode()
             self._basic = "Basic " + token
         self._auth = self._basic
-        self._bearer_tried = False
+        self._bearer_tried: Set[Tuple[Optional[str], ...]] = set()
         self._conns: Dict[str, http.client.HTTPConnection] = {}
 
     # -- the connection and one request -------------------------------------------------
@@ -175,10 +175,13 @@ class Registry:
         """After a 401: fetch a bearer token when the registry asks for one (once); True to
         try the request again."""
         challenge = response.getheader("WWW-Authenticate") or ""
-        if not challenge.lower().startswith("bearer ") or self._bearer_tried:
+        if not challenge.lower().startswith("bearer "):
             return False
-        self._bearer_tried = True
         fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        asked = (fields.get("realm"), fields.get("service"), fields.get("scope"))
+        if asked in self._bearer_tried:  # a token for this scope did not do: the credentials
+            return False
+        self._bearer_tried.add(asked)  # a new scope (a push after a pull) gets its own token
         realm = fields.pop("realm", "")
         if not realm.startswith("https://") and not (realm.startswith("http://") and self.base.startswith("http://")):
             raise RegistryError("the registry's token realm %r is not https: refused" % realm)

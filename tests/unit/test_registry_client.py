@@ -183,12 +183,26 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
+    def do_POST(self) -> None:
+        """An upload needs a token of the push scope: a pull token gets a new challenge."""
+        FakeRegistry.seen.append((self.path, self.headers.get("Authorization"), None))
+        if self.headers.get("Authorization") != "Bearer tok-push":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://{self.headers.get("Host")}/token",'
+                                                 'service="fake",scope="repository:t/r:pull,push"')
+        else:
+            self.send_response(202)
+            self.send_header("Location", "/v2/t/r/blobs/uploads/abc")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self) -> None:
         FakeRegistry.seen.append((self.path, self.headers.get("Authorization"), self.headers.get("Range")))
         if self.path.startswith("/token?"):
             ok = self.headers.get("Authorization") == "Basic dTpw"  # u:p
             self.send_response(200 if ok else 401)
-            body = json.dumps({"token": self.token}).encode() if ok else b"{}"
+            token = "tok-push" if "pull%2Cpush" in self.path else self.token  # one token per scope
+            body = json.dumps({"token": token}).encode() if ok else b"{}"
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -215,7 +229,9 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def test_a_bearer_token_is_fetched_and_a_cut_download_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bearer_tokens_per_scope_and_a_cut_download_that_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(registry, "RETRY_PAUSE", 0.01)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -231,5 +247,9 @@ def test_a_bearer_token_is_fetched_and_a_cut_download_resumes(tmp_path: Path, mo
         assert len(token_asks) == 1 and "scope=repository%3At%2Fr%3Apull" in token_asks[0][0]
         ranges = [s[2] for s in FakeRegistry.seen if s[0].startswith("/v2/") and s[1] == "Bearer tok-123"]
         assert ranges[0] is None and ranges[-1] == f"bytes={len(FakeRegistry.blob) // 3}-", ranges
+        # a push after the pull asks for a wider scope: a token of its own, then the upload starts
+        status, headers, _ = reg.request("POST", "/v2/t/r/blobs/uploads/", body=b"", ok=(202,))
+        assert status == 202 and headers["location"] == "/v2/t/r/blobs/uploads/abc"
+        assert len([s for s in FakeRegistry.seen if s[0].startswith("/token?")]) == 2
     finally:
         server.shutdown()
