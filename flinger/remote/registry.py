@@ -142,34 +142,60 @@ class Registry:
             return response, origin
         raise RegistryError("too many redirects from %s" % self.base)
 
+    def _open(self, method: str, url: str, headers: Dict[str, str], body: Any = None,
+              ) -> Tuple[http.client.HTTPResponse, str]:
+        """`_send`, and again with a bearer token for as long as a 401 asks for a scope not
+        tried yet (a push after a pull asks for a wider one)."""
+        response, origin = self._send(method, url, headers, body)
+        while response.status == 401 and self._authorize(response):
+            response.read()
+            response, origin = self._send(method, url, headers, body)
+        return response, origin
+
+    @staticmethod
+    def _refuse(method: str, url: str, status: int, data: bytes) -> None:
+        """Raise for an answer that is not the one wanted: _Retry when another attempt may
+        do (429, 5xx), else RegistryError with the registry's own words."""
+        if status == 429 or status >= 500:
+            raise _Retry("%s %s: HTTP %d" % (method, _shown(url), status))
+        if status == 401:
+            raise RegistryError("%s %s: HTTP 401: the registry refused the credentials" % (method, _shown(url)))
+        raise RegistryError("%s %s: HTTP %d%s" % (method, _shown(url), status, _errors(data)))
+
+    @staticmethod
+    def _retrying(attempt: Callable[[], Any], on_retry: Optional[Callable[[str], None]] = None) -> Any:
+        """`attempt()`, again after a pause (doubled each time) while it raises _Retry, up to
+        TRIES times; the last _Retry becomes a RegistryError."""
+        pause = RETRY_PAUSE
+        for tried in range(1, TRIES + 1):
+            try:
+                return attempt()
+            except _Retry as exc:
+                if tried == TRIES:
+                    raise RegistryError(str(exc)) from None
+                if on_retry is not None:
+                    on_retry(str(exc))
+                time.sleep(pause)
+                pause *= 2
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def request(self, method: str, path: str, *, headers: Optional[Dict[str, str]] = None,
                 body: Any = None, ok: Tuple[int, ...] = (200,)) -> Tuple[int, Dict[str, str], bytes]:
         """A request to the registry (a path under it, or a whole URL it gave), with retries
         and auth; (status, headers, body) for a status in `ok` (or 404 when listed)."""
         url = path if "://" in path else self.base + path
-        pause = RETRY_PAUSE
-        for attempt in range(TRIES):
-            try:
-                response, origin = self._send(method, url, dict(headers or {}), body)
-                data = response.read()
-                if response.getheader("Connection", "").lower() == "close":
-                    self._drop(origin)
-                if response.status == 401 and self._authorize(response):
-                    continue
-                if response.status in ok:
-                    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-                if response.status == 429 or response.status >= 500:
-                    raise _Retry("%s %s: HTTP %d" % (method, _shown(url), response.status))
-                if response.status == 401:
-                    raise RegistryError("%s %s: HTTP 401: the registry refused the credentials"
-                                        % (method, _shown(url)))
-                raise RegistryError("%s %s: HTTP %d%s" % (method, _shown(url), response.status, _errors(data)))
-            except _Retry as exc:
-                if attempt == TRIES - 1:
-                    raise RegistryError(str(exc)) from None
-                time.sleep(pause)
-                pause *= 2
-        raise RegistryError("%s %s: no answer" % (method, _shown(url)))
+
+        def attempt() -> Tuple[int, Dict[str, str], bytes]:
+            response, origin = self._open(method, url, dict(headers or {}), body)
+            data = response.read()
+            if response.getheader("Connection", "").lower() == "close":
+                self._drop(origin)
+            if response.status not in ok:
+                self._refuse(method, url, response.status, data)
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+        result: Tuple[int, Dict[str, str], bytes] = self._retrying(attempt)
+        return result
 
     def _authorize(self, response: http.client.HTTPResponse) -> bool:
         """After a 401: fetch a bearer token when the registry asks for one (once); True to
@@ -244,68 +270,53 @@ class Registry:
                                           headers={"Accept": MANIFEST_TYPE}, ok=(200, 404))
         return headers.get("docker-content-digest") if status == 200 else None
 
-    def put_manifest(self, tag: str, manifest: bytes) -> str:
-        _, headers, _ = self.request("PUT", "/v2/%s/manifests/%s" % (self.repository, tag),
-                                     headers={"Content-Type": MANIFEST_TYPE}, body=manifest, ok=(201,))
-        return headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(manifest).hexdigest()
+    def put_manifest(self, tag: str, manifest: bytes) -> None:
+        self.request("PUT", "/v2/%s/manifests/%s" % (self.repository, tag),
+                     headers={"Content-Type": MANIFEST_TYPE}, body=manifest, ok=(201,))
 
     def pull_blob(self, digest: str, dest: str, on_retry: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
         """Download a blob to `dest` (0600), resuming a partial one; refused (deleted) unless
         its sha256 is `digest`. {"bytes": received, "resumed": bool}."""
-        path = self._blob_path(digest)
+        url = self.base + self._blob_path(digest)
         part = dest + ".part"
-        received, resumed = 0, False
-        pause = RETRY_PAUSE
-        for attempt in range(TRIES):
+        got = {"bytes": 0, "resumed": False}
+
+        def attempt() -> None:
             have = os.path.getsize(part) if os.path.exists(part) else 0
-            headers = {"Range": "bytes=%d-" % have} if have else {}
-            try:
-                response, origin = self._send("GET", self.base + path, headers)
-                if response.status == 401 and self._authorize(response):
-                    response.read()
-                    response, origin = self._send("GET", self.base + path, headers)
-                if response.status == 416 and have:  # asked from the very end: it is all here
-                    response.read()
-                    break
-                if response.status not in (200, 206):
-                    data = response.read()
-                    if response.status == 429 or response.status >= 500:
-                        raise _Retry("GET %s: HTTP %d" % (path, response.status))
-                    raise RegistryError("GET %s: HTTP %d%s" % (path, response.status, _errors(data)))
-                mode = "ab" if response.status == 206 else "wb"
-                resumed = resumed or (mode == "ab")
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, mode) as out:
-                    if mode == "wb":
-                        out.truncate(0)
-                    while True:
-                        try:
-                            chunk = response.read(CHUNK)
-                        except (OSError, http.client.HTTPException) as exc:
-                            self._drop(origin)
-                            raise _Retry("download cut off: %s" % _why(exc)) from None
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        received += len(chunk)
-                length = response.getheader("Content-Length")
-                if response.status == 200 and length is not None and os.path.getsize(part) < int(length):
-                    self._drop(origin)
-                    raise _Retry("download cut off after %d of %s bytes" % (os.path.getsize(part), length))
-                break
-            except _Retry as exc:
-                if attempt == TRIES - 1:
-                    raise RegistryError(str(exc)) from None
-                if on_retry is not None:
-                    on_retry(str(exc))
-                time.sleep(pause)
-                pause *= 2
+            response, origin = self._open("GET", url, {"Range": "bytes=%d-" % have} if have else {})
+            if response.status == 416 and have:  # asked from the very end: it is all here
+                response.read()
+                return
+            if response.status not in (200, 206):
+                self._refuse("GET", url, response.status, response.read())
+            resume = response.status == 206
+            got["resumed"] = got["resumed"] or resume
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "ab" if resume else "wb") as out:
+                if not resume:
+                    out.truncate(0)
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as exc:
+                        self._drop(origin)
+                        raise _Retry("download cut off: %s" % _why(exc)) from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    got["bytes"] += len(chunk)
+            length = response.getheader("Content-Length")
+            if not resume and length is not None and os.path.getsize(part) < int(length):
+                self._drop(origin)
+                raise _Retry("download cut off after %d of %s bytes" % (os.path.getsize(part), length))
+
+        self._retrying(attempt, on_retry)
         actual = "sha256:" + files.sha256_file(part)
         if actual != digest:
             os.unlink(part)
             raise RegistryError("blob %s from the registry has sha256 %s: refused" % (digest, actual[7:]))
         os.replace(part, dest)
-        return {"bytes": received, "resumed": resumed}
+        return got
 
 
 def _why(exc: BaseException) -> str:
