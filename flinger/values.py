@@ -25,16 +25,6 @@ _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+@:,=-]+$")
 _HOST_KEY = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
-def is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1 (what may be spoken to in the clear)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def text_problem(value: str) -> str | None:
     """Control characters, line breaks, bidi controls and zero-width characters are refused in
     every string (a tab is allowed)."""

@@ -22,7 +22,7 @@ from flinger.topology.model import (
     SshSettings,
     Topology,
 )
-from flinger.values import host_problem, is_loopback, jump_problem, name_problem, remote_path_problem, user_problem
+from flinger.values import host_problem, jump_problem, name_problem, remote_path_problem, user_problem
 
 TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers", "artifacts")
 ARTIFACTS_KEYS = ("store", "url", "repository", "ca", "username", "password_file", "pull_username",
@@ -119,6 +119,8 @@ def _registry_url(f: Fields, plain_http: bool) -> str:
     if port is not None and not 1 <= port <= 65535:
         raise f.error("url", "the port must be between 1 and 65535")
     if parts.scheme == "http":
+        from flinger.remote.registry import is_loopback  # the servers' own rule; HTTP code only here
+
         if not plain_http:
             raise f.error("url", "plain http sends packages and credentials in the clear: use https "
                                  "(or, for a registry on a loopback address, set plain_http = true)")
