@@ -294,15 +294,15 @@ def install(plan: Dict[str, Any]) -> int:
             taken = lock.take(install_dir, holder, float(wait or 0))
             if not taken.pop("ok"):
                 return events.result(False, **taken)
-            need = _missing_packages(plan, install_dir)
-            if need and plan.get("registry") is None:
-                # the lock stays: the client has these delivered, then installs
-                return events.result(True, need=need, changed=False)
+        need = _missing_packages(plan, install_dir)
+        if need and plan.get("acquire") is not None and plan.get("registry") is None:
+            # the lock stays: the client has these delivered, then installs
+            return events.result(True, need=need, changed=False)
         if holder and plan.get("release_lock"):
             events.before_result(lambda fields: _let_go(install_dir, holder, fields))
-        if plan.get("registry") is not None:  # this server pulls what it lacks itself
+        if need and plan.get("registry") is not None:  # this server pulls what it lacks itself
             try:
-                pulled = _pull_missing(plan, install_dir, run_dir)
+                pulled = _pull_missing(plan, need, run_dir)
             except switch.StepFailed as exc:
                 return events.result(False, step=exc.step, error=str(exc), changed=False)
             if pulled:
@@ -322,8 +322,17 @@ def install(plan: Dict[str, Any]) -> int:
     finally:
         if overlay_dir:
             shutil.rmtree(overlay_dir, ignore_errors=True)  # staged secrets never linger
-        if run_dir and os.path.basename(os.path.dirname(os.path.dirname(run_dir))) == "runs":
-            shutil.rmtree(run_dir, ignore_errors=True)  # this run's staged packages are unpacked
+        own = _own_run_dir(run_dir)
+        if own:
+            shutil.rmtree(own, ignore_errors=True)  # this run's staged packages are unpacked
+
+
+def _own_run_dir(run_dir: Optional[str]) -> Optional[str]:
+    """`run_dir` when it is a run's own staging dir (`<staging>/runs/<install dir key>/<run>`),
+    what this install may write into and removes at its end; else None."""
+    if run_dir and os.path.basename(os.path.dirname(os.path.dirname(run_dir))) == "runs":
+        return run_dir
+    return None
 
 
 def _missing_packages(plan: Dict[str, Any], install_dir: str) -> List[str]:
@@ -332,13 +341,12 @@ def _missing_packages(plan: Dict[str, Any], install_dir: str) -> List[str]:
             if not os.path.isdir(os.path.join(install_dir, relative))]
 
 
-def _pull_missing(plan: Dict[str, Any], install_dir: str, run_dir: Optional[str]) -> Dict[str, int]:
-    """Pull the packages not here yet from the plan's registry into this run's staging dir,
-    each checked against its digest before anything unpacks it; bytes received by name."""
-    need = set(_missing_packages(plan, install_dir))
-    if not need:
-        return {}
-    if not run_dir or os.path.basename(os.path.dirname(os.path.dirname(run_dir))) != "runs":
+def _pull_missing(plan: Dict[str, Any], need: List[str], staging: Optional[str]) -> Dict[str, int]:
+    """Pull the packages `need` names (not here yet) from the plan's registry into this
+    run's staging dir, each checked against its digest before anything unpacks it; bytes
+    received by name."""
+    run_dir = _own_run_dir(staging)
+    if run_dir is None:
         raise events.PlanError("a registry pull needs the run's own staging_dir")
     spec = plan["registry"]
     try:
@@ -399,10 +407,11 @@ def _let_go(install_dir: str, holder: str, fields: Dict[str, Any]) -> None:
         fields["lock_problem"] = refused
 
 
-def _stage_overlay(run_dir: Optional[str], overlay: Any) -> str:
+def _stage_overlay(staging: Optional[str], overlay: Any) -> str:
     """Write the overlay that came in the plan ({relative path: base64}) under this run's
     staging dir: dirs 0700, files 0600, nothing outside it."""
-    if not run_dir or os.path.basename(os.path.dirname(os.path.dirname(run_dir))) != "runs":
+    run_dir = _own_run_dir(staging)
+    if run_dir is None:
         raise events.PlanError("overlay_files need the run's own staging_dir")
     if not isinstance(overlay, dict):
         raise events.PlanError("overlay_files: expected an object")
