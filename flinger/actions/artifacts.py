@@ -36,6 +36,9 @@ PUSH_STATS = ("bytes_sent", "literal_bytes", "transferred_size")  # what a push 
 
 
 class ArtifactStore(Protocol):
+    # the step a server's report is in while built() gets the store ready (None: no step of its own)
+    wait_step: str | None
+
     def built(self) -> dict[str, dict[str, Any]]:
         """Every built package: name -> {"sha256": ..., "file": ...}."""
         ...
@@ -62,6 +65,11 @@ def package_file(info: dict[str, Any], package: str) -> str:
     return str(info.get("file") or f"packages/{package}.tar.gz")
 
 
+def staged_tarball(run_dir: str, built: dict[str, dict[str, Any]], package: str) -> str:
+    """Where a server finds a package's tarball in `run_dir`, pushed or pulled there."""
+    return f"{run_dir}/packages/{Path(package_file(built[package], package)).name}"
+
+
 def builder_manifest(topology: Topology, pool: ConnectionPool) -> tuple[str, dict[str, Any]]:
     """The artifacts dir on the builder and its manifest.json (what `build package` wrote)."""
     conn = pool.get(topology.builder.server)
@@ -71,6 +79,8 @@ def builder_manifest(topology: Topology, pool: ConnectionPool) -> tuple[str, dic
 
 class BuilderRsync:
     """The builder rsyncs packages to each server (one rsync, one handshake per server)."""
+
+    wait_step: str | None = None  # the builder's manifest is read at once, beside the servers' connects
 
     def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
         self.topology = topology
@@ -121,7 +131,7 @@ class BuilderRsync:
         return packages if isinstance(packages, dict) else {}
 
     def staged_path(self, run_dir: str, package: str) -> str:
-        return f"{run_dir}/packages/{Path(package_file(self.built()[package], package)).name}"
+        return staged_tarball(run_dir, self.built(), package)
 
     def install_plan(self) -> dict[str, Any]:
         return {}
@@ -153,7 +163,7 @@ class BuilderRsync:
 class RegistryStore:
     """The builder publishes the build to an OCI registry once per run; servers pull."""
 
-    wait_step = "publish"  # the step a server is in while built() publishes (or fails to)
+    wait_step: str | None = "publish"  # a server's step while built() publishes (or fails to)
 
     def __init__(self, topology: Topology, pool: ConnectionPool) -> None:
         self.topology = topology
@@ -187,25 +197,21 @@ class RegistryStore:
                 except FlingerError as exc:
                     self._failure = exc.message
                     try:
-                        self._published = {"packages": self._builder_manifest().get("packages")}
+                        self._published = {"packages": builder_manifest(self.topology, self.pool)[1].get("packages")}
                     except FlingerError:
                         self._hard_failure = exc.message
                         raise exc from None
             packages = self._published.get("packages")
             return packages if isinstance(packages, dict) else {}
 
-    def _builder_manifest(self) -> dict[str, Any]:
-        return builder_manifest(self.topology, self.pool)[1]
-
     def _publish(self) -> dict[str, Any]:
         builder = self.topology.builder_server()
+        conn = self.pool.get(builder.name)
         plan = {
-            "artifacts_dir": "",
+            "artifacts_dir": resolve_remote_path(conn, self.topology.builder.artifacts_path),
             "registry": self._registry(),
             "credential": registry_credentials.push_credential(self.topology),
         }
-        conn = self.pool.get(builder.name)
-        plan["artifacts_dir"] = resolve_remote_path(conn, self.topology.builder.artifacts_path)
         tool = upload_tool(conn, self.topology, f"$HOME/.flinger/{self.topology.name}")
         try:
             return run_tool(conn, builder, tool, ["registry-push"], plan, as_root=False)
@@ -214,7 +220,7 @@ class RegistryStore:
                                f"{builder.name}: {exc.message}") from None
 
     def staged_path(self, run_dir: str, package: str) -> str:
-        return f"{run_dir}/packages/{Path(package_file(self.built()[package], package)).name}"
+        return staged_tarball(run_dir, self.built(), package)
 
     def install_plan(self) -> dict[str, Any]:
         if self._failure is not None:  # nothing to pull from: the install says what it lacks

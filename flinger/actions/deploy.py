@@ -97,11 +97,10 @@ class Deployer:
         runs = staging_runs_dir(staging, install_dir)  # made with the tool's check, one round trip
         tool = upload_tool(conn, self.topology, plan.staging_dir, dirs=(f"{staging}/runs", runs))
         run_dir = f"{runs}/{self.run_id}"
-        wait = getattr(self.store, "wait_step", None)  # the registry's publish, once per run
-        if wait is not None:
-            report.step(wait)
+        if self.store.wait_step is not None:  # the registry's publish, once per run
+            report.step(self.store.wait_step)
         built = self.store.built()
-        if wait is not None:
+        if self.store.wait_step is not None:
             report.step("lock")  # the install takes it first
         missing = [p for p in plan.packages if p not in built]
         if missing:

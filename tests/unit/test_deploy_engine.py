@@ -28,6 +28,8 @@ NODES = ("node1", "node2", "node3")
 class LocalStore:
     """Artifacts built here; delivered by copying (a corrupt copy for the servers in `broken`)."""
 
+    wait_step: str | None = None
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.broken: set[str] = set()
