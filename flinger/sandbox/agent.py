@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flinger.errors import FlingerError
 from flinger.sandbox.paths import SandboxPaths
-from flinger.sandbox.procs import ProcessRef
+from flinger.sandbox.procs import ProcessRef, discard, spawn
 
 START_TIMEOUT = 10.0
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
@@ -24,24 +24,13 @@ def start(paths: SandboxPaths) -> ProcessRef:
             "use a shorter one"
         )
     socket_path.unlink(missing_ok=True)
-    with paths.agent_log.open("ab") as log:
-        proc = subprocess.Popen(
-            ["ssh-agent", "-D", "-a", str(socket_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env={"PATH": "/usr/bin:/bin"},
-        )
+    proc = spawn(["ssh-agent", "-D", "-a", str(socket_path)], paths.agent_log, {"PATH": "/usr/bin:/bin"})
     agent = ProcessRef.of(proc.pid)
     deadline = time.monotonic() + START_TIMEOUT
     while not socket_path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     if agent is None or not socket_path.exists():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        discard(proc)
         raise FlingerError(f"ssh-agent did not start (log: {paths.agent_log})")
     try:
         add_key(socket_path, paths.client_key)

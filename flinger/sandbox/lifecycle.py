@@ -163,12 +163,13 @@ def _start_registry(record: SandboxRecord, source_dir: Path | None) -> SandboxRe
     """Start the registry (on the address after the last host), record it, and write
     deploy.toml with its [artifacts] table."""
     paths = SandboxPaths(record.directory)
+    files = registry.RegistryFiles(paths.registry_dir)
     if record.registry is not None:
         registry.stop(record.registry)
-    started = registry.start(registry.RegistryFiles(paths.registry_dir), registry.address_after(record.hosts[-1].addr))
+    started = registry.start(files, registry.address_after(record.hosts[-1].addr))
     record = replace(record, registry=started)
     state.save(record)
-    artifacts = registry.artifacts_table(registry.RegistryFiles(paths.registry_dir), started)
+    artifacts = registry.artifacts_table(files, started)
     config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts, record.init,
                  artifacts=artifacts)
     return record
@@ -185,14 +186,6 @@ def registry_status(directory: Path) -> tuple[str, bool] | None:
 def registry_files(directory: Path) -> registry.RegistryFiles:
     """The files of the sandbox registry in `directory` (its CA, password, blobs)."""
     return registry.RegistryFiles(SandboxPaths(directory.expanduser().resolve()).registry_dir)
-
-
-def registry_artifacts(directory: Path) -> dict[str, object]:
-    """deploy.toml's [artifacts] table for the running sandbox registry in `directory`."""
-    record = _load_running(directory)
-    if record.registry is None:
-        raise FlingerError("this sandbox runs no registry: flinger sandbox up --registry")
-    return registry.artifacts_table(registry_files(directory), record.registry)
 
 
 def _client_public(paths: SandboxPaths) -> str:

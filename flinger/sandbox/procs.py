@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -110,3 +111,21 @@ def terminate(
     for p in survivors:
         p.signal(signal.SIGKILL)
     return wait_gone(survivors, timeout)
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start one of the sandbox's long-lived processes: no stdin, its output appended to
+    `log`, no inherited descriptors, and a session of its own, so a Ctrl-C aimed at the
+    caller does not take it down."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, env=env,
+        )  # fmt: skip
+
+
+def discard(proc: subprocess.Popen[bytes]) -> None:
+    """Kill (and reap) a process `spawn` started that did not come up as it should."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import bcrypt
 from flinger.errors import FlingerError
 from flinger.sandbox.keys import write_private_file
 from flinger.sandbox.net import can_bind, wait_listening
-from flinger.sandbox.procs import ProcessRef, terminate
+from flinger.sandbox.procs import ProcessRef, discard, spawn, terminate
 from flinger.secrets import ca
 
 PROGRAM = "/usr/bin/docker-registry"
@@ -157,21 +156,10 @@ def start(files: RegistryFiles, addr: str) -> RegistryRecord:
         raise FlingerError(f"ports {PORT}..{PORT + PORTS_TO_TRY - 1} are all taken on {addr}: "
                            "the sandbox registry cannot listen there")
     prepare(files, addr, port)
-    with files.log.open("ab") as log:
-        proc = subprocess.Popen(
-            [PROGRAM, "serve", str(files.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env={"PATH": "/usr/bin:/bin"},
-        )
+    proc = spawn([PROGRAM, "serve", str(files.config)], files.log, {"PATH": "/usr/bin:/bin"})
     process = ProcessRef.of(proc.pid)
     if process is None or not wait_listening(addr, port, START_TIMEOUT, lambda: proc.poll() is None):
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        discard(proc)
         raise FlingerError(f"the sandbox registry did not start on {addr}:{port} (log: {files.log})")
     return RegistryRecord(addr, port, process)
 

@@ -22,8 +22,10 @@ from flinger.sandbox.net import wait_listening, wait_not_listening
 from flinger.sandbox.paths import LOGIN_USER, PRIVATE_MOUNTS, HostPaths
 from flinger.sandbox.procs import (
     ProcessRef,
+    discard,
     mount_namespace,
     processes_in_namespace,
+    spawn,
     terminate,
     wait_gone,
 )
@@ -138,17 +140,7 @@ def _last_log_line(log: Path) -> str:
 
 
 def _spawn(argv: list[str], paths: HostPaths) -> subprocess.Popen[bytes]:
-    with paths.sshd_log.open("ab") as log:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Its own session: a Ctrl-C aimed at the caller must not take the host down.
-            start_new_session=True,
-            close_fds=True,
-            env={**HOST_ENV, "SANDBOX_SSHD": SSHD},
-        )
+    return spawn(argv, paths.sshd_log, {**HOST_ENV, "SANDBOX_SSHD": SSHD})
 
 
 def _await_sshd(
@@ -157,9 +149,7 @@ def _await_sshd(
     sshd = ProcessRef.of(proc.pid)
     if sshd is not None and wait_listening(addr, port, START_TIMEOUT, lambda: proc.poll() is None):
         return sshd
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    discard(proc)
     raise FlingerError(
         f"sandbox host {paths.name} did not listen on {addr}:{port}: "
         f"{_last_log_line(paths.sshd_log)} (log: {paths.sshd_log})"

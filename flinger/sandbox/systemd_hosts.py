@@ -27,7 +27,7 @@ from flinger.errors import FlingerError
 from flinger.sandbox import keys
 from flinger.sandbox.net import is_listening
 from flinger.sandbox.paths import LOGIN_USER, HostPaths
-from flinger.sandbox.procs import ProcessRef, terminate, wait_gone
+from flinger.sandbox.procs import ProcessRef, spawn, terminate, wait_gone
 from flinger.sandbox.rootfs import LOGIN_UID
 from flinger.sandbox.state import HostRecord
 
@@ -156,11 +156,7 @@ def start(paths: HostPaths, rootfs: Path, addr: str, port: int) -> HostRecord:
         # container shares this machine's kernel: a sysctl set there is set here too.
         "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "1",
     }
-    with (paths.directory / "console.log").open("ab") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, env=env,
-        )  # fmt: skip
+    proc = spawn(argv, paths.directory / "console.log", env)
     wrapper = ProcessRef.of(proc.pid)
     if wrapper is None:
         raise FlingerError(f"sandbox host {paths.name} did not start: {_console_tail(paths)}")
