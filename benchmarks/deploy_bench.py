@@ -32,12 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +50,7 @@ from flinger.sandbox import SandboxState  # noqa: E402
 from flinger.topology import load_topology  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 from payload import config_from, payload_tree  # noqa: E402
 
 INSTALL_DIR = "/opt/quorum"  # the overlay's config.json names this path: both sides install here
@@ -61,13 +60,7 @@ RUN_TIMEOUT = 300
 
 
 def checked(argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
-    """Run argv; stop the benchmark with its output when it fails (a failure is no measurement)."""
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, input=stdin, timeout=RUN_TIMEOUT,
-                          stdin=None if stdin is not None else subprocess.DEVNULL)  # fmt: skip
-    if done.returncode != 0:
-        output = done.stdout[-3000:] + done.stderr[-3000:]
-        raise SystemExit(f"failed ({done.returncode}): {shlex.join(argv)}\n{output}")
-    return done.stdout
+    return harness.checked(argv, env, stdin, timeout=RUN_TIMEOUT)
 
 
 def listening(addr: str, port: int) -> bool:
@@ -254,11 +247,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-deploy-{os.getpid()}"))
     parser.add_argument("--base-addr", default="127.77.201.0")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("the sandbox needs root")
-    if args.dir.exists():
-        raise SystemExit(f"{args.dir} exists: give a fresh --dir")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
+    harness.begin(args.dir)
     print(f"sandbox: {args.servers + 1} {args.init} hosts in {args.dir}", flush=True)
     try:
         state = sandbox.up(args.dir, args.servers + 1, base_addr=args.base_addr, init=args.init,

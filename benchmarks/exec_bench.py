@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ sys.path.insert(0, str(REPO))
 from flinger import sandbox  # noqa: E402
 from flinger.sandbox import SandboxState  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
 
 def flinger_argv(state: SandboxState, *args: str) -> list[str]:
     return [sys.executable, "-m", "flinger", "-c", str(state.config_path), *args]
@@ -49,11 +51,7 @@ def timed(run: Callable[[], None]) -> float:
 
 
 def checked(argv: list[str], env: dict[str, str]) -> str:
-    """Run argv; raise with its output when it fails (a failed run is not a measurement)."""
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return done.stdout
+    return harness.checked(argv, env, timeout=300)
 
 
 class ExecBench:
@@ -165,13 +163,8 @@ def main() -> None:
     parser.add_argument("--base-addr", default="127.77.200.0", help="sandbox address range (hosts get base+1..)")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})
-    if os.geteuid() != 0:
-        raise SystemExit("the sandbox needs root")
-
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
+    harness.begin(args.dir)
     print(f"sandbox: {max(sizes) + 1} hosts in {args.dir}; sizes {sizes}, {args.repeat} repetitions", flush=True)
-    if args.dir.exists():
-        raise SystemExit(f"{args.dir} exists: give a fresh --dir")
     try:
         state = sandbox.up(args.dir, max(sizes) + 1, base_addr=args.base_addr)
         bench = ExecBench(state)

@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,18 +41,14 @@ from flinger import sandbox  # noqa: E402
 from flinger.sandbox import SandboxState  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 from payload import config_from, payload_tree  # noqa: E402
 
 RUN_TIMEOUT = 900
 
 
 def checked(argv: list[str], env: dict[str, str]) -> str:
-    """Run argv; stop the benchmark with its output when it fails (a failure is no measurement)."""
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    return done.stdout
+    return harness.checked(argv, env, timeout=RUN_TIMEOUT)
 
 
 class Bench:
@@ -118,11 +112,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-registry-{os.getpid()}"))
     parser.add_argument("--base-addr", default="127.77.211.0")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("the sandbox needs root")
-    if args.dir.exists():
-        raise SystemExit(f"{args.dir} exists: give a fresh --dir")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
+    harness.begin(args.dir)
     rows = []
     for count in (int(n) for n in args.servers.split(",")):
         directory = args.dir / f"n{count}"

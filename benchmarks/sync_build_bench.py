@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,15 +34,14 @@ from flinger import sandbox  # noqa: E402
 from flinger.sandbox import SandboxState  # noqa: E402
 from flinger.topology import load_topology  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
 INPUTS = "examples/quorum/*.py flinger/remote/shamir.py out/packages/quorum.tar.gz"  # the quorum package's
 
 
 def checked(argv: list[str], env: dict[str, str]) -> str:
-    """Run argv; stop the benchmark with its output when it fails (a failure is no measurement)."""
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {shlex.join(argv)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    return done.stdout
+    return harness.checked(argv, env)
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -83,11 +80,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-sync-{os.getpid()}"))
     parser.add_argument("--base-addr", default="127.77.221.0")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("the sandbox needs root")
-    if args.dir.exists():
-        raise SystemExit(f"{args.dir} exists: give a fresh --dir")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
+    harness.begin(args.dir)
     try:
         state = sandbox.up(args.dir, 2, base_addr=args.base_addr)
         bench = Bench(state)
