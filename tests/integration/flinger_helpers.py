@@ -1,11 +1,17 @@
-"""Helpers of the integration tests: run the real CLI, derive a deploy.toml from the sandbox's."""
+"""Helpers of the integration tests: run the real CLI, derive a deploy.toml from the sandbox's,
+ask the quorum nodes for their /status."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from flinger.sandbox import SandboxState
 
@@ -54,3 +60,35 @@ def derived_config(state: SandboxState, directory: Path, edits: dict[str, object
     path = directory / "deploy.toml"
     path.write_text(tomlkit.dumps(doc))
     return path
+
+
+def fetch_cert(addr: str, port: int, ca: Path) -> tuple[x509.Certificate, dict[str, Any]]:
+    """The node's TLS certificate and its /status answer (the CA checks the chain; a caller
+    checks the SAN against the node's own address)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    with socket.create_connection((addr, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(f"GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    return x509.load_der_x509_certificate(der), body
+
+
+def quorum_states(topology: Any, nodes: tuple[str, ...], *, until: str, timeout: float = 60) -> dict[str, str]:
+    """Each quorum node's /status `state` (over TLS, verified with the deployment CA), asked
+    again every 0.5 s until all say `until` or `timeout` seconds have passed."""
+    import time
+
+    ca_path = topology.state_dir / "ca" / "ca.pem"
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {n: fetch_cert(topology.servers[n].addr, 8443, ca_path)[1]["state"] for n in nodes}
+        if set(states.values()) == {until}:
+            break
+        time.sleep(0.5)
+    return states

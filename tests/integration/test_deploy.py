@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
-import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from flinger_helpers import by_server, flinger_json, run_flinger
+from flinger_helpers import by_server, fetch_cert, flinger_json, quorum_states, run_flinger
 
 from flinger import sandbox as sb
 from flinger.sandbox import SandboxState
@@ -51,20 +49,6 @@ def deployed(sandbox: SandboxState) -> dict[str, Any]:
     code, doc = flinger_json(config, "deploy", "install")
     assert code == 0, json.dumps(doc, indent=1)
     return {"before": before, "install": doc, "topology": load_topology(config)}
-
-
-def fetch_cert(addr: str, port: int, ca: Path) -> tuple[x509.Certificate, dict[str, Any]]:
-    context = ssl.create_default_context(cafile=str(ca))
-    context.check_hostname = False  # the SAN is checked below, against the server's own address
-    with socket.create_connection((addr, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        tls.sendall(f"GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-    return x509.load_der_x509_certificate(der), body
 
 
 def test_install_runs_the_service_on_each_server_with_its_own_certificate(deployed: dict[str, Any]) -> None:
@@ -123,18 +107,7 @@ def test_builder_got_no_overlay_and_no_server_got_another_ones(
 
 
 def test_every_node_unseals(deployed: dict[str, Any]) -> None:
-    import time
-
-    topo = deployed["topology"]
-    ca_path = topo.state_dir / "ca" / "ca.pem"
-    deadline = time.monotonic() + 60
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        states = {n: fetch_cert(topo.servers[n].addr, 8443, ca_path)[1]["state"] for n in NODES}
-        if set(states.values()) == {"unsealed"}:
-            break
-        time.sleep(0.5)
-    assert states == {n: "unsealed" for n in NODES}
+    assert quorum_states(deployed["topology"], NODES, until="unsealed") == {n: "unsealed" for n in NODES}
 
 
 def test_second_install_with_nothing_changed_sends_no_package_bytes(

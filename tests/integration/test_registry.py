@@ -9,14 +9,13 @@ blob → a registry that does not answer → uninstall.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import agent_env, run_ssh
-from flinger_helpers import by_server, derived_config, flinger_json, run_flinger
+from flinger_helpers import by_server, derived_config, flinger_json, quorum_states, run_flinger
 
 from flinger import sandbox as sb
 from flinger.sandbox import SandboxState
@@ -92,27 +91,7 @@ def test_the_quorum_deploys_through_the_registry_and_every_node_is_healthy(
 
 
 def test_every_node_unseals_from_shares_it_got_with_packages_from_the_registry(installed: dict[str, Any]) -> None:
-    import socket
-    import ssl
-
-    topo = installed["topology"]
-    context = ssl.create_default_context(cafile=str(topo.state_dir / "ca" / "ca.pem"))
-    context.check_hostname = False
-    states: dict[str, str] = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for node in NODES:
-            addr = topo.servers[node].addr
-            with socket.create_connection((addr, 8443), timeout=10) as raw, context.wrap_socket(raw) as tls:
-                tls.sendall(f"GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode())
-                data = b""
-                while chunk := tls.recv(65536):
-                    data += chunk
-            states[node] = json.loads(data.split(b"\r\n\r\n", 1)[1])["state"]
-        if set(states.values()) == {"unsealed"}:
-            break
-        time.sleep(0.5)
-    assert states == {n: "unsealed" for n in NODES}
+    assert quorum_states(installed["topology"], NODES, until="unsealed") == {n: "unsealed" for n in NODES}
 
 
 def test_the_pull_credential_is_never_shown_nor_left_on_servers(
