@@ -133,13 +133,7 @@ def _run(
         _checked_plans(env, chosen, allow_empty)
         check_artifacts(topology)  # the registry's password files and CA: exit 2 before any server
     board = env.ui.board([s.name for s in chosen], f"deploy {action}")
-    log_dir: list[str] = []
-    deployers: list[Deployer] = []
-
-    def started(deployer: Deployer) -> None:
-        log_dir.append(str(deployer.log_dir))
-        deployers.append(deployer)
-
+    deployers: list[Deployer] = []  # the run's one, once it has started
     with board.running():
         results = run_deploy(
             topology,
@@ -150,11 +144,12 @@ def _run(
             events=board,
             fail_fast=fail_fast,
             lock_wait=lock_wait,
-            on_start=started,
+            on_start=deployers.append,
             rollback_to=rollback_to,
             rollout=rollout,
         )
-    extra: dict[str, Any] = {"log_dir": log_dir[0] if log_dir else None}
+    log_dir = str(deployers[0].log_dir) if deployers else None
+    extra: dict[str, Any] = {"log_dir": log_dir}
     if action == "install" and deployers:
         extra["artifacts"] = sent = deployers[0].store.summary()
         if not env.json:
@@ -162,7 +157,7 @@ def _run(
             env.ui.note(f"the builder sent {sent['builder_bytes_sent']:,} bytes ({where})")
     status = finish(env, f"deploy {action}", results, extra)
     if not env.json and log_dir:
-        env.ui.note(f"logs: {log_dir[0]}")
+        env.ui.note(f"logs: {log_dir}")
     return status
 
 
