@@ -30,9 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flinger import sandbox  # noqa: E402
-from flinger.sandbox import SandboxState  # noqa: E402
+import flinger_sandbox as sandbox  # noqa: E402
 from flinger.topology import load_topology  # noqa: E402
+from flinger_sandbox import SandboxState  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402

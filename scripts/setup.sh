@@ -30,5 +30,5 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
-echo "setup: ready (.venv/bin/flinger)"
+.venv/bin/python -m pip install -q -e '.[test]' -e ./sandbox  # flinger, and its test bed (a distribution of its own)
+echo "setup: ready (.venv/bin/flinger, .venv/bin/flinger-sandbox)"

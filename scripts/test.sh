@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest "$@"
-.venv/bin/ruff check flinger tests benchmarks
-.venv/bin/mypy --strict flinger
+.venv/bin/ruff check flinger sandbox tests benchmarks
+.venv/bin/mypy --strict  # flinger and flinger_sandbox, as pyproject.toml says

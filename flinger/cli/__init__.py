@@ -28,19 +28,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    command = typer.main.get_command(app)
-    args = sys.argv[1:] if argv is None else argv
+    """Run the `flinger` command line; its exit status."""
+    return run_app(app, "flinger", sys.argv[1:] if argv is None else argv)
+
+
+def run_app(typer_app: typer.Typer, prog: str, args: list[str]) -> int:
+    """Run a typer app inside the one error boundary (flinger-sandbox uses it too)."""
+    command = typer.main.get_command(typer_app)
     try:
-        result = command.main(args=args, prog_name="flinger", standalone_mode=False)
+        result = command.main(args=args, prog_name=prog, standalone_mode=False)
     except ConfigErrors as exc:
         for line in exc.lines():
-            print(f"flinger: error: {line}", file=sys.stderr)
+            print(f"{prog}: error: {line}", file=sys.stderr)
         return int(exc.exit_status)
     except FlingerError as exc:
-        print(f"flinger: error: {exc.message}", file=sys.stderr)
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
         return int(exc.exit_status)
     except (typer.Abort, KeyboardInterrupt):
-        print("flinger: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
     except typer.Exit as exc:
         return int(exc.exit_code)
@@ -50,7 +55,7 @@ def run(argv: list[str] | None = None) -> int:
         if callable(show):
             show()
         else:
-            print(f"flinger: error: {exc}", file=sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         return int(ExitStatus.USAGE)
     except Exception as exc:  # noqa: BLE001 - the one place an unexpected error becomes a message
         if "--traceback" in args:
@@ -58,7 +63,7 @@ def run(argv: list[str] | None = None) -> int:
         else:
             # One line: the exception's text may hold values of the input; never its locals.
             detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-            print(f"flinger: internal error: {type(exc).__name__}: {detail}; run again with --traceback "
+            print(f"{prog}: internal error: {type(exc).__name__}: {detail}; run again with --traceback "
                   "to see where", file=sys.stderr)
         return int(ExitStatus.FAILED)
     return int(result) if isinstance(result, int) else 0

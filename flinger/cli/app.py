@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from flinger.cli.env import Env
-from flinger.errors import ExitStatus
 from flinger.progress import Info
 from flinger.ssh.fanout import ServerResult, exit_status
 from flinger.ui import UI
@@ -185,145 +183,4 @@ def sync(ctx: typer.Context) -> int:
         f"{stats.get('bytes_sent', 0):,} bytes sent ({stats.get('literal_bytes', 0):,} literal, "
         f"{stats.get('matched_bytes', 0):,} matched), tree {stats.get('total_size', 0):,} bytes"
     )
-    return 0
-
-
-sandbox_app = typer.Typer(
-    help="A local multi-host test bed: real sshd hosts on loopback addresses.", no_args_is_help=True
-)
-app.add_typer(sandbox_app, name="sandbox")
-DirOpt = Annotated[Path, typer.Option("--dir", help="sandbox directory")]
-class Init(StrEnum):
-    runit = "runit"
-    systemd = "systemd"
-
-
-InitOpt = Annotated[
-    Init,
-    typer.Option(
-        "--init",
-        help="runit: fast namespaced hosts; systemd: each host boots systemd (systemd-nspawn on a "
-        "cached Debian rootfs), as real fleets run",
-    ),
-]
-DEFAULT_SANDBOX = Path("/var/lib/flinger-sandbox")  # not under /root, /opt or /srv: the hosts mount over those
-
-
-@sandbox_app.command("up")
-def sandbox_up(
-    ctx: typer.Context,
-    servers: Annotated[int, typer.Option("--servers", min=2, max=200, help="hosts, the first is the builder")] = 4,
-    directory: DirOpt = DEFAULT_SANDBOX,
-    init: InitOpt = Init.runit,
-    registry: Annotated[
-        bool,
-        typer.Option("--registry", help="also run an OCI registry (TLS, password) that deploys go through"),
-    ] = False,
-) -> int:
-    """Start N sshd hosts (one builder, N-1 servers) and write DIR/deploy.toml."""
-    from flinger import sandbox
-
-    env = env_of(ctx)
-    state = sandbox.up(directory.resolve(), servers, init=init.value, with_registry=registry)
-    if env.json:
-        env.ui.emit_json(
-            {
-                "command": "sandbox up",
-                "config": str(state.config_path),
-                "hosts": {k: list(v) for k, v in state.hosts.items()},
-                "registry": state.registry_url,
-            }
-        )
-        return 0
-    env.ui.table(
-        f"sandbox {state.directory}", ("host", "address", "port"), [(n, a, p) for n, (a, p) in state.hosts.items()]
-    )
-    if state.registry_url:
-        env.ui.note(f"registry: {state.registry_url} (deploy.toml's [artifacts] sends packages through it)")
-    env.ui.note(f'config: {state.config_path}\nagent:  eval "$(flinger sandbox env --dir {directory})"')
-    return 0
-
-
-@sandbox_app.command("down")
-def sandbox_down(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> int:
-    """Stop every process the sandbox started (by pid)."""
-    from flinger import sandbox
-
-    stopped = sandbox.down(directory.resolve())
-    env_of(ctx).ui.note(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-    return 0
-
-
-@sandbox_app.command("status")
-def sandbox_status(ctx: typer.Context, directory: DirOpt = DEFAULT_SANDBOX) -> int:
-    """Show each sandbox host and whether its sshd and its service manager (runsvdir or systemd) are alive,
-    and the registry's state when it runs one."""
-    from flinger import sandbox
-
-    env = env_of(ctx)
-    rows = sandbox.status(directory.resolve())
-    registry = sandbox.registry_status(directory.resolve())
-    if env.json:
-        env.ui.emit_json([vars(r) for r in rows])
-    else:
-        env.ui.table(
-            "sandbox",
-            ("host", "address", "port", "sshd", "init"),
-            [
-                (r.name, r.addr, r.port, "up" if r.sshd_alive else "down", "up" if r.supervisor_alive else "down")
-                for r in rows
-            ],
-        )
-        if registry is not None:
-            env.ui.note(f"registry: {registry[0]} {'up' if registry[1] else 'down'}")
-    registry_ok = registry is None or registry[1]
-    return 0 if rows and all(r.sshd_alive for r in rows) and registry_ok else int(ExitStatus.UNREACHABLE)
-
-
-@sandbox_app.command("env")
-def sandbox_env(directory: DirOpt = DEFAULT_SANDBOX) -> int:
-    """Print shell lines that export SSH_AUTH_SOCK for the sandbox agent."""
-    from flinger import sandbox
-
-    typer.echo(sandbox.env(directory.resolve()))
-    return 0
-
-
-@app.command()
-def demo(
-    ctx: typer.Context,
-    servers: Annotated[int, typer.Option("--servers", min=3, max=64, help="sandbox hosts (one is the builder)")] = 4,
-    directory: DirOpt = DEFAULT_SANDBOX,
-    down: Annotated[bool, typer.Option("--down", help="stop the sandbox at the end")] = False,
-    init: InitOpt = Init.runit,
-    example: Annotated[
-        str | None,
-        typer.Option(
-            "--example", help="deploy this seed example (examples/NAME; default: quorum, the system in packaging/)"
-        ),
-    ] = None,
-) -> int:
-    """Start a local sandbox and run the whole workflow on the example quorum system."""
-    from flinger import sandbox
-    from flinger.actions.demo import run_demo
-    from flinger.cli import run as run_cli
-
-    env = env_of(ctx)
-    target = directory.resolve()
-    try:
-        report = run_demo(target, servers, run_cli, env.ui.note, init=init.value, example=example)
-    finally:
-        if down:
-            sandbox.down(target)
-    if example not in (None, "quorum"):
-        env.ui.success(f"demo complete: the {example} example is deployed, its services active and healthy")
-        return 0
-    env.ui.table("quorum nodes", ("server", "/status"), list(report.nodes.items()))
-    sealed = [n for n, s in report.nodes.items() if s != "unsealed"]
-    if sealed:
-        env.ui.error(f"not unsealed: {', '.join(sealed)}")
-        return int(ExitStatus.FAILED)
-    env.ui.success(f"demo complete: {len(report.nodes)} quorum nodes unsealed")
-    if not down:
-        env.ui.note(f"the sandbox is still running: flinger sandbox down --dir {directory}")
     return 0

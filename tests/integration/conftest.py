@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from flinger.sandbox import SandboxState, down, missing_tools, up
-from flinger.sandbox.paths import LOGIN_USER
-from flinger.sandbox.rootfs import missing_tools as rootfs_missing_tools
+from flinger_sandbox import SandboxState, down, missing_tools, up
+from flinger_sandbox.paths import LOGIN_USER
+from flinger_sandbox.rootfs import missing_tools as rootfs_missing_tools
 
 SshRun = Callable[..., "subprocess.CompletedProcess[str]"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from flinger.sandbox import SandboxState
+from flinger_sandbox import SandboxState
 
 
 def run_flinger(
@@ -26,6 +26,16 @@ def run_flinger(
         [sys.executable, "-m", "flinger", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def run_sandbox_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run the real `flinger-sandbox` CLI (the test bed's own distribution) in a subprocess."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "flinger_sandbox", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=dict(os.environ),
     )  # fmt: skip
 
 

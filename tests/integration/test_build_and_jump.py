@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flinger_helpers import derived_config, run_flinger
 
-from flinger.sandbox import SandboxState
+from flinger_sandbox import SandboxState
 
 pytestmark = pytest.mark.integration
 

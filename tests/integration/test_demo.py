@@ -6,10 +6,10 @@ import json
 
 import pytest
 from conftest import run_ssh
-from flinger_helpers import run_flinger
+from flinger_helpers import run_flinger, run_sandbox_cli
 
-from flinger import sandbox as sb
-from flinger.sandbox.net import is_listening
+import flinger_sandbox as sb
+from flinger_sandbox.net import is_listening
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_demo_then_uninstall(tmp_path_factory: pytest.TempPathFactory) -> None:
     directory = tmp_path_factory.mktemp("demo")
     try:
-        proc = run_flinger("demo", "--dir", str(directory), timeout=900)
+        proc = run_sandbox_cli("demo", "--dir", str(directory))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout + proc.stderr
         for step in (

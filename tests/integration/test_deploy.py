@@ -16,10 +16,10 @@ import pytest
 from cryptography import x509
 from flinger_helpers import by_server, fetch_cert, flinger_json, quorum_states, run_flinger
 
-from flinger import sandbox as sb
-from flinger.sandbox import SandboxState
+import flinger_sandbox as sb
 from flinger.secrets.ca import cert_sans, chains_to
 from flinger.topology import load_topology
+from flinger_sandbox import SandboxState
 
 pytestmark = pytest.mark.integration
 
@@ -207,7 +207,7 @@ def _cut_host(state: SandboxState, name: str) -> None:
     connection in use breaks mid-run (stopping the listener alone leaves sessions alive)."""
     import signal
 
-    from flinger.sandbox.procs import processes_in_namespace
+    from flinger_sandbox.procs import processes_in_namespace
 
     sb.stop_host(state.directory, name)
     record = json.loads((state.directory / "sandbox.json").read_text())

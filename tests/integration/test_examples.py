@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flinger_helpers import run_flinger
+from flinger_helpers import run_sandbox_cli
 
-from flinger import sandbox as sb
+import flinger_sandbox as sb
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def test_example_deploys_on_systemd_hosts(
     # systemd_sandbox: the rootfs is built, or this is skipped/failed the same way as the others
     directory = tmp_path_factory.mktemp(f"ex-{example}")
     try:
-        proc = run_flinger("demo", "--example", example, "--init", "systemd", "--dir", str(directory), timeout=900)
+        proc = run_sandbox_cli("demo", "--example", example, "--init", "systemd", "--dir", str(directory))
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-5000:]
         if example == "quorum":

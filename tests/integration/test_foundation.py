@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from flinger_helpers import derived_config, run_flinger
 
-from flinger import sandbox as sb
-from flinger.sandbox import SandboxState
+import flinger_sandbox as sb
+from flinger_sandbox import SandboxState
 
 pytestmark = pytest.mark.integration
 

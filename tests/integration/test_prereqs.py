@@ -19,7 +19,7 @@ import tomlkit
 import flinger.cli.cmd_prereqs  # noqa: F401 - registers the command
 from flinger.cli import run as flinger_run
 from flinger.remote.prereqs import SYSCTL_FILE
-from flinger.sandbox import SandboxState
+from flinger_sandbox import SandboxState
 
 pytestmark = pytest.mark.integration
 

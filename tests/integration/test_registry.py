@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from conftest import agent_env, run_ssh
-from flinger_helpers import by_server, derived_config, flinger_json, quorum_states, run_flinger
+from flinger_helpers import by_server, derived_config, flinger_json, quorum_states, run_flinger, run_sandbox_cli
 
-from flinger import sandbox as sb
-from flinger.sandbox import SandboxState
-from flinger.sandbox.net import is_listening
+import flinger_sandbox as sb
 from flinger.topology import load_topology
+from flinger_sandbox import SandboxState
+from flinger_sandbox.net import is_listening
 
 pytestmark = pytest.mark.integration
 
@@ -204,5 +204,5 @@ def test_uninstall_through_the_registry_topology_leaves_the_servers_clean(
 
 
 def test_sandbox_status_names_the_registry_and_whether_it_answers(reg_sandbox: SandboxState) -> None:
-    proc = run_flinger("sandbox", "status", "--dir", str(reg_sandbox.directory))
+    proc = run_sandbox_cli("status", "--dir", str(reg_sandbox.directory))
     assert proc.returncode == 0 and f"registry: {reg_sandbox.registry_url} up" in proc.stderr, proc.stderr

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from flinger.errors import FlingerError
-from flinger.sandbox import (
+from flinger.topology import load_topology
+from flinger_sandbox import (
     SandboxState,
     down,
     env,
@@ -24,10 +25,9 @@ from flinger.sandbox import (
     stop_host,
     up,
 )
-from flinger.sandbox import state as sandbox_state
-from flinger.sandbox.net import is_listening
-from flinger.sandbox.paths import LOGIN_USER
-from flinger.topology import load_topology
+from flinger_sandbox import state as sandbox_state
+from flinger_sandbox.net import is_listening
+from flinger_sandbox.paths import LOGIN_USER
 
 pytestmark = pytest.mark.integration
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from flinger_helpers import run_flinger
+from flinger_helpers import run_sandbox_cli
 
-from flinger import sandbox as sb
+import flinger_sandbox as sb
 
 pytestmark = pytest.mark.integration
 
@@ -14,7 +14,7 @@ def test_32_servers_at_parallel_32_through_one_stock_builder(tmp_path_factory: p
     """Every push runs on the builder; 32 at once on one connection would exceed MaxSessions."""
     directory = tmp_path_factory.mktemp("wide")
     try:
-        proc = run_flinger("--parallel", "32", "demo", "--servers", "33", "--dir", str(directory), timeout=900)
+        proc = run_sandbox_cli("demo", "--parallel", "32", "--servers", "33", "--dir", str(directory))
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-4000:]
         assert "Connect failed" not in out

@@ -12,7 +12,7 @@ import pytest
 from conftest import agent_env, run_ssh
 from flinger_helpers import by_server, derived_config, flinger_json, run_flinger
 
-from flinger.sandbox import SandboxState
+from flinger_sandbox import SandboxState
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 import pytest
 
 from flinger.remote import registry
-from flinger.sandbox import registry as sandbox_registry
-from flinger.sandbox.net import pick_addresses
 from flinger.zipapp import build_remote_zipapp
+from flinger_sandbox import registry as sandbox_registry
+from flinger_sandbox.net import pick_addresses
 from tests.unit.oldest_python import require_python39
 
 

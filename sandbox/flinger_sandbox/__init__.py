@@ -8,7 +8,7 @@ limits. `up` also starts an ssh-agent holding the client key and writes known_ho
 deploy.toml; with a registry, CNCF Distribution on the next loopback address (TLS, password).
 """
 
-from flinger.sandbox.lifecycle import (
+from flinger_sandbox.lifecycle import (
     down,
     env,
     refresh_known_hosts,
@@ -21,9 +21,9 @@ from flinger.sandbox.lifecycle import (
     stop_host,
     up,
 )
-from flinger.sandbox.paths import DEFAULT_DIRECTORY
-from flinger.sandbox.state import Endpoint, HostStatus, SandboxState
-from flinger.sandbox.tools import missing_tools
+from flinger_sandbox.paths import DEFAULT_DIRECTORY
+from flinger_sandbox.state import Endpoint, HostStatus, SandboxState
+from flinger_sandbox.tools import missing_tools
 
 __all__ = [
     "DEFAULT_DIRECTORY",

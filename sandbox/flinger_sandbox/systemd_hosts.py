@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 from flinger.errors import FlingerError
-from flinger.sandbox import keys
-from flinger.sandbox.net import is_listening
-from flinger.sandbox.paths import LOGIN_USER, HostPaths
-from flinger.sandbox.procs import ProcessRef, spawn, terminate, wait_gone
-from flinger.sandbox.rootfs import LOGIN_UID
-from flinger.sandbox.state import HostRecord
+from flinger_sandbox import keys
+from flinger_sandbox.net import is_listening
+from flinger_sandbox.paths import LOGIN_USER, HostPaths
+from flinger_sandbox.procs import ProcessRef, spawn, terminate, wait_gone
+from flinger_sandbox.rootfs import LOGIN_UID
+from flinger_sandbox.state import HostRecord
 
 BOOT_TIMEOUT = 120.0
 HALT_TIMEOUT = 30.0

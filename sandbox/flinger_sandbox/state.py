@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from flinger.errors import FlingerError
-from flinger.sandbox.paths import BUILDER_NAME, SandboxPaths
-from flinger.sandbox.procs import ProcessRef
-from flinger.sandbox.registry import RegistryRecord
+from flinger_sandbox.paths import BUILDER_NAME, SandboxPaths
+from flinger_sandbox.procs import ProcessRef
+from flinger_sandbox.registry import RegistryRecord
 
 STATE_VERSION = 1
 

@@ -20,10 +20,10 @@ from typing import Any
 import bcrypt
 
 from flinger.errors import FlingerError
-from flinger.sandbox.keys import write_private_file
-from flinger.sandbox.net import can_bind, wait_listening
-from flinger.sandbox.procs import ProcessRef, discard, spawn, terminate
 from flinger.secrets import ca
+from flinger_sandbox.keys import write_private_file
+from flinger_sandbox.net import can_bind, wait_listening
+from flinger_sandbox.procs import ProcessRef, discard, spawn, terminate
 
 PROGRAM = "/usr/bin/docker-registry"
 PACKAGE = "docker-registry"

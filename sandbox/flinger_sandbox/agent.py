@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from flinger.errors import FlingerError
-from flinger.sandbox.paths import SandboxPaths
-from flinger.sandbox.procs import ProcessRef, discard, spawn
+from flinger_sandbox.paths import SandboxPaths
+from flinger_sandbox.procs import ProcessRef, discard, spawn
 
 START_TIMEOUT = 10.0
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.

@@ -11,12 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from flinger.errors import FlingerError
-from flinger.sandbox import agent, config, keys, registry, rootfs, runit_hosts, state, systemd_hosts
-from flinger.sandbox.net import is_listening, pick_addresses, wait_not_listening
-from flinger.sandbox.paths import PRIVATE_MOUNTS, SandboxPaths, host_names
-from flinger.sandbox.procs import ProcessRef, terminate
-from flinger.sandbox.state import HostRecord, HostStatus, SandboxRecord, SandboxState
-from flinger.sandbox.tools import require_environment
+from flinger_sandbox import agent, config, keys, registry, rootfs, runit_hosts, state, systemd_hosts
+from flinger_sandbox.net import is_listening, pick_addresses, wait_not_listening
+from flinger_sandbox.paths import PRIVATE_MOUNTS, SandboxPaths, host_names
+from flinger_sandbox.procs import ProcessRef, terminate
+from flinger_sandbox.state import HostRecord, HostStatus, SandboxRecord, SandboxState
+from flinger_sandbox.tools import require_environment
 
 # sshd_config takes paths unquoted, and ssh expands % and ~ in some of them.
 # The /etc overlay's mount options are split at "," and ":".
@@ -102,7 +102,7 @@ def up(
         if _running(existing):
             raise FlingerError(
                 f"a sandbox with {len(existing.hosts)} hosts already runs in {directory}: "
-                "bring it down first (flinger sandbox down)"
+                "bring it down first (flinger-sandbox down)"
             )
         state.remove(directory)  # stale: everything it recorded is gone
 
@@ -281,7 +281,7 @@ def _load_running(directory: Path) -> SandboxRecord:
     directory = directory.expanduser().resolve()
     record = state.load(directory)
     if record is None:
-        raise FlingerError(f"no sandbox in {directory}: start one with flinger sandbox up")
+        raise FlingerError(f"no sandbox in {directory}: start one with flinger-sandbox up")
     return record
 
 

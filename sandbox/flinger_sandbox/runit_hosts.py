@@ -18,9 +18,9 @@ import subprocess
 from pathlib import Path
 
 from flinger.errors import FlingerError
-from flinger.sandbox.net import wait_listening, wait_not_listening
-from flinger.sandbox.paths import LOGIN_USER, PRIVATE_MOUNTS, HostPaths
-from flinger.sandbox.procs import (
+from flinger_sandbox.net import wait_listening, wait_not_listening
+from flinger_sandbox.paths import LOGIN_USER, PRIVATE_MOUNTS, HostPaths
+from flinger_sandbox.procs import (
     ProcessRef,
     discard,
     mount_namespace,
@@ -29,8 +29,8 @@ from flinger.sandbox.procs import (
     terminate,
     wait_gone,
 )
-from flinger.sandbox.state import HostRecord
-from flinger.sandbox.tools import SSHD
+from flinger_sandbox.state import HostRecord
+from flinger_sandbox.tools import SSHD
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -81,7 +81,7 @@ def sshd_config(paths: HostPaths, addr: str, port: int) -> str:
     """The sshd_config of a sandbox host: Debian's settings and limits, a key login only."""
     return "\n".join(
         [
-            f"# sandbox host {paths.name}, written by flinger sandbox up",
+            f"# sandbox host {paths.name}, written by flinger-sandbox up",
             f"ListenAddress {addr}:{port}",
             f"HostKey {paths.host_key}",
             f"PidFile {paths.sshd_pid_file}",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from flinger.errors import FlingerError
-from flinger.sandbox.paths import LOGIN_USER
+from flinger_sandbox.paths import LOGIN_USER
 
 SUITE = "bookworm"
 CACHE_DIR = Path("/var/cache/flinger-sandbox")

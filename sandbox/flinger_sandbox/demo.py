@@ -1,4 +1,4 @@
-"""`flinger demo`: the whole workflow on the embedded default, a local sandbox.
+"""`flinger-sandbox demo`: the whole workflow on the embedded default, a local sandbox.
 
 sandbox up → check → trust → exec → sync → install-prereqs → build package → overlay →
 deploy install → deploy status → ask every quorum node for /status over TLS. Each step is
@@ -55,14 +55,14 @@ def demo_steps(config: Path, *, example: bool = False) -> list[DemoStep]:
 
 def examples() -> list[str]:
     """The seed examples `demo --example` can deploy (examples/NAME/deploy.toml)."""
-    from flinger.sandbox.config import repository_root
+    from flinger_sandbox.config import repository_root
 
     root = repository_root() / "examples"
     return sorted([QUORUM, *(p.parent.name for p in root.glob("*/deploy.toml"))])
 
 
 def example_path(name: str) -> Path:
-    from flinger.sandbox.config import repository_root
+    from flinger_sandbox.config import repository_root
 
     if name not in examples():
         raise UsageError(f'no example named "{name}": choose one of {", ".join(examples())}')
@@ -96,10 +96,10 @@ def run_demo(
     import os
     import time
 
-    from flinger import sandbox
-    from flinger.sandbox.config import example_config
-    from flinger.sandbox.paths import SandboxPaths
+    import flinger_sandbox as sandbox
     from flinger.topology import load_topology
+    from flinger_sandbox.config import example_config
+    from flinger_sandbox.paths import SandboxPaths
 
     report = DemoReport()
     example_dir = example_path(example) if example and example != QUORUM else None

@@ -8,10 +8,10 @@ from typing import Any
 import tomlkit
 
 from flinger.errors import FlingerError
-from flinger.sandbox.keys import write_private_file
-from flinger.sandbox.paths import BUILDER_NAME, LOGIN_USER, SandboxPaths
-from flinger.sandbox.state import Endpoint
 from flinger.topology import Topology, load_topology
+from flinger_sandbox.keys import write_private_file
+from flinger_sandbox.paths import BUILDER_NAME, LOGIN_USER, SandboxPaths
+from flinger_sandbox.state import Endpoint
 
 MANIFEST = "packaging/package-manifest.toml"
 BUILDER_SOURCE_DIR = "$HOME/src"
@@ -42,7 +42,7 @@ def render(
     [artifacts] table when the sandbox runs a registry."""
     nodes = [name for name in hosts if name != BUILDER_NAME]
     doc = tomlkit.document()
-    doc.add(tomlkit.comment("A local sandbox, written by flinger sandbox up."))
+    doc.add(tomlkit.comment("A local sandbox, written by flinger-sandbox up."))
     doc["name"] = "sandbox"
     doc["source_dir"] = str(source_dir)
     doc["manifest"] = MANIFEST
