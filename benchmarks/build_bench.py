@@ -52,18 +52,29 @@ def make_tree(root: Path) -> dict[str, int]:
 
 
 def plan(src: Path, out: Path, no_cache: bool) -> dict[str, object]:
-    return {"source_dir": str(src), "artifacts_dir": str(out), "no_cache": no_cache,
-            "jobs": os.cpu_count() or 1, "packages": [
-                {"name": "bin", "paths": [{"from": "bin", "to": "bin"}]},
-                {"name": "web", "paths": [{"from": "web", "to": "web"}]},
-                {"name": "data", "paths": [{"from": "data", "to": "data"}]},
-                {"name": "all", "type": "composite", "packages": ["bin", "web", "data"]}]}
+    return {
+        "source_dir": str(src),
+        "artifacts_dir": str(out),
+        "no_cache": no_cache,
+        "jobs": os.cpu_count() or 1,
+        "packages": [
+            {"name": "bin", "paths": [{"from": "bin", "to": "bin"}]},
+            {"name": "web", "paths": [{"from": "web", "to": "web"}]},
+            {"name": "data", "paths": [{"from": "data", "to": "data"}]},
+            {"name": "all", "type": "composite", "packages": ["bin", "web", "data"]},
+        ],
+    }
 
 
 def timed_build(build_plan: dict[str, object]) -> tuple[float, list[str]]:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flinger.remote", "build"],
-                          input=json.dumps(build_plan), capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "flinger.remote", "build"],
+        input=json.dumps(build_plan),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     elapsed = time.perf_counter() - start
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["ok"], done.stdout[-2000:]
@@ -73,8 +84,7 @@ def timed_build(build_plan: dict[str, object]) -> tuple[float, list[str]]:
 def timed_tar(src: Path, dest: Path) -> float:
     start = time.perf_counter()
     for part in ("bin", "web", "data"):
-        subprocess.run(["tar", "czf", str(dest / f"{part}.tar.gz"), "-C", str(src), part],
-                       check=True)
+        subprocess.run(["tar", "czf", str(dest / f"{part}.tar.gz"), "-C", str(src), part], check=True)
     return time.perf_counter() - start
 
 
@@ -107,8 +117,10 @@ def main() -> None:
         ours = sum(p.stat().st_size for p in (work / "single0" / "packages").iterdir())
         theirs = sum(p.stat().st_size for p in (work / "tar0").iterdir())
         median = statistics.median
-        print(f"sample: {sum(sizes.values()) / 2**20:.1f} MiB in "
-              f"{2 + 2000 + 1} files; {os.cpu_count()} CPUs; median of {args.repeat}")
+        print(
+            f"sample: {sum(sizes.values()) / 2**20:.1f} MiB in "
+            f"{2 + 2000 + 1} files; {os.cpu_count()} CPUs; median of {args.repeat}"
+        )
         print("| measurement | seconds |")
         print("|---|---|")
         print(f"| cold build, 3 packages + 1 composite, no cache | {median(cold):.2f} |")

@@ -104,11 +104,11 @@ rm -rf {q(rel)}/overlay
 mv {q(staging)}/overlay {q(rel)}/overlay
 chmod 700 {q(rel)}/overlay
 {check}
-ln -sfn {q('releases/' + release)} {INSTALL_DIR}/current.new
+ln -sfn {q("releases/" + release)} {INSTALL_DIR}/current.new
 mv -T {INSTALL_DIR}/current.new {INSTALL_DIR}/current
 {activate}
 i=0
-until curl -ksf -o /dev/null {q(f'https://{addr}:{QUORUM_PORT}/status')}; do
+until curl -ksf -o /dev/null {q(f"https://{addr}:{QUORUM_PORT}/status")}; do
   i=$((i+1)); [ "$i" -lt 120 ] || {{ echo "quorum not healthy" >&2; exit 1; }}; sleep {HEALTH_INTERVAL}
 done
 """
@@ -212,7 +212,8 @@ class Bench:
         for name in self.nodes:
             addr, port = self.state.hosts[name]
             (self.work / f"install-{name}.sh").write_text(
-                install_script(self.manager, self.files, addr, release, "/home/deploy/bench-staging", self.validate))
+                install_script(self.manager, self.files, addr, release, "/home/deploy/bench-staging", self.validate)
+            )
             lines.append(f"{name} {addr} {port}")
         env = {**self.env, "WORK": str(self.work), "KNOWN_HOSTS": str(self.state.known_hosts)}
         argv = ["xargs", "-P", str(self.parallel), "-L", "1", "sh", str(self.work / "floor-one.sh")]
@@ -240,18 +241,27 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=16)
     parser.add_argument("--parallel", type=int, default=16, help="servers at once, both sides (flinger's default)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--store", choices=("builder", "registry"), default="builder",
-                        help="registry: flinger's servers pull from the sandbox registry, emptied before each round")
-    parser.add_argument("--payload-mb", type=int, default=0,
-                        help="MiB of random bytes added to the quorum package (0: the example as it is)")
+    parser.add_argument(
+        "--store",
+        choices=("builder", "registry"),
+        default="builder",
+        help="registry: flinger's servers pull from the sandbox registry, emptied before each round",
+    )
+    parser.add_argument(
+        "--payload-mb",
+        type=int,
+        default=0,
+        help="MiB of random bytes added to the quorum package (0: the example as it is)",
+    )
     parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-deploy-{os.getpid()}"))
     parser.add_argument("--base-addr", default="127.77.201.0")
     args = parser.parse_args()
     harness.begin(args.dir)
     print(f"sandbox: {args.servers + 1} {args.init} hosts in {args.dir}", flush=True)
     try:
-        state = sandbox.up(args.dir, args.servers + 1, base_addr=args.base_addr, init=args.init,
-                           with_registry=args.store == "registry")
+        state = sandbox.up(
+            args.dir, args.servers + 1, base_addr=args.base_addr, init=args.init, with_registry=args.store == "registry"
+        )
         work = args.dir / "bench"
         work.mkdir(mode=0o700)
         bench = Bench(state, work, state.nodes)
@@ -297,8 +307,10 @@ def main() -> None:
         for label, steps in bench.steps.items():
             parts = ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in steps.items())
             print(f"flinger {label}, median seconds per server and step: {parts}")
-            print(f"flinger {label}, package bytes the builder sent, in all per run: "
-                  f"{sum(bench.pushed[label]) // args.repeat}")
+            print(
+                f"flinger {label}, package bytes the builder sent, in all per run: "
+                f"{sum(bench.pushed[label]) // args.repeat}"
+            )
     finally:
         sandbox.down(args.dir, purge=True)
         shutil.rmtree(args.dir / "bench", ignore_errors=True)

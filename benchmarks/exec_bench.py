@@ -129,8 +129,11 @@ def measure(bench: ExecBench, sizes: list[int], repeat: int) -> dict[int, dict[s
             "baseline_max": max(ssh_times),
         }
         r = results[n]
-        print(f"  {n:>3} servers: flinger {r['flinger']:.2f} s, ssh in parallel {r['floor']:.2f} s, "
-              f"ssh loop {r['baseline']:.2f} s", flush=True)
+        print(
+            f"  {n:>3} servers: flinger {r['flinger']:.2f} s, ssh in parallel {r['floor']:.2f} s, "
+            f"ssh loop {r['baseline']:.2f} s",
+            flush=True,
+        )
     return results
 
 
@@ -158,8 +161,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,4,16", help="numbers of servers, comma separated")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions per size (median reported)")
-    parser.add_argument("--dir", type=Path, default=Path(f"/var/lib/flinger-bench-exec-{os.getpid()}"),
-                        help="sandbox directory (not under /root, /opt, /srv)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(f"/var/lib/flinger-bench-exec-{os.getpid()}"),
+        help="sandbox directory (not under /root, /opt, /srv)",
+    )
     parser.add_argument("--base-addr", default="127.77.200.0", help="sandbox address range (hosts get base+1..)")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})

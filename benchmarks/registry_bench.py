@@ -59,8 +59,9 @@ class Bench:
         self.nodes = state.nodes
         source = payload_tree(work / "src", payload_mb)  # both configs share one client state: work/.flinger
         self.registry_config = config_from(state.config_path, source, work / "registry.toml")
-        self.builder_config = config_from(state.config_path, source, work / "builder.toml",
-                                          artifacts={"store": "builder"})
+        self.builder_config = config_from(
+            state.config_path, source, work / "builder.toml", artifacts={"store": "builder"}
+        )
         self.blobs = sandbox.registry_files(state.directory).data / "docker"
         self.steps: dict[str, dict[str, list[float]]] = {}  # store -> step -> seconds, per server and run
 
@@ -144,8 +145,10 @@ def main() -> None:
             shutil.rmtree(directory, ignore_errors=True)
     if args.dir.exists():
         args.dir.rmdir()
-    print("\n| servers | package (bytes) | reps | builder-push (s) | registry (s) | registry / builder-push (time) "
-          "| builder sent, builder-push (bytes) | builder sent, registry (bytes) | bytes: registry / builder-push |")
+    print(
+        "\n| servers | package (bytes) | reps | builder-push (s) | registry (s) | registry / builder-push (time) "
+        "| builder sent, builder-push (bytes) | builder sent, registry (bytes) | bytes: registry / builder-push |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for count, size, wall, nbytes in rows:
         print(f"| {count} | {size:,} | {args.repeat} | {wall['builder']:.2f} | {wall['registry']:.2f} "

@@ -151,4 +151,3 @@ class Timeline:
 
     def of(self, name: str) -> list[dict[str, object]]:
         return list(self.steps.get(name, []))
-

@@ -52,8 +52,7 @@ def _environment(trim: bool = False) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         # XML escaping for the SMF manifest; unit files and shell scripts are quoted by
         # their own filters, and placeholder strings must stay verbatim
-        autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2",),
-                                            default_for_string=False, default=False),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2",), default_for_string=False, default=False),
         keep_trailing_newline=True,
     )
     env.filters["shquote"] = shlex.quote
@@ -88,11 +87,11 @@ def resolve_service(service: Service, service_name: str, context: dict[str, Any]
         "description": f"{service_name} (deployed by flinger)",
         "command": _render_text(service.command, context, f"{where}.command"),
         "working_dir": _render_text(service.working_dir, context, f"{where}.working_dir")
-        if service.working_dir else None,
+        if service.working_dir
+        else None,
         "user": _render_text(service.user, context, f"{where}.user") if service.user else None,
         "group": _render_text(service.group, context, f"{where}.group") if service.group else None,
-        "log_file": _render_text(service.log_file, context, f"{where}.log_file")
-        if service.log_file else None,
+        "log_file": _render_text(service.log_file, context, f"{where}.log_file") if service.log_file else None,
         "environment": [
             (name, _render_text(value, context, f"{where}.environment.{name}"))
             for name, value in sorted(service.environment.items())
@@ -104,15 +103,12 @@ def resolve_service(service: Service, service_name: str, context: dict[str, Any]
         "limits": {"nofile": service.limits.get("nofile"), "nproc": service.limits.get("nproc")},
     }
     if not _SERVICE_NAME.match(service_name):
-        raise ConfigError(f"service name {service_name!r} must be letters, digits, . _ @ -",
-                          key=where)
+        raise ConfigError(f"service name {service_name!r} must be letters, digits, . _ @ -", key=where)
     if service.restart not in ("always", "on-failure", "no"):
-        raise ConfigError(f"restart must be always, on-failure or no, not {service.restart!r}",
-                          key=f"{where}.restart")
+        raise ConfigError(f"restart must be always, on-failure or no, not {service.restart!r}", key=f"{where}.restart")
     for name, _value in fields["environment"]:
         if not _ENV_NAME.match(name):
-            raise ConfigError(f"{name!r} is not a valid environment variable name",
-                              key=f"{where}.environment")
+            raise ConfigError(f"{name!r} is not a valid environment variable name", key=f"{where}.environment")
     for key in ("command", "working_dir", "user", "group", "log_file"):
         if fields[key] is not None and ("\n" in fields[key] or "\r" in fields[key]):
             raise ConfigError("must be a single line", key=f"{where}.{key}")
@@ -180,8 +176,9 @@ if set(RENDERERS) != set(services.MANAGERS):  # pragma: no cover - a manager hal
     raise ImportError(f"service managers without a renderer or a driver: {set(RENDERERS) ^ set(services.MANAGERS)}")
 
 
-def _render_override(override_dir: Path, service_name: str, manager: str,
-                     context: dict[str, Any]) -> dict[str, str] | None:
+def _render_override(
+    override_dir: Path, service_name: str, manager: str, context: dict[str, Any]
+) -> dict[str, str] | None:
     renderer = RENDERERS[manager]
     filename, key = renderer.override
     path = override_dir / filename.format(name=service_name)
@@ -191,22 +188,22 @@ def _render_override(override_dir: Path, service_name: str, manager: str,
     files = {key: _render_text(path.read_text(encoding="utf-8"), context, str(path))}
     for name, extra_key in extra:
         if (override_dir / name).is_file():
-            files[extra_key] = _render_text((override_dir / name).read_text(encoding="utf-8"),
-                                            context, str(override_dir / name))
+            files[extra_key] = _render_text(
+                (override_dir / name).read_text(encoding="utf-8"), context, str(override_dir / name)
+            )
     return files
 
 
-def render_service(service: Service, service_name: str, manager: str, context: dict[str, Any],
-                   override_dir: Path | None = None) -> dict[str, str]:
+def render_service(
+    service: Service, service_name: str, manager: str, context: dict[str, Any], override_dir: Path | None = None
+) -> dict[str, str]:
     """The definition files of `service` for `manager` ("systemd" | "smf" | "runit"), as the
     remote install plan's `files` dict. A definition shipped in `override_dir` wins."""
     if manager not in MANAGERS:
-        raise ConfigError(f"unknown service manager {manager!r} (systemd, smf or runit)",
-                          key="service_manager")
+        raise ConfigError(f"unknown service manager {manager!r} (systemd, smf or runit)", key="service_manager")
     fields = resolve_service(service, service_name, context)
     if override_dir is not None:
-        shipped = _render_override(override_dir, service_name, manager,
-                                   {**context, "service": fields})
+        shipped = _render_override(override_dir, service_name, manager, {**context, "service": fields})
         if shipped is not None:
             return shipped
     return RENDERERS[manager].generate(fields)

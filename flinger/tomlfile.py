@@ -77,7 +77,7 @@ class _Scanner:
         while i < len(line):
             if self.open_string is not None:
                 end = line.find(self.open_string, i)
-                while end > 0 and self.open_string == '\"\"\"' and _escaped(line, end):
+                while end > 0 and self.open_string == '"""' and _escaped(line, end):
                     end = line.find(self.open_string, end + 1)
                 if end < 0:
                     return
@@ -89,7 +89,7 @@ class _Scanner:
             char = line[i]
             if char == "#":
                 return
-            if line.startswith(('\"\"\"', "\'\'\'"), i):
+            if line.startswith(('"""', "'''"), i):
                 self.open_string = line[i : i + 3]
                 i += 3
                 continue
@@ -223,7 +223,9 @@ def load_toml(path: Path) -> TomlFile:
         if "already exists" in message:  # tomlkit's line is where it noticed, not the key's
             raise ConfigError(
                 f"invalid TOML: {message.rstrip('.')} (a key may be set once per table)",
-                file=path, line=lines.duplicates.get(dotted) if dotted else None, key=dotted,
+                file=path,
+                line=lines.duplicates.get(dotted) if dotted else None,
+                key=dotted,
             ) from None
         raise ConfigError(f"invalid TOML: {message}", file=path, line=getattr(exc, "line", None)) from None
     except (tomlkit.exceptions.TOMLKitError, ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:

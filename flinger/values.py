@@ -60,12 +60,15 @@ def host_problem(value: str) -> str | None:
     except ValueError:
         pass
     name = value[:-1] if value.endswith(".") else value
-    if 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split(".")) \
-            and not name.replace(".", "").isdigit():
+    if (
+        0 < len(name) <= 253
+        and all(_LABEL.match(label) for label in name.split("."))
+        and not name.replace(".", "").isdigit()
+    ):
         return None
     hint = " (a port goes in `port`, not in the address)" if ":" in value and "." in value else ""
     if "/" in value:
-        hint = " (no \"/\": a network prefix or a path is not an address)"
+        hint = ' (no "/": a network prefix or a path is not an address)'
     return f'"{value}" is not a host name or IP address{hint}'
 
 
@@ -91,8 +94,10 @@ def remote_path_problem(value: str, *, home: bool) -> str | None:
     if rest and not _SAFE_PATH.match(rest):
         bad = sorted({c for c in rest if not _SAFE_PATH.match(c)})
         shown = " ".join(repr(c) for c in bad[:5])
-        return (f'"{value}" holds characters a remote shell or unit file would read differently ({shown}): '
-                "use letters, digits and . _ / + @ : , = -")
+        return (
+            f'"{value}" holds characters a remote shell or unit file would read differently ({shown}): '
+            "use letters, digits and . _ / + @ : , = -"
+        )
     if "/../" in f"{rest}/" or rest.startswith("../"):
         return f'"{value}" must not contain ".."'
     return None

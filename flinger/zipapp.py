@@ -19,10 +19,7 @@ import flinger
 INTERPRETER = "/usr/bin/env python3"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _MAIN = (
-    '"""Run the flinger remote tool."""\n'
-    "import sys\n\n"
-    "from flinger.remote.__main__ import main\n\n"
-    "sys.exit(main())\n"
+    '"""Run the flinger remote tool."""\nimport sys\n\nfrom flinger.remote.__main__ import main\n\nsys.exit(main())\n'
 )
 
 

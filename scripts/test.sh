@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest "$@"
 .venv/bin/ruff check flinger sandbox tests benchmarks
+.venv/bin/ruff format --check flinger sandbox tests benchmarks
 .venv/bin/mypy --strict  # flinger and flinger_sandbox, as pyproject.toml says

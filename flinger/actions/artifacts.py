@@ -178,8 +178,12 @@ class RegistryStore:
         """The registry as plans name it (no credential: that travels apart)."""
         if self._spec is None:
             art = self.topology.artifacts
-            self._spec = {"url": art.url, "repository": art.repository,
-                          "ca_pem": registry_credentials.ca_pem(self.topology), "plain_http": art.plain_http}
+            self._spec = {
+                "url": art.url,
+                "repository": art.repository,
+                "ca_pem": registry_credentials.ca_pem(self.topology),
+                "plain_http": art.plain_http,
+            }
         return self._spec
 
     def built(self) -> dict[str, dict[str, Any]]:
@@ -216,8 +220,9 @@ class RegistryStore:
         try:
             return run_tool(conn, builder, tool, ["registry-push"], plan, as_root=False)
         except RemoteCommandError as exc:
-            raise FlingerError(f"publishing the build to {self.topology.artifacts.url} from "
-                               f"{builder.name}: {exc.message}") from None
+            raise FlingerError(
+                f"publishing the build to {self.topology.artifacts.url} from {builder.name}: {exc.message}"
+            ) from None
 
     def staged_path(self, run_dir: str, package: str) -> str:
         return staged_tarball(run_dir, self.built(), package)
@@ -232,8 +237,10 @@ class RegistryStore:
         if self._failure is not None:
             report.step("publish")
             raise FlingerError(f"{', '.join(packages)} not installed here, and {self._failure}")
-        raise FlingerError(f"{server.name} pulls its packages from the registry itself; it asked for "
-                           f"{', '.join(packages)} instead (a remote tool older than this flinger?)")
+        raise FlingerError(
+            f"{server.name} pulls its packages from the registry itself; it asked for "
+            f"{', '.join(packages)} instead (a remote tool older than this flinger?)"
+        )
 
     def summary(self) -> dict[str, Any]:
         published = self._published or {}

@@ -39,13 +39,24 @@ class CheckReport:
             "threshold": self.threshold,
             "artifacts": self.artifacts,
             "servers": [
-                {"server": server, "addr": addr, "roles": listed(roles), "builder": builder == "yes",
-                 "deploy": deploy == "yes", "manager": manager}
+                {
+                    "server": server,
+                    "addr": addr,
+                    "roles": listed(roles),
+                    "builder": builder == "yes",
+                    "deploy": deploy == "yes",
+                    "manager": manager,
+                }
                 for server, addr, roles, builder, deploy, manager in self.server_rows
             ],
             "packages": [
-                {"package": package, "service": None if service == "-" else service, "source": source,
-                 "roles": listed(roles), "servers": listed(servers)}
+                {
+                    "package": package,
+                    "service": None if service == "-" else service,
+                    "source": source,
+                    "roles": listed(roles),
+                    "servers": listed(servers),
+                }
                 for package, service, source, roles, servers in self.package_rows
             ],
             "warnings": self.warnings,
@@ -123,8 +134,12 @@ def check_artifacts(topology: Topology) -> dict[str, Any]:
     registry_credentials.push_credential(topology)
     registry_credentials.pull_credential(topology)
     registry_credentials.ca_pem(topology)
-    return {"store": "registry", "url": art.url, "repository": art.repository,
-            "pull_credential": art.pull_credential() is not None}
+    return {
+        "store": "registry",
+        "url": art.url,
+        "repository": art.repository,
+        "pull_credential": art.pull_credential() is not None,
+    }
 
 
 def _render_every_service(topology: Topology, manifest: Manifest, deploy: list[Server]) -> None:

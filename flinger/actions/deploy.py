@@ -66,8 +66,9 @@ class Deployer:
         self.holder = f"{getpass.getuser()}@{socket.gethostname()} run {self.run_id}"
         if pool is None:  # SSH; the builder's rsync uses the agent (forwarded to it alone)
             registry = topology.artifacts.registry
-            ssh = ConnectionPool(topology.servers, topology.ssh,
-                                 agent_for=set() if registry else {topology.builder.server})
+            ssh = ConnectionPool(
+                topology.servers, topology.ssh, agent_for=set() if registry else {topology.builder.server}
+            )
             self.pool: HostPool = ssh
             self.store: ArtifactStore = store or (RegistryStore if registry else BuilderRsync)(topology, ssh)
         else:
@@ -321,8 +322,9 @@ def _lock_news(event: dict[str, Any], report: Reporter) -> bool:
         report.line(f"broke a stale lock of {event.get('holder')} since {event.get('since')}: {event.get('reason')}")
         return True
     if event.get("event") == "held":
-        report.line(f"waiting for the deploy lock: held by {event.get('holder')} since "
-                    f"{event.get('since')}; {event.get('why')}")
+        report.line(
+            f"waiting for the deploy lock: held by {event.get('holder')} since {event.get('since')}; {event.get('why')}"
+        )
         return True
     return False
 
@@ -330,7 +332,8 @@ def _lock_news(event: dict[str, Any], report: Reporter) -> bool:
 def _require_running(result: dict[str, Any], report: Reporter) -> None:
     """`deploy status` fails a server where a service is not running or not healthy."""
     bad = [
-        f"{s.get('name')} is {s.get('state')}" if str(s.get("state")) not in services.RUNNING_STATES
+        f"{s.get('name')} is {s.get('state')}"
+        if str(s.get("state")) not in services.RUNNING_STATES
         else f"{s.get('name')} is not healthy"
         for s in result.get("services") or []
         if str(s.get("state")) not in services.RUNNING_STATES or s.get("healthy") is False
@@ -368,8 +371,11 @@ def _explained(exc: RemoteCommandError, report: Reporter) -> RemoteCommandError:
         restored = result.get("restored_health")
         if isinstance(restored, dict) and restored:
             report.details["restored_health"] = restored
-            sick = [f"{name}: {info.get('detail')}" for name, info in restored.items()
-                    if isinstance(info, dict) and not info.get("healthy")]
+            sick = [
+                f"{name}: {info.get('detail')}"
+                for name, info in restored.items()
+                if isinstance(info, dict) and not info.get("healthy")
+            ]
             now += f", NOT healthy ({'; '.join(sick)})" if sick else ", healthy"
         raw = result.get("rollback_problems")
         problems = "; ".join(str(p) for p in raw) if isinstance(raw, list) else ""

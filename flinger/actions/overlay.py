@@ -134,9 +134,7 @@ class _Split:
     messages: list[str] = field(default_factory=list)
 
 
-def _plan_split(
-    topology: Topology, paths: StatePaths, names: tuple[str, ...], *, rotate: bool
-) -> _Split:
+def _plan_split(topology: Topology, paths: StatePaths, names: tuple[str, ...], *, rotate: bool) -> _Split:
     """Keep the current split, re-split the same secret, or make a new one."""
     n, t = len(names), topology.deployment.threshold
     old = None if rotate else load_split(paths.split_file)
@@ -179,18 +177,14 @@ def _plan_split(
             "needs its new share"
         )
     elif old is not None:
-        plan.messages.append(
-            "the stored shares do not recover the committed secret: made a new deployment secret"
-        )
+        plan.messages.append("the stored shares do not recover the committed secret: made a new deployment secret")
     if secret is None and kept is not None:
         secret = kept
         plan.messages.append("split the deployment secret kept in state/secret")
     if secret is None:
         secret = _new_deployment_secret()
         what = "rotated: a new" if rotate else "made a new"
-        plan.messages.append(
-            f"{what} deployment secret, split into {n} shares; any {t} recover it"
-        )
+        plan.messages.append(f"{what} deployment secret, split into {n} shares; any {t} recover it")
     commitments, shares = shamir.split(secret, n, t)
     plan.state = SplitState(
         deployment=topology.name,
@@ -232,16 +226,14 @@ def _secret_views(
             own[spec.name] = values[spec.name][server.name]
         else:
             own_refused[spec.name] = (
-                f"it is made for servers with roles {', '.join(spec.roles)}; "
-                f"server {server.name} has roles {roles}"
+                f"it is made for servers with roles {', '.join(spec.roles)}; server {server.name} has roles {roles}"
             )
         if spec.visible_to and server.has_any_role(spec.visible_to):
             peers[spec.name] = Namespace(f"peer_secrets.{spec.name}", values[spec.name])
         else:
             shown_to = ", ".join(spec.visible_to) or "no role"
             peers_refused[spec.name] = (
-                f"other servers' values are visible to {shown_to}; "
-                f"server {server.name} has roles {roles}"
+                f"other servers' values are visible to {shown_to}; server {server.name} has roles {roles}"
             )
     return (
         SecretView("secrets", own, own_refused),

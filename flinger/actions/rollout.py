@@ -174,9 +174,7 @@ def run_rollout(
     return results
 
 
-def _roll_back(
-    switched: list[list[str]], results: dict[str, ServerResult], reason: str, rollback: RollBack
-) -> None:
+def _roll_back(switched: list[list[str]], results: dict[str, ServerResult], reason: str, rollback: RollBack) -> None:
     """Every server switched in this run back to the release it had, last batch first."""
     for group in reversed(switched):
         todo: list[tuple[str, str]] = []

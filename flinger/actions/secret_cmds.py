@@ -62,9 +62,7 @@ class CombineResult:
 _BATCH_FROM = 4  # below this many shares, one check per share is as quick as a batch
 
 
-def _static_check(
-    server: str, path: Path, deployment: str, expected: SplitState | None
-) -> ShareCheck | dict[str, Any]:
+def _static_check(server: str, path: Path, deployment: str, expected: SplitState | None) -> ShareCheck | dict[str, Any]:
     """The loaded share document, or a failed ShareCheck when it is unusable before any
     group arithmetic."""
     if not path.exists():
@@ -131,9 +129,7 @@ def combine_share_files(paths: list[Path], reveal: bool = False) -> CombineResul
         except ValueError as e:
             raise FlingerError(str(e)) from None
         if not shamir.verify_share(doc["index"], doc["share"], doc["verifier"]["commitments"]):
-            raise FlingerError(
-                f"{path}: the share does not match its commitments (damaged or tampered)"
-            )
+            raise FlingerError(f"{path}: the share does not match its commitments (damaged or tampered)")
         docs.append((path, doc))
 
     first_path, first = docs[0]
@@ -154,17 +150,12 @@ def combine_share_files(paths: list[Path], reveal: bool = False) -> CombineResul
                 "(a share of another split of the secret, or a tampered file)"
             )
         if doc["index"] in seen:
-            raise FlingerError(
-                f"{path}: holds share {doc['index']}, as {seen[doc['index']]} does"
-            )
+            raise FlingerError(f"{path}: holds share {doc['index']}, as {seen[doc['index']]} does")
         seen[doc["index"]] = path
 
     threshold = first["threshold"]
     if len(docs) < threshold:
-        raise FlingerError(
-            f"need {threshold} valid shares of deployment {first['deployment']}, "
-            f"got {len(docs)}"
-        )
+        raise FlingerError(f"need {threshold} valid shares of deployment {first['deployment']}, got {len(docs)}")
     chosen = docs[:threshold]  # any threshold of verified shares give the same secret
     secret = shamir.combine([(d["index"], d["share"]) for _, d in chosen])
     commitments = first["verifier"]["commitments"]

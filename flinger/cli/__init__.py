@@ -63,7 +63,9 @@ def run_app(typer_app: typer.Typer, prog: str, args: list[str]) -> int:
         else:
             # One line: the exception's text may hold values of the input; never its locals.
             detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-            print(f"{prog}: internal error: {type(exc).__name__}: {detail}; run again with --traceback "
-                  "to see where", file=sys.stderr)
+            print(
+                f"{prog}: internal error: {type(exc).__name__}: {detail}; run again with --traceback to see where",
+                file=sys.stderr,
+            )
         return int(ExitStatus.FAILED)
     return int(result) if isinstance(result, int) else 0

@@ -101,8 +101,11 @@ def check(ctx: typer.Context) -> int:
         f"packages: {report.manifest}", ("package", "service", "source", "roles", "servers"), report.package_rows
     )
     art = report.artifacts
-    source = (f"packages through the registry {art['url']}/{art['repository']}" if art["store"] == "registry"
-              else "packages pushed by the builder")
+    source = (
+        f"packages through the registry {art['url']}/{art['repository']}"
+        if art["store"] == "registry"
+        else "packages pushed by the builder"
+    )
     env.ui.success(
         f"ok: {len(report.server_rows)} servers, {len(report.package_rows)} packages, threshold {report.threshold}; "
         + source

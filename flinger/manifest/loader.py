@@ -125,8 +125,11 @@ def _service(f: Fields) -> Service:
         f.checked(f"after.{i}", other, name_problem(other, "a service name"))
     environment = f.str_map("environment")
     for variable in environment:
-        f.checked(f"environment.{variable}", variable,
-                  None if _ENV_NAME.match(variable) else f'"{variable}" is not an environment variable name')
+        f.checked(
+            f"environment.{variable}",
+            variable,
+            None if _ENV_NAME.match(variable) else f'"{variable}" is not an environment variable name',
+        )
     return Service(
         command=f.string("command", required=True),
         working_dir=f.opt_str("working_dir"),

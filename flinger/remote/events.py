@@ -100,8 +100,10 @@ def read_plan() -> Dict[str, Any]:
         raise PlanError("the plan on stdin must be a JSON object")
     schema = plan.get("schema", SCHEMA)
     if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= SCHEMA:
-        raise PlanError("this flinger-remote reads plans of schema 1 to %d, not %r: run it from "
-                        "the flinger that sent it" % (SCHEMA, schema))
+        raise PlanError(
+            "this flinger-remote reads plans of schema 1 to %d, not %r: run it from "
+            "the flinger that sent it" % (SCHEMA, schema)
+        )
     return plan
 
 

@@ -16,8 +16,9 @@ class _VerifiedHTTPS(http.client.HTTPSConnection):
     """HTTPS that checks the certificate against `server_name` (a peer's certificate names
     the server, while the URL may use its address)."""
 
-    def __init__(self, host: str, port: Optional[int], context: ssl.SSLContext,
-                 server_name: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: Optional[int], context: ssl.SSLContext, server_name: str, timeout: float
+    ) -> None:
         super().__init__(host, port, timeout=timeout, context=context)
         self._context = context
         self._server_name = server_name
@@ -36,8 +37,7 @@ def _http_once(health: Dict[str, Any], timeout: float) -> Tuple[bool, str]:
         context = ssl.create_default_context(cafile=health.get("ca") or None)
         if health.get("client_cert"):
             context.load_cert_chain(health["client_cert"], health.get("client_key"))
-        connection = _VerifiedHTTPS(host, url.port, context,
-                                    health.get("server_name") or host, timeout)
+        connection = _VerifiedHTTPS(host, url.port, context, health.get("server_name") or host, timeout)
     elif url.scheme == "http":
         connection = http.client.HTTPConnection(host, url.port, timeout=timeout)
     else:
@@ -54,14 +54,18 @@ def _http_once(health: Dict[str, Any], timeout: float) -> Tuple[bool, str]:
 
 def _command_once(health: Dict[str, Any], timeout: float) -> Tuple[bool, str]:
     try:
-        done = subprocess.run(["sh", "-c", health["command"]], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=max(timeout, 0.1), check=False)
+        done = subprocess.run(
+            ["sh", "-c", health["command"]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=max(timeout, 0.1),
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return False, "%s: timed out" % health["command"]
     last = done.stdout.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-    return done.returncode == 0, "%s: exit %d %s" % (health["command"], done.returncode,
-                                                   last[0])
+    return done.returncode == 0, "%s: exit %d %s" % (health["command"], done.returncode, last[0])
 
 
 def check_once(health: Dict[str, Any], timeout: float = _REQUEST_TIMEOUT) -> Tuple[bool, str]:

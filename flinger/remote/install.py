@@ -28,10 +28,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 # ---------------------------------------------------------------------------- the plan
 
+
 def plain_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
-        raise events.PlanError("%s %r must be a plain name (letters, digits, . _ @ -)"
-                               % (what, value))
+        raise events.PlanError("%s %r must be a plain name (letters, digits, . _ @ -)" % (what, value))
     return value
 
 
@@ -55,7 +55,9 @@ def parse_services(plan: Dict[str, Any]) -> List[Dict[str, Any]]:
         if name in parsed:
             raise events.PlanError("service %s appears twice" % name)
         parsed[name] = {
-            "name": name, "package": raw.get("package"), "manager": manager,
+            "name": name,
+            "package": raw.get("package"),
+            "manager": manager,
             "files": {str(k): str(v) for k, v in sorted(definition.items())},
             "health": raw.get("health") or None,
             "after": [str(a) for a in raw.get("after") or []],
@@ -94,6 +96,7 @@ def install_dir_of(plan: Dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------- the receipt
 
+
 def load_state(install_dir: str) -> Dict[str, Any]:
     state = files.read_json(layout.state_file(install_dir), None)
     return state if isinstance(state, dict) else {}
@@ -108,6 +111,7 @@ def utc_now() -> str:
 
 
 # ---------------------------------------------------------------------- install steps
+
 
 def _package_dir(name: str, digest: str) -> str:
     return os.path.join("packages", "%s-%s" % (name, digest[:16]))
@@ -140,8 +144,9 @@ def _unpack_packages(plan: Dict[str, Any], install_dir: str) -> Dict[str, Dict[s
             raise switch.StepFailed("unpack", "package %s: no tarball at %s" % (name, tarball))
         actual = files.sha256_file(tarball)
         if actual != digest:
-            raise switch.StepFailed("unpack", "package %s: tarball sha256 %s does not match %s"
-                             % (name, actual, digest))
+            raise switch.StepFailed(
+                "unpack", "package %s: tarball sha256 %s does not match %s" % (name, actual, digest)
+            )
         try:
             unpack.extract(tarball, target)
         except (unpack.UnsafeArchive, OSError) as exc:
@@ -169,6 +174,7 @@ def _owner_ids(owner: Optional[Dict[str, Any]]) -> Tuple[int, int]:
         return -1, -1
     import grp
     import pwd
+
     try:
         uid = pwd.getpwnam(owner["user"]).pw_uid if owner.get("user") else -1
         gid = grp.getgrnam(owner["group"]).gr_gid if owner.get("group") else -1
@@ -177,8 +183,13 @@ def _owner_ids(owner: Optional[Dict[str, Any]]) -> Tuple[int, int]:
     return uid, gid
 
 
-def _make_release(install_dir: str, release: str, unpacked: Dict[str, Dict[str, str]],
-                  overlay_dir: Optional[str], owner: Optional[Dict[str, Any]]) -> str:
+def _make_release(
+    install_dir: str,
+    release: str,
+    unpacked: Dict[str, Dict[str, str]],
+    overlay_dir: Optional[str],
+    owner: Optional[Dict[str, Any]],
+) -> str:
     """Assemble releases/<id> (a fresh name if that one exists) and return the id."""
     releases = os.path.join(install_dir, "releases")
     os.makedirs(releases, exist_ok=True)
@@ -208,11 +219,11 @@ def _current_release(install_dir: str) -> Optional[str]:
     return os.path.basename(target) if os.path.isdir(current) else None
 
 
-def _fingerprint(plan: Dict[str, Any], svcs: List[Dict[str, Any]],
-                 roots: Dict[str, str], overlay_dir: Optional[str]) -> str:
+def _fingerprint(
+    plan: Dict[str, Any], svcs: List[Dict[str, Any]], roots: Dict[str, str], overlay_dir: Optional[str]
+) -> str:
     content = {
-        "packages": sorted((str(p.get("name")), str(p.get("digest")).lower())
-                           for p in plan.get("packages") or []),
+        "packages": sorted((str(p.get("name")), str(p.get("digest")).lower()) for p in plan.get("packages") or []),
         "overlay": files.tree_digest(overlay_dir) if overlay_dir else None,
         "overlay_owner": plan.get("overlay_owner"),
         "services": svcs,
@@ -237,7 +248,7 @@ def prune(install_dir: str, history: List[str], keep: int) -> List[str]:
             files.remove_path(os.path.join(releases_dir, name))
     receipts = layout.receipts_dir(install_dir)
     for name in os.listdir(receipts) if os.path.isdir(receipts) else []:
-        if name[:-len(".json")] not in kept:
+        if name[: -len(".json")] not in kept:
             files.remove_path(os.path.join(receipts, name))
     used = set()
     for name in kept:
@@ -337,8 +348,11 @@ def _own_run_dir(run_dir: Optional[str]) -> Optional[str]:
 
 def _missing_packages(plan: Dict[str, Any], install_dir: str) -> List[str]:
     """The plan's packages not unpacked here yet (by name and digest)."""
-    return [name for _raw, name, _digest, relative in _planned_packages(plan)
-            if not os.path.isdir(os.path.join(install_dir, relative))]
+    return [
+        name
+        for _raw, name, _digest, relative in _planned_packages(plan)
+        if not os.path.isdir(os.path.join(install_dir, relative))
+    ]
 
 
 def _pull_missing(plan: Dict[str, Any], need: List[str], staging: Optional[str]) -> Dict[str, int]:
@@ -385,8 +399,9 @@ def _registry_credential(plan: Dict[str, Any], spec: Any) -> Optional[Dict[str, 
         return None
     encoded = (plan.get("overlay_files") or {}).get(rel)
     if encoded is None:
-        raise switch.StepFailed("pull", "the overlay has no %s (the registry's pull credential): "
-                                "run flinger overlay" % rel)
+        raise switch.StepFailed(
+            "pull", "the overlay has no %s (the registry's pull credential): run flinger overlay" % rel
+        )
     try:
         value = json.loads(base64.b64decode(str(encoded), validate=True).decode())
     except (ValueError, UnicodeDecodeError):
@@ -458,31 +473,37 @@ def _remove_earlier_runs(runs: Any, own: Optional[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
-             svcs: List[Dict[str, Any]], roots: Dict[str, str],
-             overlay_dir: Optional[str]) -> int:
+def _install(
+    plan: Dict[str, Any],
+    install_dir: str,
+    release_id: str,
+    svcs: List[Dict[str, Any]],
+    roots: Dict[str, str],
+    overlay_dir: Optional[str],
+) -> int:
     layout.ensure_install_dir(install_dir)
     previous = load_state(install_dir)
     fingerprint = _fingerprint(plan, svcs, roots, overlay_dir)
-    if previous.get("fingerprint") == fingerprint and _current_release(install_dir) \
-            == previous.get("release"):
+    if previous.get("fingerprint") == fingerprint and _current_release(install_dir) == previous.get("release"):
         events.emit("step", step="compare", changed=False)
         # Nothing to install, but the manifest also says the services run: start any that
         # does not (stopped by hand, crashed for good) and check its health.
         try:
             started = switch.start_stopped(previous, roots)
         except switch.StepFailed as exc:
-            return events.result(False, step=exc.step, error=str(exc), changed=False,
-                                 service_log=switch.service_log(previous.get("services") or [], exc.step,
-                                                          roots, time.time() - 60))
-        return events.result(True, changed=bool(started), started=started,
-                             release=previous.get("release"))
+            return events.result(
+                False,
+                step=exc.step,
+                error=str(exc),
+                changed=False,
+                service_log=switch.service_log(previous.get("services") or [], exc.step, roots, time.time() - 60),
+            )
+        return events.result(True, changed=bool(started), started=started, release=previous.get("release"))
     events.emit("step", step="compare", changed=True)
     try:
         unpacked = _unpack_packages(plan, install_dir)
         events.emit("step", step="release")
-        release = _make_release(install_dir, release_id, unpacked, overlay_dir,
-                                plan.get("overlay_owner"))
+        release = _make_release(install_dir, release_id, unpacked, overlay_dir, plan.get("overlay_owner"))
     except switch.StepFailed as exc:
         return events.result(False, step=exc.step, error=str(exc), changed=False)
     except OSError as exc:
@@ -492,8 +513,7 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
         switch.validate(install_dir, release, svcs)
     except switch.StepFailed as exc:
         files.remove_path(os.path.join(install_dir, "releases", release))
-        return events.result(False, step=exc.step, error=str(exc), changed=False,
-                             validate_output=exc.output)
+        return events.result(False, step=exc.step, error=str(exc), changed=False, validate_output=exc.output)
     failure = switch.switch_services(install_dir, release, svcs, previous, roots, discard_on_failure=True)
     if failure is not None:
         return events.result(False, **failure)
@@ -502,19 +522,26 @@ def _install(plan: Dict[str, Any], install_dir: str, release_id: str,
     events.emit("step", step="prune")
     history = prune(install_dir, history, keep_releases(plan))
     state = {
-        "version": 1, "install_dir": install_dir, "release": release,
-        "previous_release": previous.get("release"), "releases": history,
-        "installed_at": utc_now(), "installed_by": plan.get("lock_holder"),
-        "fingerprint": fingerprint, "packages": unpacked,
-        "services": svcs, "roots": roots, "overlay_owner": plan.get("overlay_owner"),
+        "version": 1,
+        "install_dir": install_dir,
+        "release": release,
+        "previous_release": previous.get("release"),
+        "releases": history,
+        "installed_at": utc_now(),
+        "installed_by": plan.get("lock_holder"),
+        "fingerprint": fingerprint,
+        "packages": unpacked,
+        "services": svcs,
+        "roots": roots,
+        "overlay_owner": plan.get("overlay_owner"),
     }
     save_state(install_dir, state)
     save_receipt(install_dir, state)
-    return events.result(True, changed=True, release=release,
-                         previous_release=previous.get("release"))
+    return events.result(True, changed=True, release=release, previous_release=previous.get("release"))
 
 
 # ------------------------------------------------------------------- other commands
+
 
 def activate(plan: Dict[str, Any]) -> int:
     roots = services.roots_from(plan)
@@ -590,14 +617,25 @@ def status(plan: Dict[str, Any]) -> int:
         healthy: Optional[bool] = None
         if service.get("health"):
             healthy = health.check_once(service["health"])[0]
-        report.append({"name": service["name"], "manager": service["manager"],
-                       "package": service.get("package"), "state": run_state,
-                       "healthy": healthy})
-    return events.result(True, installed=True, release=state.get("release"),
-                         current=_current_release(install_dir),
-                         previous_release=state.get("previous_release"),
-                         installed_at=state.get("installed_at"),
-                         packages=state.get("packages"), services=report)
+        report.append(
+            {
+                "name": service["name"],
+                "manager": service["manager"],
+                "package": service.get("package"),
+                "state": run_state,
+                "healthy": healthy,
+            }
+        )
+    return events.result(
+        True,
+        installed=True,
+        release=state.get("release"),
+        current=_current_release(install_dir),
+        previous_release=state.get("previous_release"),
+        installed_at=state.get("installed_at"),
+        packages=state.get("packages"),
+        services=report,
+    )
 
 
 PlanCommand = Callable[[Dict[str, Any]], int]
@@ -618,11 +656,14 @@ def run_plan_command(command: str, handlers: Dict[str, PlanCommand]) -> int:
 
 
 def main(argv: List[str]) -> int:
-    return run_plan_command(argv[0], {
-        "install": install,
-        "activate": activate,
-        "deactivate": deactivate,
-        "uninstall": uninstall,
-        "clean": lambda plan: uninstall(plan, clean=True),
-        "status": status,
-    })
+    return run_plan_command(
+        argv[0],
+        {
+            "install": install,
+            "activate": activate,
+            "deactivate": deactivate,
+            "uninstall": uninstall,
+            "clean": lambda plan: uninstall(plan, clean=True),
+            "status": status,
+        },
+    )

@@ -37,6 +37,7 @@ class LockWriteError(Exception):
 
 # ------------------------------------------------------------------ processes on this server
 
+
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
@@ -52,7 +53,7 @@ def _stat(pid: int) -> Optional[List[str]]:
             text = handle.read()
     except OSError:
         return None
-    return text[text.rfind(")") + 2:].split()
+    return text[text.rfind(")") + 2 :].split()
 
 
 def _comm(pid: int) -> str:
@@ -91,8 +92,7 @@ def _alive(ref: Any) -> bool:
     if not isinstance(ref, dict) or not isinstance(ref.get("pid"), int):
         return False
     fields = _stat(ref["pid"])
-    return fields is not None and len(fields) >= 20 and fields[0] != "Z" \
-        and int(fields[19]) == ref.get("start")
+    return fields is not None and len(fields) >= 20 and fields[0] != "Z" and int(fields[19]) == ref.get("start")
 
 
 def why_live(record: Dict[str, Any]) -> Optional[str]:
@@ -109,6 +109,7 @@ def why_live(record: Dict[str, Any]) -> Optional[str]:
 
 
 # ------------------------------------------------------------------ the lock file
+
 
 @contextlib.contextmanager
 def _guard(install_dir: str) -> Iterator[None]:
@@ -135,8 +136,7 @@ def read_holder(install_dir: str) -> Optional[Dict[str, Any]]:
 
 
 def _write_error(path: str, exc: OSError) -> LockWriteError:
-    return LockWriteError("cannot write the deploy lock in %s: %s"
-                          % (os.path.dirname(path), exc.strerror or exc))
+    return LockWriteError("cannot write the deploy lock in %s: %s" % (os.path.dirname(path), exc.strerror or exc))
 
 
 def _write_complete(path: str, record: Dict[str, Any]) -> str:
@@ -156,8 +156,12 @@ def _write_complete(path: str, record: Dict[str, Any]) -> str:
 
 
 def _new_record(holder: str) -> Dict[str, Any]:
-    return {"holder": holder, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "boot_id": _boot_id(), "session": session_ref()}
+    return {
+        "holder": holder,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "boot_id": _boot_id(),
+        "session": session_ref(),
+    }
 
 
 def try_acquire(install_dir: str, holder: str) -> bool:
@@ -228,9 +232,14 @@ def take(install_dir: str, holder: str, wait: float) -> Dict[str, Any]:
                 live = why_live(current) if not current.get("unreadable") else None
                 if live is None:
                     # Nobody works for that holder here any more: say so, break it, take it.
-                    events.emit("stale", holder=current.get("holder"), since=current.get("since"),
-                                reason="an unreadable lock file" if current.get("unreadable")
-                                else "no process of that run is left on this server")
+                    events.emit(
+                        "stale",
+                        holder=current.get("holder"),
+                        since=current.get("since"),
+                        reason="an unreadable lock file"
+                        if current.get("unreadable")
+                        else "no process of that run is left on this server",
+                    )
                     os.unlink(layout.lock_file(install_dir))
                     if try_acquire(install_dir, holder):
                         return {"ok": True, "holder": holder, "broke_stale": current.get("holder")}
@@ -238,15 +247,22 @@ def take(install_dir: str, holder: str, wait: float) -> Dict[str, Any]:
         except LockWriteError as exc:
             return {"ok": False, "error": str(exc), "step": "lock"}
         except OSError as exc:  # no room even for the install dir or the guard file
-            return {"ok": False, "step": "lock", "error": "cannot take the deploy lock in %s: %s"
-                    % (layout.state_dir(install_dir), exc.strerror or exc)}
+            return {
+                "ok": False,
+                "step": "lock",
+                "error": "cannot take the deploy lock in %s: %s" % (layout.state_dir(install_dir), exc.strerror or exc),
+            }
         if not reported:
             events.emit("held", holder=current.get("holder"), since=current.get("since"), why=live)
             reported = True
         if time.monotonic() >= deadline:
-            return {"ok": False, "error": "the deploy lock is held by %s since %s (%s)"
-                    % (current.get("holder"), current.get("since"), live),
-                    "holder": current.get("holder"), "since": current.get("since")}
+            return {
+                "ok": False,
+                "error": "the deploy lock is held by %s since %s (%s)"
+                % (current.get("holder"), current.get("since"), live),
+                "holder": current.get("holder"),
+                "since": current.get("since"),
+            }
         time.sleep(_POLL_SECONDS)
 
 
@@ -279,8 +295,9 @@ def break_lock(install_dir: str) -> int:
         current = read_holder(install_dir)
         if current is not None:
             os.unlink(layout.lock_file(install_dir))
-    return events.result(True, broken=current is not None,
-                         holder=(current or {}).get("holder"), since=(current or {}).get("since"))
+    return events.result(
+        True, broken=current is not None, holder=(current or {}).get("holder"), since=(current or {}).get("since")
+    )
 
 
 def main(argv: List[str]) -> int:

@@ -48,8 +48,13 @@ _DOWNLOAD_TIMEOUT = 60
 class BuildFailed(Exception):
     """One package failed; carries what the failure event reports."""
 
-    def __init__(self, message: str, command: Optional[str] = None,
-                 exit_status: Optional[int] = None, tail: Optional[List[str]] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        command: Optional[str] = None,
+        exit_status: Optional[int] = None,
+        tail: Optional[List[str]] = None,
+    ) -> None:
         super().__init__(message)
         self.command = command
         self.exit_status = exit_status
@@ -57,6 +62,7 @@ class BuildFailed(Exception):
 
 
 # ---------------------------------------------------------------------------- the plan
+
 
 def _relative(path: str, what: str) -> str:
     """A plan path that must stay inside its root: no absolute path, no '..'."""
@@ -86,16 +92,16 @@ def parse_packages(plan: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
             "version": str(item.get("version", "0.0.0")),
             "type": kind,
             "build": [str(c) for c in item.get("build") or []],
-            "paths": [{"from": _relative(str(p["from"]), "paths.from"),
-                       "to": _relative(str(p.get("to", "")), "paths.to")}
-                      for p in item.get("paths") or []],
+            "paths": [
+                {"from": _relative(str(p["from"]), "paths.from"), "to": _relative(str(p.get("to", "")), "paths.to")}
+                for p in item.get("paths") or []
+            ],
             "inputs": [_relative(str(p), "inputs") for p in item.get("inputs") or []],
             "url": item.get("url"),
             "sha256": (item.get("sha256") or "").lower() or None,
             "to": item.get("to"),
             "packages": [str(m) for m in item.get("packages") or []],
-            "files": {_relative(str(k), "files"): str(v)
-                      for k, v in (item.get("files") or {}).items()},
+            "files": {_relative(str(k), "files"): str(v) for k, v in (item.get("files") or {}).items()},
         }
         if kind == "prebuilt" and (not spec["url"] or not spec["sha256"]):
             raise events.PlanError("prebuilt package %s needs url and sha256" % name)
@@ -127,11 +133,11 @@ def _check_acyclic(packages: Dict[str, Dict[str, Any]]) -> None:
 
 # ------------------------------------------------------------------------ the inputs
 
+
 def _matches(source_dir: str, pattern: str) -> List[str]:
     found = sorted(glob.glob(os.path.join(source_dir, pattern), recursive=True))
     root = os.path.realpath(source_dir)
-    inside = [f for f in found if os.path.realpath(f) == root
-              or os.path.realpath(f).startswith(root + os.sep)]
+    inside = [f for f in found if os.path.realpath(f) == root or os.path.realpath(f).startswith(root + os.sep)]
     return inside
 
 
@@ -141,8 +147,7 @@ def _files_under(path: str) -> List[str]:
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
             out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
-            out.extend(os.path.join(dirpath, d) for d in dirnames
-                       if os.path.islink(os.path.join(dirpath, d)))
+            out.extend(os.path.join(dirpath, d) for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
         return out
     return [path]
 
@@ -168,8 +173,10 @@ def _describe_files(source_dir: str, patterns: List[str]) -> List[str]:
 def inputs_digest(spec: Dict[str, Any], source_dir: str, member_digests: List[str]) -> str:
     """The cache key of a package (see the module docstring)."""
     digest = hashlib.sha256()
-    described = {k: spec[k] for k in ("name", "version", "type", "build", "paths", "inputs",
-                                      "url", "sha256", "to", "packages", "files")}
+    described = {
+        k: spec[k]
+        for k in ("name", "version", "type", "build", "paths", "inputs", "url", "sha256", "to", "packages", "files")
+    }
     digest.update(files.canonical_json(described).encode())
     if spec["type"] == "local":
         patterns = [p["from"] for p in spec["paths"]] + spec["inputs"]
@@ -181,6 +188,7 @@ def inputs_digest(spec: Dict[str, Any], source_dir: str, member_digests: List[st
 
 
 # ---------------------------------------------------------------------- the builder
+
 
 class Builder:
     """Builds the packages of one plan, sharing the artifacts manifest between threads."""
@@ -240,8 +248,12 @@ class Builder:
             events.emit("command", package=spec["name"], command=command)
             tail: Deque[str] = collections.deque(maxlen=_TAIL_LINES)
             process = subprocess.Popen(
-                ["sh", "-c", command], cwd=self.source_dir, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                ["sh", "-c", command],
+                cwd=self.source_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             assert process.stdout is not None
             for raw in process.stdout:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -249,8 +261,7 @@ class Builder:
                 events.emit("output", package=spec["name"], line=line)
             status = process.wait()
             if status != 0:
-                raise BuildFailed("command failed", command=command, exit_status=status,
-                                  tail=list(tail))
+                raise BuildFailed("command failed", command=command, exit_status=status, tail=list(tail))
 
     def _pack(self, spec: Dict[str, Any], digest: str) -> Tuple[str, int]:
         os.makedirs(self.packages_dir, exist_ok=True)
@@ -265,11 +276,9 @@ class Builder:
                 self._map_members(spec, entries, scratch)
             for rel, content in sorted(spec["files"].items()):
                 tarball.add_parents(entries, rel)
-                entries[rel] = tarball.Entry("data", data=content.encode(),
-                                             executable=content.startswith("#!"))
+                entries[rel] = tarball.Entry("data", data=content.encode(), executable=content.startswith("#!"))
             metadata = {"name": spec["name"], "version": spec["version"], "inputs_digest": digest}
-            entries[METADATA_FILE] = tarball.Entry(
-                "data", data=(files.canonical_json(metadata) + "\n").encode())
+            entries[METADATA_FILE] = tarball.Entry("data", data=(files.canonical_json(metadata) + "\n").encode())
             relfile = "packages/%s.tar.gz" % spec["name"]
             partial = os.path.join(scratch, "package.tar.gz")
             try:
@@ -280,9 +289,13 @@ class Builder:
             size = os.path.getsize(partial)
             os.replace(partial, os.path.join(self.artifacts_dir, relfile))
             with self._lock:
-                self.manifest[spec["name"]] = {"version": spec["version"], "sha256": sha,
-                                               "inputs_digest": digest, "size": size,
-                                               "file": relfile}
+                self.manifest[spec["name"]] = {
+                    "version": spec["version"],
+                    "sha256": sha,
+                    "inputs_digest": digest,
+                    "size": size,
+                    "file": relfile,
+                }
                 self._write_manifest()
             return sha, size
         finally:
@@ -302,8 +315,7 @@ class Builder:
                 if os.path.isdir(match) and not os.path.islink(match):
                     tarball.add_tree(entries, match, name)
                 elif not name:
-                    raise BuildFailed("paths: %r is a file; give it a `to` name"
-                                      % mapping["from"])
+                    raise BuildFailed("paths: %r is a file; give it a `to` name" % mapping["from"])
                 else:
                     tarball.add_parents(entries, name)
                     entries[name] = tarball.entry_for(match)
@@ -322,8 +334,12 @@ class Builder:
         fd, partial = tempfile.mkstemp(dir=self.cache_dir, prefix=".download-")
         try:
             digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(  # noqa: S310 (scheme checked)
-                    spec["url"], timeout=_DOWNLOAD_TIMEOUT) as response:
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(  # noqa: S310 (scheme checked)
+                    spec["url"], timeout=_DOWNLOAD_TIMEOUT
+                ) as response,
+            ):
                 while True:
                     chunk = response.read(1 << 20)
                     if not chunk:
@@ -331,8 +347,9 @@ class Builder:
                     digest.update(chunk)
                     out.write(chunk)
             if digest.hexdigest() != spec["sha256"]:
-                raise BuildFailed("download of %s has sha256 %s, expected %s"
-                                  % (spec["url"], digest.hexdigest(), spec["sha256"]))
+                raise BuildFailed(
+                    "download of %s has sha256 %s, expected %s" % (spec["url"], digest.hexdigest(), spec["sha256"])
+                )
             os.replace(partial, cached)
         except OSError as exc:
             raise BuildFailed("cannot download %s: %s" % (spec["url"], exc)) from None
@@ -341,8 +358,7 @@ class Builder:
                 os.unlink(partial)
         return cached
 
-    def _map_prebuilt(self, spec: Dict[str, Any], entries: tarball.Entries,
-                      scratch: str) -> None:
+    def _map_prebuilt(self, spec: Dict[str, Any], entries: tarball.Entries, scratch: str) -> None:
         cached = self._download(spec)
         path = urllib.parse.urlparse(spec["url"]).path
         if path.endswith((".tar.gz", ".tgz")):
@@ -359,16 +375,13 @@ class Builder:
             magic = handle.read(4)
         tarball.add_parents(entries, rel)
         # downloaded programs must stay runnable: executables by their magic number
-        entries[rel] = tarball.Entry("file", source=cached,
-                                     executable=magic == b"\x7fELF" or magic[:2] == b"#!")
+        entries[rel] = tarball.Entry("file", source=cached, executable=magic == b"\x7fELF" or magic[:2] == b"#!")
 
-    def _map_members(self, spec: Dict[str, Any], entries: tarball.Entries,
-                     scratch: str) -> None:
+    def _map_members(self, spec: Dict[str, Any], entries: tarball.Entries, scratch: str) -> None:
         """The union of the member packages' trees; members must agree on shared paths."""
         for member in spec["packages"]:
             extracted = os.path.join(scratch, "members", member)
-            unpack.extract(os.path.join(self.artifacts_dir, self.manifest[member]["file"]),
-                           extracted)
+            unpack.extract(os.path.join(self.artifacts_dir, self.manifest[member]["file"]), extracted)
             found: tarball.Entries = {}
             tarball.add_tree(found, extracted, "")
             for rel, entry in found.items():
@@ -388,8 +401,7 @@ class Builder:
     def run(self) -> Dict[str, List[str]]:
         """Build every package, members before composites, independent ones in parallel."""
         os.makedirs(self.artifacts_dir, exist_ok=True)
-        outcome: Dict[str, List[str]] = {"built": [], "cached": [], "checked": [],
-                                         "failed": [], "skipped": []}
+        outcome: Dict[str, List[str]] = {"built": [], "cached": [], "checked": [], "failed": [], "skipped": []}
         done: Set[str] = set()
         bad: Set[str] = set()
         pending = dict(self.packages)
@@ -409,8 +421,7 @@ class Builder:
                         del pending[name]
                 if not running:
                     continue
-                finished, _ = concurrent.futures.wait(
-                    running, return_when=concurrent.futures.FIRST_COMPLETED)
+                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in finished:
                     name = running.pop(future)
                     try:
@@ -427,8 +438,9 @@ class Builder:
         return outcome
 
     def _report_failure(self, name: str, exc: BuildFailed) -> None:
-        events.emit("failed", package=name, error=str(exc), command=exc.command,
-                    exit_status=exc.exit_status, tail=exc.tail)
+        events.emit(
+            "failed", package=name, error=str(exc), command=exc.command, exit_status=exc.exit_status, tail=exc.tail
+        )
         if self.check_only:
             events.emit("checked", package=name, ok=False)
 
@@ -440,8 +452,9 @@ def _same_entry(first: tarball.Entry, second: tarball.Entry) -> bool:
         return first.target == second.target
     if first.kind == "file":
         assert first.source is not None and second.source is not None
-        return (first.executable == second.executable
-                and files.sha256_file(first.source) == files.sha256_file(second.source))
+        return first.executable == second.executable and files.sha256_file(first.source) == files.sha256_file(
+            second.source
+        )
     return first.kind == "dir" or first.data == second.data
 
 
@@ -451,5 +464,4 @@ def main(argv: List[str]) -> int:
     except events.PlanError as exc:
         return events.result(False, error=str(exc))
     outcome = builder.run()
-    return events.result(not outcome["failed"] and not outcome["skipped"],
-                         manifest=builder.manifest_path, **outcome)
+    return events.result(not outcome["failed"] and not outcome["skipped"], manifest=builder.manifest_path, **outcome)

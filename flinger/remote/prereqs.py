@@ -48,12 +48,18 @@ def run_command(argv: List[str], env: Optional[Dict[str, str]] = None, cwd: Opti
     full_env = dict(os.environ)
     full_env.update(env or {})
     try:
-        proc = subprocess.run(argv, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.run(
+            argv,
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
     except FileNotFoundError:
         return 127, "", "%s: command not found" % argv[0]
-    return (proc.returncode, proc.stdout.decode("utf-8", "replace"),
-            proc.stderr.decode("utf-8", "replace"))
+    return (proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
 
 
 def _last_line(*texts: str) -> str:
@@ -67,8 +73,14 @@ def _last_line(*texts: str) -> str:
 class Prereqs:
     """One run of a plan on one host: looks, decides, changes (unless check), reports."""
 
-    def __init__(self, plan: Dict[str, Any], runner: Runner = run_command, root: str = "/",
-                 emit: Emit = events.emit, which: Optional[Callable[[str], bool]] = None) -> None:
+    def __init__(
+        self,
+        plan: Dict[str, Any],
+        runner: Runner = run_command,
+        root: str = "/",
+        emit: Emit = events.emit,
+        which: Optional[Callable[[str], bool]] = None,
+    ) -> None:
         self.plan = plan
         self.check = bool(plan.get("check", False))
         self.runner = runner
@@ -81,8 +93,9 @@ class Prereqs:
         # users the plan itself creates: in check mode a directory owned by one is not an error
         self.planned_users = {str(u.get("name")) for u in plan.get("users") or [] if isinstance(u, dict)}
         self.planned_groups = set(str(g) for g in plan.get("groups") or [])
-        self.planned_groups.update(str(u["group"]) for u in plan.get("users") or []
-                                   if isinstance(u, dict) and u.get("group"))
+        self.planned_groups.update(
+            str(u["group"]) for u in plan.get("users") or [] if isinstance(u, dict) and u.get("group")
+        )
 
     # -- plumbing -----------------------------------------------------------------------
     def _detect_os(self, wanted: str) -> str:
@@ -247,8 +260,9 @@ class Prereqs:
             if code in (0, 4):
                 break
             text = out + "\n" + err
-            unmatched = [n for n in todo if "did not match" in text
-                         and re.search(r"^\s+%s\s*$" % re.escape(n), text, re.M)]
+            unmatched = [
+                n for n in todo if "did not match" in text and re.search(r"^\s+%s\s*$" % re.escape(n), text, re.M)
+            ]
             for name in unmatched:
                 errors[name] = "pkg: no package named %s" % name
                 todo.remove(name)
@@ -296,8 +310,9 @@ class Prereqs:
         if _read_text(self.path(conf_path)) == content:
             self.item("file", conf_path, OK, "up to date")
         else:
-            self.differs("file", conf_path, "sysctl settings",
-                         lambda: _write_text_atomic(self.path(conf_path), content, 0o644))
+            self.differs(
+                "file", conf_path, "sysctl settings", lambda: _write_text_atomic(self.path(conf_path), content, 0o644)
+            )
         stale = {}  # type: Dict[str, str]
         for key, value in valid.items():
             current = self._sysctl_read(key)
@@ -319,8 +334,12 @@ class Prereqs:
             if now == valid[key]:
                 self.item("sysctl", key, CHANGED, "%s -> %s" % (before, valid[key]))
             else:
-                self.item("sysctl", key, FAILED, "sysctl: %s is still %s, not %s%s"
-                          % (key, now, valid[key], ": " + why if why else ""))
+                self.item(
+                    "sysctl",
+                    key,
+                    FAILED,
+                    "sysctl: %s is still %s, not %s%s" % (key, now, valid[key], ": " + why if why else ""),
+                )
 
     def _sysctl_apply(self, conf_path: str, stale: Dict[str, str], valid: Dict[str, str]) -> str:
         """Apply the settings; returns the last error line, if any."""
@@ -387,15 +406,20 @@ class Prereqs:
                 continue
             entry = self._getent("passwd", name)
             if entry is None:
-                self.differs("user", name, "created",
-                             functools.partial(self._account_change, self._useradd_argv(spec), "passwd", name))
+                self.differs(
+                    "user",
+                    name,
+                    "created",
+                    functools.partial(self._account_change, self._useradd_argv(spec), "passwd", name),
+                )
                 continue
             changes, argv = self._usermod(spec, entry)
             if not changes:
                 self.item("user", name, OK, "exists")
                 continue
-            self.differs("user", name, ", ".join(changes),
-                         functools.partial(self._account_change, argv, "passwd", name))
+            self.differs(
+                "user", name, ", ".join(changes), functools.partial(self._account_change, argv, "passwd", name)
+            )
 
     def _useradd_argv(self, spec: Dict[str, Any]) -> List[str]:
         argv = ["useradd"]
@@ -491,12 +515,15 @@ class Prereqs:
                 with open(real, "rb") as handle:
                     digest = hashlib.sha256(handle.read()).hexdigest()
             except OSError:
-                self.item("script", name, FAILED, "script %s: %s not found (run flinger sync first?)"
-                          % (name, path))
+                self.item("script", name, FAILED, "script %s: %s not found (run flinger sync first?)" % (name, path))
                 continue
             if spec.get("sha256") and digest != spec["sha256"]:
-                self.item("script", name, FAILED, "script %s: %s differs from the client's copy "
-                          "(run flinger sync first)" % (name, path))
+                self.item(
+                    "script",
+                    name,
+                    FAILED,
+                    "script %s: %s differs from the client's copy (run flinger sync first)" % (name, path),
+                )
                 continue
             if self.check:
                 self.item("script", name, WOULD_CHANGE, "would run (a script cannot be checked)")
@@ -508,8 +535,9 @@ class Prereqs:
                 continue
             for line in (out + err).splitlines()[-20:]:
                 events.say(line)
-            self.item("script", name, FAILED, "script %s exited with status %d: %s"
-                      % (name, code, _last_line(err, out)))
+            self.item(
+                "script", name, FAILED, "script %s exited with status %d: %s" % (name, code, _last_line(err, out))
+            )
 
 
 def _apt_unknown(text: str) -> List[str]:

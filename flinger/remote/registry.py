@@ -59,9 +59,17 @@ def is_loopback(host: str) -> bool:
 class Registry:
     """One registry and repository, with one kept-alive connection per host."""
 
-    def __init__(self, url: str, repository: str, *, ca_pem: Optional[str] = None,
-                 username: Optional[str] = None, password: Optional[str] = None,
-                 plain_http: bool = False, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        repository: str,
+        *,
+        ca_pem: Optional[str] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        plain_http: bool = False,
+        timeout: float = 60.0,
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise RegistryError("registry url must be https://HOST[:PORT], got %r" % url)
@@ -94,11 +102,13 @@ class Registry:
         if conn is None:
             parts = urllib.parse.urlsplit(origin)
             if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=self.timeout,
-                                                   context=self._context, blocksize=CHUNK)
+                conn = http.client.HTTPSConnection(
+                    parts.hostname or "", parts.port, timeout=self.timeout, context=self._context, blocksize=CHUNK
+                )
             else:
-                conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout,
-                                                  blocksize=CHUNK)
+                conn = http.client.HTTPConnection(
+                    parts.hostname or "", parts.port, timeout=self.timeout, blocksize=CHUNK
+                )
             self._conns[origin] = conn
         return conn
 
@@ -107,8 +117,13 @@ class Registry:
         if conn is not None:
             conn.close()
 
-    def _send(self, method: str, url: str, headers: Dict[str, str], body: Any = None,
-              ) -> Tuple[http.client.HTTPResponse, str]:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Dict[str, str],
+        body: Any = None,
+    ) -> Tuple[http.client.HTTPResponse, str]:
         """One request, following redirects (credentials go only to the registry's own
         origin); the response (not yet read) and the origin it came from."""
         for _ in range(REDIRECTS + 1):
@@ -128,8 +143,9 @@ class Registry:
                 response = conn.getresponse()
             except ssl.SSLCertVerificationError as exc:
                 self._drop(origin)
-                raise RegistryError("TLS: the certificate of %s is not trusted: %s"
-                                    % (parts.netloc, exc.verify_message or exc)) from None
+                raise RegistryError(
+                    "TLS: the certificate of %s is not trusted: %s" % (parts.netloc, exc.verify_message or exc)
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(origin)
                 raise _Retry("%s unreachable: %s" % (parts.netloc, _why(exc))) from None
@@ -142,8 +158,13 @@ class Registry:
             return response, origin
         raise RegistryError("too many redirects from %s" % self.base)
 
-    def _open(self, method: str, url: str, headers: Dict[str, str], body: Any = None,
-              ) -> Tuple[http.client.HTTPResponse, str]:
+    def _open(
+        self,
+        method: str,
+        url: str,
+        headers: Dict[str, str],
+        body: Any = None,
+    ) -> Tuple[http.client.HTTPResponse, str]:
         """`_send`, and again with a bearer token for as long as a 401 asks for a scope not
         tried yet (a push after a pull asks for a wider one)."""
         response, origin = self._send(method, url, headers, body)
@@ -179,8 +200,15 @@ class Registry:
                 pause *= 2
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def request(self, method: str, path: str, *, headers: Optional[Dict[str, str]] = None,
-                body: Any = None, ok: Tuple[int, ...] = (200,)) -> Tuple[int, Dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Optional[Dict[str, str]] = None,
+        body: Any = None,
+        ok: Tuple[int, ...] = (200,),
+    ) -> Tuple[int, Dict[str, str], bytes]:
         """A request to the registry (a path under it, or a whole URL it gave), with retries
         and auth; (status, headers, body) for a status in `ok` (or 404 when listed)."""
         url = path if "://" in path else self.base + path
@@ -224,8 +252,9 @@ class Registry:
             self._drop(origin)
             raise RegistryError("token service %s unreachable: %s" % (parts.netloc, _why(exc))) from None
         if reply.status != 200:
-            raise RegistryError("token service %s: HTTP %d (are the registry credentials right?)"
-                                % (parts.netloc, reply.status))
+            raise RegistryError(
+                "token service %s: HTTP %d (are the registry credentials right?)" % (parts.netloc, reply.status)
+            )
         try:
             answer = json.loads(data.decode())
             token = answer.get("token") or answer.get("access_token")
@@ -266,13 +295,19 @@ class Registry:
 
     def manifest_digest(self, tag: str) -> Optional[str]:
         """The digest of the manifest `tag` names, or None when there is none."""
-        status, headers, _ = self.request("HEAD", "/v2/%s/manifests/%s" % (self.repository, tag),
-                                          headers={"Accept": MANIFEST_TYPE}, ok=(200, 404))
+        status, headers, _ = self.request(
+            "HEAD", "/v2/%s/manifests/%s" % (self.repository, tag), headers={"Accept": MANIFEST_TYPE}, ok=(200, 404)
+        )
         return headers.get("docker-content-digest") if status == 200 else None
 
     def put_manifest(self, tag: str, manifest: bytes) -> None:
-        self.request("PUT", "/v2/%s/manifests/%s" % (self.repository, tag),
-                     headers={"Content-Type": MANIFEST_TYPE}, body=manifest, ok=(201,))
+        self.request(
+            "PUT",
+            "/v2/%s/manifests/%s" % (self.repository, tag),
+            headers={"Content-Type": MANIFEST_TYPE},
+            body=manifest,
+            ok=(201,),
+        )
 
     def pull_blob(self, digest: str, dest: str, on_retry: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
         """Download a blob to `dest` (0600), resuming a partial one; refused (deleted) unless
@@ -343,13 +378,18 @@ def from_plan(spec: Any, credential: Optional[Dict[str, Any]] = None) -> Registr
     if not isinstance(spec, dict):
         raise events.PlanError("registry: expected an object")
     cred = credential or {}
-    return Registry(str(spec.get("url") or ""), str(spec.get("repository") or ""),
-                    ca_pem=spec.get("ca_pem") or None,
-                    username=cred.get("username"), password=cred.get("password"),
-                    plain_http=bool(spec.get("plain_http")))
+    return Registry(
+        str(spec.get("url") or ""),
+        str(spec.get("repository") or ""),
+        ca_pem=spec.get("ca_pem") or None,
+        username=cred.get("username"),
+        password=cred.get("password"),
+        plain_http=bool(spec.get("plain_http")),
+    )
 
 
 # ------------------------------------------------------------------------- publishing
+
 
 def build_tag(config: bytes) -> str:
     return "build-" + hashlib.sha256(config).hexdigest()[:24]
@@ -380,27 +420,51 @@ def publish(registry: Registry, artifacts_dir: str) -> Dict[str, Any]:
             sent += registry.push_blob(digest, path=path)
             pushed.append(name)
         events.emit("blob", package=name, digest=digest, pushed=name in pushed)
-        layers.append({"mediaType": PACKAGE_TYPE, "digest": digest, "size": os.path.getsize(path),
-                       "annotations": {TITLE: os.path.basename(rel), "dev.flinger.package": name}})
-    config = files.canonical_json({"packages": {n: {"sha256": packages[n].get("sha256"),
-                                                      "file": packages[n].get("file"),
-                                                      "version": packages[n].get("version")}
-                                                  for n in sorted(packages)}}).encode()
+        layers.append(
+            {
+                "mediaType": PACKAGE_TYPE,
+                "digest": digest,
+                "size": os.path.getsize(path),
+                "annotations": {TITLE: os.path.basename(rel), "dev.flinger.package": name},
+            }
+        )
+    config = files.canonical_json(
+        {
+            "packages": {
+                n: {
+                    "sha256": packages[n].get("sha256"),
+                    "file": packages[n].get("file"),
+                    "version": packages[n].get("version"),
+                }
+                for n in sorted(packages)
+            }
+        }
+    ).encode()
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     if not registry.has_blob(config_digest):
         sent += registry.push_blob(config_digest, data=config)
-    manifest = files.canonical_json({
-        "schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": CONFIG_TYPE,
-        "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
-        "layers": layers,
-    }).encode()
+    manifest = files.canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "artifactType": CONFIG_TYPE,
+            "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
+            "layers": layers,
+        }
+    ).encode()
     tag = build_tag(config)
     manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     if registry.manifest_digest(tag) != manifest_digest:  # a re-run publishes nothing
         registry.put_manifest(tag, manifest)
         sent += len(manifest)
-    return {"packages": packages, "tag": tag, "manifest_digest": manifest_digest,
-            "pushed": pushed, "present": present, "bytes_sent": sent}
+    return {
+        "packages": packages,
+        "tag": tag,
+        "manifest_digest": manifest_digest,
+        "pushed": pushed,
+        "present": present,
+        "bytes_sent": sent,
+    }
 
 
 def push_main(plan: Dict[str, Any]) -> int:

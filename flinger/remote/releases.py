@@ -28,18 +28,28 @@ def history(plan: Dict[str, Any]) -> int:
     releases: List[Dict[str, Any]] = []
     for release in state.get("releases") or []:
         receipt = _receipt(install_dir, release)
-        releases.append({
-            "release": release,
-            "current": release == current,
-            "installed_at": receipt.get("installed_at"),
-            "installed_by": receipt.get("installed_by"),
-            "packages": {name: (info or {}).get("digest")
-                         for name, info in (receipt.get("packages") or {}).items()},
-            "can_roll_back_to": bool(receipt) and release != current
-            and os.path.isdir(os.path.join(install_dir, "releases", release)),
-        })
-    return events.result(True, installed=True, current=current, releases=releases,
-                         switched_at=state.get("switched_at"), switched_by=state.get("switched_by"))
+        releases.append(
+            {
+                "release": release,
+                "current": release == current,
+                "installed_at": receipt.get("installed_at"),
+                "installed_by": receipt.get("installed_by"),
+                "packages": {
+                    name: (info or {}).get("digest") for name, info in (receipt.get("packages") or {}).items()
+                },
+                "can_roll_back_to": bool(receipt)
+                and release != current
+                and os.path.isdir(os.path.join(install_dir, "releases", release)),
+            }
+        )
+    return events.result(
+        True,
+        installed=True,
+        current=current,
+        releases=releases,
+        switched_at=state.get("switched_at"),
+        switched_by=state.get("switched_by"),
+    )
 
 
 def rollback(plan: Dict[str, Any]) -> int:
@@ -57,17 +67,19 @@ def rollback(plan: Dict[str, Any]) -> int:
     target = plan.get("to")
     if not target:
         if not kept:
-            return events.result(False, step="rollback",
-                                 error="no earlier release is kept here (only %s)" % now)
+            return events.result(False, step="rollback", error="no earlier release is kept here (only %s)" % now)
         target = kept[-1]
     target = install.plain_name(target, "to")
     if target == now:
         return events.result(True, changed=False, release=now, previous_release=None)
     receipt = _receipt(install_dir, target)
     if not receipt or not os.path.isdir(os.path.join(install_dir, "releases", target)):
-        return events.result(False, step="rollback",
-                             error="release %s is not kept here (kept: %s)"
-                             % (target, ", ".join(kept) or "none but the current %s" % now))
+        return events.result(
+            False,
+            step="rollback",
+            error="release %s is not kept here (kept: %s)"
+            % (target, ", ".join(kept) or "none but the current %s" % now),
+        )
     events.emit("step", step="rollback", to=target, since=now)
     svcs: List[Dict[str, Any]] = [dict(s) for s in receipt.get("services") or []]
     roots = receipt.get("roots") or services.roots_from({})
@@ -76,9 +88,16 @@ def rollback(plan: Dict[str, Any]) -> int:
         return events.result(False, **failure)
     history_now = [r for r in state.get("releases") or [] if r != target] + [target]
     restored = dict(receipt)
-    restored.update({"release": target, "previous_release": now, "releases": history_now,
-                     "services": svcs, "switched_at": install.utc_now(),
-                     "switched_by": plan.get("lock_holder")})
+    restored.update(
+        {
+            "release": target,
+            "previous_release": now,
+            "releases": history_now,
+            "services": svcs,
+            "switched_at": install.utc_now(),
+            "switched_by": plan.get("lock_holder"),
+        }
+    )
     install.save_state(install_dir, restored)
     return events.result(True, changed=True, release=target, previous_release=now)
 

@@ -35,15 +35,15 @@ class ServiceError(Exception):
 
 def roots_from(plan: Dict[str, Any]) -> Dict[str, str]:
     """The service-manager directories: the plan's, else the standard ones."""
-    return {key: os.path.abspath(str(plan.get(key) or default))
-            for key, default in DEFAULT_ROOTS.items()}
+    return {key: os.path.abspath(str(plan.get(key) or default)) for key, default in DEFAULT_ROOTS.items()}
 
 
 def run(argv: List[str], check: bool = True) -> str:
     """Run a manager command; raise ServiceError with its last output line on failure."""
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, check=False, timeout=120)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, timeout=120
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServiceError("%s: %s" % (" ".join(argv), exc)) from None
     output = done.stdout.decode("utf-8", "replace").strip()
@@ -124,18 +124,25 @@ class Systemd:
             run(["systemctl", "daemon-reload"], check=False)
 
     def state(self, service: Dict[str, Any]) -> str:
-        return run(["systemctl", "is-active", service["name"] + ".service"], check=False) \
-            or "unknown"
+        return run(["systemctl", "is-active", service["name"] + ".service"], check=False) or "unknown"
 
-    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES,
-                 since: Optional[float] = None) -> List[str]:
+    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The unit's journal (its stdout and stderr, and systemd's own lines about it),
         from `since` (a time.time()) on when given."""
         own = _log_files_tail(service, lines)
         if own:
             return own
-        argv = ["journalctl", "--unit", service["name"] + ".service", "--lines", str(lines),
-                "--no-pager", "--quiet", "--output", "short-iso"]
+        argv = [
+            "journalctl",
+            "--unit",
+            service["name"] + ".service",
+            "--lines",
+            str(lines),
+            "--no-pager",
+            "--quiet",
+            "--output",
+            "short-iso",
+        ]
         if since is not None:
             argv += ["--since", "@%d" % int(since)]
         return run(argv, check=False).splitlines()[-lines:]
@@ -172,11 +179,9 @@ class Smf:
             os.unlink(path)
 
     def state(self, service: Dict[str, Any]) -> str:
-        return run(["svcs", "-H", "-o", "state", self.fmri(service["name"])], check=False) \
-            or "unknown"
+        return run(["svcs", "-H", "-o", "state", self.fmri(service["name"])], check=False) or "unknown"
 
-    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES,
-                 since: Optional[float] = None) -> List[str]:
+    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The service's log_file, else the log SMF keeps for it (svcs -L)."""
         own = _log_files_tail(service, lines)
         if own:
@@ -234,8 +239,7 @@ class Runit:
                 os.unlink(path)
         log = os.path.join(directory, "log")
         started_anew = fresh
-        if not fresh and "log/run" in service["files"] and runsv_ready(directory) \
-                and not runsv_ready(log):
+        if not fresh and "log/run" in service["files"] and runsv_ready(directory) and not runsv_ready(log):
             # A log service new to a supervised service (an upgrade): runsv looks for log/
             # only when it starts. Have it exit (the service stops with it); runsvdir starts
             # a new runsv, with the log, on its next scan, and that one starts the service
@@ -249,8 +253,10 @@ class Runit:
         watched = [directory] + ([log] if "log/run" in service["files"] else [])
         for path in watched:
             if not _wait_for(lambda p=path: runsv_ready(p), _RUNSV_WAIT):
-                raise ServiceError("no runsv picked up %s within %ds (is runsvdir running on %s?)"
-                                   % (path, _RUNSV_WAIT, self.service_dir))
+                raise ServiceError(
+                    "no runsv picked up %s within %ds (is runsvdir running on %s?)"
+                    % (path, _RUNSV_WAIT, self.service_dir)
+                )
         run(["sv", "up" if started_anew else "restart", directory])
         return receipt
 
@@ -269,8 +275,7 @@ class Runit:
             _wait_for(lambda p=path: not runsv_ready(p), _RUNSV_WAIT)
         files.remove_path(directory)
 
-    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES,
-                 since: Optional[float] = None) -> List[str]:
+    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The service's log_file, else svlogd's `current` when it has a log/ service."""
         own = _log_files_tail(service, lines)
         if own:

@@ -114,7 +114,7 @@ def _evaluate(coefficients: Sequence[int], x: int) -> int:
     value = 0
     backwards = coefficients[::-1]
     for k in range(0, len(backwards), 32):
-        for a in backwards[k:k + 32]:
+        for a in backwards[k : k + 32]:
             value = value * x + a
         value %= Q
     return value
@@ -138,13 +138,15 @@ def _commit_in_workers(coefficients: List[int]) -> Callable[[], List[int]]:
     if len(coefficients) < _PARALLEL_FROM or cpus < 2 or not os.path.isfile(here):
         return lambda: _pow_g_all(coefficients)
     size = -(-len(coefficients) // cpus)
-    chunks = [coefficients[k:k + size] for k in range(0, len(coefficients), size)]
+    chunks = [coefficients[k : k + size] for k in range(0, len(coefficients), size)]
     workers: List[Tuple[Any, List[int]]] = []
     for chunk in chunks:
         try:
             worker = subprocess.Popen(
                 [sys.executable, "-I", here, "--pow-g"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
             )
             worker.stdin.write("".join("%x\n" % a for a in chunk).encode())  # type: ignore[union-attr]
             worker.stdin.close()  # type: ignore[union-attr]
@@ -391,8 +393,11 @@ def _separate_verifier(
         raw = doc.get("commitments")
         if not isinstance(raw, list) or not raw:
             raise ValueError("%s: %s: commitments: expected a list" % (where, name))
-        cached = (doc.get("deployment"), doc.get("threshold"),
-                  _commitments(raw, len(raw), where, name + ": commitments"))
+        cached = (
+            doc.get("deployment"),
+            doc.get("threshold"),
+            _commitments(raw, len(raw), where, name + ": commitments"),
+        )
         _VERIFIERS.clear()  # callers read one deployment's verifier, over and over
         _VERIFIERS[digest] = cached
     if cached[0] != deployment or cached[1] != threshold or len(cached[2]) != threshold:

@@ -53,8 +53,7 @@ def wait_healthy(service: Dict[str, Any]) -> None:
     passed, seen = health.wait_healthy(service["health"])
     events.emit("health", service=service["name"], ok=passed, detail=seen)
     if not passed:
-        raise StepFailed("health:" + service["name"], "%s is not healthy: %s"
-                         % (service["name"], seen))
+        raise StepFailed("health:" + service["name"], "%s is not healthy: %s" % (service["name"], seen))
 
 
 def start_stopped(state: Dict[str, Any], roots: Dict[str, str]) -> List[str]:
@@ -75,8 +74,7 @@ def start_stopped(state: Dict[str, Any], roots: Dict[str, str]) -> List[str]:
     return started
 
 
-def service_log(svcs: List[Dict[str, Any]], step: str, roots: Dict[str, str],
-                 since: float) -> Dict[str, Any]:
+def service_log(svcs: List[Dict[str, Any]], step: str, roots: Dict[str, str], since: float) -> Dict[str, Any]:
     """{"service": name, "lines": [...]} of the service a failed step names (what it logged
     since this install started it, where the manager can tell), else {}."""
     name = step.split(":", 1)[1] if ":" in step else ""
@@ -99,9 +97,14 @@ def merge_receipts(*receipts: List[Dict[str, str]]) -> List[Dict[str, str]]:
     return merged
 
 
-def roll_back(install_dir: str, previous: Dict[str, Any], roots: Dict[str, str],
-              touched: List[Dict[str, Any]], removed: List[Dict[str, Any]],
-              failed_release: Optional[str]) -> List[str]:
+def roll_back(
+    install_dir: str,
+    previous: Dict[str, Any],
+    roots: Dict[str, str],
+    touched: List[Dict[str, Any]],
+    removed: List[Dict[str, Any]],
+    failed_release: Optional[str],
+) -> List[str]:
     """Put the previous release back: `current`, service definitions, running services."""
     problems: List[str] = []
     switch_current(install_dir, previous.get("release"))
@@ -148,18 +151,29 @@ def validate(install_dir: str, release: str, svcs: List[Dict[str, Any]]) -> None
         events.emit("step", step="validate", service=service["name"])
         env = dict(os.environ, FLINGER_RELEASE_DIR=release_dir)
         try:
-            done = subprocess.run(["/bin/sh", "-c", command], cwd=release_dir, env=env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, timeout=VALIDATE_TIMEOUT, check=False)
+            done = subprocess.run(
+                ["/bin/sh", "-c", command],
+                cwd=release_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=VALIDATE_TIMEOUT,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            failed = StepFailed("validate:" + service["name"], "validate of %s did not finish in %d s"
-                                % (service["name"], VALIDATE_TIMEOUT))
+            failed = StepFailed(
+                "validate:" + service["name"],
+                "validate of %s did not finish in %d s" % (service["name"], VALIDATE_TIMEOUT),
+            )
             failed.output = last_lines(exc.output or b"")
             raise failed from None
         output = last_lines(done.stdout or b"")
         if done.returncode != 0:
-            failed = StepFailed("validate:" + service["name"], "validate of %s failed (exit %d): %s"
-                                % (service["name"], done.returncode, command))
+            failed = StepFailed(
+                "validate:" + service["name"],
+                "validate of %s failed (exit %d): %s" % (service["name"], done.returncode, command),
+            )
             failed.output = output
             raise failed
         events.emit("validated", service=service["name"], output=output[-3:])
@@ -169,9 +183,14 @@ def last_lines(data: bytes, count: int = 20) -> List[str]:
     return data.decode("utf-8", "replace").splitlines()[-count:]
 
 
-def switch_services(install_dir: str, release: str, svcs: List[Dict[str, Any]],
-                    previous: Dict[str, Any], roots: Dict[str, str],
-                    discard_on_failure: bool) -> Optional[Dict[str, Any]]:
+def switch_services(
+    install_dir: str,
+    release: str,
+    svcs: List[Dict[str, Any]],
+    previous: Dict[str, Any],
+    roots: Dict[str, str],
+    discard_on_failure: bool,
+) -> Optional[Dict[str, Any]]:
     """Switch `current` to `release` and make its services run (in order, each healthy before
     the next); on failure put `previous` back and return what the result should say."""
     events.emit("step", step="switch", release=release)
@@ -194,18 +213,22 @@ def switch_services(install_dir: str, release: str, svcs: List[Dict[str, Any]],
             # which may fail; the rollback must put the old definition back all the same.
             touched.append(service)
             receipt = activate_service(service, roots)
-            service["paths"] = merge_receipts(
-                (before.get(service["name"]) or {}).get("paths") or [], receipt)
+            service["paths"] = merge_receipts((before.get(service["name"]) or {}).get("paths") or [], receipt)
             wait_healthy(service)
     except (StepFailed, services.ServiceError, OSError) as exc:
         step = exc.step if isinstance(exc, StepFailed) else "services"
         # The failing service's own words, read before the rollback restarts it.
         log = service_log(svcs, step, roots, since)
         events.emit("step", step="rollback", to=previous.get("release"))
-        problems = roll_back(install_dir, previous, roots, touched, removed,
-                             release if discard_on_failure else None)
-        return {"step": step, "error": str(exc), "changed": False,
-                "rolled_back_to": previous.get("release"), "rollback_problems": problems,
-                "restored_health": restored_health(previous), "service_log": log}
+        problems = roll_back(install_dir, previous, roots, touched, removed, release if discard_on_failure else None)
+        return {
+            "step": step,
+            "error": str(exc),
+            "changed": False,
+            "rolled_back_to": previous.get("release"),
+            "rollback_problems": problems,
+            "restored_health": restored_health(previous),
+            "service_log": log,
+        }
 
     return None

@@ -29,8 +29,14 @@ class Entry:
 
     __slots__ = ("data", "executable", "kind", "source", "target")
 
-    def __init__(self, kind: str, source: Optional[str] = None, data: Optional[bytes] = None,
-                 target: Optional[str] = None, executable: bool = False) -> None:
+    def __init__(
+        self,
+        kind: str,
+        source: Optional[str] = None,
+        data: Optional[bytes] = None,
+        target: Optional[str] = None,
+        executable: bool = False,
+    ) -> None:
         self.kind = kind
         self.source = source
         self.data = data
@@ -99,9 +105,7 @@ def pack_entries(entries: Entries, dest: str) -> None:
     mtime = fixed_mtime()
     with open(dest, "wb") as raw:
         # filename="" keeps the temp file's name out of the gzip header
-        with gzip.GzipFile(
-            filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=_COMPRESS_LEVEL
-        ) as zipped:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=_COMPRESS_LEVEL) as zipped:
             with tarfile.open(fileobj=zipped, mode="w", format=tarfile.GNU_FORMAT) as tar:
                 for name in sorted(entries):
                     _add(tar, name, entries[name], mtime)

@@ -53,8 +53,7 @@ def _resolve_link(member_path: str, target: str, symlinks: Set[str]) -> str:
             parts.append(part)
         current = "/".join(parts)
         if index < len(steps) - 1 and current in symlinks:
-            raise UnsafeArchive("symlink %r -> %r goes through the symlink %r"
-                                % (member_path, target, current))
+            raise UnsafeArchive("symlink %r -> %r goes through the symlink %r" % (member_path, target, current))
     return "/".join(parts)
 
 
@@ -98,8 +97,9 @@ def check_members(members: List[tarfile.TarInfo]) -> List[tarfile.TarInfo]:
         elif member.islnk():
             target = _normalise(member.linkname)
             if target not in regular:
-                raise UnsafeArchive("hard link %r -> %r is not to a file of the archive"
-                                    % (member.name, member.linkname))
+                raise UnsafeArchive(
+                    "hard link %r -> %r is not to a file of the archive" % (member.name, member.linkname)
+                )
             clean.linkname = target
         if member.isfile():
             regular.add(name)

@@ -146,16 +146,12 @@ def issue_server_cert(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(san_for(server_name, addr)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
     return CertifiedKey(key, cert)
@@ -204,9 +200,7 @@ def load_certified_key(key_path: Path, cert_path: Path) -> CertifiedKey:
         cert_data = cert_path.read_bytes()
     except OSError as e:
         raise FlingerError(f"cannot read {e.filename}: {e.strerror}") from None
-    pair = CertifiedKey(
-        load_key_pem(key_data, what=str(key_path)), load_cert_pem(cert_data, what=str(cert_path))
-    )
+    pair = CertifiedKey(load_key_pem(key_data, what=str(key_path)), load_cert_pem(cert_data, what=str(cert_path)))
     if not key_matches_cert(pair.key, pair.cert):
         raise FlingerError(f"{key_path} does not match the certificate {cert_path}")
     return pair
@@ -227,9 +221,7 @@ def signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     return True
 
 
-def chains_to(
-    cert: x509.Certificate, ca_cert: x509.Certificate, *, now: datetime.datetime | None = None
-) -> bool:
+def chains_to(cert: x509.Certificate, ca_cert: x509.Certificate, *, now: datetime.datetime | None = None) -> bool:
     """True when `cert` is signed by `ca_cert`, both are valid at `now`, and `ca_cert` is a CA."""
     at = now or _now()
     try:
@@ -240,9 +232,7 @@ def chains_to(
         constraints.ca
         and signed_by(cert, ca_cert)
         and signed_by(ca_cert, ca_cert)
-        and all(
-            c.not_valid_before_utc <= at <= c.not_valid_after_utc for c in (cert, ca_cert)
-        )
+        and all(c.not_valid_before_utc <= at <= c.not_valid_after_utc for c in (cert, ca_cert))
     )
 
 

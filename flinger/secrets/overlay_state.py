@@ -156,8 +156,7 @@ def load_secrets(path: Path) -> dict[str, dict[str, str]]:
     doc = _read_json(path)
     values = doc.get("secrets") if isinstance(doc, dict) else None
     if not isinstance(values, dict) or not all(
-        isinstance(per, dict) and all(isinstance(v, str) for v in per.values())
-        for per in values.values()
+        isinstance(per, dict) and all(isinstance(v, str) for v in per.values()) for per in values.values()
     ):
         raise _unreadable(path, "malformed")
     return {str(name): {str(s): v for s, v in per.items()} for name, per in values.items()}

@@ -197,9 +197,7 @@ def render(
     except jinja2.UndefinedError as e:
         file, line = _template_frame(e.__traceback__, root)
         message = _scrub(e.message or "undefined variable", sensitive)
-        raise ConfigError(
-            f"{message} (rendering for server {server})", file=file or display, line=line
-        ) from None
+        raise ConfigError(f"{message} (rendering for server {server})", file=file or display, line=line) from None
     except Exception as e:  # noqa: BLE001 - any failure inside a template is the template's
         file, line = _template_frame(e.__traceback__, root)
         raise ConfigError(

@@ -26,8 +26,9 @@ def _password(topology: Topology, key: str, path: Path) -> str:
         if not stat.S_ISREG(info.st_mode):
             raise config_error(topology, key, f"{path} is not a file")
         if info.st_mode & 0o077:
-            raise config_error(topology, key, f"{path} can be read by others (mode {info.st_mode & 0o777:o}): "
-                                              f"chmod 600 {path}")
+            raise config_error(
+                topology, key, f"{path} can be read by others (mode {info.st_mode & 0o777:o}): chmod 600 {path}"
+            )
         text = path.read_bytes().decode()
     except ConfigError:
         raise

@@ -418,7 +418,10 @@ class ConnectionPool:
                 if gateway is None:
                     gateway, proxy_command = self._proxy_from_ssh_config(server)
                 self._conns[name] = Connection(
-                    server, self.settings, forward_agent=name in self.agent_for, gateway=gateway,
+                    server,
+                    self.settings,
+                    forward_agent=name in self.agent_for,
+                    gateway=gateway,
                     proxy_command=proxy_command,
                 )
             return self._conns[name]
@@ -436,7 +439,10 @@ class ConnectionPool:
                 conn = free[0]
             elif len(conns) < CONNECTIONS_PER_HOST:
                 conn = Connection(
-                    first.server, self.settings, forward_agent=first.forward_agent, gateway=first.gateway,
+                    first.server,
+                    self.settings,
+                    forward_agent=first.forward_agent,
+                    gateway=first.gateway,
                     proxy_command=first.proxy_command,
                 )
                 self._extra[name].append(conn)

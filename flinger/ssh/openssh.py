@@ -21,8 +21,7 @@ def require_local(*programs: str) -> None:
     if missing:
         packages = " ".join(dict.fromkeys(LOCAL_PROGRAMS.get(p, p) for p in missing))
         raise FlingerError(
-            f"{' and '.join(missing)} not found on this machine (PATH): "
-            f"apt-get install {packages} (Debian/Ubuntu)"
+            f"{' and '.join(missing)} not found on this machine (PATH): apt-get install {packages} (Debian/Ubuntu)"
         )
 
 

@@ -25,8 +25,17 @@ from flinger.topology.model import (
 from flinger.values import host_problem, jump_problem, name_problem, remote_path_problem, user_problem
 
 TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers", "artifacts")
-ARTIFACTS_KEYS = ("store", "url", "repository", "ca", "username", "password_file", "pull_username",
-                  "pull_password_file", "plain_http")
+ARTIFACTS_KEYS = (
+    "store",
+    "url",
+    "repository",
+    "ca",
+    "username",
+    "password_file",
+    "pull_username",
+    "pull_password_file",
+    "plain_http",
+)
 BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
 DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold", "keep_releases")
 SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config")
@@ -122,8 +131,11 @@ def _registry_url(f: Fields, plain_http: bool) -> str:
         from flinger.remote.registry import is_loopback  # the servers' own rule; HTTP code only here
 
         if not plain_http:
-            raise f.error("url", "plain http sends packages and credentials in the clear: use https "
-                                 "(or, for a registry on a loopback address, set plain_http = true)")
+            raise f.error(
+                "url",
+                "plain http sends packages and credentials in the clear: use https "
+                "(or, for a registry on a loopback address, set plain_http = true)",
+            )
         if not is_loopback(host):
             raise f.error("url", "plain http is only allowed to a loopback registry (127.0.0.0/8, ::1, localhost)")
     return url.rstrip("/")
@@ -140,8 +152,11 @@ def _artifacts(f: Fields, base: Path) -> Artifacts:
     url = _registry_url(f, plain_http) if registry or f.has("url") else None
     repository = f.string("repository", required=registry)
     if repository is not None and (len(repository) > 255 or not _REPOSITORY.match(repository)):
-        raise f.error("repository", "an OCI repository name: lowercase letters and digits, parts joined "
-                                    "by '.', '_', '-' and '/' (e.g. flinger/quorum)")
+        raise f.error(
+            "repository",
+            "an OCI repository name: lowercase letters and digits, parts joined "
+            "by '.', '_', '-' and '/' (e.g. flinger/quorum)",
+        )
     ca = f.opt_str("ca")
     users: dict[str, str | None] = {}
     for user_key, file_key in (("username", "password_file"), ("pull_username", "pull_password_file")):
@@ -149,8 +164,7 @@ def _artifacts(f: Fields, base: Path) -> Artifacts:
         if user is not None and ":" in user:
             raise f.error(user_key, "a user name without ':'")
         if (user is None) != (not f.has(file_key)):
-            raise f.error(file_key if user is not None else user_key,
-                          f"{user_key} and {file_key} go together")
+            raise f.error(file_key if user is not None else user_key, f"{user_key} and {file_key} go together")
         users[user_key] = user
     return Artifacts(
         store=store,
@@ -160,8 +174,9 @@ def _artifacts(f: Fields, base: Path) -> Artifacts:
         username=users["username"],
         password_file=_client_path(base, f.string("password_file")) if users["username"] is not None else None,
         pull_username=users["pull_username"],
-        pull_password_file=(_client_path(base, f.string("pull_password_file"))
-                            if users["pull_username"] is not None else None),
+        pull_password_file=(
+            _client_path(base, f.string("pull_password_file")) if users["pull_username"] is not None else None
+        ),
         plain_http=plain_http,
     )
 
@@ -191,10 +206,12 @@ def load_topology(path: Path) -> Topology:
     for server in servers.values():
         ident = (server.addr, server.port, server.user)
         if ident in seen_addr:
-            errors.errors.append(file.error(
-                f"servers.{server.name}.addr",
-                f'same address, port and user as server "{seen_addr[ident]}"',
-            ))
+            errors.errors.append(
+                file.error(
+                    f"servers.{server.name}.addr",
+                    f'same address, port and user as server "{seen_addr[ident]}"',
+                )
+            )
         seen_addr[ident] = server.name
 
     def load_builder() -> Builder:
@@ -202,8 +219,9 @@ def load_topology(path: Path) -> Topology:
         builder_name = b.string("server", required=True)
         _known_server(b, "server", builder_name, names_known)
         artifacts = b.string("artifacts_dir", "out")
-        problem = remote_path_problem(artifacts if artifacts.startswith(("/", "~", "$HOME")) else f"/{artifacts}",
-                                      home=True)
+        problem = remote_path_problem(
+            artifacts if artifacts.startswith(("/", "~", "$HOME")) else f"/{artifacts}", home=True
+        )
         return Builder(
             server=builder_name,
             source_dir=_remote_path(b, "source_dir"),

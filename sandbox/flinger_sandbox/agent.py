@@ -20,8 +20,7 @@ def start(paths: SandboxPaths) -> ProcessRef:
     socket_path = paths.agent_socket
     if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
         raise FlingerError(
-            f"the sandbox directory path is too long for a unix socket ({socket_path}): "
-            "use a shorter one"
+            f"the sandbox directory path is too long for a unix socket ({socket_path}): use a shorter one"
         )
     socket_path.unlink(missing_ok=True)
     proc = spawn(["ssh-agent", "-D", "-a", str(socket_path)], paths.agent_log, {"PATH": "/usr/bin:/bin"})

@@ -26,9 +26,7 @@ def repository_root() -> Path:
     for candidate in here.parents:
         if (candidate / "pyproject.toml").is_file() and (candidate / "flinger").is_dir():
             return candidate
-    raise FlingerError(
-        "flinger does not run from its source tree here: give the sandbox a source_dir"
-    )
+    raise FlingerError("flinger does not run from its source tree here: give the sandbox a source_dir")
 
 
 def render(

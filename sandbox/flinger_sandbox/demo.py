@@ -38,8 +38,10 @@ def demo_steps(config: Path, *, example: bool = False) -> list[DemoStep]:
     c = ["-c", str(config)]
     prereqs = DemoStep("install prerequisites on the builder and servers", [*c, "install-prereqs"])
     if example:
-        prereqs = DemoStep("install prerequisites (not the scripts that fetch the real software)",
-                           [*c, "install-prereqs", "--skip-scripts"])
+        prereqs = DemoStep(
+            "install prerequisites (not the scripts that fetch the real software)",
+            [*c, "install-prereqs", "--skip-scripts"],
+        )
     return [
         DemoStep("validate the topology and the package manifest", [*c, "check"]),
         DemoStep("trust the sandbox hosts' keys (explicit first use)", [*c, "trust"]),

@@ -61,11 +61,7 @@ def _host_running(record: SandboxRecord, host: HostRecord) -> bool:
 
 
 def _fully_running(record: SandboxRecord) -> bool:
-    return (
-        record.agent is not None
-        and record.agent.alive()
-        and all(_host_running(record, h) for h in record.hosts)
-    )
+    return record.agent is not None and record.agent.alive() and all(_host_running(record, h) for h in record.hosts)
 
 
 def up(
@@ -170,8 +166,9 @@ def _start_registry(record: SandboxRecord, source_dir: Path | None) -> SandboxRe
     record = replace(record, registry=started)
     state.save(record)
     artifacts = registry.artifacts_table(files, started)
-    config.write(paths, source_dir or config.repository_root(), SandboxState.of(record).hosts, record.init,
-                 artifacts=artifacts)
+    config.write(
+        paths, source_dir or config.repository_root(), SandboxState.of(record).hosts, record.init, artifacts=artifacts
+    )
     return record
 
 
@@ -195,9 +192,7 @@ def _client_public(paths: SandboxPaths) -> str:
 
 def _write_known_hosts(record: SandboxRecord) -> None:
     paths = SandboxPaths(record.directory)
-    keys.write_known_hosts(
-        paths.known_hosts, [(h.addr, h.port, paths.host(h.name).host_key) for h in record.hosts]
-    )
+    keys.write_known_hosts(paths.known_hosts, [(h.addr, h.port, paths.host(h.name).host_key) for h in record.hosts])
 
 
 def _stop_host(record: SandboxRecord, host: HostRecord) -> tuple[bool, list[ProcessRef]]:
@@ -241,11 +236,7 @@ def down(directory: Path, *, purge: bool = False) -> list[str]:
         if survivors:
             pids = ", ".join(str(p.pid) for p in survivors)
             raise FlingerError(f"sandbox processes survived SIGKILL: {pids}")
-        listening = [
-            h.name
-            for h in record.hosts
-            if not wait_not_listening(h.addr, h.port, runit_hosts.STOP_TIMEOUT)
-        ]
+        listening = [h.name for h in record.hosts if not wait_not_listening(h.addr, h.port, runit_hosts.STOP_TIMEOUT)]
         if listening:
             raise FlingerError(f"something still listens on the address of {', '.join(listening)}")
         state.remove(directory)
@@ -332,9 +323,7 @@ def stop_host(directory: Path, name: str) -> None:
         return
     survivors = runit_hosts.stop_sshd(host)
     if survivors:
-        raise FlingerError(
-            f"sshd of sandbox host {name} (pid {host.sshd and host.sshd.pid}) did not stop"
-        )
+        raise FlingerError(f"sshd of sandbox host {name} (pid {host.sshd and host.sshd.pid}) did not stop")
     state.save(record.with_host(replace(host, sshd=None)))
 
 

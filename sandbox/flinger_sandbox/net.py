@@ -22,9 +22,7 @@ def host_addresses(base_addr: str, count: int) -> list[str]:
         raise FlingerError(f'"{base_addr}" is not an IPv4 address') from None
     addrs = [base + k + 1 for k in range(count)]
     if any(a not in LOOPBACK for a in addrs):
-        raise FlingerError(
-            f"sandbox addresses must stay in 127.0.0.0/8, {base_addr} + {count} does not"
-        )
+        raise FlingerError(f"sandbox addresses must stay in 127.0.0.0/8, {base_addr} + {count} does not")
     return [str(a) for a in addrs]
 
 
@@ -66,14 +64,10 @@ def pick_addresses(base_addr: str | None, count: int, port: int) -> list[str]:
         addrs = host_addresses(str(first + 256 * k), count)
         if range_is_free(addrs, port):
             return addrs
-    raise FlingerError(
-        f"no free 127.77.X.0 range for port {port}: pass another port or base address"
-    )
+    raise FlingerError(f"no free 127.77.X.0 range for port {port}: pass another port or base address")
 
 
-def wait_listening(
-    addr: str, port: int, timeout: float, still_starting: Callable[[], bool]
-) -> bool:
+def wait_listening(addr: str, port: int, timeout: float, still_starting: Callable[[], bool]) -> bool:
     """Wait until addr:port accepts connections; False on timeout or when the starter died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

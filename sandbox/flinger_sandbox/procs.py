@@ -102,9 +102,7 @@ def wait_gone(processes: Iterable[ProcessRef], timeout: float) -> list[ProcessRe
         time.sleep(0.05)
 
 
-def terminate(
-    processes: Iterable[ProcessRef], signum: int = signal.SIGTERM, timeout: float = 5.0
-) -> list[ProcessRef]:
+def terminate(processes: Iterable[ProcessRef], signum: int = signal.SIGTERM, timeout: float = 5.0) -> list[ProcessRef]:
     """Send `signum`, wait, then SIGKILL what is left; return what survived even that."""
     targets = [p for p in processes if p.signal(signum)]
     survivors = wait_gone(targets, timeout)

@@ -124,7 +124,9 @@ def prepare(files: RegistryFiles, addr: str, port: int) -> None:
     hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=BCRYPT_COST)).decode()
     write_private_file(files.htpasswd, f"{USERNAME}:{hashed}\n", 0o600)
     files.data.mkdir(mode=0o700, exist_ok=True)
-    write_private_file(files.config, f"""version: 0.1
+    write_private_file(
+        files.config,
+        f"""version: 0.1
 log:
   level: warn
   accesslog:
@@ -144,7 +146,9 @@ auth:
   htpasswd:
     realm: flinger-sandbox
     path: {files.htpasswd}
-""", 0o600)
+""",
+        0o600,
+    )
 
 
 def start(files: RegistryFiles, addr: str) -> RegistryRecord:
@@ -153,8 +157,9 @@ def start(files: RegistryFiles, addr: str) -> RegistryRecord:
         raise FlingerError(f"the sandbox registry needs CNCF Distribution: apt-get install {PACKAGE}")
     port = next((p for p in range(PORT, PORT + PORTS_TO_TRY) if can_bind(addr, p)), None)
     if port is None:
-        raise FlingerError(f"ports {PORT}..{PORT + PORTS_TO_TRY - 1} are all taken on {addr}: "
-                           "the sandbox registry cannot listen there")
+        raise FlingerError(
+            f"ports {PORT}..{PORT + PORTS_TO_TRY - 1} are all taken on {addr}: the sandbox registry cannot listen there"
+        )
     prepare(files, addr, port)
     proc = spawn([PROGRAM, "serve", str(files.config)], files.log, {"PATH": "/usr/bin:/bin"})
     process = ProcessRef.of(proc.pid)

@@ -123,9 +123,7 @@ def prepare(paths: HostPaths, addr: str, port: int) -> None:
     _etc_file(paths, f"sudoers.d/flinger-sandbox-{LOGIN_USER}", f"{LOGIN_USER} ALL=(ALL) NOPASSWD:ALL\n", 0o440)
     _etc_file(paths, "hosts", f"127.0.0.1 localhost\n::1 localhost\n{addr} {paths.name}\n", 0o644)
     paths.sshd_config.write_text(sshd_config(paths, addr, port))
-    check = subprocess.run(
-        [SSHD, "-t", "-f", str(paths.sshd_config)], capture_output=True, text=True, check=False
-    )
+    check = subprocess.run([SSHD, "-t", "-f", str(paths.sshd_config)], capture_output=True, text=True, check=False)
     if check.returncode != 0:
         detail = (check.stderr.strip().splitlines() or ["no output"])[-1]
         raise FlingerError(f"sshd rejects {paths.sshd_config}: {detail}")
@@ -143,9 +141,7 @@ def _spawn(argv: list[str], paths: HostPaths) -> subprocess.Popen[bytes]:
     return spawn(argv, paths.sshd_log, {**HOST_ENV, "SANDBOX_SSHD": SSHD})
 
 
-def _await_sshd(
-    proc: subprocess.Popen[bytes], paths: HostPaths, addr: str, port: int
-) -> ProcessRef:
+def _await_sshd(proc: subprocess.Popen[bytes], paths: HostPaths, addr: str, port: int) -> ProcessRef:
     sshd = ProcessRef.of(proc.pid)
     if sshd is not None and wait_listening(addr, port, START_TIMEOUT, lambda: proc.poll() is None):
         return sshd
@@ -179,9 +175,7 @@ def start(paths: HostPaths, addr: str, port: int, client_public_key: str) -> Hos
         raise FlingerError(f"sandbox host {paths.name} did not get its own mount namespace")
     if runsvdir is None or mount_namespace(runsvdir.pid) != namespace:
         stop(record)
-        raise FlingerError(
-            f"runsvdir of sandbox host {paths.name} did not start (log: {paths.runsvdir_log})"
-        )
+        raise FlingerError(f"runsvdir of sandbox host {paths.name} did not start (log: {paths.runsvdir_log})")
     return record
 
 

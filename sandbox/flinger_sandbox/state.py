@@ -149,7 +149,9 @@ def save(record: SandboxRecord) -> None:
             }
             for h in record.hosts
         ],
-        "registry": None if record.registry is None else {
+        "registry": None
+        if record.registry is None
+        else {
             "addr": record.registry.addr,
             "port": record.registry.port,
             "process": _ref_json(record.registry.process),

@@ -189,8 +189,7 @@ def wait_ready(paths: HostPaths, record: HostRecord, client_key: Path, known_hos
                 return
         time.sleep(0.2)
     raise FlingerError(
-        f"sandbox host {paths.name} took longer than {BOOT_TIMEOUT:.0f}s to accept an SSH login: "
-        f"{_console_tail(paths)}"
+        f"sandbox host {paths.name} took longer than {BOOT_TIMEOUT:.0f}s to accept an SSH login: {_console_tail(paths)}"
     )
 
 

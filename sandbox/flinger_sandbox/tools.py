@@ -44,10 +44,7 @@ def require_environment() -> None:
     """Refuse, with what to do about it, when not root or when a program is missing."""
     missing = missing_tools()
     if missing:
-        raise FlingerError(
-            "the sandbox needs programs that are not installed: "
-            f"apt-get install {' '.join(missing)}"
-        )
+        raise FlingerError(f"the sandbox needs programs that are not installed: apt-get install {' '.join(missing)}")
     if os.geteuid() != 0:
         raise FlingerError(
             "the sandbox must run as root: each host mounts its own /etc, /root, /opt, /srv "

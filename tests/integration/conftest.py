@@ -123,4 +123,3 @@ def run_ssh(
 def ssh_run() -> SshRun:
     """`ssh_run(state, "node1", "cat", "/opt/x")` -> CompletedProcess (see run_ssh)."""
     return run_ssh
-

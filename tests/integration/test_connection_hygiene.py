@@ -19,9 +19,7 @@ pytestmark = pytest.mark.integration
 def _user_known_hosts(sandbox: SandboxState, tmp_path: Path) -> Path:
     """The sandbox's keys inside a file as users keep them: comments, a CA line, a revoked key."""
     path = tmp_path / "known_hosts"
-    other = subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True
-    )
+    other = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     assert other.returncode == 0
     ca_blob = (tmp_path / "other.pub").read_text().split()[1]
     path.write_text(
@@ -128,8 +126,10 @@ def test_a_missing_local_rsync_is_one_line_naming_the_package(sandbox: SandboxSt
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert errors == ["flinger: error: rsync and ssh not found on this machine (PATH): "
-                      "apt-get install rsync openssh-client (Debian/Ubuntu)"], proc.stderr
+    assert errors == [
+        "flinger: error: rsync and ssh not found on this machine (PATH): "
+        "apt-get install rsync openssh-client (Debian/Ubuntu)"
+    ], proc.stderr
     assert os.environ.get("PATH")  # the test's own PATH is untouched
 
 

@@ -187,9 +187,7 @@ def test_a_held_lock_refuses_a_second_deploy_before_anything_is_staged(
     assert broke["holder"] == "someone-else", broke
 
 
-def test_a_lock_held_by_a_live_run_is_broken_only_by_unlock(
-    deployed: dict[str, Any], sandbox: SandboxState
-) -> None:
+def test_a_lock_held_by_a_live_run_is_broken_only_by_unlock(deployed: dict[str, Any], sandbox: SandboxState) -> None:
     holder = _hold_lock(sandbox, "node1", "someone-else")
     try:
         code, doc = flinger_json(sandbox.config_path, "deploy", "unlock", "--servers", "node1")

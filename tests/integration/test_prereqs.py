@@ -158,9 +158,7 @@ def test_check_mode_reports_a_fresh_dir_and_creates_nothing(
     assert servers["build1"]["details"]["summary"] == "no changes"
 
 
-def test_an_unknown_apt_package_fails_that_server_clearly(
-    project: Project, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_unknown_apt_package_fails_that_server_clearly(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     project.write(manifest_text(extra_apt=f', "{BOGUS}"'))
     try:
         status, document = project.run(capsys, "--servers", "node1")

@@ -14,8 +14,13 @@ import pytest
 
 def _runs(path: str) -> bool:
     try:
-        done = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] == (3, 9))"],
-                              capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run(
+            [path, "-c", "import sys; print(sys.version_info[:2] == (3, 9))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.stdout.strip() == "True"

@@ -51,16 +51,36 @@ def test_a_separate_pull_credential_is_what_servers_get(tmp_path: Path) -> None:
 CASES = [
     # (replace this, with this, key, words in the message)
     ('store = "registry"', 'store = "registy"', "artifacts.store", "one of"),
-    ('url = "https://registry.example.net:5000"', 'url = "http://registry.example.net:5000"', "artifacts.url",
-     "plain http"),
-    ('url = "https://registry.example.net:5000"', 'url = "http://10.1.2.3:5000"\nplain_http = true',
-     "artifacts.url", "only allowed to a loopback"),
-    ('url = "https://registry.example.net:5000"', 'url = "https://u:p@registry.example.net"', "artifacts.url",
-     "no credentials in the URL"),
-    ('url = "https://registry.example.net:5000"', 'url = "https://registry.example.net/v2/x"', "artifacts.url",
-     "no path"),
-    ('url = "https://registry.example.net:5000"', 'url = "https://registry.example.net:99999"', "artifacts.url",
-     "port between 1 and 65535"),
+    (
+        'url = "https://registry.example.net:5000"',
+        'url = "http://registry.example.net:5000"',
+        "artifacts.url",
+        "plain http",
+    ),
+    (
+        'url = "https://registry.example.net:5000"',
+        'url = "http://10.1.2.3:5000"\nplain_http = true',
+        "artifacts.url",
+        "only allowed to a loopback",
+    ),
+    (
+        'url = "https://registry.example.net:5000"',
+        'url = "https://u:p@registry.example.net"',
+        "artifacts.url",
+        "no credentials in the URL",
+    ),
+    (
+        'url = "https://registry.example.net:5000"',
+        'url = "https://registry.example.net/v2/x"',
+        "artifacts.url",
+        "no path",
+    ),
+    (
+        'url = "https://registry.example.net:5000"',
+        'url = "https://registry.example.net:99999"',
+        "artifacts.url",
+        "port between 1 and 65535",
+    ),
     ('url = "https://registry.example.net:5000"', 'url = "registry.example.net"', "artifacts.url", "https://"),
     ('repository = "flinger/quorum"', 'repository = "Flinger/Quorum"', "artifacts.repository", "lowercase"),
     ('repository = "flinger/quorum"', 'repository = "a//b"', "artifacts.repository", "OCI repository"),
@@ -85,8 +105,13 @@ def test_bad_artifacts_name_file_line_and_key(tmp_path: Path, old: str, new: str
 
 def test_flinger_check_refuses_a_bad_table_with_exit_2_and_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, REGISTRY.replace("https://", "http://"))
-    done = subprocess.run([sys.executable, "-m", "flinger", "-c", str(path), "check"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "flinger", "-c", str(path), "check"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "artifacts.url" in lines[0], done.stderr
@@ -129,8 +154,14 @@ def test_deploy_install_refuses_a_readable_password_file_before_any_server(tmp_p
     config.write_text(text)
     (tmp_path / "registry.pw").write_text("hunter2-registry\n")
     (tmp_path / "registry.pw").chmod(0o640)
-    done = subprocess.run([sys.executable, "-m", "flinger", "-c", str(config), "deploy", "install"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "flinger", "-c", str(config), "deploy", "install"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("flinger: error:")]
     assert len(errors) == 1 and "artifacts.password_file" in errors[0] and "chmod 600" in errors[0], done.stderr

@@ -75,8 +75,9 @@ def test_a_top_level_section_of_the_wrong_type(project: Path) -> None:
     manifest.write_text("secrets = 1\n" + manifest.read_text())
     code, lines = check(project)
     assert code == 2
-    assert errors(lines) == [f"flinger: error: {manifest}:1: secrets: expected a table ([secrets.NAME] sections), "
-                             "got an integer (1)"]
+    assert errors(lines) == [
+        f"flinger: error: {manifest}:1: secrets: expected a table ([secrets.NAME] sections), got an integer (1)"
+    ]
 
 
 @pytest.mark.parametrize("line", ['prereqs = "x"', "packages = []"])
@@ -87,8 +88,10 @@ def test_a_value_where_the_file_also_has_that_table(project: Path, line: str) ->
     header = next(i for i, text in enumerate(manifest.read_text().splitlines(), 1) if text.startswith(f"[{key}."))
     code, lines = check(project)
     assert code == 2
-    assert errors(lines) == [f'flinger: error: {manifest}:{header}: {key}: invalid TOML: Key "{key}" already exists '
-                             "(a key may be set once per table)"]
+    assert errors(lines) == [
+        f'flinger: error: {manifest}:{header}: {key}: invalid TOML: Key "{key}" already exists '
+        "(a key may be set once per table)"
+    ]
 
 
 @pytest.mark.parametrize("key", ["users", "dirs"])
@@ -96,7 +99,7 @@ def test_prereq_users_or_dirs_that_are_not_arrays(project: Path, key: str) -> No
     manifest = project / "packaging" / "package-manifest.toml"
     edit(manifest, "[prereqs.runner]\n", f'[prereqs.runner]\n{key} = "oops"\n')
     text = manifest.read_text()
-    text = text.replace("users = [{ name = \"orion\"", "# users = [{ name = \"orion\"") if key == "users" else text
+    text = text.replace('users = [{ name = "orion"', '# users = [{ name = "orion"') if key == "users" else text
     if key == "dirs":
         start = text.index("dirs = [\n")
         end = text.index("]\n", start) + 2
@@ -144,8 +147,11 @@ def test_an_address_is_a_host_name_or_an_ip(project: Path, addr: str) -> None:
         ("packaging/package-manifest.toml", 'command = "/bin/bash run.sh"', 'command = "/bin/bash run.sh\\u0000"'),
         ("packaging/package-manifest.toml", 'user = "orion"', 'user = "or\\u2066ion"'),
         ("packaging/package-manifest.toml", 'group = "orion"', 'group = "orion\\r"'),
-        ("packaging/package-manifest.toml", 'log_file = "/var/log/orion-runner.log"',
-         'log_file = "/var/log/a\\u202eb"'),
+        (
+            "packaging/package-manifest.toml",
+            'log_file = "/var/log/orion-runner.log"',
+            'log_file = "/var/log/a\\u202eb"',
+        ),
     ],
 )
 def test_control_bidi_and_invisible_characters_are_refused(project: Path, where: str, old: str, evil: str) -> None:

@@ -21,7 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 def run_build(plan: dict[str, Any], env: dict[str, str] | None = None) -> tuple[int, list[dict]]:
     proc = subprocess.run(
         [sys.executable, "-m", "flinger.remote", "build"],
-        input=json.dumps(plan), capture_output=True, text=True, cwd=REPO,
+        input=json.dumps(plan),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
         env={**os.environ, **(env or {})},
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -55,14 +58,24 @@ def tree(tmp_path: Path) -> Path:
 
 def plan_for(src: Path, out: Path, **extra: Any) -> dict[str, Any]:
     plan = {
-        "source_dir": str(src), "artifacts_dir": str(out), "jobs": 2,
+        "source_dir": str(src),
+        "artifacts_dir": str(out),
+        "jobs": 2,
         "packages": [
-            {"name": "server", "version": "1.0", "type": "local",
-             "paths": [{"from": "bin/server", "to": "bin/server"},
-                       {"from": "conf/*.toml", "to": "etc"}]},
+            {
+                "name": "server",
+                "version": "1.0",
+                "type": "local",
+                "paths": [{"from": "bin/server", "to": "bin/server"}, {"from": "conf/*.toml", "to": "etc"}],
+            },
             {"name": "web", "type": "local", "paths": [{"from": "web", "to": "public"}]},
-            {"name": "gen", "type": "local", "build": ["mkdir -p gen && cp conf/a.toml gen/a"],
-             "inputs": ["conf/a.toml"], "paths": [{"from": "gen/a", "to": "a"}]},
+            {
+                "name": "gen",
+                "type": "local",
+                "build": ["mkdir -p gen && cp conf/a.toml gen/a"],
+                "inputs": ["conf/a.toml"],
+                "paths": [{"from": "gen/a", "to": "a"}],
+            },
             {"name": "bundle", "type": "composite", "packages": ["server", "web"]},
         ],
     }
@@ -163,8 +176,9 @@ def test_tampered_tarball_is_rebuilt(tree: Path, tmp_path: Path) -> None:
 def test_build_commands_without_declared_inputs_always_run(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     plan = plan_for(tree, out)
-    plan["packages"] = [{"name": "gen", "build": ["mkdir -p gen && cp conf/b.toml gen/b"],
-                         "paths": [{"from": "gen/b", "to": "b"}]}]
+    plan["packages"] = [
+        {"name": "gen", "build": ["mkdir -p gen && cp conf/b.toml gen/b"], "paths": [{"from": "gen/b", "to": "b"}]}
+    ]
     run_build(plan)
     (tree / "conf" / "b.toml").write_text("b = 3\n")  # read by the command, named nowhere
     _, lines = run_build(plan)
@@ -220,9 +234,11 @@ def test_prebuilt_download_verify_and_cache(tmp_path: Path) -> None:
     blob.write_bytes(b"\x7fELF fake binary")
     digest = hashlib.sha256(blob.read_bytes()).hexdigest()
     out = tmp_path / "out"
-    plan = {"source_dir": str(tmp_path), "artifacts_dir": str(out), "packages": [
-        {"name": "tool", "type": "prebuilt", "url": blob.as_uri(), "sha256": digest,
-         "to": "bin/tool"}]}
+    plan = {
+        "source_dir": str(tmp_path),
+        "artifacts_dir": str(out),
+        "packages": [{"name": "tool", "type": "prebuilt", "url": blob.as_uri(), "sha256": digest, "to": "bin/tool"}],
+    }
     status, lines = run_build(plan)
     assert status == 0
     cached_file = out / "cache" / digest
@@ -252,8 +268,11 @@ def test_prebuilt_tarball_is_unpacked(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(data))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     out = tmp_path / "out"
-    plan = {"source_dir": str(tmp_path), "artifacts_dir": str(out), "packages": [
-        {"name": "dist", "type": "prebuilt", "url": archive.as_uri(), "sha256": digest}]}
+    plan = {
+        "source_dir": str(tmp_path),
+        "artifacts_dir": str(out),
+        "packages": [{"name": "dist", "type": "prebuilt", "url": archive.as_uri(), "sha256": digest}],
+    }
     status, _ = run_build(plan)
     assert status == 0
     with tarfile.open(out / "packages" / "dist.tar.gz") as tar:
@@ -262,8 +281,9 @@ def test_prebuilt_tarball_is_unpacked(tmp_path: Path) -> None:
 
 def test_rendered_files_are_packed(tree: Path, tmp_path: Path) -> None:
     plan = plan_for(tree, tmp_path / "out")
-    plan["packages"] = [{"name": "web", "paths": [{"from": "web", "to": "public"}],
-                         "files": {"smf/web/run": "#!/bin/sh\nexec true\n"}}]
+    plan["packages"] = [
+        {"name": "web", "paths": [{"from": "web", "to": "public"}], "files": {"smf/web/run": "#!/bin/sh\nexec true\n"}}
+    ]
     run_build(plan)
     with tarfile.open(tmp_path / "out" / "packages" / "web.tar.gz") as tar:
         assert tar.getmember("smf/web/run").mode == 0o755

@@ -56,9 +56,9 @@ class TLSFiles:
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
@@ -73,16 +73,27 @@ class TestCA:
         now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
+            .subject_name(subject)
+            .issuer_name(subject)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .sign(self.key, hashes.SHA256())
         )
         self.ca_path = self.dir / "ca.pem"
@@ -100,12 +111,17 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(addr))]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(addr))]),
+                critical=False,
+            )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
             .sign(self.key, hashes.SHA256())
         )
         out = self.dir / name
@@ -123,8 +139,8 @@ class TestCA:
 @pytest.fixture(scope="module")
 def shamir() -> Any:
     return pytest.importorskip(
-        "flinger.remote.shamir",
-        reason="flinger/remote/shamir.py (split, share_document) is needed to make real shares")
+        "flinger.remote.shamir", reason="flinger/remote/shamir.py (split, share_document) is needed to make real shares"
+    )
 
 
 @dataclass
@@ -209,8 +225,7 @@ Peers = dict[str, tuple[str, int]]  # peer name -> (addr, port)
 class Cluster:
     """Three nodes' files (certs, shares, configs) on 127.0.0.1; processes started on demand."""
 
-    def __init__(self, root: Path, bin_dir: Path, shares: Shares,
-                 python: str = sys.executable) -> None:
+    def __init__(self, root: Path, bin_dir: Path, shares: Shares, python: str = sys.executable) -> None:
         self.python = python
         self.root = root
         self.bin_dir = bin_dir
@@ -221,8 +236,7 @@ class Cluster:
             node_dir = root / name
             node_dir.mkdir()
             addr = ADDRS[name]
-            self.nodes[name] = Node(name, addr, free_port(addr), self.ca.issue(name, addr),
-                                    node_dir)
+            self.nodes[name] = Node(name, addr, free_port(addr), self.ca.issue(name, addr), node_dir)
             self.write_share(name, shares.documents[name])
 
     def write_share(self, name: str, document: dict[str, Any]) -> None:
@@ -240,10 +254,13 @@ class Cluster:
             "addr": node.addr,
             "port": node.port,
             "threshold": THRESHOLD,
-            "peers": [{"name": peer, "addr": addr, "port": port}
-                      for peer, (addr, port) in peers.items()],
-            "paths": {"cert": str(node.tls.cert), "key": str(node.tls.key),
-                      "ca": str(node.tls.ca), "share": str(node.dir / "share.json")},
+            "peers": [{"name": peer, "addr": addr, "port": port} for peer, (addr, port) in peers.items()],
+            "paths": {
+                "cert": str(node.tls.cert),
+                "key": str(node.tls.key),
+                "ca": str(node.tls.ca),
+                "share": str(node.dir / "share.json"),
+            },
             # fast retries keep the test short; the service defaults are 0.5 s up to 10 s
             "retry_initial": 0.05,
             "retry_max": 0.3,
@@ -255,10 +272,12 @@ class Cluster:
         config_path.write_text(json.dumps(self.config(name, peers)), encoding="utf-8")
         with open(node.log_path, "ab") as err:
             node.proc = subprocess.Popen(
-                [self.python, "-S", str(self.bin_dir / "quorum.py"), "--config",
-                 str(config_path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                cwd=str(node.dir))
+                [self.python, "-S", str(self.bin_dir / "quorum.py"), "--config", str(config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=str(node.dir),
+            )
         wait_for(f"{name} to serve /status", lambda: self._serving(node), self.logs)
         return node
 
@@ -331,6 +350,7 @@ def test_three_nodes_unseal_and_status_reveals_no_secret(cluster: Cluster, pytho
         cluster.python = require_python39()
     for name in NODES:
         cluster.start(name)
+
     def all_unsealed() -> bool:
         return all(cluster.status(name)["state"] == "unsealed" for name in NODES)
 
@@ -354,8 +374,7 @@ def test_three_nodes_unseal_and_status_reveals_no_secret(cluster: Cluster, pytho
 def test_one_node_alone_stays_sealed(cluster: Cluster) -> None:
     node = cluster.start("node1")
     # it has asked both (absent) peers at least once and is still running
-    wait_for("node1 to try both peers",
-             lambda: "peer node2" in node.log() and "peer node3" in node.log(), cluster.logs)
+    wait_for("node1 to try both peers", lambda: "peer node2" in node.log() and "peer node3" in node.log(), cluster.logs)
     status = cluster.status("node1")
     assert status["state"] == "sealed"
     assert status["shares"] == 1
@@ -363,8 +382,7 @@ def test_one_node_alone_stays_sealed(cluster: Cluster) -> None:
     assert node.proc is not None and node.proc.poll() is None
 
 
-def test_share_needs_a_client_certificate_from_the_deployment_ca(
-        cluster: Cluster, tmp_path: Path) -> None:
+def test_share_needs_a_client_certificate_from_the_deployment_ca(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start("node1")
     code, body = cluster.get("node1", "/share")
     assert code == 403
@@ -426,16 +444,27 @@ def test_tampered_share_from_a_peer_is_not_counted(cluster: Cluster, shamir: Any
 
     real = cluster.shares.documents["node2"]
     tampered_value = (int(real["share"], 16) + 1) % shamir.Q
-    fake = FakePeer(ADDRS["node2"], cluster.nodes["node2"].tls, {
-        "name": "node2", "deployment": "quorum-test", "index": real["index"],
-        "share": format(tampered_value, "x"), "verifier_fingerprint": fingerprint})
+    fake = FakePeer(
+        ADDRS["node2"],
+        cluster.nodes["node2"].tls,
+        {
+            "name": "node2",
+            "deployment": "quorum-test",
+            "index": real["index"],
+            "share": format(tampered_value, "x"),
+            "verifier_fingerprint": fingerprint,
+        },
+    )
     try:
-        peers = {"node1": (ADDRS["node1"], cluster.nodes["node1"].port),
-                 "node2": (ADDRS["node2"], fake.port),
-                 "node3": (ADDRS["node3"], cluster.nodes["node3"].port)}
+        peers = {
+            "node1": (ADDRS["node1"], cluster.nodes["node1"].port),
+            "node2": (ADDRS["node2"], fake.port),
+            "node3": (ADDRS["node3"], cluster.nodes["node3"].port),
+        }
         cluster.start("node1", peers=peers)
-        wait_for("node1 to reject node2's share",
-                 lambda: "node2" in cluster.status("node1")["peers_rejected"], cluster.logs)
+        wait_for(
+            "node1 to reject node2's share", lambda: "node2" in cluster.status("node1")["peers_rejected"], cluster.logs
+        )
         status = cluster.status("node1")
         assert status["state"] == "sealed"
         assert status["shares"] == 1
@@ -443,8 +472,7 @@ def test_tampered_share_from_a_peer_is_not_counted(cluster: Cluster, shamir: Any
 
         # an honest second peer still unseals it: the bad share blocked nothing
         cluster.start("node3")
-        wait_for("node1 to unseal with node3",
-                 lambda: cluster.status("node1")["state"] == "unsealed", cluster.logs)
+        wait_for("node1 to unseal with node3", lambda: cluster.status("node1")["state"] == "unsealed", cluster.logs)
         status = cluster.status("node1")
         assert status["peers_seen"] == ["node3"]
         assert status["peers_rejected"] == ["node2"]
@@ -454,14 +482,21 @@ def test_tampered_share_from_a_peer_is_not_counted(cluster: Cluster, shamir: Any
 
 def test_peer_with_a_certificate_for_another_node_is_not_asked(cluster: Cluster) -> None:
     # whatever answers at node2's address holds node3's (valid) certificate and share
-    impostor = FakePeer(ADDRS["node2"], cluster.nodes["node3"].tls, {
-        "name": "node3", "deployment": "quorum-test", "index": 3,
-        "share": cluster.shares.documents["node3"]["share"], "verifier_fingerprint": "x"})
+    impostor = FakePeer(
+        ADDRS["node2"],
+        cluster.nodes["node3"].tls,
+        {
+            "name": "node3",
+            "deployment": "quorum-test",
+            "index": 3,
+            "share": cluster.shares.documents["node3"]["share"],
+            "verifier_fingerprint": "x",
+        },
+    )
     try:
         cluster.start("node1", peers={"node2": (ADDRS["node2"], impostor.port)})
         node1 = cluster.nodes["node1"]
-        wait_for("node1 to refuse the impostor", lambda: "does not name node2" in node1.log(),
-                 cluster.logs)
+        wait_for("node1 to refuse the impostor", lambda: "does not name node2" in node1.log(), cluster.logs)
         status = cluster.status("node1")
         assert status["state"] == "sealed"
         assert status["shares"] == 1
@@ -477,8 +512,7 @@ def test_sigterm_stops_the_service_cleanly(cluster: Cluster) -> None:
     assert "SIGTERM received" in node.log()
 
 
-def test_own_share_that_does_not_verify_is_refused_at_start(cluster: Cluster,
-                                                             shamir: Any) -> None:
+def test_own_share_that_does_not_verify_is_refused_at_start(cluster: Cluster, shamir: Any) -> None:
     document = dict(cluster.shares.documents["node1"])
     document["share"] = format((int(document["share"], 16) + 1) % shamir.Q, "x")
     cluster.write_share("node1", document)
@@ -487,7 +521,11 @@ def test_own_share_that_does_not_verify_is_refused_at_start(cluster: Cluster,
     config_path.write_text(json.dumps(cluster.config("node1")), encoding="utf-8")
     result = subprocess.run(
         [sys.executable, str(cluster.bin_dir / "quorum.py"), "--config", str(config_path)],
-        capture_output=True, text=True, timeout=WAIT_BOUND, check=False)
+        capture_output=True,
+        text=True,
+        timeout=WAIT_BOUND,
+        check=False,
+    )
     assert result.returncode == 2
     assert "does not verify" in result.stderr
     assert "Traceback" not in result.stderr
@@ -496,10 +534,18 @@ def test_own_share_that_does_not_verify_is_refused_at_start(cluster: Cluster,
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, bin_dir: Path) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"name": "node1", "addr": "127.0.0.1", "threshold": 2,
-                                  "peers": [], "paths": {"cert": "relative.pem"}}))
-    result = subprocess.run([sys.executable, str(bin_dir / "quorum.py"), "--config", str(config)],
-                            capture_output=True, text=True, timeout=WAIT_BOUND, check=False)
+    config.write_text(
+        json.dumps(
+            {"name": "node1", "addr": "127.0.0.1", "threshold": 2, "peers": [], "paths": {"cert": "relative.pem"}}
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(bin_dir / "quorum.py"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_BOUND,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "config.paths.cert" in result.stderr
@@ -509,15 +555,19 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, bin_dir: Path) -> Non
 
 
 def render_config(servers: list[dict[str, Any]], me: str, threshold: int = 2) -> dict[str, Any]:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
-                             keep_trailing_newline=True)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     template = env.from_string(CONFIG_TEMPLATE.read_text(encoding="utf-8"))
     server = next(s for s in servers if s["name"] == me)
     text = template.render(
         server={**server, "port": 22, "user": "deploy"},
         servers=servers,
-        deployment={"name": "demo", "install_dir": "/opt/quorum", "staging_dir": "/tmp/stage",
-                    "threshold": threshold, "n": len(servers)},
+        deployment={
+            "name": "demo",
+            "install_dir": "/opt/quorum",
+            "staging_dir": "/tmp/stage",
+            "threshold": threshold,
+            "n": len(servers),
+        },
         install_dir="/opt/quorum",
         overlay={"threshold": threshold, "index": 1},
     )
@@ -527,8 +577,7 @@ def render_config(servers: list[dict[str, Any]], me: str, threshold: int = 2) ->
 
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_config_template_renders_valid_json_for_any_number_of_nodes(count: int) -> None:
-    servers = [{"name": f"node{i}", "addr": f"10.0.0.{i}", "roles": ["node"]}
-               for i in range(1, count + 1)]
+    servers = [{"name": f"node{i}", "addr": f"10.0.0.{i}", "roles": ["node"]} for i in range(1, count + 1)]
     # a server without the node role is no peer
     servers.append({"name": "build1", "addr": "10.0.0.99", "roles": ["builder"]})
     config = render_config(servers, "node1", threshold=min(2, count))
@@ -546,8 +595,10 @@ def test_config_template_renders_valid_json_for_any_number_of_nodes(count: int) 
 
 
 def test_config_template_escapes_odd_names() -> None:
-    servers = [{"name": 'n"1\\', "addr": "::1", "roles": ["node", "seed"]},
-               {"name": "n<2>", "addr": "fe80::2", "roles": ["node"]}]
+    servers = [
+        {"name": 'n"1\\', "addr": "::1", "roles": ["node", "seed"]},
+        {"name": "n<2>", "addr": "fe80::2", "roles": ["node"]},
+    ]
     config = render_config(servers, 'n"1\\')
     assert config["name"] == 'n"1\\'
     assert [p["name"] for p in config["peers"]] == ['n"1\\', "n<2>"]
@@ -556,12 +607,20 @@ def test_config_template_escapes_odd_names() -> None:
 def test_rendered_config_is_accepted_by_the_service(bin_dir: Path) -> None:
     servers = [{"name": f"node{i}", "addr": f"10.0.0.{i}", "roles": ["node"]} for i in (1, 2, 3)]
     rendered = render_config(servers, "node2")
-    code = ("import json, sys; import quorum_config as q;"
-            "c = q.parse_config(json.load(sys.stdin));"
-            "print(json.dumps([c.name, c.threshold, [p.name for p in c.peers], c.share]))")
-    result = subprocess.run([sys.executable, "-c", code], input=json.dumps(rendered),
-                            capture_output=True, text=True, cwd=str(bin_dir), check=True,
-                            timeout=WAIT_BOUND)
+    code = (
+        "import json, sys; import quorum_config as q;"
+        "c = q.parse_config(json.load(sys.stdin));"
+        "print(json.dumps([c.name, c.threshold, [p.name for p in c.peers], c.share]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(rendered),
+        capture_output=True,
+        text=True,
+        cwd=str(bin_dir),
+        check=True,
+        timeout=WAIT_BOUND,
+    )
     name, threshold, peers, share = json.loads(result.stdout)
     assert name == "node2" and threshold == 2
     assert peers == ["node1", "node3"]  # its own entry is skipped
@@ -584,7 +643,8 @@ def test_smf_manifest_renders_to_well_formed_xml() -> None:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     command = '/usr/bin/python3 "/opt/q & <co>/current/quorum/bin/quorum.py" --config x'
     text = env.from_string(SMF_TEMPLATE.read_text(encoding="utf-8")).render(
-        install_dir="/opt/q & <co>", service={"command": command})
+        install_dir="/opt/q & <co>", service={"command": command}
+    )
     check_smf_manifest(text, "/opt/q & <co>", command)
 
 
@@ -593,17 +653,18 @@ def test_smf_manifest_is_what_flinger_deploys_for_smf_hosts() -> None:
     loader = pytest.importorskip("flinger.manifest.loader")
     package = loader.load_manifest(MANIFEST).packages["quorum"]
     context = {
-        "server": {"name": "node1", "addr": "10.0.0.1", "roles": ["node"], "port": 22,
-                   "user": "root"},
+        "server": {"name": "node1", "addr": "10.0.0.1", "roles": ["node"], "port": 22, "user": "root"},
         "servers": [{"name": "node1", "addr": "10.0.0.1", "roles": ["node"]}],
-        "deployment": {"name": "demo", "install_dir": "/opt/quorum", "staging_dir": "/tmp/s",
-                       "threshold": 1, "n": 1},
+        "deployment": {"name": "demo", "install_dir": "/opt/quorum", "staging_dir": "/tmp/s", "threshold": 1, "n": 1},
         "install_dir": "/opt/quorum",
     }
-    files = service_render.render_service(package.service, package.service_name, "smf", context,
-                                          override_dir=SMF_TEMPLATE.parent)
-    command = ("/usr/bin/python3 /opt/quorum/current/quorum/bin/quorum.py"
-               " --config /opt/quorum/current/overlay/files/quorum/config.json")
+    files = service_render.render_service(
+        package.service, package.service_name, "smf", context, override_dir=SMF_TEMPLATE.parent
+    )
+    command = (
+        "/usr/bin/python3 /opt/quorum/current/quorum/bin/quorum.py"
+        " --config /opt/quorum/current/overlay/files/quorum/config.json"
+    )
     check_smf_manifest(files["manifest"], "/opt/quorum", command)
     assert "ctrun" in files["manifest"]  # ours, not the generated one
 
@@ -629,13 +690,15 @@ def test_packaging_and_smf_stay_data_only() -> None:
     assert not (REPO / "packaging" / "__init__.py").exists()
 
 
-def test_service_runs_on_the_oldest_supported_python_without_site_packages(
-        bin_dir: Path) -> None:
+def test_service_runs_on_the_oldest_supported_python_without_site_packages(bin_dir: Path) -> None:
     python39 = require_python39()
     # -S: no site-packages, so any import beyond the standard library fails
-    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-            "import quorum, quorum_config, quorum_http, quorum_peers, quorum_seal, quorum_tls;"
-            "print(sys.version_info[:2] == (3, 9))")
-    result = subprocess.run([python39, "-S", "-c", code, str(bin_dir)], capture_output=True,
-                            text=True, timeout=WAIT_BOUND, check=False)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import quorum, quorum_config, quorum_http, quorum_peers, quorum_seal, quorum_tls;"
+        "print(sys.version_info[:2] == (3, 9))"
+    )
+    result = subprocess.run(
+        [python39, "-S", "-c", code, str(bin_dir)], capture_output=True, text=True, timeout=WAIT_BOUND, check=False
+    )
     assert result.stdout.strip() == "True", result.stderr

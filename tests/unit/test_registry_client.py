@@ -36,15 +36,22 @@ def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     addr = pick_addresses(None, 1, sandbox_registry.PORT)[0]
     record = sandbox_registry.start(files, addr)
     try:
-        yield {"files": files, "url": record.url, "ca": files.ca_cert.read_text(),
-               "password": files.password.read_text().strip()}
+        yield {
+            "files": files,
+            "url": record.url,
+            "ca": files.ca_cert.read_text(),
+            "password": files.password.read_text().strip(),
+        }
     finally:
         sandbox_registry.stop(record)
 
 
 def client(dist: dict[str, Any], **overrides: Any) -> registry.Registry:
-    options: dict[str, Any] = {"ca_pem": dist["ca"], "username": sandbox_registry.USERNAME,
-                               "password": dist["password"]}
+    options: dict[str, Any] = {
+        "ca_pem": dist["ca"],
+        "username": sandbox_registry.USERNAME,
+        "password": dist["password"],
+    }
     options.update(overrides)
     return registry.Registry(options.pop("url", dist["url"]), options.pop("repository", "test/repo"), **options)
 
@@ -54,8 +61,12 @@ def artifacts(root: Path, contents: dict[str, bytes]) -> Path:
     packages = {}
     for name, data in contents.items():
         (root / "packages" / f"{name}.tar.gz").write_bytes(data)
-        packages[name] = {"sha256": hashlib.sha256(data).hexdigest(), "file": f"packages/{name}.tar.gz",
-                          "size": len(data), "version": "1"}
+        packages[name] = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "file": f"packages/{name}.tar.gz",
+            "size": len(data),
+            "version": "1",
+        }
     (root / "manifest.json").write_text(json.dumps({"packages": packages}))
     return root
 
@@ -74,11 +85,14 @@ def test_a_build_is_published_once_and_pulled_back_bit_for_bit(distribution: dic
     assert dest.read_bytes() == big and got == {"bytes": len(big), "resumed": False}
     assert dest.stat().st_mode & 0o777 == 0o600
     # the manifest names every package by digest, under the build's tag
-    _, _, body = reg.request("GET", f"/v2/test/repo/manifests/{first['tag']}",
-                                        headers={"Accept": registry.MANIFEST_TYPE})
+    _, _, body = reg.request(
+        "GET", f"/v2/test/repo/manifests/{first['tag']}", headers={"Accept": registry.MANIFEST_TYPE}
+    )
     layers = {layer["annotations"]["dev.flinger.package"]: layer["digest"] for layer in json.loads(body)["layers"]}
-    assert layers == {"app": "sha256:" + hashlib.sha256(big).hexdigest(),
-                      "conf": "sha256:" + hashlib.sha256(b"small").hexdigest()}
+    assert layers == {
+        "app": "sha256:" + hashlib.sha256(big).hexdigest(),
+        "conf": "sha256:" + hashlib.sha256(b"small").hexdigest(),
+    }
     reg.close()
 
 
@@ -145,12 +159,20 @@ def test_the_builder_publishes_through_the_remote_tool_on_the_oldest_python(
     pyz = tmp_path / "tool.pyz"
     build_remote_zipapp(pyz)
     art = artifacts(tmp_path / "out", {"old": os.urandom(10_000)})
-    plan = {"artifacts_dir": str(art),
-            "registry": {"url": distribution["url"], "repository": "test/old", "ca_pem": distribution["ca"]},
-            "credential": {"username": sandbox_registry.USERNAME, "password": distribution["password"]}}
+    plan = {
+        "artifacts_dir": str(art),
+        "registry": {"url": distribution["url"], "repository": "test/old", "ca_pem": distribution["ca"]},
+        "credential": {"username": sandbox_registry.USERNAME, "password": distribution["password"]},
+    }
     for python in (sys.executable, require_python39()):
-        done = subprocess.run([python, str(pyz), "registry-push"], input=json.dumps(plan), capture_output=True,
-                              text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [python, str(pyz), "registry-push"],
+            input=json.dumps(plan),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         lines = [json.loads(line) for line in done.stdout.splitlines()]
         result = lines[-1]
         assert result["event"] == "result" and result["ok"] is True, done.stdout + done.stderr
@@ -165,8 +187,14 @@ def test_the_builder_publishes_through_the_remote_tool_on_the_oldest_python(
         "reg = registry.from_plan(spec['registry'], spec['credential']); "
         "print(json.dumps(reg.pull_blob(sys.argv[2], sys.argv[3])))"
     )
-    done = subprocess.run([require_python39(), "-c", script, str(pyz), digest, str(tmp_path / "old")],
-                          input=json.dumps(plan), capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [require_python39(), "-c", script, str(pyz), digest, str(tmp_path / "old")],
+        input=json.dumps(plan),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"bytes": 9000, "resumed": True}
     assert (tmp_path / "old").read_bytes() == (art / "packages" / "old.tar.gz").read_bytes()
@@ -188,8 +216,11 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
         FakeRegistry.seen.append((self.path, self.headers.get("Authorization"), None))
         if self.headers.get("Authorization") != "Bearer tok-push":
             self.send_response(401)
-            self.send_header("WWW-Authenticate", f'Bearer realm="http://{self.headers.get("Host")}/token",'
-                                                 'service="fake",scope="repository:t/r:pull,push"')
+            self.send_header(
+                "WWW-Authenticate",
+                f'Bearer realm="http://{self.headers.get("Host")}/token",'
+                'service="fake",scope="repository:t/r:pull,push"',
+            )
         else:
             self.send_response(202)
             self.send_header("Location", "/v2/t/r/blobs/uploads/abc")
@@ -210,8 +241,9 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {self.token}":
             host = self.headers.get("Host")
             self.send_response(401)
-            self.send_header("WWW-Authenticate",
-                             f'Bearer realm="http://{host}/token",service="fake",scope="repository:t/r:pull"')
+            self.send_header(
+                "WWW-Authenticate", f'Bearer realm="http://{host}/token",service="fake",scope="repository:t/r:pull"'
+            )
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -236,8 +268,9 @@ def test_bearer_tokens_per_scope_and_a_cut_download_that_resumes(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        reg = registry.Registry(f"http://127.0.0.1:{server.server_port}", "t/r", username="u", password="p",
-                                plain_http=True)
+        reg = registry.Registry(
+            f"http://127.0.0.1:{server.server_port}", "t/r", username="u", password="p", plain_http=True
+        )
         digest = "sha256:" + hashlib.sha256(FakeRegistry.blob).hexdigest()
         retries: list[str] = []
         got = reg.pull_blob(digest, str(tmp_path / "blob"), on_retry=retries.append)

@@ -24,15 +24,17 @@ from flinger.remote.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 
-needs_runit = pytest.mark.skipif(
-    shutil.which("runsvdir") is None or os.geteuid() != 0, reason="needs runit and root"
-)
+needs_runit = pytest.mark.skipif(shutil.which("runsvdir") is None or os.geteuid() != 0, reason="needs runit and root")
 
 
-def run_remote(command: str, plan: dict[str, Any] | None = None,
-               *args: str) -> tuple[int, list[dict]]:
-    proc = subprocess.run([sys.executable, "-m", "flinger.remote", command, *args],
-                          input=json.dumps(plan or {}), capture_output=True, text=True, cwd=REPO)
+def run_remote(command: str, plan: dict[str, Any] | None = None, *args: str) -> tuple[int, list[dict]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flinger.remote", command, *args],
+        input=json.dumps(plan or {}),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines and lines[-1]["event"] == "result", proc.stderr
     return proc.returncode, lines
@@ -81,8 +83,7 @@ class Fixture:
         (tree / "index.html").write_text(content)
         target = self.staging / "packages" / f"web-{content}.tar.gz"
         tarball.pack_tree(str(tree), str(target))
-        return {"name": "web", "digest": sha256_file(str(target)),
-                "tarball": "packages/" + target.name}
+        return {"name": "web", "digest": sha256_file(str(target)), "tarball": "packages/" + target.name}
 
     def overlay(self, run: str, secret: str = "s3cret") -> str:
         directory = self.staging / ("overlay-" + run)
@@ -91,19 +92,32 @@ class Fixture:
         (directory / "secrets" / "token").chmod(0o600)
         return str(directory)
 
-    def plan(self, release: str, content: str, health: dict[str, Any] | None = None,
-             directory: str = "web") -> dict[str, Any]:
-        run = (f"#!/bin/sh\nexec 2>&1\nexec {sys.executable} -m http.server --bind 127.0.0.1 "
-               f"{self.port} --directory {self.install_dir}/current/{directory}\n")
-        check = health or {"url": self.url(),
-                           "timeout": 30, "interval": 0.2}
+    def plan(
+        self, release: str, content: str, health: dict[str, Any] | None = None, directory: str = "web"
+    ) -> dict[str, Any]:
+        run = (
+            f"#!/bin/sh\nexec 2>&1\nexec {sys.executable} -m http.server --bind 127.0.0.1 "
+            f"{self.port} --directory {self.install_dir}/current/{directory}\n"
+        )
+        check = health or {"url": self.url(), "timeout": 30, "interval": 0.2}
         return {
-            "install_dir": str(self.install_dir), "staging_dir": str(self.staging),
-            "release": release, "packages": [self.package(content)],
+            "install_dir": str(self.install_dir),
+            "staging_dir": str(self.staging),
+            "release": release,
+            "packages": [self.package(content)],
             "overlay_dir": self.overlay(release),
-            "sv_dir": str(self.sv_dir), "service_dir": str(self.service_dir),
-            "services": [{"name": self.name, "package": "web", "manager": "runit",
-                          "files": {"run": run}, "health": check, "after": []}],
+            "sv_dir": str(self.sv_dir),
+            "service_dir": str(self.service_dir),
+            "services": [
+                {
+                    "name": self.name,
+                    "package": "web",
+                    "manager": "runit",
+                    "files": {"run": run},
+                    "health": check,
+                    "after": [],
+                }
+            ],
         }
 
     def url(self) -> str:
@@ -116,9 +130,12 @@ class Fixture:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Fixture]:
     fixture = Fixture(tmp_path)
-    runsvdir = subprocess.Popen(["runsvdir", "-P", str(fixture.service_dir)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+    runsvdir = subprocess.Popen(
+        ["runsvdir", "-P", str(fixture.service_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         yield fixture
     finally:
@@ -130,8 +147,7 @@ def env(tmp_path: Path) -> Iterator[Fixture]:
 
 
 def sv_pid(env: Fixture) -> int:
-    out = subprocess.run(["sv", "status", str(env.sv_dir / env.name)], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(["sv", "status", str(env.sv_dir / env.name)], capture_output=True, text=True).stdout
     assert out.startswith("run:"), out
     return int(out.split("(pid ")[1].split(")")[0])
 
@@ -151,8 +167,7 @@ def test_install_upgrade_rollback_prune_uninstall(env: Fixture) -> None:
     assert token.read_text() == "s3cret" and token.stat().st_mode & 0o777 == 0o600
     assert (env.install_dir / "current" / "overlay").stat().st_mode & 0o777 == 0o700
     state = json.loads((env.install_dir / ".flinger" / "state.json").read_text())
-    assert state["release"] == "r1" and state["packages"]["web"]["digest"] == \
-        plan["packages"][0]["digest"]
+    assert state["release"] == "r1" and state["packages"]["web"]["digest"] == plan["packages"][0]["digest"]
     recorded = {e["path"] for e in state["services"][0]["paths"]}
     assert str(env.sv_dir / env.name) in recorded and str(env.sv_dir) in recorded
     first_pid = sv_pid(env)
@@ -212,8 +227,7 @@ def test_clean_removes_the_staging_dir(env: Fixture) -> None:
     token = env.install_dir / "current" / "overlay" / "secrets" / "token"
     assert token.stat().st_uid == pwd.getpwnam("daemon").pw_uid
     assert token.parent.stat().st_uid == pwd.getpwnam("daemon").pw_uid
-    status, _ = run_remote("clean", {"install_dir": str(env.install_dir),
-                                     "staging_dir": str(env.staging)})
+    status, _ = run_remote("clean", {"install_dir": str(env.install_dir), "staging_dir": str(env.staging)})
     assert status == 0
     assert not env.staging.exists() and snapshot(env.host) == before
 
@@ -278,8 +292,12 @@ def test_history_and_rollback_switch_back_to_a_kept_release_and_check_its_health
 @needs_runit
 def test_a_rollback_whose_release_is_unhealthy_puts_the_running_one_back(env: Fixture) -> None:
     # r1's service serves a directory that the rollback will not find: unhealthy once rolled back to
-    assert run_remote("install", env.plan("r1", "v1", health={"url": env.url(), "timeout": 2, "interval": 0.2},
-                                          directory="web"))[0] == 0
+    assert (
+        run_remote(
+            "install", env.plan("r1", "v1", health={"url": env.url(), "timeout": 2, "interval": 0.2}, directory="web")
+        )[0]
+        == 0
+    )
     assert run_remote("install", env.plan("r2", "v2"))[0] == 0
     (env.install_dir / "releases" / "r1" / "web").unlink()  # r1 broken on disk since
     status, lines = run_remote("rollback", {"install_dir": str(env.install_dir)})
@@ -302,7 +320,7 @@ def test_a_service_whose_restart_fails_gets_its_old_definition_back(
     (shim / "sv").write_text(
         "#!/bin/sh\n"
         f'if [ "$1" = restart ] && [ ! -e {tmp_path}/failed-once ]; then\n'
-        f"  touch {tmp_path}/failed-once; echo \"timeout: finish: $2: (pid 1) 1s\"; exit 1\n"
+        f'  touch {tmp_path}/failed-once; echo "timeout: finish: $2: (pid 1) 1s"; exit 1\n'
         "fi\n"
         f'exec {shutil.which("sv")} "$@"\n'
     )
@@ -358,8 +376,7 @@ def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
     assert status == 0
     record = json.loads(Path(install_dir, ".flinger", "lock").read_text())
     assert record["holder"] == "alice" and "since" in record and record["session"]["pid"] == os.getpid()
-    status, lines = run_remote("lock", None, "acquire", *args, "--holder", "bob",
-                               "--wait", "0.6")
+    status, lines = run_remote("lock", None, "acquire", *args, "--holder", "bob", "--wait", "0.6")
     assert status == 1 and lines[0]["event"] == "held" and lines[0]["holder"] == "alice"
     assert "alice" in lines[-1]["error"]
     status, lines = run_remote("lock", None, "release", *args, "--holder", "bob")
@@ -402,16 +419,14 @@ def test_systemd_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     unit = tmp_path / "systemd" / "quorum.service"
     assert unit.read_text() == service["files"]["unit"]
     assert {"path": str(unit), "kind": "file"} in receipt
-    assert fake.calls == [["systemctl", "daemon-reload"],
-                          ["systemctl", "enable", "--now", "quorum.service"]]
+    assert fake.calls == [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "quorum.service"]]
     fake.calls.clear()
     manager.activate(service)  # already there: restart
     assert fake.calls[-1] == ["systemctl", "restart", "quorum.service"]
     assert manager.state(service) == "active"
     fake.calls.clear()
     manager.deactivate(service)
-    assert fake.calls == [["systemctl", "disable", "--now", "quorum.service"],
-                          ["systemctl", "daemon-reload"]]
+    assert fake.calls == [["systemctl", "disable", "--now", "quorum.service"], ["systemctl", "daemon-reload"]]
     assert not unit.exists()
 
 
@@ -422,15 +437,16 @@ def test_smf_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     service = {"name": "quorum", "files": {"manifest": "<service_bundle/>"}}
     manager.activate(service)
     path = str(tmp_path / "quorum.xml")
-    assert fake.calls == [["svccfg", "import", path],
-                          ["svcadm", "enable", "svc:/site/quorum:default"]]
+    assert fake.calls == [["svccfg", "import", path], ["svcadm", "enable", "svc:/site/quorum:default"]]
     fake.calls.clear()
     manager.activate(service)
     assert fake.calls[-1] == ["svcadm", "restart", "svc:/site/quorum:default"]
     fake.calls.clear()
     manager.deactivate(service)
-    assert fake.calls == [["svcadm", "disable", "-s", "svc:/site/quorum:default"],
-                          ["svccfg", "delete", "-f", "svc:/site/quorum"]]
+    assert fake.calls == [
+        ["svcadm", "disable", "-s", "svc:/site/quorum:default"],
+        ["svccfg", "delete", "-f", "svc:/site/quorum"],
+    ]
     assert not os.path.exists(path)
 
 
@@ -441,8 +457,13 @@ def test_a_lost_client_never_leaves_a_half_switched_server(env: Fixture) -> None
     code, _ = run_remote("install", env.plan("r1", "v1"))
     assert code == 0 and get(env.url()) == "v1"
     bad = env.plan("r2", "v2", health={"url": f"http://127.0.0.1:{free_port()}/", "timeout": 3, "interval": 0.2})
-    proc = subprocess.Popen([sys.executable, "-m", "flinger.remote", "install"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flinger.remote", "install"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     proc.stdin.write(json.dumps(bad).encode())
     proc.stdin.close()

@@ -17,14 +17,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("runsvdir") is None or os.geteuid() != 0, reason="needs runit and root"
-)
+pytestmark = pytest.mark.skipif(shutil.which("runsvdir") is None or os.geteuid() != 0, reason="needs runit and root")
 
 
 def run_remote(command: str, plan: dict[str, Any]) -> tuple[int, list[dict]]:
-    proc = subprocess.run([sys.executable, "-m", "flinger.remote", command],
-                          input=json.dumps(plan), capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flinger.remote", command],
+        input=json.dumps(plan),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines and lines[-1]["event"] == "result", proc.stderr
     return proc.returncode, lines
@@ -35,9 +38,12 @@ def runit_roots(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A private runsvdir on tmp/etc/service; /etc/sv is tmp/etc/sv (not created yet)."""
     service_dir = tmp_path / "etc" / "service"
     service_dir.mkdir(parents=True)
-    runsvdir = subprocess.Popen(["runsvdir", "-P", str(service_dir)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+    runsvdir = subprocess.Popen(
+        ["runsvdir", "-P", str(service_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         yield {"sv_dir": str(tmp_path / "etc" / "sv"), "service_dir": str(service_dir)}
     finally:
@@ -50,9 +56,13 @@ def runit_roots(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def sleeper(name: str) -> dict[str, Any]:
-    return {"name": name, "manager": "runit", "package": "p",
-            "files": {"run": "#!/bin/sh\nexec 2>&1\nexec sleep 600\n"},
-            "health": {"command": f"sv status {{sv}}/{name} | grep -q '^run:'", "timeout": 20}}
+    return {
+        "name": name,
+        "manager": "runit",
+        "package": "p",
+        "files": {"run": "#!/bin/sh\nexec 2>&1\nexec sleep 600\n"},
+        "health": {"command": f"sv status {{sv}}/{name} | grep -q '^run:'", "timeout": 20},
+    }
 
 
 def sv_status(path: str) -> str:
@@ -63,8 +73,7 @@ def test_activate_runs_the_service_and_deactivate_removes_it(
     runit_roots: dict[str, str],
 ) -> None:
     service = sleeper("sleeper")
-    service["health"]["command"] = service["health"]["command"].replace(
-        "{sv}", runit_roots["sv_dir"])
+    service["health"]["command"] = service["health"]["command"].replace("{sv}", runit_roots["sv_dir"])
     service["files"]["log/run"] = "#!/bin/sh\nexec cat >/dev/null\n"
     plan = {**runit_roots, "services": [service]}
     status, lines = run_remote("activate", plan)

@@ -16,8 +16,12 @@ from flinger.remote import services
 from flinger.service_render import RENDERERS, render_health, render_service
 from flinger.topology.model import SERVICE_MANAGERS
 
-CONTEXT = {"install_dir": "/opt/quorum", "server": {"name": "node1", "addr": "10.0.0.11"},
-           "deployment": {"name": "demo"}, "package": {"name": "quorum"}}
+CONTEXT = {
+    "install_dir": "/opt/quorum",
+    "server": {"name": "node1", "addr": "10.0.0.11"},
+    "deployment": {"name": "demo"},
+    "package": {"name": "quorum"},
+}
 
 
 def quorum_service(tmp_path: Path, **changes: object) -> Service:
@@ -25,11 +29,16 @@ def quorum_service(tmp_path: Path, **changes: object) -> Service:
         "command": "/bin/sleep 1000 --addr {{ server.addr }}",
         "working_dir": str(tmp_path),
         "environment": {"QUORUM_NODE": "{{ server.name }}", "TRICKY": 'a "b" 100% $x'},
-        "user": "nobody", "group": "nogroup", "restart": "always", "restart_sec": 2.5,
-        "after": ("store",), "limits": {"nofile": 65536, "nproc": 512},
+        "user": "nobody",
+        "group": "nogroup",
+        "restart": "always",
+        "restart_sec": 2.5,
+        "after": ("store",),
+        "limits": {"nofile": 65536, "nproc": 512},
         "log_file": str(tmp_path / "quorum.log"),
-        "health": HealthCheck(url="https://{{ server.addr }}:8443/status",
-                              ca="{{ install_dir }}/current/overlay/tls/ca.pem"),
+        "health": HealthCheck(
+            url="https://{{ server.addr }}:8443/status", ca="{{ install_dir }}/current/overlay/tls/ca.pem"
+        ),
     }
     fields.update(changes)
     return Service(**fields)  # type: ignore[arg-type]
@@ -39,19 +48,28 @@ def test_systemd_unit_has_every_setting(tmp_path: Path) -> None:
     unit = render_service(quorum_service(tmp_path), "quorum", "systemd", CONTEXT)["unit"]
     lines = unit.splitlines()
     for expected in (
-        "After=network.target store.service", "Type=simple", "User=nobody", "Group=nogroup",
-        f"WorkingDirectory={tmp_path}", 'Environment="QUORUM_NODE=node1"',
+        "After=network.target store.service",
+        "Type=simple",
+        "User=nobody",
+        "Group=nogroup",
+        f"WorkingDirectory={tmp_path}",
+        'Environment="QUORUM_NODE=node1"',
         'Environment="TRICKY=a \\"b\\" 100%% $x"',
-        "ExecStart=/bin/sleep 1000 --addr 10.0.0.11", "Restart=always", "RestartSec=2.5",
-        "LimitNOFILE=65536", "LimitNPROC=512",
+        "ExecStart=/bin/sleep 1000 --addr 10.0.0.11",
+        "Restart=always",
+        "RestartSec=2.5",
+        "LimitNOFILE=65536",
+        "LimitNPROC=512",
         f"StandardOutput=append:{tmp_path}/quorum.log",
-        f"StandardError=append:{tmp_path}/quorum.log", "WantedBy=multi-user.target",
+        f"StandardError=append:{tmp_path}/quorum.log",
+        "WantedBy=multi-user.target",
     ):
         assert expected in lines, expected
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None and not os.environ.get("CI"),
-                    reason="systemd-analyze is not installed")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None and not os.environ.get("CI"), reason="systemd-analyze is not installed"
+)
 @pytest.mark.parametrize("restart", ["always", "on-failure", "no"])
 def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path, restart: str) -> None:
     # "nobody" draws a warning of its own from verify: use an ordinary system user
@@ -59,8 +77,7 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path, restart: str
     unit = render_service(service, "quorum", "systemd", CONTEXT)["unit"]
     path = tmp_path / "quorum.service"
     path.write_text(unit)
-    done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
-                          text=True)
+    done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     problems = [line for line in done.stderr.splitlines() if "quorum.service" in line]
     assert done.returncode == 0 and not problems, done.stderr
 
@@ -69,8 +86,7 @@ def test_systemd_unit_with_bad_setting_fails_verify(tmp_path: Path) -> None:
     """The verify test above can fail: a unit whose ExecStart does not exist is refused."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    unit = render_service(quorum_service(tmp_path, command="/nonexistent/prog"), "q",
-                          "systemd", CONTEXT)["unit"]
+    unit = render_service(quorum_service(tmp_path, command="/nonexistent/prog"), "q", "systemd", CONTEXT)["unit"]
     path = tmp_path / "q.service"
     path.write_text(unit)
     done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True)
@@ -78,8 +94,7 @@ def test_systemd_unit_with_bad_setting_fails_verify(tmp_path: Path) -> None:
 
 
 def test_smf_manifest_is_well_formed_with_methods(tmp_path: Path) -> None:
-    xml = render_service(quorum_service(tmp_path, command="/bin/prog --rate 5%"), "quorum",
-                         "smf", CONTEXT)["manifest"]
+    xml = render_service(quorum_service(tmp_path, command="/bin/prog --rate 5%"), "quorum", "smf", CONTEXT)["manifest"]
     root = ET.fromstring(xml.split("\n", 2)[2])  # past the XML declaration and DOCTYPE
     assert root.tag == "service_bundle" and root.get("type") == "manifest"
     service = root.find("service")
@@ -103,8 +118,14 @@ def test_runit_run_script_runs_with_env_and_workdir(tmp_path: Path) -> None:
     work = tmp_path / "work dir"
     work.mkdir()
     service = quorum_service(
-        tmp_path, user=None, group=None, working_dir=str(work), log_file=None, limits={},
-        command="""/bin/sh -c 'pwd; echo "$QUORUM_NODE"; echo "$TRICKY"' """)
+        tmp_path,
+        user=None,
+        group=None,
+        working_dir=str(work),
+        log_file=None,
+        limits={},
+        command="""/bin/sh -c 'pwd; echo "$QUORUM_NODE"; echo "$TRICKY"' """,
+    )
     files = render_service(service, "quorum", "runit", CONTEXT)
     # finish: restart_sec 2.5 > runsv's own 1 s pause; log/run: no log_file, so svlogd keeps it
     assert set(files) == {"run", "finish", "log/run"}
@@ -121,8 +142,7 @@ def test_runit_run_script_uses_chpst_and_log_file(tmp_path: Path) -> None:
     run = files["run"]
     assert run.startswith("#!/bin/sh\n")
     assert f"exec >>{tmp_path}/quorum.log 2>&1\n" in run
-    assert run.rstrip().endswith(
-        "exec chpst -u nobody:nogroup -o 65536 -p 512 /bin/sleep 1000 --addr 10.0.0.11")
+    assert run.rstrip().endswith("exec chpst -u nobody:nogroup -o 65536 -p 512 /bin/sleep 1000 --addr 10.0.0.11")
     assert subprocess.run(["sh", "-n"], input=run, text=True).returncode == 0
 
 
@@ -130,8 +150,12 @@ def test_runit_log_file_gets_stdout_and_stderr(tmp_path: Path) -> None:
     """Redirecting stderr before stdout went to the file used to leave stderr on runsv's output."""
     log = tmp_path / "svc.log"
     service = quorum_service(
-        tmp_path, command="/bin/sh -c 'echo to-stdout; echo to-stderr >&2'", user=None, group=None,
-        limits={}, log_file=str(log),
+        tmp_path,
+        command="/bin/sh -c 'echo to-stdout; echo to-stderr >&2'",
+        user=None,
+        group=None,
+        limits={},
+        log_file=str(log),
     )
     script = tmp_path / "run"
     script.write_text(render_service(service, "svc", "runit", CONTEXT)["run"])
@@ -142,14 +166,13 @@ def test_runit_log_file_gets_stdout_and_stderr(tmp_path: Path) -> None:
 
 
 def test_runit_finish_follows_restart_policy(tmp_path: Path) -> None:
-    never = render_service(quorum_service(tmp_path, restart="no", restart_sec=1), "q",
-                           "runit", CONTEXT)
+    never = render_service(quorum_service(tmp_path, restart="no", restart_sec=1), "q", "runit", CONTEXT)
     assert "exec sv down ." in never["finish"]
-    always = render_service(quorum_service(tmp_path, restart="always", restart_sec=1), "q",
-                            "runit", CONTEXT)
+    always = render_service(quorum_service(tmp_path, restart="always", restart_sec=1), "q", "runit", CONTEXT)
     assert "finish" not in always
-    on_failure = render_service(quorum_service(tmp_path, restart="on-failure", restart_sec=1),
-                                "q", "runit", CONTEXT)["finish"]
+    on_failure = render_service(quorum_service(tmp_path, restart="on-failure", restart_sec=1), "q", "runit", CONTEXT)[
+        "finish"
+    ]
     finish = tmp_path / "finish"
     finish.write_text(on_failure.replace("exec sv down .", "echo down"))
     finish.chmod(0o755)
@@ -178,16 +201,14 @@ def test_unknown_manager_is_refused(tmp_path: Path) -> None:
 def test_shipped_definition_wins_and_is_rendered(tmp_path: Path) -> None:
     shipped = tmp_path / "smf" / "quorum"
     shipped.mkdir(parents=True)
-    (shipped / "manifest.xml").write_text('<service name="site/{{ service.name }}" '
-                                          'addr="{{ server.addr }}"/>\n')
+    (shipped / "manifest.xml").write_text('<service name="site/{{ service.name }}" addr="{{ server.addr }}"/>\n')
     (shipped / "run").write_text("#!/bin/sh\nexec {{ install_dir }}/bin/q\n")
     (shipped / "finish").write_text("#!/bin/sh\nsleep 1\n")
     service = quorum_service(tmp_path)
     smf = render_service(service, "quorum", "smf", CONTEXT, override_dir=shipped)
     assert smf == {"manifest": '<service name="site/quorum" addr="10.0.0.11"/>\n'}
     runit = render_service(service, "quorum", "runit", CONTEXT, override_dir=shipped)
-    assert runit == {"run": "#!/bin/sh\nexec /opt/quorum/bin/q\n",
-                     "finish": "#!/bin/sh\nsleep 1\n"}
+    assert runit == {"run": "#!/bin/sh\nexec /opt/quorum/bin/q\n", "finish": "#!/bin/sh\nsleep 1\n"}
     # nothing shipped for systemd: the generated unit
     unit = render_service(service, "quorum", "systemd", CONTEXT, override_dir=shipped)["unit"]
     assert "ExecStart=/bin/sleep 1000 --addr 10.0.0.11" in unit

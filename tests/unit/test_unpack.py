@@ -38,12 +38,14 @@ def make_tar(path: Path, members: list[Member]) -> Path:
 def symlink(target: str) -> Callable[[tarfile.TarInfo], None]:
     def tweak(info: tarfile.TarInfo) -> None:
         info.type, info.linkname = tarfile.SYMTYPE, target
+
     return tweak
 
 
 def hardlink(target: str) -> Callable[[tarfile.TarInfo], None]:
     def tweak(info: tarfile.TarInfo) -> None:
         info.type, info.linkname = tarfile.LNKTYPE, target
+
     return tweak
 
 
@@ -67,8 +69,7 @@ MALICIOUS: dict[str, list[Member]] = {
     "symlink-absolute": [*GOOD, ("link", None, symlink("/etc"))],
     "symlink-escape": [*GOOD, ("sub/link", None, symlink("../../outside"))],
     "write-through-symlink": [("d", None, symlink(".")), ("d/x", b"x", None)],
-    "symlink-chain": [("d", None, directory), ("d/l", None, symlink("..")),
-                      ("esc", None, symlink("d/l/.."))],
+    "symlink-chain": [("d", None, directory), ("d/l", None, symlink("..")), ("esc", None, symlink("d/l/.."))],
     "hardlink-escape": [*GOOD, ("h", None, hardlink("../outside"))],
     "hardlink-absolute": [*GOOD, ("h", None, hardlink("/etc/passwd"))],
     "hardlink-to-nothing": [*GOOD, ("h", None, hardlink("missing"))],
@@ -119,10 +120,17 @@ def test_good_archive_extracts_with_modes(tmp_path: Path) -> None:
     def setuid(info: tarfile.TarInfo) -> None:
         info.mode = 0o4777
 
-    archive = make_tar(tmp_path / "good.tar.gz", [
-        ("./", None, directory), ("bin", None, directory), ("bin/tool", b"#!/bin/sh\n", setuid),
-        ("bin/alias", None, symlink("tool")), ("etc/conf", b"k=v\n", None),
-        ("etc/hard", None, hardlink("etc/conf"))])
+    archive = make_tar(
+        tmp_path / "good.tar.gz",
+        [
+            ("./", None, directory),
+            ("bin", None, directory),
+            ("bin/tool", b"#!/bin/sh\n", setuid),
+            ("bin/alias", None, symlink("tool")),
+            ("etc/conf", b"k=v\n", None),
+            ("etc/hard", None, hardlink("etc/conf")),
+        ],
+    )
     dest = tmp_path / "pkg"
     assert unpack.extract(str(archive), str(dest)) == 5
     assert (dest / "etc" / "conf").read_text() == "k=v\n"
@@ -146,8 +154,9 @@ def test_existing_dest_is_kept_unless_replace(tmp_path: Path) -> None:
 
 
 def run_unpack(*args: str) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "flinger.remote", "unpack", *args],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flinger.remote", "unpack", *args], capture_output=True, text=True, cwd=REPO
+    )
     return proc.returncode, json.loads(proc.stdout.splitlines()[-1])
 
 
