@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import flinger_sandbox as sandbox  # noqa: E402
-from flinger.actions.deploy_plan import plan_deploy  # noqa: E402
+from flinger.engine.plan import plan_deploy  # noqa: E402
 from flinger.manifest import load_manifest  # noqa: E402
 from flinger.topology import load_topology  # noqa: E402
 from flinger_sandbox import SandboxState  # noqa: E402

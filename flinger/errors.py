@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flinger.protocol.results import Outcome
 
 
 class ExitStatus(enum.IntEnum):
@@ -93,9 +97,9 @@ class HostKeyError(UnreachableError):
 class RemoteCommandError(FlingerError):
     """A remote command exited non-zero."""
 
-    def __init__(self, command: str, exit_code: int, tail: list[str], result: dict[str, object] | None = None) -> None:
+    def __init__(self, command: str, exit_code: int, tail: list[str], result: Outcome | None = None) -> None:
         self.command = command
         self.exit_code = exit_code
         self.tail = tail
-        self.result = result or {}  # the remote tool's result line, when it wrote one
+        self.result = result  # the remote tool's result, when it wrote one
         super().__init__(f"`{command}` exited with status {exit_code}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import jinja2
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import Service
+from flinger.protocol.plans import HealthSpec
 from flinger.remote import services
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -216,13 +217,20 @@ def render_validate(service: Service, context: dict[str, Any], service_name: str
     return _render_text(service.validate, context, f"services.{service_name}.validate")
 
 
-def render_health(service: Service, context: dict[str, Any], service_name: str) -> dict[str, Any] | None:
+def render_health(service: Service, context: dict[str, Any], service_name: str) -> HealthSpec | None:
     """The service's health check for the remote plan, placeholders rendered."""
-    if service.health is None:
+    check = service.health
+    if check is None:
         return None
     where = f"services.{service_name}.health"
-    check = asdict(service.health)
-    for key in ("url", "command", "ca"):
-        if check[key]:
-            check[key] = _render_text(check[key], context, f"{where}.{key}")
-    return check
+
+    def rendered(key: str, value: str | None) -> str | None:
+        return _render_text(value, context, f"{where}.{key}") if value else value
+
+    return HealthSpec(
+        url=rendered("url", check.url),
+        command=rendered("command", check.command),
+        timeout=check.timeout,
+        interval=check.interval,
+        ca=rendered("ca", check.ca),
+    )

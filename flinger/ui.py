@@ -20,8 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from flinger.engine.results import ServerResult, Status
 from flinger.progress import Event, Finished, Info, Output, Started, Step
-from flinger.ssh.fanout import ServerResult, Status
 
 STATE_STYLE = {
     "waiting": "dim",

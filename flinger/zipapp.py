@@ -1,7 +1,8 @@
 """Build `flinger-remote.pyz`: the remote tool as one deterministic zipapp.
 
-It holds `flinger/__init__.py`, `flinger/remote/*.py` and a `__main__.py` that calls
-`flinger.remote.__main__.main`, nothing else, so it runs on any host with python3 (3.9+)
+It holds `flinger/__init__.py`, `flinger/protocol/*.py` (the typed contract both sides
+speak), `flinger/remote/*.py` and a `__main__.py` that calls `flinger.remote.__main__.main`,
+nothing else, so it runs on any host with python3 (3.9+)
 and no site-packages. Entries are sorted and timestamped 1980-01-01, so the same source
 always gives the same bytes and the same sha256.
 """
@@ -27,8 +28,9 @@ def zipapp_sources() -> dict[str, bytes]:
     """Archive name -> content of every module the zipapp carries."""
     package = Path(flinger.__file__).parent
     sources = {"flinger/__init__.py": (package / "__init__.py").read_bytes()}
-    for module in sorted((package / "remote").glob("*.py")):
-        sources[f"flinger/remote/{module.name}"] = module.read_bytes()
+    for part in ("protocol", "remote"):
+        for module in sorted((package / part).glob("*.py")):
+            sources[f"flinger/{part}/{module.name}"] = module.read_bytes()
     sources["__main__.py"] = _MAIN.encode()
     return sources
 

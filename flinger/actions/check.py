@@ -6,7 +6,7 @@ import glob
 from dataclasses import dataclass, field
 from typing import Any
 
-from flinger.actions.deploy_plan import plan_deploy
+from flinger.engine.plan import plan_deploy
 from flinger.errors import ConfigError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest

@@ -12,36 +12,37 @@ import contextlib
 import hashlib
 import shlex
 from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from flinger.actions.remote_tool import resolve_remote_path, run_tool, upload_tool
-from flinger.errors import FlingerError, UsageError
+from flinger.engine.fanout import Reporter, fan_out
+from flinger.engine.hosts import open_hosts
+from flinger.engine.remote import into_report, resolve_remote_path, run_tool, upload_tool
+from flinger.engine.results import ServerResult
+from flinger.errors import FlingerError, RemoteCommandError, UsageError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Prereqs
 from flinger.progress import Sink, nowhere
-from flinger.remote.prereqs import CHANGED, FAILED, WOULD_CHANGE
-from flinger.ssh.connection import ConnectionPool
-from flinger.ssh.fanout import Reporter, ServerResult, fan_out
+from flinger.protocol.codec import encode
+from flinger.protocol.plans import DirSpec, PrereqsPlan, ScriptSpec, UserSpec
+from flinger.protocol.results import PrereqsResult
 from flinger.tomlfile import suggest
 from flinger.topology.model import Server, Topology
 
 BUILDER_TARGET = "builder"
 EVERY_SERVER = "*"
-Plan = dict[str, Any]
+T = TypeVar("T", UserSpec, DirSpec)
 
 
-def _plain(value: Any) -> Any:
-    """A TOML value as plain JSON-ready Python (bool before int: bool is an int)."""
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    return value
+@dataclass
+class HostPrereqs:
+    """One host's prerequisites: the plan its `prereqs` command gets (scripts named by their
+    path there, `~` not yet resolved), and the scripts the client uploads first (path there ->
+    the client's copy)."""
+
+    plan: PrereqsPlan
+    uploads: dict[str, Path] = field(default_factory=dict)
 
 
 def _union(into: list[str], items: Iterable[str]) -> None:
@@ -51,13 +52,11 @@ def _union(into: list[str], items: Iterable[str]) -> None:
 
 
 def _merge_keyed(
-    manifest: Manifest, into: dict[str, dict[str, Any]], owners: dict[str, str], part: Prereqs, kind: str, key: str
+    manifest: Manifest, into: dict[str, T], owners: dict[str, str], part: Prereqs, kind: str, entries: Iterable[T]
 ) -> None:
     """Merge users (by name) or dirs (by path); the same one declared twice must agree."""
-    entries = part.users if kind == "users" else part.dirs
-    for index, raw in enumerate(entries):
-        entry = {str(k): _plain(v) for k, v in raw.items()}
-        ident = str(entry[key])
+    for index, entry in enumerate(entries):
+        ident = entry.name if isinstance(entry, UserSpec) else entry.path
         if ident in into and into[ident] != entry:
             raise manifest_error(
                 manifest,
@@ -68,49 +67,40 @@ def _merge_keyed(
         owners[ident] = part.target
 
 
-def merge_prereqs(manifest: Manifest, parts: list[Prereqs], server: Server) -> Plan:
-    """One server's plan from the prereqs that apply to it, in order; conflicts are errors."""
-    apt: list[str] = []
-    pkg: list[str] = []
-    groups: list[str] = []
-    sysctl: dict[str, str] = {}
+def merge_prereqs(manifest: Manifest, parts: list[Prereqs], server: Server) -> tuple[PrereqsPlan, list[Prereqs]]:
+    """One server's plan from the prereqs that apply to it, in order; conflicts are errors.
+    Also the parts whose script it runs (scripts are placed by plan_prereqs)."""
+    plan = PrereqsPlan(os="illumos" if server.service_manager == "smf" else "auto")
     sysctl_owner: dict[str, str] = {}
-    users: dict[str, dict[str, Any]] = {}
+    users: dict[str, UserSpec] = {}
     user_owner: dict[str, str] = {}
-    dirs: dict[str, dict[str, Any]] = {}
+    dirs: dict[str, DirSpec] = {}
     dir_owner: dict[str, str] = {}
-    scripts: list[dict[str, Any]] = []
+    scripted: list[Prereqs] = []
     for part in parts:
-        _union(apt, part.apt)
-        _union(pkg, part.pkg)
-        _union(groups, part.groups)
+        _union(plan.apt, part.apt)
+        _union(plan.pkg, part.pkg)
+        _union(plan.groups, part.groups)
         for key, value in part.sysctl.items():
-            if key in sysctl and sysctl[key] != value:
+            if key in plan.sysctl and plan.sysctl[key] != value:
                 raise manifest_error(
                     manifest,
                     f"prereqs.{part.target}.sysctl.{key}",
-                    f'"{value}" conflicts with "{sysctl[key]}" from prereqs.{sysctl_owner[key]} '
+                    f'"{value}" conflicts with "{plan.sysctl[key]}" from prereqs.{sysctl_owner[key]} '
                     f"(both apply to {server.name})",
                 )
-            sysctl[key], sysctl_owner[key] = value, part.target
-        _merge_keyed(manifest, users, user_owner, part, "users", "name")
-        _merge_keyed(manifest, dirs, dir_owner, part, "dirs", "path")
-        if part.script and all(s["name"] != part.script for s in scripts):
-            scripts.append({"name": part.script, "target": part.target})
-    return {
-        "os": "illumos" if server.service_manager == "smf" else "auto",
-        "apt": apt,
-        "pkg": pkg,
-        "sysctl": sysctl,
-        "groups": groups,
-        "users": list(users.values()),
-        "dirs": list(dirs.values()),
-        "scripts": scripts,
-    }
+            plan.sysctl[key], sysctl_owner[key] = value, part.target
+        _merge_keyed(manifest, users, user_owner, part, "users", part.users)
+        _merge_keyed(manifest, dirs, dir_owner, part, "dirs", part.dirs)
+        if part.script and all(p.script != part.script for p in scripted):
+            scripted.append(part)
+    plan.users, plan.dirs = list(users.values()), list(dirs.values())
+    return plan, scripted
 
 
-def plan_prereqs(topology: Topology, manifest: Manifest) -> dict[str, Plan]:
-    """server name -> its plan, for the builder and every deployment server (builder first).
+def plan_prereqs(topology: Topology, manifest: Manifest) -> dict[str, HostPrereqs]:
+    """server name -> its prerequisites, for the builder and every deployment server (builder
+    first).
 
     Scripts are named relative to the source tree; each gets the SHA-256 of the client's
     copy, so a host never runs a stale one. On the builder a script runs from the synced
@@ -126,7 +116,7 @@ def plan_prereqs(topology: Topology, manifest: Manifest) -> dict[str, Plan]:
                 f'no server has the role "{target}" (use "builder", "*" or a role){suggest(target, known)}',
             )
     names = [topology.builder.server, *(n for n in topology.deployment.servers if n != topology.builder.server)]
-    plans: dict[str, Plan] = {}
+    plans: dict[str, HostPrereqs] = {}
     for name in names:
         server = topology.servers[name]
         targets: list[str] = []
@@ -134,21 +124,23 @@ def plan_prereqs(topology: Topology, manifest: Manifest) -> dict[str, Plan]:
             targets.append(BUILDER_TARGET)
         if name in topology.deployment.servers:
             _union(targets, [EVERY_SERVER, *server.roles])
-        plan = merge_prereqs(manifest, [by_target[t] for t in targets if t in by_target], server)
-        for script in plan["scripts"]:
-            script.update(_script_source(topology, manifest, script["name"], script["target"]))
+        plan, scripted = merge_prereqs(manifest, [by_target[t] for t in targets if t in by_target], server)
+        host = HostPrereqs(plan)
+        for part in scripted:
+            assert part.script is not None
+            local, digest = _script_source(topology, manifest, part.script, part.target)
             if name == topology.builder.server:
                 source_dir = topology.builder.source_dir.rstrip("/")
-                script["path"] = f"{source_dir}/{script['name']}"
-                script["cwd"] = source_dir
+                plan.scripts.append(ScriptSpec(part.script, f"{source_dir}/{part.script}", digest, source_dir))
             else:
-                script["upload"] = True
-                script["path"] = f"{topology.deployment.staging_dir.rstrip('/')}/prereqs-{script['sha256'][:16]}.sh"
-        plans[name] = plan
+                path = f"{topology.deployment.staging_dir.rstrip('/')}/prereqs-{digest[:16]}.sh"
+                plan.scripts.append(ScriptSpec(part.script, path, digest))
+                host.uploads[path] = local
+        plans[name] = host
     return plans
 
 
-def _script_source(topology: Topology, manifest: Manifest, name: str, target: str) -> dict[str, Any]:
+def _script_source(topology: Topology, manifest: Manifest, name: str, target: str) -> tuple[Path, str]:
     local = (topology.source_dir / name).resolve()
     try:
         data = local.read_bytes()
@@ -156,11 +148,11 @@ def _script_source(topology: Topology, manifest: Manifest, name: str, target: st
         raise manifest_error(
             manifest, f"prereqs.{target}.script", f"cannot read {local}: {exc.strerror or exc}"
         ) from None
-    return {"local": str(local), "sha256": hashlib.sha256(data).hexdigest()}
+    return local, hashlib.sha256(data).hexdigest()
 
 
-def is_empty(plan: Plan) -> bool:
-    return not any(plan[k] for k in ("apt", "pkg", "sysctl", "groups", "users", "dirs", "scripts"))
+def is_empty(plan: PrereqsPlan) -> bool:
+    return not any((plan.apt, plan.pkg, plan.sysctl, plan.groups, plan.users, plan.dirs, plan.scripts))
 
 
 def summary_text(changed: int, would_change: int, failed: int, check: bool) -> str:
@@ -189,67 +181,58 @@ def run_prereqs(
     `skip_scripts`: everything but the manifest's scripts (which may fetch software)."""
     plans = plan_prereqs(topology, manifest)
     if skip_scripts:
-        plans = {name: dict(plan, scripts=[]) for name, plan in plans.items()}
+        plans = {name: HostPrereqs(replace(host.plan, scripts=[])) for name, host in plans.items()}
     chosen = list(plans) if servers is None else servers
     for name in chosen:
         if name not in plans:
             raise UsageError(f'"{name}" is neither the builder nor a deployment server: it has no prerequisites')
-    pool = ConnectionPool(topology.servers, topology.ssh)
+    hosts = open_hosts(topology)
 
     def work(server: Server, report: Reporter) -> dict[str, Any]:
-        plan = dict(plans[server.name], check=check)
-        details: dict[str, Any] = {"changed": 0, "would_change": 0, "items": [], "failures": []}
-        report.details = details
-        if is_empty(plan):
-            details["summary"] = "nothing declared"
-            return details
+        host = plans[server.name]
+        if is_empty(host.plan):
+            return {"changed": 0, "would_change": 0, "items": [], "failures": [], "summary": "nothing declared"}
         report.step("connect")
-        conn = pool.get(server.name)
+        conn = hosts.get(server.name)
         conn.open()
         report.step("upload tool")
         tool = upload_tool(conn, topology, topology.deployment.staging_dir)
-        scripts = []
-        uploaded: list[str] = []
-        for script in plan["scripts"]:
-            remote = resolve_remote_path(conn, script["path"])
-            if script.get("upload"):
-                conn.put_file(Path(script["local"]), remote, mode=0o600)
-                uploaded.append(remote)
-            cwd = resolve_remote_path(conn, script["cwd"]) if script.get("cwd") else None
-            scripts.append({"name": script["name"], "path": remote, "sha256": script["sha256"], "cwd": cwd})
-        plan["scripts"] = scripts
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") != "item":
-                return
-            state = str(event.get("state"))
-            label = f"{event.get('kind')} {event.get('name')}"
-            if state == CHANGED:
-                details["changed"] += 1
-            elif state == WOULD_CHANGE:
-                details["would_change"] += 1
-            if state in (CHANGED, WOULD_CHANGE, FAILED):
-                details["items"].append({"item": label, "state": state, "detail": event.get("detail", "")})
-                report.line(f"{label}: {state} ({event.get('detail', '')})")
-            if state == FAILED:
-                details["failures"].append(str(event.get("detail") or label))
-            report.info(f"{label}: {state}")
-
+        uploaded = [resolve_remote_path(conn, path) for path in host.uploads]
+        for remote, local in zip(uploaded, host.uploads.values(), strict=True):
+            conn.put_file(local, remote, mode=0o600)
+        scripts = [
+            replace(s, path=resolve_remote_path(conn, s.path), cwd=resolve_remote_path(conn, s.cwd) if s.cwd else None)
+            for s in host.plan.scripts
+        ]
         report.step("check" if check else "install")
         try:
-            result = run_tool(conn, server, tool, ["prereqs"], plan, on_event=on_event, on_text=report.line)
+            result = run_tool(conn, tool, "prereqs", replace(host.plan, scripts=scripts, check=check), PrereqsResult,
+                              on_event=into_report(report), on_text=report.line)  # fmt: skip
+        except RemoteCommandError as exc:
+            if isinstance(exc.result, PrereqsResult):
+                report.details.update(_details(exc.result, check))
+            raise
         finally:
-            details["summary"] = summary_text(
-                details["changed"], details["would_change"], len(details["failures"]), check
-            )
             if uploaded:
                 # The outcome above matters more than a leftover script in the private staging dir.
                 with contextlib.suppress(FlingerError):
                     conn.run(f"rm -f {shlex.join(uploaded)}", check=False)
-        details["unchanged"] = int(result.get("unchanged", 0))
-        return details
+        return _details(result, check)
 
     try:
         return fan_out([topology.servers[n] for n in chosen], work, parallel=parallel, events=events)
     finally:
-        pool.close()
+        hosts.close()
+
+
+def _details(result: PrereqsResult, check: bool) -> dict[str, Any]:
+    """What --json says of a host's prerequisites (and its summary line)."""
+    return {
+        "changed": result.changed,
+        "would_change": result.would_change,
+        "unchanged": result.unchanged,
+        "items": [{"item": f"{i.kind} {i.name}", "state": i.state, "detail": i.detail} for i in result.items],
+        "failures": result.failures,
+        "summary": summary_text(result.changed, result.would_change, len(result.failures), check),
+        "result": encode(result),
+    }

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from flinger.engine.fanout import Reporter, fan_out
+from flinger.engine.hosts import open_hosts
+from flinger.engine.results import ServerResult
 from flinger.errors import RemoteCommandError
 from flinger.progress import Sink, nowhere
-from flinger.ssh.connection import ConnectionPool, privileged
-from flinger.ssh.fanout import Reporter, ServerResult, fan_out
+from flinger.ssh.connection import privileged
 from flinger.topology.model import Server, Topology
 
 
@@ -21,11 +23,12 @@ def run_exec(
     use_privilege: bool = False,
 ) -> list[ServerResult]:
     """Run `command` (a shell command line, given by the operator) on each server."""
-    pool = ConnectionPool(topology.servers, topology.ssh)
+    hosts = open_hosts(topology)
 
     def work(server: Server, report: Reporter) -> dict[str, Any]:
+        hosts.check_trusted(server)
         report.step("connect")
-        conn = pool.get(server.name)
+        conn = hosts.get(server.name)
         conn.open()
         report.step("run")
         line = privileged(command, server.privilege) if use_privilege else command
@@ -38,4 +41,4 @@ def run_exec(
     try:
         return fan_out(servers, work, parallel=parallel, events=events)
     finally:
-        pool.close()
+        hosts.close()

@@ -1,4 +1,9 @@
-"""`flinger sync`: rsync the client's source tree to the builder (delta, --delete, excludes)."""
+"""`flinger sync`: rsync the client's source tree to the builder (delta, --delete, excludes).
+
+The copy is the host pool's bulk capability (flinger/engine/hosts.py): over OpenSSH with
+strict host keys for real hosts. The plan is the rsync command line, made before anything
+runs.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flinger.errors import ConfigError, FlingerError, UnreachableError
-from flinger.ssh.openssh import RSYNC_STAT_FIELDS, remote_rsync_path, require_local, rsync_rsh, rsync_stat
+from flinger.engine.hosts import open_hosts
+from flinger.errors import ConfigError, FlingerError, UnreachableError, UsageError
+from flinger.ssh.openssh import RSYNC_STAT_FIELDS, require_local, rsync_stat
 from flinger.topology.model import Topology
 
 
@@ -46,8 +52,7 @@ def plan_sync(topology: Topology) -> SyncPlan:
     if not artifacts.startswith(("/", "~", "$HOME")):
         excludes.append(f"/{artifacts.strip('/')}/")
     excludes += list(topology.sync_exclude)
-    argv = [
-        "rsync",
+    options = [
         "--recursive",
         "--links",
         "--perms",
@@ -59,19 +64,20 @@ def plan_sync(topology: Topology) -> SyncPlan:
         "--itemize-changes",
         "--info=progress2",
         "--timeout=120",  # no data for two minutes: a failure, not a hang
-        "-e",
-        rsync_rsh(builder, topology.ssh),
     ]
     for pattern in excludes:
-        argv += ["--exclude", pattern]
+        options += ["--exclude", pattern]
     if (source / ".gitignore").exists():
         # Each directory's .gitignore applies below it, as git does; the files themselves go too.
-        argv += ["--filter", ":- .gitignore"]
-    host = builder.addr if ":" not in builder.addr else f"[{builder.addr}]"
-    dest_path = remote_rsync_path(topology.builder.source_dir).rstrip("/") + "/"
-    destination = f"{host}:{dest_path}"
-    # "--" ends options: a source path can never be read as one.
-    argv += ["--", f"{source}/", destination]
+        options += ["--filter", ":- .gitignore"]
+    hosts = open_hosts(topology)
+    try:
+        if hosts.bulk is None:
+            raise UsageError("this transport cannot copy a tree to the builder")
+        argv = hosts.bulk.push_argv(builder, topology.builder.source_dir, options, source)
+    finally:
+        hosts.close()
+    destination = argv[-1]
     return SyncPlan(argv=argv, source=source, destination=destination)
 
 

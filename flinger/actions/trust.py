@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from flinger.errors import HostKeyError
+from flinger.engine.fanout import Reporter, fan_out
+from flinger.engine.hosts import open_hosts
+from flinger.engine.results import ServerResult
+from flinger.errors import HostKeyError, UsageError
 from flinger.progress import Sink, nowhere
 from flinger.ssh import known_hosts
-from flinger.ssh.connection import Connection, ConnectionPool
-from flinger.ssh.fanout import Reporter, ServerResult, fan_out
-from flinger.ssh.hostkeys import fetch_host_key, fingerprint
+from flinger.ssh.hostkeys import fingerprint
 from flinger.topology.model import Server, Topology
 
 
@@ -25,17 +26,15 @@ def run_trust(
     """Record each server's key in [ssh] known_hosts; a changed key needs `replace`."""
     path = topology.ssh.known_hosts
     record_lock = threading.Lock()  # keys are fetched in parallel, written one at a time
-    jump: Connection | None = None
-    if topology.ssh.jump:
-        jump = ConnectionPool({}, topology.ssh).jump_connection()
+    hosts = open_hosts(topology)
+    keys = hosts.keys
+    if keys is None:
+        raise UsageError("this transport has no host keys to trust")
 
     def work(server: Server, report: Reporter) -> dict[str, Any]:
         port = server.port or 22
         report.step("key exchange")
-        sock = None
-        if jump is not None:
-            sock = jump.direct_channel(server.addr, port)
-        key = fetch_host_key(server.addr, port, topology.ssh.connect_timeout, sock)
+        key = keys.fetch(server)
         seen = fingerprint(key)
         report.details.update({"fingerprint": seen, "key_type": key.get_name()})
         if server.host_key is not None and server.host_key != seen:
@@ -69,4 +68,7 @@ def run_trust(
             "summary": f"{seen} {key.get_name()} ({state})",
         }
 
-    return fan_out(servers, work, parallel=parallel, events=events)
+    try:
+        return fan_out(servers, work, parallel=parallel, events=events)
+    finally:
+        hosts.close()

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from flinger.cli.env import Env
+from flinger.engine.results import ServerResult, exit_status
 from flinger.progress import Info
-from flinger.ssh.fanout import ServerResult, exit_status
 from flinger.ui import UI
 
 app = typer.Typer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -31,26 +32,29 @@ def _build(env: Env, *, check_only: bool, no_cache: bool) -> int:
                 "command": title,
                 "exit_status": int(status),
                 "artifacts_dir": outcome.artifacts_dir,
-                "packages": [p.as_json() for p in outcome.packages.values()],
+                "packages": [
+                    {"name": name, **asdict(p), "setup_hint": outcome.setup_hints.get(name)}
+                    for name, p in outcome.packages.items()
+                ],
             }
         )
         return int(status)
     rows = []
-    for p in outcome.packages.values():
+    for name, p in outcome.packages.items():
         detail = p.error or ""
         if p.state == "failed" and p.command:
             detail = f"`{p.command}` exited with status {p.exit_status}"
-        rows.append((p.name, p.state, (p.sha256 or "")[:16], "" if p.size is None else f"{p.size:,}", detail))
+        rows.append((name, p.state, (p.sha256 or "")[:16], "" if p.size is None else f"{p.size:,}", detail))
     env.ui.table(f"{title}: {outcome.artifacts_dir}", ("package", "result", "sha256", "bytes", "detail"), rows)
-    for p in outcome.packages.values():
+    for name, p in outcome.packages.items():
         if p.state != "failed":
             continue
         what = f"`{p.command}` exited with status {p.exit_status}" if p.command else (p.error or "failed")
-        env.ui.error(f"{p.name}: {what}")
+        env.ui.error(f"{name}: {what}")
         for line in p.tail[-15:]:
-            env.ui.note(f"  [{p.name}] {line}")
-        if p.setup_hint:
-            env.ui.note(f"  hint for {p.name}: {p.setup_hint}")
+            env.ui.note(f"  [{name}] {line}")
+        if name in outcome.setup_hints:
+            env.ui.note(f"  hint for {name}: {outcome.setup_hints[name]}")
     if outcome.ok:
         env.ui.success(
             f"{len(outcome.built)} built, {sum(p.state == 'cached' for p in outcome.packages.values())} unchanged"

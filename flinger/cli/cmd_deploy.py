@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flinger.actions.deploy_plan import ServerPlan
 from flinger.cli.app import ServersOpt, app, env_of, finish
 from flinger.cli.env import Env
 from flinger.errors import UsageError
 from flinger.topology.model import Server
 
 if TYPE_CHECKING:
-    from flinger.actions.rollout import RolloutPolicy
+    from flinger.engine.operations import Operation
+    from flinger.engine.plan import ServerPlan
+    from flinger.engine.strategy import RolloutPolicy, Strategy
 
 deploy_app = typer.Typer(help="Install to, or remove from, every deployment server in parallel.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
@@ -28,7 +29,7 @@ AllowEmpty = Annotated[
 
 def _rollout_policy(batch: str | None, max_failures: str, **rest: Any) -> RolloutPolicy:
     """The --batch / --max-failures options (and the rest of a policy) as a RolloutPolicy."""
-    from flinger.actions.rollout import RolloutPolicy, parse_amount
+    from flinger.engine.strategy import RolloutPolicy, parse_amount
 
     if rest.get("canary_wait") and not rest.get("canary"):
         raise UsageError("--canary-wait needs --canary N")
@@ -43,7 +44,7 @@ def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[Se
     """The install plans, their notes said (the same in a dry run and a real one), and a
     server that would get no package at all refused unless asked: one role typo would
     otherwise switch it to an empty release and stop every service it runs."""
-    from flinger.actions.deploy_plan import plan_deploy
+    from flinger.engine.plan import plan_deploy
 
     plans = plan_deploy(env.topology(), env.manifest(), chosen)
     for plan in plans:
@@ -61,42 +62,42 @@ def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[Se
     return plans
 
 
+def _other_plan(env: Env, action: str, chosen: list[Server]) -> list[dict[str, Any]]:
+    """What a dry run of uninstall, clean or status would do on each server."""
+    deployment = env.topology().deployment
+    removes = "services and files recorded in the install receipt" if action in ("uninstall", "clean") else None
+    return [
+        {
+            "server": s.name,
+            "addr": s.addr,
+            "steps": [
+                {"step": "ship tool", "to": f"{deployment.staging_dir}/flinger-remote.pyz"},
+                {"step": action, "install_dir": deployment.install_dir, "removes": removes},
+                *([{"step": "remove staging", "path": deployment.staging_dir}] if action == "clean" else []),
+            ],
+        }
+        for s in chosen
+    ]
+
+
 def _dry_run(
     env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = False, rollout: RolloutPolicy | None = None
 ) -> int:
-    from flinger.actions.deploy_plan import plan_deploy
+    from flinger.engine.strategy import BatchRollout, RolloutPolicy
 
-    topology, manifest = env.topology(), env.manifest()
     chosen = env.select_servers(servers)
-    plans = _checked_plans(env, chosen, allow_empty) if action == "install" else plan_deploy(topology, manifest, chosen)
     document: list[dict[str, Any]]
-    if action != "install":
-        document = [
-            {
-                "server": p.server,
-                "addr": p.addr,
-                "steps": [
-                    {"step": "ship tool", "to": f"{p.staging_dir}/flinger-remote.pyz"},
-                    {
-                        "step": action,
-                        "install_dir": p.install_dir,
-                        "removes": "services and files recorded in the install receipt"
-                        if action in ("uninstall", "clean")
-                        else None,
-                    },
-                    *([{"step": "remove staging", "path": p.staging_dir}] if action == "clean" else []),
-                ],
-            }
-            for p in plans
-        ]
-    else:
-        from flinger.actions.rollout import RolloutPolicy, plan_batches
+    if action == "install":
+        from flinger.engine.install import Install
 
-        waves = [[p.server for p in plans if p.wave == w] for w in sorted({p.wave for p in plans})]
-        batch_of = {name: b for b in plan_batches(waves, rollout or RolloutPolicy()) for name in b.servers}
+        plans = _checked_plans(env, chosen, allow_empty)
+        batches = BatchRollout(rollout or RolloutPolicy()).batches(Install(plans).waves(chosen))
+        batch_of = {name: b for b in batches for name in b.servers}
         document = [
             {**p.as_json(), "batch": batch_of[p.server].number, "canary": batch_of[p.server].canary} for p in plans
         ]
+    else:
+        document = _other_plan(env, action, chosen)
     if env.json:
         env.ui.emit_json({"command": f"deploy {action}", "dry_run": True, "servers": document})
         return 0
@@ -115,49 +116,32 @@ def _dry_run(
 
 def _run(
     env: Env,
-    action: str,
-    servers: ServersOpt,
+    operation: Operation,
+    chosen: list[Server],
     *,
+    strategy: Strategy | None = None,
     fail_fast: bool = False,
     lock_wait: float = 0.0,
-    allow_empty: bool = False,
-    rollback_to: str | None = None,
-    rollout: RolloutPolicy | None = None,
 ) -> int:
-    from flinger.actions.check import check_artifacts
-    from flinger.actions.deploy import Deployer, run_deploy
+    """Run a deploy operation on the chosen servers, with the live board; the summary."""
+    from flinger.engine.execute import execute
+    from flinger.engine.run import Settings, open_run
 
-    topology, manifest = env.topology(), env.manifest()
-    chosen = env.select_servers(servers)
-    if action == "install":
-        _checked_plans(env, chosen, allow_empty)
-        check_artifacts(topology)  # the registry's password files and CA: exit 2 before any server
-    board = env.ui.board([s.name for s in chosen], f"deploy {action}")
-    deployers: list[Deployer] = []  # the run's one, once it has started
-    with board.running():
-        results = run_deploy(
-            topology,
-            manifest,
-            chosen,
-            action,
-            parallel=env.parallel,
-            events=board,
-            fail_fast=fail_fast,
-            lock_wait=lock_wait,
-            on_start=deployers.append,
-            rollback_to=rollback_to,
-            rollout=rollout,
-        )
-    log_dir = str(deployers[0].log_dir) if deployers else None
-    extra: dict[str, Any] = {"log_dir": log_dir}
-    if action == "install" and deployers:
-        extra["artifacts"] = sent = deployers[0].store.summary()
+    title = f"deploy {operation.name}"
+    board = env.ui.board([s.name for s in chosen], title)
+    settings = Settings(parallel=env.parallel, lock_wait=lock_wait, fail_fast=fail_fast)
+    with open_run(env.topology(), env.manifest(), sink=board, settings=settings) as run, board.running():
+        results = execute(run, operation, chosen, strategy)
+    extra: dict[str, Any] = {"log_dir": str(run.log_dir)}
+    if operation.name == "install":
+        sent = run.store.report()
+        extra["artifacts"] = vars(sent)
         if not env.json:
-            where = "published to the registry" if sent["store"] == "registry" else "pushed to servers"
-            env.ui.note(f"the builder sent {sent['builder_bytes_sent']:,} bytes ({where})")
-    status = finish(env, f"deploy {action}", results, extra)
-    if not env.json and log_dir:
-        env.ui.note(f"logs: {log_dir}")
+            where = "published to the registry" if sent.store == "registry" else "pushed to servers"
+            env.ui.note(f"the builder sent {sent.builder_bytes_sent:,} bytes ({where})")
+    status = finish(env, title, results, extra)
+    if not env.json:
+        env.ui.note(f"logs: {run.log_dir}")
     return status
 
 
@@ -194,15 +178,18 @@ def install(
 
     In batches with --batch: when more servers fail than --max-failures allows, no later batch
     starts and every server this run switched goes back to the release it had."""
+    from flinger.actions.check import check_artifacts
+    from flinger.engine.install import Install
+    from flinger.engine.strategy import BatchRollout
+
     env = env_of(ctx)
     policy = _rollout_policy(batch, max_failures, canary=canary, canary_wait=canary_wait, rollback=not no_rollback)
-    return (
-        _dry_run(env, "install", servers, allow_empty=allow_empty, rollout=policy)
-        if dry_run
-        else _run(
-            env, "install", servers, fail_fast=fail_fast, lock_wait=lock_wait, allow_empty=allow_empty, rollout=policy
-        )
-    )
+    if dry_run:
+        return _dry_run(env, "install", servers, allow_empty=allow_empty, rollout=policy)
+    chosen = env.select_servers(servers)
+    plans = _checked_plans(env, chosen, allow_empty)
+    check_artifacts(env.topology())  # the registry's password files and CA: exit 2 before any server
+    return _run(env, Install(plans), chosen, strategy=BatchRollout(policy), fail_fast=fail_fast, lock_wait=lock_wait)
 
 
 @deploy_app.command("uninstall")
@@ -210,28 +197,41 @@ def uninstall(
     ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, lock_wait: LockWait = 0.0
 ) -> int:
     """Stop and remove the services and exactly the files flinger installed."""
+    from flinger.engine.operations import Uninstall
+
     env = env_of(ctx)
-    return _dry_run(env, "uninstall", servers) if dry_run else _run(env, "uninstall", servers, lock_wait=lock_wait)
+    if dry_run:
+        return _dry_run(env, "uninstall", servers)
+    return _run(env, Uninstall(), env.select_servers(servers), lock_wait=lock_wait)
 
 
 @deploy_app.command("clean")
 def clean(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, lock_wait: LockWait = 0.0) -> int:
     """Uninstall, then remove the staging directory."""
+    from flinger.engine.operations import Uninstall
+
     env = env_of(ctx)
-    return _dry_run(env, "clean", servers) if dry_run else _run(env, "clean", servers, lock_wait=lock_wait)
+    if dry_run:
+        return _dry_run(env, "clean", servers)
+    return _run(env, Uninstall(clean=True), env.select_servers(servers), lock_wait=lock_wait)
 
 
 @deploy_app.command("status")
 def status(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False) -> int:
     """Per server: reachable or not, installed release and package digests, service state."""
+    from flinger.engine.operations import Status
+
     env = env_of(ctx)
-    return _dry_run(env, "status", servers) if dry_run else _run(env, "status", servers)
+    return _dry_run(env, "status", servers) if dry_run else _run(env, Status(), env.select_servers(servers))
 
 
 @deploy_app.command("history")
 def history(ctx: typer.Context, servers: ServersOpt = None) -> int:
     """Per server: the releases kept there, which one is current, when and by whom installed."""
-    return _run(env_of(ctx), "history", servers)
+    from flinger.engine.operations import History
+
+    env = env_of(ctx)
+    return _run(env, History(), env.select_servers(servers))
 
 
 @deploy_app.command("rollback")
@@ -255,17 +255,21 @@ def rollback(
 
     In batches with --batch: when more servers fail than --max-failures allows, the rest are
     not started (each failed one is back on the release it ran)."""
-    if to is not None:
-        from flinger.values import name_problem
+    from flinger.engine.operations import Rollback
+    from flinger.engine.strategy import BatchRollout
+    from flinger.protocol.names import problem
 
-        problem = name_problem(to)
-        if problem:
-            raise UsageError(f"--to: {problem}")
+    if to is not None and problem(to, "a release"):
+        raise UsageError(f"--to: {problem(to, 'a release')}")
     policy = _rollout_policy(batch, max_failures, canary=canary, canary_wait=canary_wait, rollback=False)
-    return _run(env_of(ctx), "rollback", servers, lock_wait=lock_wait, rollback_to=to, rollout=policy)
+    env = env_of(ctx)
+    return _run(env, Rollback(to), env.select_servers(servers), strategy=BatchRollout(policy), lock_wait=lock_wait)
 
 
 @deploy_app.command("unlock")
 def unlock(ctx: typer.Context, servers: ServersOpt = None) -> int:
     """Break a stale deploy lock (after checking its holder is gone)."""
-    return _run(env_of(ctx), "unlock", servers)
+    from flinger.engine.operations import Unlock
+
+    env = env_of(ctx)
+    return _run(env, Unlock(), env.select_servers(servers))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from flinger.manifest.model import (
     Service,
     Source,
 )
+from flinger.protocol.plans import DirSpec, UserSpec
 from flinger.tomlfile import Collector, Fields, TomlFile, line_index, load_toml, locate, suggest
 from flinger.values import name_problem, remote_path_problem, user_problem
 
@@ -204,6 +206,18 @@ def _package(file: TomlFile, name: str, table: Any) -> Package:
     )
 
 
+def _path_problem(value: str) -> str | None:
+    return remote_path_problem(value, home=False)
+
+
+def _checked_opt(fields: Fields, key: str, problem: Callable[[str], str | None] = _path_problem) -> str | None:
+    """An optional string of a users or dirs entry, checked (a path, unless told otherwise)."""
+    if not fields.has(key):
+        return None
+    value = fields.string(key)
+    return fields.checked(key, value, problem(value))
+
+
 def _prereqs(file: TomlFile, target: str, table: Any) -> Prereqs:
     f = file.table(f"prereqs.{target}", table, PREREQ_KEYS)
     users = []
@@ -211,29 +225,15 @@ def _prereqs(file: TomlFile, target: str, table: Any) -> Prereqs:
         u = file.table(f.key(f"users.{i}"), item, USER_KEYS)
         user = u.string("name", required=True)
         u.checked("name", user, user_problem(user))
-        if u.has("group"):
-            group = u.string("group")
-            u.checked("group", group, user_problem(group))
-        for path_key in ("home", "shell"):
-            if u.has(path_key):
-                value = u.string(path_key)
-                u.checked(path_key, value, remote_path_problem(value, home=False))
-        if u.has("system"):
-            u.flag("system", False)
-        users.append(dict(u.table))
+        group, home, shell = _checked_opt(u, "group", user_problem), _checked_opt(u, "home"), _checked_opt(u, "shell")
+        users.append(UserSpec(user, group, home, shell, u.flag("system", False)))
     dirs = []
     for i, item in enumerate(f.array("dirs", "an array of { path, owner, group, mode } tables")):
         d = file.table(f.key(f"dirs.{i}"), item, DIR_KEYS)
         path = d.string("path", required=True)
         d.checked("path", path, remote_path_problem(path, home=False))
-        for owner_key in ("owner", "group"):
-            if d.has(owner_key):
-                owner = d.string(owner_key)
-                d.checked(owner_key, owner, user_problem(owner))
-        entry = dict(d.table)
-        if "mode" in entry:
-            entry["mode"] = _mode(d, "mode", 0o755)
-        dirs.append(entry)
+        owner, group = _checked_opt(d, "owner", user_problem), _checked_opt(d, "group", user_problem)
+        dirs.append(DirSpec(path, owner, group, _mode(d, "mode", 0o755) if d.has("mode") else None))
     script = f.opt_str("script")
     apt, pkg, groups = f.str_list("apt"), f.str_list("pkg"), f.str_list("groups")
     for key, names in (("apt", apt), ("pkg", pkg)):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from flinger.protocol.plans import DirSpec, UserSpec
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,9 @@ class Prereqs:
     apt: tuple[str, ...] = ()
     pkg: tuple[str, ...] = ()  # illumos
     sysctl: dict[str, str] = field(default_factory=dict)
-    users: tuple[dict[str, Any], ...] = ()  # {name, group?, home?, system? }
+    users: tuple[UserSpec, ...] = ()
     groups: tuple[str, ...] = ()
-    dirs: tuple[dict[str, Any], ...] = ()  # {path, owner?, group?, mode? }
+    dirs: tuple[DirSpec, ...] = ()
     script: str | None = None  # relative to the source tree, run with sh
 
 

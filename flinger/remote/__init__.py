@@ -2,5 +2,5 @@
 
 Python 3.9+ and nothing else is assumed on those hosts. flinger ships this package as one
 zipapp (`flinger-remote.pyz`, see `flinger.zipapp`). Do not import anything outside the
-standard library and `flinger.remote` here.
+standard library, `flinger.protocol` and `flinger.remote` here.
 """

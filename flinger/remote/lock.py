@@ -1,6 +1,6 @@
 """The `lock` command: a per-server deploy lock in `<install_dir>/.flinger/lock`.
 
-`lock acquire|release|break --install-dir D --holder TEXT [--wait SECONDS]`.
+Plan: `LockPlan` (action acquire | release | break, install_dir, holder, wait).
 
 The lock says who holds it and which processes *on this server* work for that holder:
 the SSH session the run's commands arrive through (`session`, the nearest `sshd`
@@ -17,14 +17,17 @@ read-judge-write step runs under an flock on `.flinger/lock.guard`, so two runs 
 the same stale lock cannot both take it.
 """
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
 
+from flinger.protocol.codec import ProtocolError, decode, encode
+from flinger.protocol.plans import LockPlan
+from flinger.protocol.results import LockResult, StaleLock
 from flinger.remote import events, layout
 
 _POLL_SECONDS = 0.5
@@ -33,6 +36,28 @@ _SESSION_COMMS = ("sshd", "sshd-session")
 
 class LockWriteError(Exception):
     """The lock file could not be written (full disk, read-only filesystem, ...)."""
+
+
+@dataclass
+class ProcessRef:
+    """A process on this server: its pid and its start time (clock ticks since boot), so a
+    reused pid is not mistaken for it."""
+
+    pid: int
+    start: int
+    what: str = ""
+
+
+@dataclass
+class LockRecord:
+    """The lock file's content."""
+
+    holder: str
+    since: str = ""
+    boot_id: str = ""
+    session: Optional[ProcessRef] = None  # the SSH session the holder's commands arrive through
+    worker: Optional[ProcessRef] = None  # the install working for the holder
+    unreadable: bool = False  # the file could not be read: never judged live
 
 
 # ------------------------------------------------------------------ processes on this server
@@ -64,15 +89,15 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def process_ref(pid: int, what: str) -> Optional[Dict[str, Any]]:
-    """{"pid", "start", "what"} for a live process; start is its start time in clock ticks."""
+def process_ref(pid: int, what: str) -> Optional[ProcessRef]:
+    """A live process as pid + start time; None when it is gone."""
     fields = _stat(pid)
     if fields is None or len(fields) < 20:
         return None
-    return {"pid": pid, "start": int(fields[19]), "what": what}
+    return ProcessRef(pid, int(fields[19]), what)
 
 
-def session_ref() -> Optional[Dict[str, Any]]:
+def session_ref() -> Optional[ProcessRef]:
     """The SSH session this command came through: its nearest sshd ancestor (or, run by
     hand outside SSH, its parent process)."""
     pid = os.getppid()
@@ -88,23 +113,22 @@ def session_ref() -> Optional[Dict[str, Any]]:
     return process_ref(os.getppid(), "parent process")
 
 
-def _alive(ref: Any) -> bool:
-    if not isinstance(ref, dict) or not isinstance(ref.get("pid"), int):
+def _alive(ref: Optional[ProcessRef]) -> bool:
+    if ref is None:
         return False
-    fields = _stat(ref["pid"])
-    return fields is not None and len(fields) >= 20 and fields[0] != "Z" and int(fields[19]) == ref.get("start")
+    fields = _stat(ref.pid)
+    return fields is not None and len(fields) >= 20 and fields[0] != "Z" and int(fields[19]) == ref.start
 
 
-def why_live(record: Dict[str, Any]) -> Optional[str]:
+def why_live(record: LockRecord) -> Optional[str]:
     """Why the holder may still be working here, or None when the lock is stale."""
-    if "session" not in record and "worker" not in record:
+    if record.session is None and record.worker is None:
         return "it names no process (an older flinger wrote it)"  # never judged stale
-    if record.get("boot_id") and record.get("boot_id") != _boot_id():
+    if record.boot_id and record.boot_id != _boot_id():
         return None  # the server rebooted since: none of its processes survive that
-    for key in ("worker", "session"):
-        ref = record.get(key)
-        if isinstance(ref, dict) and _alive(ref):
-            return "its %s (pid %s) is still running here" % (ref.get("what") or key, ref.get("pid"))
+    for key, ref in (("worker", record.worker), ("session", record.session)):
+        if ref is not None and _alive(ref):
+            return "its %s (pid %s) is still running here" % (ref.what or key, ref.pid)
     return None
 
 
@@ -123,7 +147,7 @@ def _guard(install_dir: str) -> Iterator[None]:
         os.close(fd)
 
 
-def read_holder(install_dir: str) -> Optional[Dict[str, Any]]:
+def read_holder(install_dir: str) -> Optional[LockRecord]:
     """The lock's content, or None when it is free."""
     try:
         with open(layout.lock_file(install_dir), encoding="utf-8") as handle:
@@ -131,21 +155,24 @@ def read_holder(install_dir: str) -> Optional[Dict[str, Any]]:
     except FileNotFoundError:
         return None
     except ValueError:
-        return {"holder": "(unreadable lock file)", "unreadable": True}
-    return content if isinstance(content, dict) else {"holder": str(content), "unreadable": True}
+        return LockRecord("(unreadable lock file)", unreadable=True)
+    try:
+        return decode(LockRecord, content, "lock", strict=False)
+    except ProtocolError:
+        return LockRecord("(unreadable lock file)", unreadable=True)
 
 
 def _write_error(path: str, exc: OSError) -> LockWriteError:
     return LockWriteError("cannot write the deploy lock in %s: %s" % (os.path.dirname(path), exc.strerror or exc))
 
 
-def _write_complete(path: str, record: Dict[str, Any]) -> str:
+def _write_complete(path: str, record: LockRecord) -> str:
     """A private temporary file next to `path` holding `record`, flushed to disk."""
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
+            json.dump(encode(record), handle)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
@@ -155,13 +182,8 @@ def _write_complete(path: str, record: Dict[str, Any]) -> str:
     return tmp
 
 
-def _new_record(holder: str) -> Dict[str, Any]:
-    return {
-        "holder": holder,
-        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "boot_id": _boot_id(),
-        "session": session_ref(),
-    }
+def _new_record(holder: str) -> LockRecord:
+    return LockRecord(holder, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), _boot_id(), session_ref())
 
 
 def try_acquire(install_dir: str, holder: str) -> bool:
@@ -181,7 +203,7 @@ def try_acquire(install_dir: str, holder: str) -> bool:
     return True
 
 
-def _replace(install_dir: str, record: Dict[str, Any]) -> None:
+def _replace(install_dir: str, record: LockRecord) -> None:
     path = layout.lock_file(install_dir)
     tmp = _write_complete(path, record)
     try:
@@ -197,81 +219,67 @@ def claim_for_worker(install_dir: str, holder: str) -> Optional[str]:
     not (or no longer) held by `holder`."""
     layout.ensure_install_dir(install_dir)
     with _guard(install_dir):
-        current = read_holder(install_dir) or {}
-        if current.get("holder") != holder:
-            return "the deploy lock is held by %s" % (current.get("holder") or "nobody")
-        current["worker"] = process_ref(os.getpid(), "install")
-        current["boot_id"] = _boot_id()
+        current = read_holder(install_dir)
+        if current is None or current.holder != holder:
+            return "the deploy lock is held by %s" % (current.holder if current else "nobody")
+        current.worker = process_ref(os.getpid(), "install")
+        current.boot_id = _boot_id()
         _replace(install_dir, current)
     return None
 
 
-def acquire(install_dir: str, holder: str, wait: float) -> int:
-    """`lock acquire`: take the lock, waiting up to `wait` seconds; the result says how."""
-    outcome = take(install_dir, holder, wait)
-    return events.result(bool(outcome.pop("ok")), **outcome)
+def _judge(install_dir: str, holder: str) -> Tuple[Optional[LockResult], Optional[LockRecord], Optional[str]]:
+    """One look at the lock, under the guard: (the outcome when decided, else the live
+    holder's record and why it is live)."""
+    layout.ensure_install_dir(install_dir)
+    with _guard(install_dir):
+        if try_acquire(install_dir, holder):
+            return LockResult(holder=holder), None, None
+        current = read_holder(install_dir) or LockRecord("nobody")
+        if current.holder == holder:
+            return LockResult(holder=holder), None, None
+        live = why_live(current) if not current.unreadable else None
+        if live is not None:
+            return None, current, live
+        # Nobody works for that holder here any more: say so, break it, take it.
+        reason = "an unreadable lock file" if current.unreadable else "no process of that run is left on this server"
+        events.line("broke a stale deploy lock of %s since %s: %s" % (current.holder, current.since, reason))
+        os.unlink(layout.lock_file(install_dir))
+        if try_acquire(install_dir, holder):
+            return LockResult(holder=holder, broke_stale=StaleLock(current.holder, current.since, reason)), None, None
+        return None, None, None  # another run was quicker: look again
 
 
-def take(install_dir: str, holder: str, wait: float) -> Dict[str, Any]:
-    """Take the lock for `holder` (breaking a stale one, waiting up to `wait` seconds for a
-    live one): the outcome's fields, `ok` first. Progress (`held`, `stale`) goes out as
-    events."""
+def take(install_dir: str, holder: str, wait: float) -> LockResult:
+    """Take the lock for `holder`, breaking a stale one and waiting up to `wait` seconds for
+    a live one."""
     deadline = time.monotonic() + wait
     reported = False
     while True:
-        live: Optional[str] = None
-        current: Dict[str, Any] = {}
         try:
-            layout.ensure_install_dir(install_dir)
-            with _guard(install_dir):
-                if try_acquire(install_dir, holder):
-                    return {"ok": True, "holder": holder}
-                current = read_holder(install_dir) or {}
-                if current.get("holder") == holder:
-                    return {"ok": True, "holder": holder, "already_held": True}
-                live = why_live(current) if not current.get("unreadable") else None
-                if live is None:
-                    # Nobody works for that holder here any more: say so, break it, take it.
-                    events.emit(
-                        "stale",
-                        holder=current.get("holder"),
-                        since=current.get("since"),
-                        reason="an unreadable lock file"
-                        if current.get("unreadable")
-                        else "no process of that run is left on this server",
-                    )
-                    os.unlink(layout.lock_file(install_dir))
-                    if try_acquire(install_dir, holder):
-                        return {"ok": True, "holder": holder, "broke_stale": current.get("holder")}
-                    continue
+            decided, current, live = _judge(install_dir, holder)
         except LockWriteError as exc:
-            return {"ok": False, "error": str(exc), "step": "lock"}
+            return LockResult(ok=False, step="lock", error=str(exc))
         except OSError as exc:  # no room even for the install dir or the guard file
-            return {
-                "ok": False,
-                "step": "lock",
-                "error": "cannot take the deploy lock in %s: %s" % (layout.state_dir(install_dir), exc.strerror or exc),
-            }
+            where = layout.state_dir(install_dir)
+            return LockResult(ok=False, step="lock", error="cannot take the deploy lock in %s: %s"
+                              % (where, exc.strerror or exc))  # fmt: skip
+        if decided is not None:
+            return decided
+        if current is None:
+            continue
         if not reported:
-            events.emit("held", holder=current.get("holder"), since=current.get("since"), why=live)
+            events.note("waiting for the deploy lock: held by %s since %s; %s" % (current.holder, current.since, live))
             reported = True
         if time.monotonic() >= deadline:
-            return {
-                "ok": False,
-                "error": "the deploy lock is held by %s since %s (%s)"
-                % (current.get("holder"), current.get("since"), live),
-                "holder": current.get("holder"),
-                "since": current.get("since"),
-            }
+            return LockResult(
+                ok=False,
+                step="lock",
+                error="the deploy lock is held by %s since %s (%s)" % (current.holder, current.since, live),
+                holder=current.holder,
+                since=current.since,
+            )
         time.sleep(_POLL_SECONDS)
-
-
-def release(install_dir: str, holder: str) -> int:
-    """`lock release`: give the lock up, if `holder` holds it."""
-    refused, released = let_go(install_dir, holder)
-    if refused:
-        return events.result(False, error=refused, holder=(read_holder(install_dir) or {}).get("holder"))
-    return events.result(True, released=released)
 
 
 def let_go(install_dir: str, holder: str) -> Tuple[Optional[str], bool]:
@@ -282,36 +290,37 @@ def let_go(install_dir: str, holder: str) -> Tuple[Optional[str], bool]:
         current = read_holder(install_dir)
         if current is None:
             return None, False
-        if current.get("holder") != holder:
-            return "the deploy lock is held by %s, not by %s" % (current.get("holder"), holder), False
+        if current.holder != holder:
+            return "the deploy lock is held by %s, not by %s" % (current.holder, holder), False
         os.unlink(layout.lock_file(install_dir))
     return None, True
 
 
-def break_lock(install_dir: str) -> int:
+def break_lock(install_dir: str) -> LockResult:
     if not os.path.isdir(layout.state_dir(install_dir)):
-        return events.result(True, broken=False, holder=None, since=None)
+        return LockResult()
     with _guard(install_dir):
         current = read_holder(install_dir)
         if current is not None:
             os.unlink(layout.lock_file(install_dir))
-    return events.result(
-        True, broken=current is not None, holder=(current or {}).get("holder"), since=(current or {}).get("since")
-    )
+    if current is None:
+        return LockResult()
+    return LockResult(broken=True, holder=current.holder, since=current.since)
 
 
-def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="flinger-remote lock")
-    parser.add_argument("action", choices=["acquire", "release", "break"])
-    parser.add_argument("--install-dir", required=True)
-    parser.add_argument("--holder", default="")
-    parser.add_argument("--wait", type=float, default=0.0)
-    args = parser.parse_args(argv[1:])
-    install_dir = os.path.abspath(args.install_dir)
-    if args.action == "break":
+def run(plan: LockPlan) -> LockResult:
+    """The `lock` command."""
+    from flinger.remote.install import install_dir_of
+
+    install_dir = install_dir_of(plan.install_dir)
+    if plan.action == "acquire":
+        return take(install_dir, plan.holder, plan.wait)
+    if plan.action == "release":
+        refused, released = let_go(install_dir, plan.holder)
+        if refused:
+            current = read_holder(install_dir)
+            return LockResult(ok=False, error=refused, holder=current.holder if current else None)
+        return LockResult(released=released)
+    if plan.action == "break":
         return break_lock(install_dir)
-    if not args.holder:
-        return events.result(False, error="--holder is required to %s the lock" % args.action)
-    if args.action == "acquire":
-        return acquire(install_dir, args.holder, args.wait)
-    return release(install_dir, args.holder)
+    raise events.PlanError("lock: unknown action %r (acquire, release or break)" % plan.action)

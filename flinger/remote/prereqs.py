@@ -1,6 +1,6 @@
 """The `prereqs` command: bring a host's OS prerequisites to what a plan asks, idempotently.
 
-The plan (JSON on stdin) lists OS packages (`apt` on Debian, `pkg` on illumos), sysctls,
+The plan (`PrereqsPlan`) lists OS packages (`apt` on Debian, `pkg` on illumos), sysctls,
 groups, users, directories and setup scripts. Each item is first looked at: if it is already
 as asked it is reported "ok"; in check mode a difference is reported "would-change" and
 nothing is touched; otherwise it is changed and reported "changed" (or "failed", with a
@@ -20,8 +20,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
+from flinger.protocol.plans import DirSpec, PrereqsPlan, ScriptSpec, UserSpec
+from flinger.protocol.results import PrereqItem, PrereqsResult
 from flinger.remote import events
 
 SYSCTL_FILE = "/etc/sysctl.d/90-flinger.conf"
@@ -40,7 +42,6 @@ _ACCOUNT_LOCK_RETRIES = 5  # another useradd/groupadd holding /etc/passwd's lock
 
 Completed = Tuple[int, str, str]  # exit status, stdout, stderr
 Runner = Callable[[List[str], Optional[Dict[str, str]], Optional[str]], Completed]
-Emit = Callable[..., None]
 
 
 def run_command(argv: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> Completed:
@@ -75,27 +76,24 @@ class Prereqs:
 
     def __init__(
         self,
-        plan: Dict[str, Any],
+        plan: PrereqsPlan,
         runner: Runner = run_command,
         root: str = "/",
-        emit: Emit = events.emit,
         which: Optional[Callable[[str], bool]] = None,
     ) -> None:
         self.plan = plan
-        self.check = bool(plan.get("check", False))
+        self.check = plan.check
         self.runner = runner
         self.root = root
-        self.emit = emit
         self.which = which or (lambda name: shutil.which(name) is not None)
         self.counts = {OK: 0, CHANGED: 0, WOULD_CHANGE: 0, FAILED: 0}
-        self.failures = []  # type: List[str]
-        self.os = self._detect_os(str(plan.get("os") or "auto"))
+        self.failures: List[str] = []
+        self.items: List[PrereqItem] = []
+        self.os = self._detect_os(plan.os)
         # users the plan itself creates: in check mode a directory owned by one is not an error
-        self.planned_users = {str(u.get("name")) for u in plan.get("users") or [] if isinstance(u, dict)}
-        self.planned_groups = set(str(g) for g in plan.get("groups") or [])
-        self.planned_groups.update(
-            str(u["group"]) for u in plan.get("users") or [] if isinstance(u, dict) and u.get("group")
-        )
+        self.planned_users = {u.name for u in plan.users}
+        self.planned_groups = set(plan.groups)
+        self.planned_groups.update(u.group for u in plan.users if u.group)
 
     # -- plumbing -----------------------------------------------------------------------
     def _detect_os(self, wanted: str) -> str:
@@ -119,7 +117,12 @@ class Prereqs:
         if state == FAILED:
             labelled = detail.startswith((kind + ":", "%s %s" % (kind, name)))
             self.failures.append(detail if labelled else "%s %s: %s" % (kind, name, detail))
-        self.emit("item", kind=kind, name=name, state=state, detail=detail)
+        self.items.append(PrereqItem(kind, name, state, detail))
+        label = "%s %s" % (kind, name)
+        if state == OK:
+            events.note("%s: %s" % (label, state))
+        else:
+            events.line("%s: %s (%s)" % (label, state, detail))
 
     def differs(self, kind: str, name: str, what: str, change: Callable[[], Optional[str]]) -> None:
         """Report a difference: would-change in check mode, else run `change` (None = done,
@@ -134,31 +137,27 @@ class Prereqs:
             self.item(kind, name, FAILED, error)
 
     # -- the whole plan -----------------------------------------------------------------
-    def apply(self) -> Dict[str, Any]:
-        self.packages_apt([str(p) for p in self.plan.get("apt") or []])
-        self.packages_pkg([str(p) for p in self.plan.get("pkg") or []])
-        self.sysctls({str(k): str(v) for k, v in (self.plan.get("sysctl") or {}).items()})
-        self.groups([str(g) for g in self.plan.get("groups") or []])
-        self.users([u for u in self.plan.get("users") or [] if isinstance(u, dict)])
-        self.dirs([d for d in self.plan.get("dirs") or [] if isinstance(d, dict)])
-        scripts = list(self.plan.get("scripts") or [])
-        if isinstance(self.plan.get("script"), dict):
-            scripts.append(self.plan["script"])
-        self.scripts([s for s in scripts if isinstance(s, dict)])
-        summary = {
-            "ok": not self.failures,
-            "changed": self.counts[CHANGED],
-            "would_change": self.counts[WOULD_CHANGE],
-            "unchanged": self.counts[OK],
-            "failed": self.counts[FAILED],
-            "check": self.check,
-            "os": self.os,
-        }
+    def apply(self) -> PrereqsResult:
+        self.packages_apt(self.plan.apt)
+        self.packages_pkg(self.plan.pkg)
+        self.sysctls(self.plan.sysctl)
+        self.groups(self.plan.groups)
+        self.users(self.plan.users)
+        self.dirs(self.plan.dirs)
+        self.scripts(self.plan.scripts)
+        result = PrereqsResult(
+            ok=not self.failures,
+            items=[i for i in self.items if i.state != OK],
+            changed=self.counts[CHANGED],
+            would_change=self.counts[WOULD_CHANGE],
+            unchanged=self.counts[OK],
+            failed=self.counts[FAILED],
+            failures=self.failures,
+        )
         if self.failures:
             more = len(self.failures) - 3
-            summary["error"] = "; ".join(self.failures[:3]) + (" (and %d more)" % more if more > 0 else "")
-            summary["failures"] = self.failures
-        return summary
+            result.error = "; ".join(self.failures[:3]) + (" (and %d more)" % more if more > 0 else "")
+        return result
 
     # -- OS packages ----------------------------------------------------------------------
     def _apt_installed(self, name: str) -> bool:
@@ -304,7 +303,7 @@ class Prereqs:
             else:
                 valid[key] = " ".join(wanted[key].split())
         # Persist every wanted value, even those already live, so they survive a reboot.
-        conf_path = str(self.plan.get("sysctl_file") or SYSCTL_FILE)
+        conf_path = self.plan.sysctl_file or SYSCTL_FILE
         content = "# Written by flinger install-prereqs; rewritten when the manifest's sysctls change.\n"
         content += "".join("%s = %s\n" % (k, v) for k, v in sorted(valid.items()))
         if _read_text(self.path(conf_path)) == content:
@@ -379,12 +378,11 @@ class Prereqs:
     def groups(self, names: List[str]) -> None:
         wanted = list(names)
         system_groups = set()
-        for user in self.plan.get("users") or []:
-            group = user.get("group") if isinstance(user, dict) else None
-            if group and str(group) not in wanted:
-                wanted.append(str(group))
-                if user.get("system"):
-                    system_groups.add(str(group))
+        for user in self.plan.users:
+            if user.group and user.group not in wanted:
+                wanted.append(user.group)
+                if user.system:
+                    system_groups.add(user.group)
         for name in wanted:
             if not _ACCOUNT_NAME.match(name):
                 self.item("group", name, FAILED, "group: %r is not a valid group name" % name)
@@ -398,9 +396,9 @@ class Prereqs:
             argv.append(name)
             self.differs("group", name, "created", functools.partial(self._account_change, argv, "group", name))
 
-    def users(self, specs: List[Dict[str, Any]]) -> None:
+    def users(self, specs: List[UserSpec]) -> None:
         for spec in specs:
-            name = str(spec.get("name") or "")
+            name = spec.name
             if not _ACCOUNT_NAME.match(name):
                 self.item("user", name, FAILED, "user: %r is not a valid user name" % name)
                 continue
@@ -421,41 +419,40 @@ class Prereqs:
                 "user", name, ", ".join(changes), functools.partial(self._account_change, argv, "passwd", name)
             )
 
-    def _useradd_argv(self, spec: Dict[str, Any]) -> List[str]:
+    def _useradd_argv(self, spec: UserSpec) -> List[str]:
         argv = ["useradd"]
-        if spec.get("system") and self.os != "illumos":
+        if spec.system and self.os != "illumos":
             argv.append("--system")
-        if spec.get("group"):
-            argv += ["-g", str(spec["group"])]
-        if spec.get("home"):
-            argv += ["-d", str(spec["home"]), "-m"]
-        shell = spec.get("shell")
-        if not shell and spec.get("system") and os.path.exists(self.path("/usr/sbin/nologin")):
+        if spec.group:
+            argv += ["-g", spec.group]
+        if spec.home:
+            argv += ["-d", spec.home, "-m"]
+        shell = spec.shell
+        if not shell and spec.system and os.path.exists(self.path("/usr/sbin/nologin")):
             shell = "/usr/sbin/nologin"  # a service account never logs in
         if shell:
-            argv += ["-s", str(shell)]
-        return [*argv, str(spec["name"])]
+            argv += ["-s", shell]
+        return [*argv, spec.name]
 
-    def _usermod(self, spec: Dict[str, Any], entry: List[str]) -> Tuple[List[str], List[str]]:
+    def _usermod(self, spec: UserSpec, entry: List[str]) -> Tuple[List[str], List[str]]:
         """What differs between an existing account and its spec, and the usermod to fix it."""
-        changes = []  # type: List[str]
+        changes: List[str] = []
         argv = ["usermod"]
-        group = spec.get("group")
-        if group:
-            group_entry = self._getent("group", str(group))
+        if spec.group:
+            group_entry = self._getent("group", spec.group)
             if group_entry is None or (len(entry) > 3 and group_entry[2] != entry[3]):
-                changes.append("primary group -> %s" % group)
-                argv += ["-g", str(group)]
-        if spec.get("home") and len(entry) > 5 and entry[5] != str(spec["home"]):
-            changes.append("home %s -> %s" % (entry[5], spec["home"]))
-            argv += ["-d", str(spec["home"])]
-        if spec.get("shell") and len(entry) > 6 and entry[6] != str(spec["shell"]):
-            changes.append("shell %s -> %s" % (entry[6], spec["shell"]))
-            argv += ["-s", str(spec["shell"])]
-        return changes, [*argv, str(spec["name"])]
+                changes.append("primary group -> %s" % spec.group)
+                argv += ["-g", spec.group]
+        if spec.home and len(entry) > 5 and entry[5] != spec.home:
+            changes.append("home %s -> %s" % (entry[5], spec.home))
+            argv += ["-d", spec.home]
+        if spec.shell and len(entry) > 6 and entry[6] != spec.shell:
+            changes.append("shell %s -> %s" % (entry[6], spec.shell))
+            argv += ["-s", spec.shell]
+        return changes, [*argv, spec.name]
 
     # -- directories ------------------------------------------------------------------------
-    def _account_id(self, database: str, name: Any, planned: Any) -> Tuple[Optional[int], Optional[str]]:
+    def _account_id(self, database: str, name: Optional[str], planned: Set[str]) -> Tuple[Optional[int], Optional[str]]:
         """(numeric id or None, error or None) of a user/group given by name or number."""
         if name is None or name == "":
             return None, None
@@ -469,18 +466,18 @@ class Prereqs:
             return -1, None  # made by this plan: "would change" is the truthful answer
         return None, "no %s named %s" % ("user" if database == "passwd" else "group", text)
 
-    def dirs(self, specs: List[Dict[str, Any]]) -> None:
+    def dirs(self, specs: List[DirSpec]) -> None:
         for spec in specs:
-            path = str(spec.get("path") or "")
+            path = spec.path
             if not path.startswith("/") or ".." in path.split("/"):
                 self.item("dir", path, FAILED, "dir: %r is not an absolute path" % path)
                 continue
-            uid, uerr = self._account_id("passwd", spec.get("owner"), self.planned_users)
-            gid, gerr = self._account_id("group", spec.get("group"), self.planned_groups)
+            uid, uerr = self._account_id("passwd", spec.owner, self.planned_users)
+            gid, gerr = self._account_id("group", spec.group, self.planned_groups)
             if uerr or gerr:
                 self.item("dir", path, FAILED, "dir %s: %s" % (path, uerr or gerr))
                 continue
-            mode = _mode(spec.get("mode"))
+            mode = spec.mode
             real = self.path(path)
             try:
                 st = os.lstat(real)
@@ -495,9 +492,9 @@ class Prereqs:
                 continue
             changes = []
             if uid is not None and st.st_uid != uid:
-                changes.append("owner %d -> %s" % (st.st_uid, spec.get("owner")))
+                changes.append("owner %d -> %s" % (st.st_uid, spec.owner))
             if gid is not None and st.st_gid != gid:
-                changes.append("group %d -> %s" % (st.st_gid, spec.get("group")))
+                changes.append("group %d -> %s" % (st.st_gid, spec.group))
             if mode is not None and (st.st_mode & 0o7777) != mode:
                 changes.append("mode %04o -> %04o" % (st.st_mode & 0o7777, mode))
             if not changes:
@@ -506,10 +503,10 @@ class Prereqs:
             self.differs("dir", path, ", ".join(changes), functools.partial(_fix_dir, real, uid, gid, mode))
 
     # -- scripts -----------------------------------------------------------------------------
-    def scripts(self, specs: List[Dict[str, Any]]) -> None:
+    def scripts(self, specs: List[ScriptSpec]) -> None:
         for spec in specs:
-            path = str(spec.get("path") or "")
-            name = str(spec.get("name") or path)
+            path = spec.path
+            name = spec.name or path
             real = self.path(path)
             try:
                 with open(real, "rb") as handle:
@@ -517,7 +514,7 @@ class Prereqs:
             except OSError:
                 self.item("script", name, FAILED, "script %s: %s not found (run flinger sync first?)" % (name, path))
                 continue
-            if spec.get("sha256") and digest != spec["sha256"]:
+            if spec.sha256 and digest != spec.sha256:
                 self.item(
                     "script",
                     name,
@@ -528,7 +525,7 @@ class Prereqs:
             if self.check:
                 self.item("script", name, WOULD_CHANGE, "would run (a script cannot be checked)")
                 continue
-            cwd = self.path(str(spec["cwd"])) if spec.get("cwd") else os.path.dirname(real)
+            cwd = self.path(spec.cwd) if spec.cwd else os.path.dirname(real)
             code, out, err = self.run(["sh", real], None, cwd)
             if code == 0:
                 self.item("script", name, CHANGED, "ran")
@@ -547,21 +544,14 @@ def _apt_unknown(text: str) -> List[str]:
     return found
 
 
-def _mode(value: Any) -> Optional[int]:
-    """A mode given as an int, or as an octal string such as "0750"."""
-    if value is None:
-        return None
-    return int(value, 8) if isinstance(value, str) else int(value)
-
-
-def _describe(spec: Dict[str, Any]) -> str:
+def _describe(spec: DirSpec) -> str:
     parts = []
-    if spec.get("owner") is not None:
-        parts.append("owner %s" % spec["owner"])
-    if spec.get("group") is not None:
-        parts.append("group %s" % spec["group"])
-    if spec.get("mode") is not None:
-        parts.append("mode %04o" % (_mode(spec["mode"]) or 0))
+    if spec.owner is not None:
+        parts.append("owner %s" % spec.owner)
+    if spec.group is not None:
+        parts.append("group %s" % spec.group)
+    if spec.mode is not None:
+        parts.append("mode %04o" % spec.mode)
     return " (%s)" % ", ".join(parts) if parts else ""
 
 
@@ -611,14 +601,6 @@ def _write_text_atomic(path: str, content: str, mode: int) -> Optional[str]:
     return None
 
 
-def main(argv: Sequence[str]) -> int:
-    """`prereqs` with the plan as JSON on stdin."""
-    if list(argv[1:]):
-        return events.result(False, error="prereqs takes no arguments (the plan comes on stdin)")
-    try:
-        plan = events.read_plan()
-    except events.PlanError as exc:
-        return events.result(False, error=str(exc))
-    summary = Prereqs(plan).apply()
-    ok = summary.pop("ok")
-    return events.result(ok, **summary)
+def run(plan: PrereqsPlan) -> PrereqsResult:
+    """The `prereqs` command."""
+    return Prereqs(plan).apply()

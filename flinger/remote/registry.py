@@ -23,8 +23,11 @@ import re
 import ssl
 import time
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from flinger.protocol.plans import Credential, PushPlan, RegistrySpec
+from flinger.protocol.results import BuiltPackage, PushResult
 from flinger.remote import events, files
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -58,6 +61,18 @@ def is_loopback(host: str) -> bool:
 
 class Registry:
     """One registry and repository, with one kept-alive connection per host."""
+
+    @classmethod
+    def of(cls, spec: RegistrySpec, credential: Optional[Credential] = None) -> "Registry":
+        """The registry a plan names, with the credential that travels apart from it."""
+        return cls(
+            spec.url,
+            spec.repository,
+            ca_pem=spec.ca_pem,
+            username=credential.username if credential else None,
+            password=credential.password if credential else None,
+            plain_http=spec.plain_http,
+        )
 
     def __init__(
         self,
@@ -309,12 +324,12 @@ class Registry:
             ok=(201,),
         )
 
-    def pull_blob(self, digest: str, dest: str, on_retry: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    def pull_blob(self, digest: str, dest: str, on_retry: Optional[Callable[[str], None]] = None) -> "Pulled":
         """Download a blob to `dest` (0600), resuming a partial one; refused (deleted) unless
-        its sha256 is `digest`. {"bytes": received, "resumed": bool}."""
+        its sha256 is `digest`."""
         url = self.base + self._blob_path(digest)
         part = dest + ".part"
-        got = {"bytes": 0, "resumed": False}
+        got = Pulled()
 
         def attempt() -> None:
             have = os.path.getsize(part) if os.path.exists(part) else 0
@@ -325,7 +340,7 @@ class Registry:
             if response.status not in (200, 206):
                 self._refuse("GET", url, response.status, response.read())
             resume = response.status == 206
-            got["resumed"] = got["resumed"] or resume
+            got.resumed = got.resumed or resume
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "ab" if resume else "wb") as out:
                 if not resume:
@@ -339,7 +354,7 @@ class Registry:
                     if not chunk:
                         break
                     out.write(chunk)
-                    got["bytes"] += len(chunk)
+                    got.received += len(chunk)
             length = response.getheader("Content-Length")
             if not resume and length is not None and os.path.getsize(part) < int(length):
                 self._drop(origin)
@@ -373,19 +388,12 @@ def _errors(data: bytes) -> str:
     return " (%s)" % said[:300] if said else ""
 
 
-def from_plan(spec: Any, credential: Optional[Dict[str, Any]] = None) -> Registry:
-    """A Registry from a plan's `registry` object (and the credential, kept apart)."""
-    if not isinstance(spec, dict):
-        raise events.PlanError("registry: expected an object")
-    cred = credential or {}
-    return Registry(
-        str(spec.get("url") or ""),
-        str(spec.get("repository") or ""),
-        ca_pem=spec.get("ca_pem") or None,
-        username=cred.get("username"),
-        password=cred.get("password"),
-        plain_http=bool(spec.get("plain_http")),
-    )
+@dataclass
+class Pulled:
+    """What a pull received: bytes over the network, and whether it resumed a partial file."""
+
+    received: int = 0
+    resumed: bool = False
 
 
 # ------------------------------------------------------------------------- publishing
@@ -395,31 +403,31 @@ def build_tag(config: bytes) -> str:
     return "build-" + hashlib.sha256(config).hexdigest()[:24]
 
 
-def publish(registry: Registry, artifacts_dir: str) -> Dict[str, Any]:
+def publish(registry: Registry, artifacts_dir: str) -> PushResult:
     """Push a build's packages (those the registry lacks), its package list and its manifest."""
-    manifest_path = os.path.join(artifacts_dir, "manifest.json")
-    recorded = files.read_json(manifest_path)
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("packages"), dict):
+    from flinger.remote.pkgbuild import read_manifest
+
+    packages: Dict[str, BuiltPackage] = read_manifest(artifacts_dir)
+    if not packages:
         raise RegistryError("no build in %s: run flinger build package" % artifacts_dir)
-    packages: Dict[str, Dict[str, Any]] = recorded["packages"]
     pushed: List[str] = []
     present: List[str] = []
     sent = 0
     layers = []
     for name in sorted(packages):
         info = packages[name]
-        digest = "sha256:%s" % info.get("sha256", "")
-        rel = str(info.get("file") or "packages/%s.tar.gz" % name)
+        digest = "sha256:%s" % info.sha256
+        rel = info.file
         path = os.path.join(artifacts_dir, rel)
         if not os.path.isfile(path):
             raise RegistryError("package %s: no tarball at %s" % (name, path))
         if registry.has_blob(digest):
             present.append(name)
         else:
-            events.emit("step", step="push", package=name)
+            events.step("push: %s" % name)
             sent += registry.push_blob(digest, path=path)
             pushed.append(name)
-        events.emit("blob", package=name, digest=digest, pushed=name in pushed)
+        events.line("%s: %s (%s)" % (name, "pushed" if name in pushed else "already in the registry", digest))
         layers.append(
             {
                 "mediaType": PACKAGE_TYPE,
@@ -432,9 +440,9 @@ def publish(registry: Registry, artifacts_dir: str) -> Dict[str, Any]:
         {
             "packages": {
                 n: {
-                    "sha256": packages[n].get("sha256"),
-                    "file": packages[n].get("file"),
-                    "version": packages[n].get("version"),
+                    "sha256": packages[n].sha256,
+                    "file": packages[n].file,
+                    "version": packages[n].version,
                 }
                 for n in sorted(packages)
             }
@@ -457,34 +465,20 @@ def publish(registry: Registry, artifacts_dir: str) -> Dict[str, Any]:
     if registry.manifest_digest(tag) != manifest_digest:  # a re-run publishes nothing
         registry.put_manifest(tag, manifest)
         sent += len(manifest)
-    return {
-        "packages": packages,
-        "tag": tag,
-        "manifest_digest": manifest_digest,
-        "pushed": pushed,
-        "present": present,
-        "bytes_sent": sent,
-    }
+    return PushResult(
+        packages=packages, tag=tag, manifest_digest=manifest_digest, pushed=pushed, present=present, bytes_sent=sent
+    )
 
 
-def push_main(plan: Dict[str, Any]) -> int:
-    """`registry-push`: publish the build in the plan's `artifacts_dir`."""
-    artifacts = str(events.require(plan, "artifacts_dir"))
+def push(plan: PushPlan) -> PushResult:
+    """The `registry-push` command: publish the build in the plan's artifacts dir."""
     try:
-        registry = from_plan(plan.get("registry"), plan.get("credential"))
-        try:
-            return events.result(True, **publish(registry, artifacts))
-        finally:
-            registry.close()
+        registry = Registry.of(plan.registry, plan.credential)
     except RegistryError as exc:
-        return events.result(False, step="publish", error="registry: %s" % exc)
-
-
-def main(argv: List[str]) -> int:
-    """`registry-push` (the plan on stdin)."""
+        return PushResult(ok=False, step="publish", error="registry: %s" % exc)
     try:
-        return push_main(events.read_plan())
-    except events.PlanError as exc:
-        return events.result(False, error="bad plan: %s" % exc)
-    except OSError as exc:
-        return events.result(False, step="publish", error="registry-push: %s" % exc)
+        return publish(registry, os.path.abspath(plan.artifacts_dir))
+    except (RegistryError, OSError) as exc:
+        return PushResult(ok=False, step="publish", error="registry: %s" % exc)
+    finally:
+        registry.close()

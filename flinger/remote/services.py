@@ -1,28 +1,27 @@
 """Service managers on a server: write a service's definition, start or restart it, report
 its state, stop and remove it. One class per manager (systemd, SMF, runit).
 
-Every path a manager creates outside the install dir is returned as a receipt entry
-{"path", "kind"}: "file" (a file or link), "tree" (a directory and all under it) or "dir"
-(a directory removed only if empty, e.g. /etc/sv when flinger created it), so uninstall
-removes exactly those. The roots (/etc/systemd/system, /var/svc/manifest/site, /etc/sv,
-/etc/service) come from the plan so tests and sandboxes can point them elsewhere.
+Every path a manager creates outside the install dir is returned as a `PathRecord`:
+"file" (a file or link), "tree" (a directory and all under it) or "dir" (a directory removed
+only if empty, e.g. /etc/sv when flinger created it), so uninstall removes exactly those.
+The roots (/etc/systemd/system, /var/svc/manifest/site, /etc/sv, /etc/service) come from the
+plan so tests and sandboxes can point them elsewhere.
+
+A new manager is one class here (activate, deactivate, state, log_tail), one entry in
+MANAGERS, and its renderer in flinger/service_render.py.
 """
 
 import errno
+import functools
 import os
 import subprocess
 import time
-from typing import Any, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
+from flinger.protocol.plans import PathRecord, ServiceRoots, ServiceSpec
 from flinger.remote import files
 
-DEFAULT_ROOTS = {
-    "systemd_dir": "/etc/systemd/system",
-    "smf_dir": "/var/svc/manifest/site",
-    "sv_dir": "/etc/sv",
-    "service_dir": "/etc/service",
-}
-Receipt = List[Dict[str, str]]
+Receipt = List[PathRecord]
 _RUNSV_WAIT = 30.0  # runsvdir looks at its directory every 5 seconds
 LOG_LINES = 20  # of a service's own log, in a failure report
 # What each manager's state() says of a service that runs: systemd, runit, SMF.
@@ -31,11 +30,6 @@ RUNNING_STATES = ("active", "run", "online")
 
 class ServiceError(Exception):
     """A service manager command failed."""
-
-
-def roots_from(plan: Dict[str, Any]) -> Dict[str, str]:
-    """The service-manager directories: the plan's, else the standard ones."""
-    return {key: os.path.abspath(str(plan.get(key) or default)) for key, default in DEFAULT_ROOTS.items()}
 
 
 def run(argv: List[str], check: bool = True) -> str:
@@ -65,9 +59,9 @@ def tail_file(path: str, lines: int = LOG_LINES) -> List[str]:
     return [line.decode("utf-8", "replace") for line in data.splitlines()[-lines:]]
 
 
-def _log_files_tail(service: Dict[str, Any], lines: int) -> List[str]:
+def _log_files_tail(service: ServiceSpec, lines: int) -> List[str]:
     found: List[str] = []
-    for path in service.get("log_files") or []:
+    for path in service.log_files:
         found.extend(tail_file(path, lines))
     return found[-lines:]
 
@@ -75,14 +69,14 @@ def _log_files_tail(service: Dict[str, Any], lines: int) -> List[str]:
 def _dirs(path: str, receipt: Receipt) -> None:
     created: List[str] = []
     files.make_dirs(path, created)
-    receipt.extend({"path": p, "kind": "dir"} for p in created)
+    receipt.extend(PathRecord(p, "dir") for p in created)
 
 
 def remove_receipt(receipt: Receipt) -> None:
     """Remove what a receipt lists, innermost last-created first."""
     for entry in reversed(receipt):
-        path = entry["path"]
-        if entry["kind"] == "dir":
+        path = entry.path
+        if entry.kind == "dir":
             try:
                 os.rmdir(path)
             except OSError:
@@ -94,21 +88,21 @@ def remove_receipt(receipt: Receipt) -> None:
 class Systemd:
     name = "systemd"
 
-    def __init__(self, roots: Dict[str, str]) -> None:
-        self.root = roots["systemd_dir"]
+    def __init__(self, roots: ServiceRoots) -> None:
+        self.root = roots.systemd_dir
 
     def unit_path(self, service: str) -> str:
         return os.path.join(self.root, service + ".service")
 
-    def activate(self, service: Dict[str, Any]) -> Receipt:
+    def activate(self, service: ServiceSpec) -> Receipt:
         receipt: Receipt = []
         _dirs(self.root, receipt)
-        path = self.unit_path(service["name"])
+        path = self.unit_path(service.name)
         fresh = not os.path.exists(path)
-        files.write_atomic(path, service["files"]["unit"].encode(), 0o644)
-        receipt.append({"path": path, "kind": "file"})
+        files.write_atomic(path, service.files["unit"].encode(), 0o644)
+        receipt.append(PathRecord(path, "file"))
         run(["systemctl", "daemon-reload"])
-        unit = service["name"] + ".service"
+        unit = service.name + ".service"
         if fresh:
             run(["systemctl", "enable", "--now", unit])
         else:
@@ -116,17 +110,17 @@ class Systemd:
             run(["systemctl", "restart", unit])
         return receipt
 
-    def deactivate(self, service: Dict[str, Any]) -> None:
-        path = self.unit_path(service["name"])
+    def deactivate(self, service: ServiceSpec) -> None:
+        path = self.unit_path(service.name)
         if os.path.exists(path):
-            run(["systemctl", "disable", "--now", service["name"] + ".service"], check=False)
+            run(["systemctl", "disable", "--now", service.name + ".service"], check=False)
             os.unlink(path)
             run(["systemctl", "daemon-reload"], check=False)
 
-    def state(self, service: Dict[str, Any]) -> str:
-        return run(["systemctl", "is-active", service["name"] + ".service"], check=False) or "unknown"
+    def state(self, service: ServiceSpec) -> str:
+        return run(["systemctl", "is-active", service.name + ".service"], check=False) or "unknown"
 
-    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
+    def log_tail(self, service: ServiceSpec, lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The unit's journal (its stdout and stderr, and systemd's own lines about it),
         from `since` (a time.time()) on when given."""
         own = _log_files_tail(service, lines)
@@ -135,7 +129,7 @@ class Systemd:
         argv = [
             "journalctl",
             "--unit",
-            service["name"] + ".service",
+            service.name + ".service",
             "--lines",
             str(lines),
             "--no-pager",
@@ -151,42 +145,42 @@ class Systemd:
 class Smf:
     name = "smf"
 
-    def __init__(self, roots: Dict[str, str]) -> None:
-        self.root = roots["smf_dir"]
+    def __init__(self, roots: ServiceRoots) -> None:
+        self.root = roots.smf_dir
 
     @staticmethod
     def fmri(service: str) -> str:
         return "svc:/site/%s:default" % service
 
-    def activate(self, service: Dict[str, Any]) -> Receipt:
+    def activate(self, service: ServiceSpec) -> Receipt:
         receipt: Receipt = []
         _dirs(self.root, receipt)
-        path = os.path.join(self.root, service["name"] + ".xml")
+        path = os.path.join(self.root, service.name + ".xml")
         fresh = not os.path.exists(path)
-        files.write_atomic(path, service["files"]["manifest"].encode(), 0o644)
-        receipt.append({"path": path, "kind": "file"})
+        files.write_atomic(path, service.files["manifest"].encode(), 0o644)
+        receipt.append(PathRecord(path, "file"))
         run(["svccfg", "import", path])
-        run(["svcadm", "enable", self.fmri(service["name"])])
+        run(["svcadm", "enable", self.fmri(service.name)])
         if not fresh:
-            run(["svcadm", "restart", self.fmri(service["name"])])
+            run(["svcadm", "restart", self.fmri(service.name)])
         return receipt
 
-    def deactivate(self, service: Dict[str, Any]) -> None:
-        path = os.path.join(self.root, service["name"] + ".xml")
-        run(["svcadm", "disable", "-s", self.fmri(service["name"])], check=False)
-        run(["svccfg", "delete", "-f", "svc:/site/%s" % service["name"]], check=False)
+    def deactivate(self, service: ServiceSpec) -> None:
+        path = os.path.join(self.root, service.name + ".xml")
+        run(["svcadm", "disable", "-s", self.fmri(service.name)], check=False)
+        run(["svccfg", "delete", "-f", "svc:/site/%s" % service.name], check=False)
         if os.path.exists(path):
             os.unlink(path)
 
-    def state(self, service: Dict[str, Any]) -> str:
-        return run(["svcs", "-H", "-o", "state", self.fmri(service["name"])], check=False) or "unknown"
+    def state(self, service: ServiceSpec) -> str:
+        return run(["svcs", "-H", "-o", "state", self.fmri(service.name)], check=False) or "unknown"
 
-    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
+    def log_tail(self, service: ServiceSpec, lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The service's log_file, else the log SMF keeps for it (svcs -L)."""
         own = _log_files_tail(service, lines)
         if own:
             return own
-        path = run(["svcs", "-L", self.fmri(service["name"])], check=False).strip()
+        path = run(["svcs", "-L", self.fmri(service.name)], check=False).strip()
         return tail_file(path, lines) if path.startswith("/") else []
 
 
@@ -202,7 +196,11 @@ def runsv_ready(service_dir: str) -> bool:
     return True
 
 
-def _wait_for(condition: Any, seconds: float) -> bool:
+def _not_ready(service_dir: str) -> bool:
+    return not runsv_ready(service_dir)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -216,30 +214,30 @@ class Runit:
     # files a run-script definition may hold; others in the dir (supervise/, down) are runsv's
     KNOWN_FILES = ("run", "finish", "log/run")
 
-    def __init__(self, roots: Dict[str, str]) -> None:
-        self.sv_dir = roots["sv_dir"]
-        self.service_dir = roots["service_dir"]
+    def __init__(self, roots: ServiceRoots) -> None:
+        self.sv_dir = roots.sv_dir
+        self.service_dir = roots.service_dir
 
-    def activate(self, service: Dict[str, Any]) -> Receipt:
+    def activate(self, service: ServiceSpec) -> Receipt:
         receipt: Receipt = []
         _dirs(self.sv_dir, receipt)
         _dirs(self.service_dir, receipt)
-        directory = os.path.join(self.sv_dir, service["name"])
-        link = os.path.join(self.service_dir, service["name"])
+        directory = os.path.join(self.sv_dir, service.name)
+        link = os.path.join(self.service_dir, service.name)
         fresh = not os.path.islink(link)
         if not os.path.isdir(directory):
             os.mkdir(directory, 0o755)
-        receipt.append({"path": directory, "kind": "tree"})
+        receipt.append(PathRecord(directory, "tree"))
         for key in self.KNOWN_FILES:
             path = os.path.join(directory, key)
-            if key in service["files"]:
+            if key in service.files:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                files.write_atomic(path, service["files"][key].encode(), 0o755)
+                files.write_atomic(path, service.files[key].encode(), 0o755)
             elif os.path.exists(path):
                 os.unlink(path)
         log = os.path.join(directory, "log")
         started_anew = fresh
-        if not fresh and "log/run" in service["files"] and runsv_ready(directory) and not runsv_ready(log):
+        if not fresh and "log/run" in service.files and runsv_ready(directory) and not runsv_ready(log):
             # A log service new to a supervised service (an upgrade): runsv looks for log/
             # only when it starts. Have it exit (the service stops with it); runsvdir starts
             # a new runsv, with the log, on its next scan, and that one starts the service
@@ -249,10 +247,10 @@ class Runit:
             started_anew = True
         if fresh:
             os.symlink(directory, link)
-        receipt.append({"path": link, "kind": "file"})
-        watched = [directory] + ([log] if "log/run" in service["files"] else [])
+        receipt.append(PathRecord(link, "file"))
+        watched = [directory] + ([log] if "log/run" in service.files else [])
         for path in watched:
-            if not _wait_for(lambda p=path: runsv_ready(p), _RUNSV_WAIT):
+            if not _wait_for(functools.partial(runsv_ready, path), _RUNSV_WAIT):
                 raise ServiceError(
                     "no runsv picked up %s within %ds (is runsvdir running on %s?)"
                     % (path, _RUNSV_WAIT, self.service_dir)
@@ -260,9 +258,9 @@ class Runit:
         run(["sv", "up" if started_anew else "restart", directory])
         return receipt
 
-    def deactivate(self, service: Dict[str, Any]) -> None:
-        directory = os.path.join(self.sv_dir, service["name"])
-        link = os.path.join(self.service_dir, service["name"])
+    def deactivate(self, service: ServiceSpec) -> None:
+        directory = os.path.join(self.sv_dir, service.name)
+        link = os.path.join(self.service_dir, service.name)
         supervised = [p for p in (directory, os.path.join(directory, "log")) if runsv_ready(p)]
         for path in supervised:
             run(["sv", "down", path], check=False)
@@ -272,30 +270,31 @@ class Runit:
         for path in supervised:
             run(["sv", "exit", path], check=False)
         for path in supervised:
-            _wait_for(lambda p=path: not runsv_ready(p), _RUNSV_WAIT)
+            _wait_for(functools.partial(_not_ready, path), _RUNSV_WAIT)
         files.remove_path(directory)
 
-    def log_tail(self, service: Dict[str, Any], lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
+    def log_tail(self, service: ServiceSpec, lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The service's log_file, else svlogd's `current` when it has a log/ service."""
         own = _log_files_tail(service, lines)
         if own:
             return own
-        return tail_file(os.path.join(self.sv_dir, service["name"], "log", "main", "current"), lines)
+        return tail_file(os.path.join(self.sv_dir, service.name, "log", "main", "current"), lines)
 
-    def state(self, service: Dict[str, Any]) -> str:
-        directory = os.path.join(self.sv_dir, service["name"])
+    def state(self, service: ServiceSpec) -> str:
+        directory = os.path.join(self.sv_dir, service.name)
         if not runsv_ready(directory):
             return "unsupervised"
         output = run(["sv", "status", directory], check=False)
         return output.split(":", 1)[0] if output else "unknown"
 
 
-MANAGERS = {"systemd": Systemd, "smf": Smf, "runit": Runit}
+Manager = Union[Systemd, Smf, Runit]
+MANAGERS: Dict[str, Callable[[ServiceRoots], Manager]] = {"systemd": Systemd, "smf": Smf, "runit": Runit}
 DEFINITION_KEYS = {"systemd": ("unit",), "smf": ("manifest",), "runit": ("run",)}
 
 
-def manager_for(name: str, roots: Dict[str, str]) -> Any:
-    """The manager object for `name` ("systemd", "smf" or "runit")."""
-    if name not in MANAGERS:
-        raise ServiceError("unknown service manager %r" % name)
-    return MANAGERS[name](roots)
+def manager_for(service: ServiceSpec, roots: ServiceRoots) -> Manager:
+    """The manager that runs `service` ("systemd", "smf" or "runit")."""
+    if service.manager not in MANAGERS:
+        raise ServiceError("unknown service manager %r" % service.manager)
+    return MANAGERS[service.manager](roots)

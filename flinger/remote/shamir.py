@@ -1,8 +1,7 @@
 """Shamir secret sharing with Feldman verifiable commitments, and the share file format.
 
-Standard library only, Python 3.9+: this module also runs on the servers (remote command
-`verify-share FILE...`). Nothing here ever prints or puts a share value or a secret in a
-message.
+Standard library only, Python 3.9+: it is part of the remote tool, and the quorum example
+ships it. Nothing here ever prints or puts a share value or a secret in a message.
 
 The group is the RFC 3526 2048-bit MODP group. p is a safe prime (p = 2q + 1, q prime), so
 Z_p* has a subgroup of prime order q: the quadratic residues. Shares and coefficients live in
@@ -473,50 +472,12 @@ def load_share(path: str) -> Dict[str, Any]:
     return parse_share(doc, str(path), read_verifier)
 
 
-_SCHEMA = 1  # events.SCHEMA: this module stays importable alone (the quorum service ships it)
-
-
-def _emit(event: Dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
-    sys.stdout.flush()
-
-
 def main(argv: Sequence[str]) -> int:
-    """`verify-share FILE...`: check each share against its commitments (and that all files
-    carry the same verifier); JSON lines on stdout; exit 0 when every share is valid."""
+    """This file run as a worker (`--pow-g`) by `_commit_in_workers`."""
     if list(argv[1:]) == ["--pow-g"]:
         return _pow_g_worker()
-    files = list(argv[1:])
-    if not files:
-        sys.stderr.write("usage: flinger-remote verify-share FILE...\n")
-        _emit({"event": "result", "ok": False, "error": "no share files given", "schema": _SCHEMA})
-        return 2
-    all_valid = True
-    reference: Optional[Tuple[str, List[int]]] = None
-    for name in files:
-        event: Dict[str, Any] = {"event": "share", "file": name, "index": None, "valid": False}
-        try:
-            doc = load_share(name)
-        except ValueError as e:
-            event["error"] = str(e)
-            all_valid = False
-            _emit(event)
-            continue
-        commitments = doc["verifier"]["commitments"]
-        event["index"] = doc["index"]
-        valid = verify_share(doc["index"], doc["share"], commitments)
-        if not valid:
-            event["error"] = "the share does not match its commitments"
-        elif reference is None:
-            reference = (doc["deployment"], commitments)
-        elif reference != (doc["deployment"], commitments):
-            valid = False
-            event["error"] = "another deployment's verifier than the first valid file's"
-        event["valid"] = valid
-        all_valid = all_valid and valid
-        _emit(event)
-    _emit({"event": "result", "ok": all_valid, "schema": _SCHEMA})
-    return 0 if all_valid else 1
+    sys.stderr.write("usage: shamir.py --pow-g (a worker of the split)\n")
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Switching a server to a release, and back: the part of `install` (and of `rollback`,
-releases.py) that changes what runs.
+"""Switching a server to a release, and back: the part of `install` (and of `rollback`)
+that changes what runs.
 
 `validate` runs each service's check in the new release before anything moves;
 `switch_services` points `current` at the release and (re)starts its services in order,
@@ -11,9 +11,12 @@ recorded services that are not running. A failing step raises `StepFailed`, nami
 import os
 import subprocess
 import time
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
+from flinger.protocol.plans import PathRecord, ServiceRoots, ServiceSpec
+from flinger.protocol.results import Health, ServiceLog, SwitchResult
 from flinger.remote import events, files, health, services
+from flinger.remote.receipt import Receipt
 
 VALIDATE_TIMEOUT = 300  # seconds a service's validate command may run
 
@@ -40,56 +43,64 @@ def switch_current(install_dir: str, release: Optional[str]) -> None:
     os.replace(temporary, current)
 
 
-def activate_service(service: Dict[str, Any], roots: Dict[str, str]) -> services.Receipt:
-    manager = services.manager_for(service["manager"], roots)
+def current_release(install_dir: str) -> Optional[str]:
+    """The release `current` points at (None when there is none, or it dangles)."""
+    current = os.path.join(install_dir, "current")
+    if not os.path.islink(current):
+        return None
+    return os.path.basename(os.readlink(current)) if os.path.isdir(current) else None
+
+
+def activate_service(service: ServiceSpec, roots: ServiceRoots) -> List[PathRecord]:
     try:
-        receipt: services.Receipt = manager.activate(service)
+        return services.manager_for(service, roots).activate(service)
     except (services.ServiceError, OSError) as exc:
-        raise StepFailed("service:" + service["name"], str(exc)) from None
-    return receipt
+        raise StepFailed("service:" + service.name, str(exc)) from None
 
 
-def wait_healthy(service: Dict[str, Any]) -> None:
-    passed, seen = health.wait_healthy(service["health"])
-    events.emit("health", service=service["name"], ok=passed, detail=seen)
+def wait_healthy(service: ServiceSpec) -> None:
+    passed, seen = health.wait_healthy(service.health)
+    events.line("health of %s: %s (%s)" % (service.name, "ok" if passed else "failing", seen))
     if not passed:
-        raise StepFailed("health:" + service["name"], "%s is not healthy: %s" % (service["name"], seen))
+        raise StepFailed("health:" + service.name, "%s is not healthy: %s" % (service.name, seen))
 
 
-def start_stopped(state: Dict[str, Any], roots: Dict[str, str]) -> List[str]:
+def is_running(service: ServiceSpec, roots: ServiceRoots) -> bool:
+    try:
+        return services.manager_for(service, roots).state(service) in services.RUNNING_STATES
+    except (services.ServiceError, OSError):
+        return False
+
+
+def start_stopped(state: Receipt) -> List[str]:
     """Start (and health-check) each recorded service that is not running; their names."""
     started: List[str] = []
-    for service in state.get("services") or []:
-        manager = services.manager_for(service["manager"], roots)
-        try:
-            running = manager.state(service) in services.RUNNING_STATES
-        except (services.ServiceError, OSError):
-            running = False
-        if running:
+    for service in state.services:
+        if is_running(service, state.service_roots):
             continue
-        events.emit("step", step="service", service=service["name"], reason="not running")
-        activate_service(service, roots)
+        events.step("service: %s (not running)" % service.name)
+        activate_service(service, state.service_roots)
         wait_healthy(service)
-        started.append(service["name"])
+        started.append(service.name)
     return started
 
 
-def service_log(svcs: List[Dict[str, Any]], step: str, roots: Dict[str, str], since: float) -> Dict[str, Any]:
-    """{"service": name, "lines": [...]} of the service a failed step names (what it logged
-    since this install started it, where the manager can tell), else {}."""
+def service_log(svcs: List[ServiceSpec], step: str, roots: ServiceRoots, since: float) -> Optional[ServiceLog]:
+    """The last lines of the service a failed step names (what it logged since this install
+    started it, where the manager can tell), else None."""
     name = step.split(":", 1)[1] if ":" in step else ""
     for service in svcs:
-        if service["name"] == name:
+        if service.name == name:
             try:
-                lines = services.manager_for(service["manager"], roots).log_tail(service, since=since)
+                lines = services.manager_for(service, roots).log_tail(service, since=since)
             except (services.ServiceError, OSError) as exc:
                 lines = ["(its log could not be read: %s)" % exc]
-            return {"service": name, "lines": lines}
-    return {}
+            return ServiceLog(name, lines)
+    return None
 
 
-def merge_receipts(*receipts: List[Dict[str, str]]) -> List[Dict[str, str]]:
-    merged: List[Dict[str, str]] = []
+def merge_paths(*receipts: List[PathRecord]) -> List[PathRecord]:
+    merged: List[PathRecord] = []
     for receipt in receipts:
         for entry in receipt:
             if entry not in merged:
@@ -99,60 +110,59 @@ def merge_receipts(*receipts: List[Dict[str, str]]) -> List[Dict[str, str]]:
 
 def roll_back(
     install_dir: str,
-    previous: Dict[str, Any],
-    roots: Dict[str, str],
-    touched: List[Dict[str, Any]],
-    removed: List[Dict[str, Any]],
+    previous: Receipt,
+    roots: ServiceRoots,
+    touched: List[ServiceSpec],
+    removed: List[ServiceSpec],
     failed_release: Optional[str],
 ) -> List[str]:
     """Put the previous release back: `current`, service definitions, running services."""
     problems: List[str] = []
-    switch_current(install_dir, previous.get("release"))
-    before = {s["name"]: s for s in previous.get("services") or []}
+    switch_current(install_dir, previous.release)
+    before = {s.name: s for s in previous.services}
     for service in reversed(touched):
         try:
-            if service["name"] in before:
-                activate_service(before[service["name"]], roots)
+            if service.name in before:
+                activate_service(before[service.name], roots)
             else:
-                services.manager_for(service["manager"], roots).deactivate(service)
-                services.remove_receipt(service.get("paths") or [])
+                services.manager_for(service, roots).deactivate(service)
+                services.remove_receipt(service.paths)
         except (StepFailed, services.ServiceError, OSError) as exc:
-            problems.append("%s: %s" % (service["name"], exc))
+            problems.append("%s: %s" % (service.name, exc))
     for service in removed:
         try:
             activate_service(service, roots)
         except StepFailed as exc:
-            problems.append("%s: %s" % (service["name"], exc))
+            problems.append("%s: %s" % (service.name, exc))
     if failed_release:
         files.remove_path(os.path.join(install_dir, "releases", failed_release))
     return problems
 
 
-def restored_health(previous: Dict[str, Any]) -> Dict[str, Any]:
+def restored_health(previous: Receipt) -> Dict[str, Health]:
     """After a rollback: does each restored service pass its own health check again?"""
-    checked: Dict[str, Any] = {}
-    for service in previous.get("services") or []:
-        if service.get("health"):
-            passed, detail = health.wait_healthy(service["health"])
-            events.emit("health", service=service["name"], ok=passed, detail=detail, restored=True)
-            checked[service["name"]] = {"healthy": passed, "detail": detail}
+    checked: Dict[str, Health] = {}
+    for service in previous.services:
+        if service.health is not None:
+            passed, detail = health.wait_healthy(service.health)
+            events.line("health of %s, restored: %s (%s)" % (service.name, "ok" if passed else "failing", detail))
+            checked[service.name] = Health(passed, detail)
     return checked
 
 
-def validate(install_dir: str, release: str, svcs: List[Dict[str, Any]]) -> None:
+def validate(install_dir: str, release: str, svcs: List[ServiceSpec]) -> None:
     """Each service's `validate` command, run against the new release before anything
     switches: in the release's dir, with FLINGER_RELEASE_DIR set to it. A failure leaves
     the running release as it is (not even restarted)."""
     release_dir = os.path.join(install_dir, "releases", release)
     for service in svcs:
-        command = service.get("validate")
-        if not command:
+        if not service.validate:
             continue
-        events.emit("step", step="validate", service=service["name"])
+        events.step("validate: %s" % service.name)
         env = dict(os.environ, FLINGER_RELEASE_DIR=release_dir)
         try:
             done = subprocess.run(
-                ["/bin/sh", "-c", command],
+                ["/bin/sh", "-c", service.validate],
                 cwd=release_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -163,20 +173,20 @@ def validate(install_dir: str, release: str, svcs: List[Dict[str, Any]]) -> None
             )
         except subprocess.TimeoutExpired as exc:
             failed = StepFailed(
-                "validate:" + service["name"],
-                "validate of %s did not finish in %d s" % (service["name"], VALIDATE_TIMEOUT),
+                "validate:" + service.name, "validate of %s did not finish in %d s" % (service.name, VALIDATE_TIMEOUT)
             )
             failed.output = last_lines(exc.output or b"")
             raise failed from None
         output = last_lines(done.stdout or b"")
         if done.returncode != 0:
             failed = StepFailed(
-                "validate:" + service["name"],
-                "validate of %s failed (exit %d): %s" % (service["name"], done.returncode, command),
+                "validate:" + service.name,
+                "validate of %s failed (exit %d): %s" % (service.name, done.returncode, service.validate),
             )
             failed.output = output
             raise failed
-        events.emit("validated", service=service["name"], output=output[-3:])
+        for text in output[-3:]:
+            events.line("validate of %s: %s" % (service.name, text))
 
 
 def last_lines(data: bytes, count: int = 20) -> List[str]:
@@ -186,49 +196,50 @@ def last_lines(data: bytes, count: int = 20) -> List[str]:
 def switch_services(
     install_dir: str,
     release: str,
-    svcs: List[Dict[str, Any]],
-    previous: Dict[str, Any],
-    roots: Dict[str, str],
+    svcs: List[ServiceSpec],
+    previous: Receipt,
+    roots: ServiceRoots,
     discard_on_failure: bool,
-) -> Optional[Dict[str, Any]]:
+) -> Optional[SwitchResult]:
     """Switch `current` to `release` and make its services run (in order, each healthy before
     the next); on failure put `previous` back and return what the result should say."""
-    events.emit("step", step="switch", release=release)
+    events.step("switch")
     switch_current(install_dir, release)
-    before = {s["name"]: s for s in previous.get("services") or []}
-    wanted = {s["name"] for s in svcs}
-    touched: List[Dict[str, Any]] = []
-    removed: List[Dict[str, Any]] = []
+    before = {s.name: s for s in previous.services}
+    wanted = {s.name for s in svcs}
+    touched: List[ServiceSpec] = []
+    removed: List[ServiceSpec] = []
     since = time.time() - 1  # journald's --since has whole seconds
     try:
-        for old in previous.get("services") or []:
-            if old["name"] not in wanted:
-                events.emit("step", step="remove-service", service=old["name"])
-                services.manager_for(old["manager"], roots).deactivate(old)
-                services.remove_receipt(old.get("paths") or [])
+        for old in previous.services:
+            if old.name not in wanted:
+                events.step("remove service: %s" % old.name)
+                services.manager_for(old, roots).deactivate(old)
+                services.remove_receipt(old.paths)
                 removed.append(old)
         for service in svcs:
-            events.emit("step", step="service", service=service["name"])
+            events.step("service: %s" % service.name)
             # Touched from the start: its new definition is written before the (re)start,
             # which may fail; the rollback must put the old definition back all the same.
             touched.append(service)
-            receipt = activate_service(service, roots)
-            service["paths"] = merge_receipts((before.get(service["name"]) or {}).get("paths") or [], receipt)
+            paths = activate_service(service, roots)
+            service.paths = merge_paths(before[service.name].paths if service.name in before else [], paths)
             wait_healthy(service)
     except (StepFailed, services.ServiceError, OSError) as exc:
         step = exc.step if isinstance(exc, StepFailed) else "services"
         # The failing service's own words, read before the rollback restarts it.
         log = service_log(svcs, step, roots, since)
-        events.emit("step", step="rollback", to=previous.get("release"))
+        events.step("rollback")
         problems = roll_back(install_dir, previous, roots, touched, removed, release if discard_on_failure else None)
-        return {
-            "step": step,
-            "error": str(exc),
-            "changed": False,
-            "rolled_back_to": previous.get("release"),
-            "rollback_problems": problems,
-            "restored_health": restored_health(previous),
-            "service_log": log,
-        }
-
+        return SwitchResult(
+            ok=False,
+            step=step,
+            error=str(exc),
+            changed=False,
+            rolled_back=True,
+            rolled_back_to=previous.release,
+            rollback_problems=problems,
+            restored_health=restored_health(previous),
+            service_log=log,
+        )
     return None

@@ -1,4 +1,4 @@
-"""Safe tarball extraction, and the `unpack TARBALL DEST [--replace]` command.
+"""Safe tarball extraction: what the install (and a composite build) unpacks with.
 
 Every member is checked before anything is written: no absolute paths, no `..`, no symlink
 or hard link whose target leaves the tree, no path that goes through a symlink of the same
@@ -14,8 +14,6 @@ import shutil
 import tarfile
 import tempfile
 from typing import Dict, List, Optional, Set
-
-from flinger.remote import events
 
 
 class UnsafeArchive(Exception):
@@ -141,20 +139,3 @@ def extract(tarball: str, dest: str, replace: bool = False) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return len(members)
-
-
-def main(argv: List[str]) -> int:
-    args = argv[1:]
-    replace = "--replace" in args
-    args = [a for a in args if a != "--replace"]
-    if len(args) != 2:
-        events.say("usage: flinger-remote unpack TARBALL DEST [--replace]")
-        return 2
-    tarball, dest = args
-    try:
-        count = extract(tarball, dest, replace=replace)
-    except UnsafeArchive as exc:
-        return events.result(False, error="refused %s: %s" % (tarball, exc))
-    except (OSError, tarfile.TarError) as exc:
-        return events.result(False, error="cannot unpack %s: %s" % (tarball, exc))
-    return events.result(True, dest=os.path.abspath(dest), members=count)

@@ -14,6 +14,8 @@ from pathlib import Path
 from cryptography import x509
 
 from flinger.errors import ConfigError
+from flinger.protocol.codec import encode
+from flinger.protocol.plans import Credential
 from flinger.topology.loader import config_error
 from flinger.topology.model import Topology
 
@@ -42,28 +44,28 @@ def _password(topology: Topology, key: str, path: Path) -> str:
     return password
 
 
-def push_credential(topology: Topology) -> dict[str, str] | None:
-    """{"username", "password"} the builder pushes with, or None (a registry without auth)."""
+def push_credential(topology: Topology) -> Credential | None:
+    """The credential the builder pushes with, or None (a registry without auth)."""
     art = topology.artifacts
     if art.username is None or art.password_file is None:
         return None
-    return {"username": art.username, "password": _password(topology, "artifacts.password_file", art.password_file)}
+    return Credential(art.username, _password(topology, "artifacts.password_file", art.password_file))
 
 
-def pull_credential(topology: Topology) -> dict[str, str] | None:
-    """{"username", "password"} the servers pull with, or None."""
+def pull_credential(topology: Topology) -> Credential | None:
+    """The credential the servers pull with, or None."""
     art = topology.artifacts
     chosen = art.pull_credential()
     if chosen is None:
         return None
     key = "artifacts.pull_password_file" if art.pull_username is not None else "artifacts.password_file"
-    return {"username": chosen[0], "password": _password(topology, key, chosen[1])}
+    return Credential(chosen[0], _password(topology, key, chosen[1]))
 
 
 def pull_credential_file(topology: Topology) -> bytes | None:
     """The overlay file that carries the pull credential to a server."""
     credential = pull_credential(topology)
-    return None if credential is None else (json.dumps(credential, indent=1) + "\n").encode()
+    return None if credential is None else (json.dumps(encode(credential), indent=1) + "\n").encode()
 
 
 def ca_pem(topology: Topology) -> str | None:

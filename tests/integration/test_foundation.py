@@ -127,8 +127,8 @@ def test_sync_sends_a_tree_then_only_the_delta_then_deletes(sandbox: SandboxStat
 
 
 def test_agent_forwarded_to_the_builder_reaches_another_host(sandbox: SandboxState) -> None:
-    from flinger.ssh.connection import ConnectionPool
     from flinger.ssh.openssh import ssh_argv
+    from flinger.ssh.pool import ConnectionPool
     from flinger.topology import load_topology
 
     topo = load_topology(sandbox.config_path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flinger.errors import ConfigError
+from flinger.protocol.plans import Credential
 from flinger.secrets import ca, registry_credentials
 from flinger.topology import load_topology
 from tests.unit.test_topology import GOOD
@@ -128,7 +129,7 @@ def test_a_password_file_others_can_read_is_refused_without_showing_it(tmp_path:
     assert caught.value.key == "artifacts.password_file" and "chmod 600" in caught.value.message
     assert secret not in str(caught.value)
     pw.chmod(0o600)
-    assert registry_credentials.push_credential(topo) == {"username": "deploy", "password": secret}
+    assert registry_credentials.push_credential(topo) == Credential("deploy", secret)
     assert b'"password": "s3cret-Password"' in (registry_credentials.pull_credential_file(topo) or b"")
     pw.unlink()
     with pytest.raises(ConfigError, match="cannot read"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from flinger.ssh.connection import CONNECTIONS_PER_HOST, SESSIONS_PER_CONNECTION, Connection, ConnectionPool
+from flinger.ssh.connection import CONNECTIONS_PER_HOST, SESSIONS_PER_CONNECTION, Connection
+from flinger.ssh.pool import ConnectionPool
 from flinger.topology.model import Server, SshSettings
 
 

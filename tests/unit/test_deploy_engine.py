@@ -1,32 +1,50 @@
-"""The deploy engine on the local transport (flinger/ssh/transport.py): the real Deployer,
+"""The deploy engine on the local transport (flinger/engine/local.py): the real run, operations,
 rollout and remote tool (lock, per-run staging, install, rollback), each "server" a home
-directory on this machine, no SSH. The SSH path is the integration tests' job."""
+directory on this machine, no SSH. The SSH path is the integration tests' job.
+
+The store here is the test's own, added to the engine's registry of stores (STORES), and
+one test adds a transport of its own to TRANSPORTS: a new store or transport is one entry.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from flinger.actions.deploy import run_deploy
 from flinger.actions.overlay import make_overlay
-from flinger.actions.rollout import Amount, RolloutPolicy
+from flinger.engine import hosts as engine_hosts
+from flinger.engine.execute import execute
+from flinger.engine.fanout import Reporter
+from flinger.engine.hosts import HostPool
+from flinger.engine.install import Install
+from flinger.engine.local import LocalPool, LocalTransport
+from flinger.engine.operations import Operation, Rollback
+from flinger.engine.plan import plan_deploy
+from flinger.engine.results import ServerResult, Status
+from flinger.engine.run import Settings, open_run
+from flinger.engine.stores import STORES, StoreKind, StoreReport
+from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy
 from flinger.manifest.model import OverlayFile
+from flinger.progress import Sink, nowhere
+from flinger.protocol.codec import encode
+from flinger.protocol.plans import PullSpec
+from flinger.protocol.results import BuiltPackage
 from flinger.remote import files, tarball
-from flinger.ssh.fanout import Reporter, ServerResult, Status
-from flinger.ssh.transport import LocalPool
-from flinger.topology.model import Server, Topology
+from flinger.topology.model import Artifacts, Server, Topology
 from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 NODES = ("node1", "node2", "node3")
 
 
-class LocalStore:
-    """Artifacts built here; delivered by copying (a corrupt copy for the servers in `broken`)."""
+class CopyStore:
+    """A store of the test's own: artifacts built here, delivered by copying (a corrupt copy
+    for the servers in `broken`)."""
 
     wait_step: str | None = None
 
@@ -45,18 +63,15 @@ class LocalStore:
         tarball.pack_tree(str(tree), str(pack))
         self.version = version
 
-    def built(self) -> dict[str, dict[str, Any]]:
+    def built(self) -> dict[str, BuiltPackage]:
         pack = self.root / "packages" / "app.tar.gz"
-        return {"app": {"sha256": files.sha256_file(str(pack)), "file": "packages/app.tar.gz"}}
+        return {"app": BuiltPackage(sha256=files.sha256_file(str(pack)), file="packages/app.tar.gz")}
 
-    def staged_path(self, run_dir: str, package: str) -> str:
-        return f"{run_dir}/packages/{package}.tar.gz"
+    def pull_spec(self) -> PullSpec | None:
+        return None  # the servers get packages delivered, as from the builder
 
-    def install_plan(self) -> dict[str, Any]:
-        return {}  # the servers get packages delivered, as from the builder
-
-    def summary(self) -> dict[str, Any]:
-        return {"store": "local", "builder_bytes_sent": 0}
+    def report(self) -> StoreReport:
+        return StoreReport("copy")
 
     def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
         self.delivered.append(server.name)
@@ -64,7 +79,7 @@ class LocalStore:
         data = (self.root / "packages" / "app.tar.gz").read_bytes()
         if server.name in self.broken:
             data = data[:-10]  # a copy cut short
-        Path(self.staged_path(run_dir, "app")).write_bytes(data)
+        Path(f"{run_dir}/packages/app.tar.gz").write_bytes(data)
         return {"bytes_sent": len(data)}
 
 
@@ -76,27 +91,34 @@ class Fleet:
             base,
             deployment=replace(base.deployment, install_dir="$HOME/app", keep_releases=3),
             servers={n: replace(s, privilege="none") for n, s in base.servers.items()},
+            artifacts=Artifacts(store="copy"),
         )
         self.manifest = make_manifest(root, overlay=[OverlayFile(template="tmpl/app.conf.j2", dest="app.conf")])
         make_overlay(self.topology, self.manifest)
-        self.homes = root / "hosts"
-        self.store = LocalStore(root / "artifacts")
+        self.homes = self.topology.state_dir / "local-hosts"  # the local transport's hosts
+        self.store = CopyStore(root / "artifacts")
+        self.transport = "local"
 
-    def install(self, policy: RolloutPolicy | None = None) -> dict[str, ServerResult]:
-        servers = [self.topology.servers[n] for n in NODES]
-        pool = LocalPool(self.topology.servers, self.homes)
-        results = run_deploy(
-            self.topology, self.manifest, servers, "install", parallel=3, rollout=policy, pool=pool, store=self.store
-        )
+    @property
+    def servers(self) -> list[Server]:
+        return [self.topology.servers[n] for n in NODES]
+
+    def run(
+        self, operation: Operation, policy: RolloutPolicy | None = None, sink: Sink = nowhere
+    ) -> list[ServerResult]:
+        with open_run(self.topology, self.manifest, sink=sink, settings=Settings(parallel=3),
+                      transport=self.transport) as run:  # fmt: skip
+            return execute(run, operation, self.servers, BatchRollout(policy) if policy else None)
+
+    def install(self, policy: RolloutPolicy | None = None, sink: Sink = nowhere) -> dict[str, ServerResult]:
+        plans = plan_deploy(self.topology, self.manifest, self.servers)
+        results = self.run(Install(plans), policy or RolloutPolicy(), sink)
         return {r.server: r for r in results}
 
-    def rollback(self, **extra: Any) -> dict[str, ServerResult]:
-        servers = [self.topology.servers[n] for n in NODES]
-        pool = LocalPool(self.topology.servers, self.homes)
-        results = run_deploy(
-            self.topology, self.manifest, servers, "rollback", parallel=3, pool=pool, store=self.store,
-            rollout=RolloutPolicy(rollback=False), **extra,
-        )  # fmt: skip
+    def rollback(
+        self, to: str | None = None, policy: RolloutPolicy | None = None, sink: Sink = nowhere
+    ) -> dict[str, ServerResult]:
+        results = self.run(Rollback(to), policy or RolloutPolicy(rollback=False), sink)
         return {r.server: r for r in results}
 
     def version(self, node: str) -> str:
@@ -109,8 +131,20 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
+def registered(tmp_path: Path) -> Iterator[CopyStore]:
+    """The test's store, registered in the engine's STORES for the test's length."""
+    store = CopyStore(tmp_path / "artifacts")
+    STORES["copy"] = StoreKind(lambda _topology, _hosts: store, forwards_agent=False)
+    try:
+        yield store
+    finally:
+        del STORES["copy"]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, registered: CopyStore) -> Fleet:
     fleet = Fleet(tmp_path)
+    fleet.store = registered
     fleet.store.build("v1")
     results = fleet.install()
     assert all(r.status is Status.OK for r in results.values()), results
@@ -161,7 +195,7 @@ def test_history_and_rollback_to_an_earlier_release(fleet: Fleet) -> None:
     results = fleet.rollback()
     assert all(r.status is Status.OK for r in results.values()), results
     assert [fleet.version(n) for n in NODES] == ["v1"] * 3
-    back = fleet.rollback(rollback_to=str(results["node1"].details["previous_release"]))
+    back = fleet.rollback(to=str(results["node1"].details["previous_release"]))
     assert all(r.status is Status.OK for r in back.values()) and fleet.version("node1") == "v2"
 
 
@@ -171,7 +205,7 @@ def test_a_held_lock_fails_that_server_before_anything_is_staged(fleet: Fleet, t
     from flinger.remote import lock as remote_lock
 
     record = {"holder": "someone", "since": "now", "boot_id": remote_lock._boot_id(),
-              "session": remote_lock.process_ref(os.getpid(), "ssh session")}  # fmt: skip
+              "session": encode(remote_lock.process_ref(os.getpid(), "ssh session"))}  # fmt: skip
     lock.write_text(json.dumps(record))
     fleet.store.build("v2")
     results = fleet.install(RolloutPolicy(rollback=False))
@@ -186,11 +220,7 @@ def test_one_stream_of_events_feeds_the_watcher_the_run_log_and_the_results(flee
 
     seen: list[Event] = []
     fleet.store.build("v2")
-    servers = [fleet.topology.servers[n] for n in NODES]
-    results = run_deploy(
-        fleet.topology, fleet.manifest, servers, "install", parallel=3, events=seen.append,
-        pool=LocalPool(fleet.topology.servers, fleet.homes), store=fleet.store,
-    )  # fmt: skip
+    results = list(fleet.install(sink=seen.append).values())
     assert all(r.status is Status.OK for r in results)
     logs = sorted((fleet.topology.state_dir / "logs").iterdir())[-1]
     kept = [json.loads(ln) for ln in (logs / "events.jsonl").read_text().splitlines()]
@@ -210,11 +240,7 @@ def test_a_rollback_with_a_canary_checks_it_again_before_the_others_go_back(flee
     assert all(r.status is Status.OK for r in fleet.install().values())
     seen: list[Event] = []
     policy = RolloutPolicy(canary=1, canary_wait=0.01, rollback=False)
-    servers = [fleet.topology.servers[n] for n in NODES]
-    results = run_deploy(
-        fleet.topology, fleet.manifest, servers, "rollback", parallel=3, events=seen.append, rollout=policy,
-        pool=LocalPool(fleet.topology.servers, fleet.homes), store=fleet.store,
-    )  # fmt: skip
+    results = fleet.rollback(policy=policy, sink=seen.append).values()
     assert all(r.status is Status.OK for r in results) and [fleet.version(n) for n in NODES] == ["v1"] * 3
     order = [(type(e).__name__, e.name, getattr(e, "step", "")) for e in seen if isinstance(e, (Started, Step))]
     gate = order.index(("Step", "node1", "status"))  # the canary's second look
@@ -223,35 +249,56 @@ def test_a_rollback_with_a_canary_checks_it_again_before_the_others_go_back(flee
     assert {name for _kind, name, _step in order[gate:]} == {"node1", "node2", "node3"}
 
 
-def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(fleet: Fleet) -> None:
-    from flinger.ssh.transport import LocalTransport
+class CountingPool(LocalPool):
+    """A transport of the test's own: the local one, counting the command lines each host runs."""
 
-    pool = LocalPool(fleet.topology.servers, fleet.homes)
-    commands: list[tuple[str, str]] = []
-    for name in NODES:
-        host = pool.get(name)
-        assert isinstance(host, LocalTransport)
-        real = host.run
+    commands: ClassVar[list[tuple[str, str]]] = []
 
-        def counted(command: str, *args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
-            commands.append((_name, command))
-            return _real(command, *args, **kw)
+    def get(self, name: str) -> LocalTransport:
+        host = super().get(name)
+        if not isinstance(host, _Counting):
+            host = self._hosts[name] = _Counting(host.server, host.home_dir)
+        return host
 
-        host.run = counted  # type: ignore[method-assign]
-    servers = [fleet.topology.servers[n] for n in NODES]
-    results = run_deploy(fleet.topology, fleet.manifest, servers, "install", parallel=3, pool=pool, store=fleet.store)
+
+class _Counting(LocalTransport):
+    def run(self, command: str, **kw: Any) -> Any:
+        CountingPool.commands.append((self.server.name, command))
+        return super().run(command, **kw)
+
+
+@pytest.fixture
+def counting() -> Iterator[list[tuple[str, str]]]:
+    """The test's transport, registered in the engine's TRANSPORTS for the test's length."""
+
+    def make(topology: Topology, _agent_for: frozenset[str]) -> HostPool:
+        return CountingPool(topology.servers, topology.state_dir / "local-hosts")
+
+    engine_hosts.TRANSPORTS["counting"] = make
+    CountingPool.commands = []
+    try:
+        yield CountingPool.commands
+    finally:
+        del engine_hosts.TRANSPORTS["counting"]
+
+
+def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(
+    fleet: Fleet, counting: list[tuple[str, str]]
+) -> None:
+    fleet.transport = "counting"
+    results = list(fleet.install().values())
     assert all(r.status is Status.OK and r.details["changed"] is False for r in results)
     for node in NODES:
-        tool_runs = [c for n, c in commands if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
+        tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
         assert len(tool_runs) == 1 and " install" in tool_runs[0], tool_runs  # no lock, no unlock of its own
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
     assert fleet.store.delivered.count("node1") == 1  # the fixture's first install only
 
     fleet.store.build("v2")  # something to deliver: lock + need, delivery, install (which unlocks)
-    commands.clear()
-    results = run_deploy(fleet.topology, fleet.manifest, servers, "install", parallel=3, pool=pool, store=fleet.store)
+    counting.clear()
+    results = list(fleet.install().values())
     assert all(r.status is Status.OK and r.details["packages_sent"] == ["app"] for r in results)
     for node in NODES:
-        tool_runs = [c for n, c in commands if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
+        tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
         assert len(tool_runs) == 2 and all(" install" in c for c in tool_runs), tool_runs
         assert fleet.version(node) == "v2"

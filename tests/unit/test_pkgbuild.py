@@ -10,34 +10,56 @@ import os
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from flinger.protocol.messages import Event
+from tests.remote_helpers import REPO, envelope, parse
+
+STATES = ("built", "cached", "checked", "failed", "skipped")
 
 
-def run_build(plan: dict[str, Any], env: dict[str, str] | None = None) -> tuple[int, list[dict]]:
+@dataclass
+class Build:
+    result: Any  # BuildResult
+    events: list[Event]
+
+    def state(self, state: str) -> set[str]:
+        return {name for name, outcome in self.result.packages.items() if outcome.state == state}
+
+    def commands(self) -> list[Event]:
+        """The build commands run (a step of a package that is not one of the build's own)."""
+        return [e for e in self.events if e.event == "step" and e.text not in (*STATES, "pack", "download")]
+
+
+def as_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A plan written here as a dict (paths from/to) in the protocol's field names."""
+    packages = [
+        {**p, "paths": [{"source": m["from"], "dest": m.get("to", "")} for m in p.get("paths", [])]}
+        for p in plan["packages"]
+    ]
+    return {**plan, "packages": packages}
+
+
+def run_build(plan: dict[str, Any], env: dict[str, str] | None = None) -> tuple[int, Build]:
     proc = subprocess.run(
         [sys.executable, "-m", "flinger.remote", "build"],
-        input=json.dumps(plan),
+        input=envelope("build", as_plan(plan)),
         capture_output=True,
         text=True,
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert lines and lines[-1]["event"] == "result", proc.stderr
-    return proc.returncode, lines
+    result, events = parse("build", proc.stdout)
+    assert result is not None, proc.stderr + proc.stdout
+    return proc.returncode, Build(result, events)
 
 
-def by_event(lines: list[dict], event: str) -> list[dict]:
-    return [line for line in lines if line["event"] == event]
-
-
-def built(lines: list[dict]) -> set[str]:
-    return {line["package"] for line in by_event(lines, "built")}
+def built(build: Build) -> set[str]:
+    return build.state("built")
 
 
 @pytest.fixture
@@ -84,8 +106,8 @@ def plan_for(src: Path, out: Path, **extra: Any) -> dict[str, Any]:
 
 
 def test_tarball_members_are_normalised(tree: Path, tmp_path: Path) -> None:
-    status, lines = run_build(plan_for(tree, tmp_path / "out"))
-    assert status == 0, lines
+    status, _ = run_build(plan_for(tree, tmp_path / "out"))
+    assert status == 0
     data = (tmp_path / "out" / "packages" / "server.tar.gz").read_bytes()
     assert data[4:8] == b"\0\0\0\0"  # gzip header mtime
     assert data[3] & 0x08 == 0  # no file name in the gzip header
@@ -132,10 +154,10 @@ def test_unchanged_rebuild_builds_nothing(tree: Path, tmp_path: Path) -> None:
     status, second = run_build(plan_for(tree, out))
     assert status == 0
     assert built(second) == set()
-    assert {e["package"] for e in by_event(second, "cached")} == {"server", "web", "gen", "bundle"}
+    assert second.state("cached") == {"server", "web", "gen", "bundle"}
     # "gen" declares its inputs, so even its build command is skipped
-    assert by_event(second, "command") == []
-    assert second[-1]["built"] == [] and second[-1]["ok"] is True
+    assert second.commands() == []
+    assert second.result.ok is True
 
 
 def test_changed_input_rebuilds_only_its_dependents(tree: Path, tmp_path: Path) -> None:
@@ -184,22 +206,22 @@ def test_build_commands_without_declared_inputs_always_run(tree: Path, tmp_path:
     _, lines = run_build(plan)
     assert built(lines) == {"gen"}
     _, lines = run_build(plan)
-    assert built(lines) == set() and len(by_event(lines, "command")) == 1
-    assert by_event(lines, "cached")[0].get("commands_ran") is True
+    assert built(lines) == set() and len(lines.commands()) == 1  # the command ran, the packing was skipped
+    assert lines.state("cached") == {"gen"}
 
 
 def test_failed_command_reports_tail_and_skips_dependents(tree: Path, tmp_path: Path) -> None:
     plan = plan_for(tree, tmp_path / "out")
     plan["packages"][0]["build"] = ["for i in $(seq 1 30); do echo line$i; done; exit 3"]
     status, lines = run_build(plan)
-    assert status == 1 and lines[-1]["ok"] is False
-    failed = by_event(lines, "failed")
-    assert [f["package"] for f in failed] == ["server"]
-    assert failed[0]["exit_status"] == 3 and failed[0]["command"].startswith("for i")
-    assert failed[0]["tail"] == [f"line{i}" for i in range(11, 31)]
-    assert {e["package"] for e in by_event(lines, "skipped")} == {"bundle"}
+    assert status == 1 and lines.result.ok is False
+    assert lines.state("failed") == {"server"}
+    failed = lines.result.packages["server"]
+    assert failed.exit_status == 3 and failed.command.startswith("for i")
+    assert failed.tail == [f"line{i}" for i in range(11, 31)]
+    assert lines.state("skipped") == {"bundle"}
     assert "web" in built(lines)
-    assert any(e["event"] == "output" and e["line"] == "line1" for e in lines)
+    assert any(e.event == "line" and e.subject == "server" and e.text == "line1" for e in lines.events)
 
 
 def test_path_that_matches_nothing_names_the_path(tree: Path, tmp_path: Path) -> None:
@@ -207,7 +229,7 @@ def test_path_that_matches_nothing_names_the_path(tree: Path, tmp_path: Path) ->
     plan["packages"] = [{"name": "p", "paths": [{"from": "target/release/nope", "to": "bin"}]}]
     status, lines = run_build(plan)
     assert status == 1
-    assert "target/release/nope" in by_event(lines, "failed")[0]["error"]
+    assert "target/release/nope" in lines.result.packages["p"].error
     assert not (tmp_path / "out" / "packages" / "p.tar.gz").exists()
 
 
@@ -215,7 +237,7 @@ def test_plan_paths_must_stay_inside(tree: Path, tmp_path: Path) -> None:
     plan = plan_for(tree, tmp_path / "out")
     plan["packages"] = [{"name": "p", "paths": [{"from": "../etc/passwd", "to": "x"}]}]
     status, lines = run_build(plan)
-    assert status == 1 and "paths.from" in lines[-1]["error"]
+    assert status == 1 and "paths.from" in lines.result.error
 
 
 def test_check_only_runs_commands_and_packs_nothing(tree: Path, tmp_path: Path) -> None:
@@ -223,8 +245,7 @@ def test_check_only_runs_commands_and_packs_nothing(tree: Path, tmp_path: Path) 
     plan["packages"].append({"name": "broken", "build": ["echo nope; false"]})
     status, lines = run_build(plan)
     assert status == 1
-    checked = {e["package"]: e["ok"] for e in by_event(lines, "checked")}
-    assert checked == {"server": True, "web": True, "gen": True, "bundle": True, "broken": False}
+    assert lines.state("checked") == {"server", "web", "gen", "bundle"} and lines.state("failed") == {"broken"}
     assert (tree / "gen" / "a").exists()  # the command ran
     assert not (tmp_path / "out" / "packages").exists()
 
@@ -248,14 +269,15 @@ def test_prebuilt_download_verify_and_cache(tmp_path: Path) -> None:
     # corrupt the download cache and force a rebuild: it is fetched again
     cached_file.write_bytes(b"corrupt")
     _, lines = run_build({**plan, "no_cache": True})
-    assert by_event(lines, "download")[0].get("reused") is not True
+    assert ("step", "download") in [(e.event, e.text) for e in lines.events]  # fetched again
     assert cached_file.read_bytes() == blob.read_bytes()
     _, lines = run_build({**plan, "no_cache": True})
-    assert by_event(lines, "download")[0].get("reused") is True
+    assert ("step", "download") not in [(e.event, e.text) for e in lines.events]
+    assert any("the cached copy" in e.text for e in lines.events)
     # a wrong digest fails and caches nothing under it
     wrong = "0" * 64
     status, lines = run_build({**plan, "packages": [{**plan["packages"][0], "sha256": wrong}]})
-    assert status == 1 and "expected" in by_event(lines, "failed")[0]["error"]
+    assert status == 1 and "expected" in lines.result.packages["tool"].error
     assert not (out / "cache" / wrong).exists()
 
 
@@ -279,17 +301,6 @@ def test_prebuilt_tarball_is_unpacked(tmp_path: Path) -> None:
         assert "dist/README" in tar.getnames()
 
 
-def test_rendered_files_are_packed(tree: Path, tmp_path: Path) -> None:
-    plan = plan_for(tree, tmp_path / "out")
-    plan["packages"] = [
-        {"name": "web", "paths": [{"from": "web", "to": "public"}], "files": {"smf/web/run": "#!/bin/sh\nexec true\n"}}
-    ]
-    run_build(plan)
-    with tarfile.open(tmp_path / "out" / "packages" / "web.tar.gz") as tar:
-        assert tar.getmember("smf/web/run").mode == 0o755
-        assert tar.extractfile("smf/web/run").read() == b"#!/bin/sh\nexec true\n"  # type: ignore[union-attr]
-
-
 def test_composite_members_that_disagree_fail(tree: Path, tmp_path: Path) -> None:
     plan = plan_for(tree, tmp_path / "out")
     plan["packages"] = [
@@ -298,7 +309,7 @@ def test_composite_members_that_disagree_fail(tree: Path, tmp_path: Path) -> Non
         {"name": "ab", "type": "composite", "packages": ["a", "b"]},
     ]
     status, lines = run_build(plan)
-    assert status == 1 and "disagree" in by_event(lines, "failed")[0]["error"]
+    assert status == 1 and "disagree" in lines.result.packages["ab"].error
 
 
 def test_gzip_payload_is_the_plain_tar(tree: Path, tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import pytest
 from flinger.actions.prereqs import plan_prereqs, summary_text
 from flinger.errors import ConfigError
 from flinger.manifest import Manifest, load_manifest
+from flinger.protocol.messages import plan_line, read_plan
+from flinger.protocol.plans import UserSpec
 from flinger.topology import Topology, load_topology
 
 TOPOLOGY = """\
@@ -76,42 +78,43 @@ def load(tmp_path: Path, manifest: str = MANIFEST, topology: str = TOPOLOGY) -> 
 
 def test_builder_gets_builder_prereqs_and_servers_get_every_server_plus_roles(tmp_path: Path) -> None:
     topo, manifest = load(tmp_path, topology=TOPOLOGY.replace('"node1", "node2", "build1"', '"node1", "node2"'))
-    plans = plan_prereqs(topo, manifest)
-    assert list(plans) == ["build1", "node1", "node2"]
-    assert plans["build1"]["apt"] == ["build-essential", "rsync"]
-    assert plans["build1"]["users"] == [] and plans["build1"]["sysctl"] == {}
-    assert plans["node1"]["apt"] == ["rsync", "python3", "sqlite3"]  # union, first order kept
-    assert plans["node1"]["sysctl"] == {"fs.inotify.max_user_watches": "524288", "net.core.somaxconn": "1024"}
-    assert [d["path"] for d in plans["node1"]["dirs"]] == ["/var/lib/app", "/var/lib/app/seed"]
-    assert plans["node2"]["sysctl"] == {"fs.inotify.max_user_watches": "524288"}
-    assert [d["path"] for d in plans["node2"]["dirs"]] == ["/var/lib/app"]
+    hosts = plan_prereqs(topo, manifest)
+    assert list(hosts) == ["build1", "node1", "node2"]
+    plans = {name: host.plan for name, host in hosts.items()}
+    assert plans["build1"].apt == ["build-essential", "rsync"]
+    assert plans["build1"].users == [] and plans["build1"].sysctl == {}
+    assert plans["node1"].apt == ["rsync", "python3", "sqlite3"]  # union, first order kept
+    assert plans["node1"].sysctl == {"fs.inotify.max_user_watches": "524288", "net.core.somaxconn": "1024"}
+    assert [d.path for d in plans["node1"].dirs] == ["/var/lib/app", "/var/lib/app/seed"]
+    assert plans["node2"].sysctl == {"fs.inotify.max_user_watches": "524288"}
+    assert [d.path for d in plans["node2"].dirs] == ["/var/lib/app"]
     # the same user declared identically by "*" and "web" is one user
-    assert plans["node2"]["users"] == [{"name": "app", "group": "app", "system": True}]
-    assert plans["node1"]["dirs"][0]["mode"] == 0o750
-    assert plans["node2"]["os"] == "illumos" and plans["node1"]["os"] == "auto"
+    assert plans["node2"].users == [UserSpec("app", group="app", system=True)]
+    assert plans["node1"].dirs[0].mode == 0o750
+    assert plans["node2"].os == "illumos" and plans["node1"].os == "auto"
 
 
 def test_a_server_that_is_builder_and_deployment_server_gets_both(tmp_path: Path) -> None:
     topo, manifest = load(tmp_path)
-    plan = plan_prereqs(topo, manifest)["build1"]
-    assert plan["apt"] == ["build-essential", "rsync", "python3"]
-    assert plan["groups"] == ["app"]
-    assert [s["name"] for s in plan["scripts"]] == ["setup/builder.sh"]
+    plan = plan_prereqs(topo, manifest)["build1"].plan
+    assert plan.apt == ["build-essential", "rsync", "python3"]
+    assert plan.groups == ["app"]
+    assert [s.name for s in plan.scripts] == ["setup/builder.sh"]
 
 
 def test_scripts_carry_the_client_digest_and_run_from_the_synced_tree_on_the_builder(tmp_path: Path) -> None:
     topo, manifest = load(tmp_path)
-    plans = plan_prereqs(topo, manifest)
-    (builder_script,) = plans["build1"]["scripts"]
-    assert builder_script["path"] == "$HOME/src/setup/builder.sh"
-    assert builder_script["cwd"] == "$HOME/src"
-    assert builder_script["sha256"] == hashlib.sha256(b"echo builder\n").hexdigest()
-    assert not builder_script.get("upload")
-    (seed_script,) = plans["node1"]["scripts"]
-    assert seed_script["upload"] is True
-    assert seed_script["path"].startswith("/var/tmp/staging/prereqs-")
-    assert seed_script["sha256"] == hashlib.sha256(b"echo seed\n").hexdigest()
-    assert plans["node2"]["scripts"] == []
+    hosts = plan_prereqs(topo, manifest)
+    (builder_script,) = hosts["build1"].plan.scripts
+    assert builder_script.path == "$HOME/src/setup/builder.sh"
+    assert builder_script.cwd == "$HOME/src"
+    assert builder_script.sha256 == hashlib.sha256(b"echo builder\n").hexdigest()
+    assert hosts["build1"].uploads == {}
+    (seed_script,) = hosts["node1"].plan.scripts
+    assert seed_script.path.startswith("/var/tmp/staging/prereqs-")
+    assert hosts["node1"].uploads == {seed_script.path: (tmp_path / "src" / "setup" / "seed.sh").resolve()}
+    assert seed_script.sha256 == hashlib.sha256(b"echo seed\n").hexdigest()
+    assert hosts["node2"].plan.scripts == []
 
 
 def test_conflicting_sysctl_values_are_a_config_error_naming_both(tmp_path: Path) -> None:
@@ -148,12 +151,10 @@ def test_a_missing_script_is_a_config_error(tmp_path: Path) -> None:
     assert err.value.key == "prereqs.seed.script"
 
 
-def test_the_plan_is_plain_json(tmp_path: Path) -> None:
-    import json
-
+def test_the_plan_survives_the_wire(tmp_path: Path) -> None:
     topo, loaded = load(tmp_path)
-    plans = plan_prereqs(topo, loaded)
-    assert json.loads(json.dumps(plans)) == plans
+    for host in plan_prereqs(topo, loaded).values():
+        assert read_plan("prereqs", plan_line("prereqs", host.plan).decode()) == host.plan
 
 
 def test_summary_text() -> None:

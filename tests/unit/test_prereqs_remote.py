@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flinger.protocol.codec import decode
+from flinger.protocol.plans import PrereqsPlan
 from flinger.remote import prereqs
+from flinger.remote.__main__ import run as remote_run
+from tests.remote_helpers import envelope
 
 REPO = Path(__file__).resolve().parents[2]
 UID, GID = os.getuid(), os.getgid()
@@ -98,16 +99,12 @@ def make_root(tmp_path: Path) -> Path:
 
 
 def run(host: FakeHost, plan: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    items: list[dict[str, Any]] = []
-
-    def emit(event: str, **fields: Any) -> None:
-        assert event == "item"
-        items.append(fields)
-
-    tool = prereqs.Prereqs(
-        {"os": "debian", **plan}, runner=host, root=str(host.root), emit=emit, which=lambda name: True
-    )
-    return tool.apply(), items
+    """The plan (written here as plain data) applied to the fake host: the result, and every
+    item it looked at, as plain data."""
+    typed = decode(PrereqsPlan, {"os": "debian", **plan}, "plan")
+    tool = prereqs.Prereqs(typed, runner=host, root=str(host.root), which=lambda name: True)
+    result = tool.apply()
+    return asdict(result), [asdict(i) for i in tool.items]
 
 
 def states(items: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
@@ -229,7 +226,7 @@ def test_a_dir_with_the_wrong_mode_is_fixed_and_check_mode_leaves_it(host: FakeH
     target = host.root / "srv/x"
     target.mkdir(parents=True, mode=0o755)
     target.chmod(0o755)
-    plan = {"dirs": [{"path": "/srv/x", "mode": "0700"}]}
+    plan = {"dirs": [{"path": "/srv/x", "mode": 0o700}]}
     _, items = run(host, {**plan, "check": True})
     assert items[0]["state"] == "would-change" and items[0]["detail"] == "mode 0755 -> 0700"
     assert (target.stat().st_mode & 0o7777) == 0o755
@@ -277,7 +274,7 @@ def test_scripts_run_only_outside_check_mode_and_only_with_the_right_digest(host
     _, items = run(host, {"scripts": [{**spec, "sha256": "0" * 64}]})
     assert items[0]["state"] == "failed" and "differs from the client's copy" in items[0]["detail"]
     host.script_status = 3
-    _result, items = run(host, {"script": spec})
+    _result, items = run(host, {"scripts": [spec]})
     assert items[0]["state"] == "failed" and "status 3: boom" in items[0]["detail"]
 
 
@@ -288,17 +285,7 @@ def test_pkg_names_are_ignored_on_debian_and_apt_names_on_illumos(host: FakeHost
     assert items == [] and result["ok"]
 
 
-def test_main_reads_the_plan_and_ends_with_a_result_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    out = io.StringIO()
-    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"check": True})))
-    monkeypatch.setattr(sys, "stdout", out)
-    assert prereqs.main(["prereqs"]) == 0
-    last = json.loads(out.getvalue().splitlines()[-1])
+def test_the_command_reads_the_plan_and_ends_with_a_result_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert remote_run("prereqs", envelope("prereqs", PrereqsPlan(check=True))) == 0
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert last["event"] == "result" and last["ok"] is True and last["changed"] == 0
-
-
-def test_the_module_runs_without_site_packages() -> None:
-    code = "import flinger.remote.prereqs as p; print(p.SYSCTL_FILE)"
-    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "/etc/sysctl.d/90-flinger.conf"

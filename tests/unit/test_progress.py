@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from flinger.engine.fanout import Reporter, fan_out
+from flinger.engine.results import Status
 from flinger.errors import FlingerError
 from flinger.progress import Event, Events, Finished, Info, Output, RunLog, Started, Step, Timeline, as_record
-from flinger.ssh.fanout import Reporter, Status, fan_out
 from flinger.topology.model import Server
 from flinger.ui import UI
 

@@ -18,10 +18,12 @@ from typing import Any, ClassVar
 
 import pytest
 
+from flinger.protocol.plans import Credential, PushPlan, RegistrySpec
 from flinger.remote import registry
 from flinger.zipapp import build_remote_zipapp
 from flinger_sandbox import registry as sandbox_registry
 from flinger_sandbox.net import pick_addresses
+from tests.remote_helpers import envelope, run_remote
 from tests.unit.oldest_python import require_python39
 
 
@@ -76,18 +78,16 @@ def test_a_build_is_published_once_and_pulled_back_bit_for_bit(distribution: dic
     art = artifacts(tmp_path / "out", {"app": big, "conf": b"small"})
     reg = client(distribution)
     first = registry.publish(reg, str(art))
-    assert sorted(first["pushed"]) == ["app", "conf"] and first["present"] == []
-    assert len(big) + 5 < first["bytes_sent"] < len(big) + 5 + 4096  # packages, list and manifest, once
+    assert sorted(first.pushed) == ["app", "conf"] and first.present == []
+    assert len(big) + 5 < first.bytes_sent < len(big) + 5 + 4096  # packages, list and manifest, once
     again = registry.publish(reg, str(art))
-    assert again["pushed"] == [] and again["bytes_sent"] == 0 and again["manifest_digest"] == first["manifest_digest"]
+    assert again.pushed == [] and again.bytes_sent == 0 and again.manifest_digest == first.manifest_digest
     dest = tmp_path / "app.tar.gz"
     got = reg.pull_blob("sha256:" + hashlib.sha256(big).hexdigest(), str(dest))
-    assert dest.read_bytes() == big and got == {"bytes": len(big), "resumed": False}
+    assert dest.read_bytes() == big and got == registry.Pulled(len(big), resumed=False)
     assert dest.stat().st_mode & 0o777 == 0o600
     # the manifest names every package by digest, under the build's tag
-    _, _, body = reg.request(
-        "GET", f"/v2/test/repo/manifests/{first['tag']}", headers={"Accept": registry.MANIFEST_TYPE}
-    )
+    _, _, body = reg.request("GET", f"/v2/test/repo/manifests/{first.tag}", headers={"Accept": registry.MANIFEST_TYPE})
     layers = {layer["annotations"]["dev.flinger.package"]: layer["digest"] for layer in json.loads(body)["layers"]}
     assert layers == {
         "app": "sha256:" + hashlib.sha256(big).hexdigest(),
@@ -104,7 +104,7 @@ def test_a_partial_download_is_resumed_from_where_it_stopped(distribution: dict[
     dest = tmp_path / "blob"
     (tmp_path / "blob.part").write_bytes(data[: registry.CHUNK + 5])
     got = reg.pull_blob(digest, str(dest))
-    assert got == {"bytes": len(data) - registry.CHUNK - 5, "resumed": True}
+    assert got == registry.Pulled(len(data) - registry.CHUNK - 5, resumed=True)
     assert dest.read_bytes() == data and not (tmp_path / "blob.part").exists()
 
 
@@ -159,44 +159,36 @@ def test_the_builder_publishes_through_the_remote_tool_on_the_oldest_python(
     pyz = tmp_path / "tool.pyz"
     build_remote_zipapp(pyz)
     art = artifacts(tmp_path / "out", {"old": os.urandom(10_000)})
-    plan = {
-        "artifacts_dir": str(art),
-        "registry": {"url": distribution["url"], "repository": "test/old", "ca_pem": distribution["ca"]},
-        "credential": {"username": sandbox_registry.USERNAME, "password": distribution["password"]},
-    }
+    plan = PushPlan(
+        artifacts_dir=str(art),
+        registry=RegistrySpec(distribution["url"], "test/old", ca_pem=distribution["ca"]),
+        credential=Credential(sandbox_registry.USERNAME, distribution["password"]),
+    )
     for python in (sys.executable, require_python39()):
-        done = subprocess.run(
-            [python, str(pyz), "registry-push"],
-            input=json.dumps(plan),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        lines = [json.loads(line) for line in done.stdout.splitlines()]
-        result = lines[-1]
-        assert result["event"] == "result" and result["ok"] is True, done.stdout + done.stderr
-        assert distribution["password"] not in done.stdout + done.stderr
-    assert result["pushed"] == [] and result["bytes_sent"] == 0  # the second run found it all there
+        answer = run_remote("registry-push", plan, python=python, tool=[str(pyz)], timeout=60)
+        assert answer.result is not None and answer.result.ok is True, answer.stdout + answer.stderr
+        assert distribution["password"] not in answer.stdout + answer.stderr
+    assert answer.result.pushed == [] and answer.result.bytes_sent == 0  # the second run found it all there
     # and a server on the oldest Python pulls it back, resuming a partial download
     digest = "sha256:" + json.loads((art / "manifest.json").read_text())["packages"]["old"]["sha256"]
     (tmp_path / "old.part").write_bytes((art / "packages" / "old.tar.gz").read_bytes()[:1000])
     script = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); from flinger.remote import registry; "
-        "spec = json.loads(sys.stdin.read()); "
-        "reg = registry.from_plan(spec['registry'], spec['credential']); "
-        "print(json.dumps(reg.pull_blob(sys.argv[2], sys.argv[3])))"
+        "import dataclasses, json, sys; sys.path.insert(0, sys.argv[1]); from flinger.remote import registry; "
+        "from flinger.protocol.messages import read_plan; "
+        "plan = read_plan('registry-push', sys.stdin.read()); "
+        "reg = registry.Registry.of(plan.registry, plan.credential); "
+        "print(json.dumps(dataclasses.asdict(reg.pull_blob(sys.argv[2], sys.argv[3]))))"
     )
     done = subprocess.run(
         [require_python39(), "-c", script, str(pyz), digest, str(tmp_path / "old")],
-        input=json.dumps(plan),
+        input=envelope("registry-push", plan),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"bytes": 9000, "resumed": True}
+    assert json.loads(done.stdout) == {"received": 9000, "resumed": True}
     assert (tmp_path / "old").read_bytes() == (art / "packages" / "old.tar.gz").read_bytes()
 
 
@@ -275,7 +267,7 @@ def test_bearer_tokens_per_scope_and_a_cut_download_that_resumes(
         retries: list[str] = []
         got = reg.pull_blob(digest, str(tmp_path / "blob"), on_retry=retries.append)
         assert (tmp_path / "blob").read_bytes() == FakeRegistry.blob
-        assert got["resumed"] is True and retries and "cut off" in retries[0]
+        assert got.resumed is True and retries and "cut off" in retries[0]
         token_asks = [s for s in FakeRegistry.seen if s[0].startswith("/token?")]
         assert len(token_asks) == 1 and "scope=repository%3At%2Fr%3Apull" in token_asks[0][0]
         ranges = [s[2] for s in FakeRegistry.seen if s[0].startswith("/v2/") and s[1] == "Bearer tok-123"]

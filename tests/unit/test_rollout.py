@@ -1,4 +1,4 @@
-"""The rollout strategy (flinger/actions/rollout.py) on fake servers: batches, gates, the
+"""The rollout strategy (flinger/engine/strategy.py) on fake servers: batches, gates, the
 allowance of failures, fleet rollback order, canaries, interrupts."""
 
 from __future__ import annotations
@@ -7,13 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from flinger.actions.rollout import Amount, RolloutPolicy, parse_amount, plan_batches, run_rollout
+from flinger.engine.results import ServerResult, Status, Switch
+from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy, parse_amount, plan_batches
 from flinger.errors import UsageError
-from flinger.ssh.fanout import ServerResult, Status
 
 
 class Fleet:
-    """Fake servers: each installs ok (switching from `old` to `new`) unless told to fail."""
+    """Fake servers, the strategy's effects: each installs ok (switching from `old` to `new`)
+    unless told to fail."""
 
     def __init__(self, failing: set[str] = frozenset(), first_install: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         self.failing = set(failing)
@@ -26,7 +27,7 @@ class Fleet:
         self.interrupt_at: str | None = None
         self.waits: list[float] = []
 
-    def install(self, names: list[str]) -> list[ServerResult]:
+    def apply(self, names: list[str]) -> list[ServerResult]:
         self.installed.append(names)
         out = []
         for n in names:
@@ -36,8 +37,8 @@ class Fleet:
                 out.append(ServerResult(n, Status.FAILED, step="health:svc", message="svc is not healthy"))
             else:
                 prev = None if n in self.first_install else "old"
-                details = {"switched": True, "release": "new", "previous_release": prev, "summary": "release new"}
-                out.append(ServerResult(n, Status.OK, details=details))
+                details = {"summary": "release new"}
+                out.append(ServerResult(n, Status.OK, details=details, switch=Switch("new", prev, switched=True)))
         return out
 
     def check(self, names: list[str]) -> list[ServerResult]:
@@ -45,7 +46,7 @@ class Fleet:
         down = ServerResult("", Status.FAILED, message="svc is down")
         return [replace(down, server=n) if n in self.unhealthy_later else ServerResult(n, Status.OK) for n in names]
 
-    def rollback(self, todo: list[tuple[str, str]]) -> list[ServerResult]:
+    def undo(self, todo: list[tuple[str, str]]) -> list[ServerResult]:
         self.rolled_back.append(todo)
         return [
             ServerResult(n, Status.FAILED, step="health:svc", message="svc is not healthy")
@@ -59,7 +60,7 @@ class Fleet:
         return True
 
     def run(self, waves: list[list[str]], policy: RolloutPolicy) -> dict[str, ServerResult]:
-        return run_rollout(plan_batches(waves, policy), policy, self.install, self.check, self.rollback, self.wait)
+        return BatchRollout(policy).run(plan_batches(waves, policy), self)
 
 
 ONE = RolloutPolicy(batch=Amount(1))

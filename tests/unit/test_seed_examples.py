@@ -10,8 +10,6 @@ import ipaddress
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tomllib
 from collections.abc import Callable
@@ -21,12 +19,14 @@ from typing import Any
 import pytest
 import typer
 
-from flinger.actions.build import plan_build
+from flinger.actions.build import package_source
 from flinger.actions.check import run_check
 from flinger.cli import run  # importing flinger.cli registers every command
 from flinger.cli.app import app
 from flinger.manifest import Manifest, load_manifest
+from flinger.protocol.plans import BuildPlan
 from flinger.topology import Topology, load_topology
+from tests.remote_helpers import run_remote
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEEDS = ("orion", "gitmirror", "fustor", "nativelink", "thing-flinger")
@@ -146,14 +146,14 @@ def build_packages(config: Path) -> dict[str, set[str]]:
     """Build every package of the example at `config` with the remote tool, here (no network,
     as on a builder); returns package name -> the files in its tarball."""
     topology, manifest = load(config)
-    plan = plan_build(manifest, check_only=False, no_cache=False, jobs=2)
-    plan["source_dir"] = str(topology.source_dir)
-    plan["artifacts_dir"] = str(topology.source_dir / "out")
-    result = subprocess.run(
-        [sys.executable, "-m", "flinger.remote", "build"], input=json.dumps(plan), capture_output=True, text=True
+    plan = BuildPlan(
+        source_dir=str(topology.source_dir),
+        artifacts_dir=str(topology.source_dir / "out"),
+        packages=[package_source(p) for p in manifest.packages.values()],
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.splitlines()[-1])["ok"] is True
+    answer = run_remote("build", plan)
+    assert answer.status == 0, answer.stderr[-2000:] + answer.stdout[-2000:]
+    assert answer.result.ok is True
     contents = {}
     for tarball in (topology.source_dir / "out" / "packages").glob("*.tar.gz"):
         with tarfile.open(tarball) as archive:
@@ -190,8 +190,8 @@ def test_orion_runner_package_service_and_prereqs() -> None:
     assert svc.working_dir == "{{ install_dir }}/current/orion-runner"
     runner = next(p for p in manifest.prereqs if p.target == "runner")
     assert {"fuse3", "git"} <= set(runner.apt)
-    assert [u["name"] for u in runner.users] == ["orion"]
-    owned = {d["path"] for d in runner.dirs if d.get("owner") == "orion"}
+    assert [u.name for u in runner.users] == ["orion"]
+    owned = {d.path for d in runner.dirs if d.owner == "orion"}
     assert {"/data/scorpio/store", "/data/scorpio/tmp_build", "/data/scorpio/antares/mnt", "/workspace/mount"} <= owned
 
 

@@ -217,9 +217,9 @@ def test_shipped_definition_wins_and_is_rendered(tmp_path: Path) -> None:
 def test_health_placeholders_rendered(tmp_path: Path) -> None:
     check = render_health(quorum_service(tmp_path), CONTEXT, "quorum")
     assert check is not None
-    assert check["url"] == "https://10.0.0.11:8443/status"
-    assert check["ca"] == "/opt/quorum/current/overlay/tls/ca.pem"
-    assert check["timeout"] == 30.0
+    assert check.url == "https://10.0.0.11:8443/status"
+    assert check.ca == "/opt/quorum/current/overlay/tls/ca.pem"
+    assert check.timeout == 30.0
 
 
 def test_every_registered_manager_is_known_to_topology_rendering_and_its_remote_driver(tmp_path: Path) -> None:

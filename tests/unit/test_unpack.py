@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import os
-import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -151,20 +148,3 @@ def test_existing_dest_is_kept_unless_replace(tmp_path: Path) -> None:
     unpack.extract(str(archive), str(dest), replace=True)
     assert sorted(p.name for p in dest.iterdir()) == ["ok.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.tar.gz", "pkg"]
-
-
-def run_unpack(*args: str) -> tuple[int, dict]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "flinger.remote", "unpack", *args], capture_output=True, text=True, cwd=REPO
-    )
-    return proc.returncode, json.loads(proc.stdout.splitlines()[-1])
-
-
-def test_unpack_command(tmp_path: Path) -> None:
-    good = make_tar(tmp_path / "good.tar.gz", GOOD)
-    status, result = run_unpack(str(good), str(tmp_path / "a"))
-    assert status == 0 and result["ok"] is True and result["members"] == 1
-    bad = make_tar(tmp_path / "bad.tar.gz", MALICIOUS["dotdot"])
-    status, result = run_unpack(str(bad), str(tmp_path / "b"))
-    assert status == 1 and result["ok"] is False and "refused" in result["error"]
-    assert not (tmp_path / "b").exists()

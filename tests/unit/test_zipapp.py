@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import io
-import json
+import shutil
 import subprocess
 import sys
-import tarfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from flinger.protocol.plans import BuildPlan, InstallPlan, PackageRef, PackageSource, PathMap
 from flinger.zipapp import build_remote_zipapp
+from tests.remote_helpers import run_remote
 from tests.unit.oldest_python import require_python39
 
 REPO = Path(__file__).resolve().parents[2]
 REMOTE = REPO / "flinger" / "remote"
+PROTOCOL = REPO / "flinger" / "protocol"
+SHIPPED = sorted([*REMOTE.glob("*.py"), *PROTOCOL.glob("*.py")])  # what the tool carries
 
 
 def interpreters() -> list[str]:
@@ -52,58 +55,50 @@ def test_zipapp_holds_only_the_remote_tool(pyz: Path) -> None:
         n
         for n in names
         if n not in ("__main__.py", "flinger/__init__.py")
-        and not (n.startswith("flinger/remote/") and n.endswith(".py") and n.count("/") == 2)
+        and not (n.startswith(("flinger/remote/", "flinger/protocol/")) and n.endswith(".py") and n.count("/") == 2)
     ]
     assert outside == []
-    assert {f"flinger/remote/{p.name}" for p in REMOTE.glob("*.py")} <= set(names)
+    assert {f"flinger/{p.parent.name}/{p.name}" for p in SHIPPED} <= set(names)
 
 
 @pytest.mark.parametrize("python", interpreters())
-def test_zipapp_builds_and_unpacks_without_site_packages(pyz: Path, tmp_path: Path, python: str) -> None:
+def test_zipapp_builds_and_installs_without_site_packages(pyz: Path, tmp_path: Path, python: str) -> None:
+    """The tool alone (no site-packages) builds a package and installs it, as on a builder and
+    a server: the lock, what it lacks, the unpack, the release, `current`."""
     python = require_python39() if python == "python3.9" else python
     src = tmp_path / "src"
     src.mkdir()
     (src / "hello.txt").write_text("hello\n")
-    plan = {
-        "source_dir": str(src),
-        "artifacts_dir": str(tmp_path / "out"),
-        "packages": [
-            {
-                "name": "hello",
-                "build": ["echo built > made.txt"],
-                "paths": [{"from": "hello.txt", "to": "share/hello.txt"}, {"from": "made.txt", "to": "made.txt"}],
-            }
+    plan = BuildPlan(
+        source_dir=str(src),
+        artifacts_dir=str(tmp_path / "out"),
+        packages=[
+            PackageSource(
+                "hello",
+                build=["echo built > made.txt"],
+                paths=[PathMap("hello.txt", "share/hello.txt"), PathMap("made.txt", "made.txt")],
+            )
         ],
-    }
-    done = subprocess.run(
-        [python, "-I", "-S", str(pyz), "build"], input=json.dumps(plan), capture_output=True, text=True, cwd=tmp_path
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(done.stdout.splitlines()[-1])
-    assert result["ok"] is True and result["built"] == ["hello"]
+    tool = ["-I", "-S", str(pyz)]
+    answer = run_remote("build", plan, python=python, tool=tool)
+    assert answer.status == 0, answer.stdout + answer.stderr
+    assert answer.result.ok is True and answer.result.packages["hello"].state == "built"
     package = tmp_path / "out" / "packages" / "hello.tar.gz"
-    done = subprocess.run(
-        [python, "-I", "-S", str(pyz), "unpack", str(package), str(tmp_path / "unpacked")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert (tmp_path / "unpacked" / "share" / "hello.txt").read_text() == "hello\n"
-    assert (tmp_path / "unpacked" / "made.txt").read_text() == "built\n"
 
-    evil = tmp_path / "evil.tar.gz"
-    with tarfile.open(evil, "w:gz") as tar:
-        info = tarfile.TarInfo("../escape")
-        tar.addfile(info, io.BytesIO(b""))
-    done = subprocess.run(
-        [python, "-I", "-S", str(pyz), "unpack", str(evil), str(tmp_path / "evil")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 1 and not (tmp_path / "evil").exists()
-    assert not (tmp_path / "escape").exists()
+    run_dir = tmp_path / "staging" / "runs" / "app" / "r1"
+    install_dir = tmp_path / "app"
+    ref = PackageRef("hello", answer.result.packages["hello"].sha256, "packages/hello.tar.gz")
+    install = InstallPlan(str(install_dir), str(run_dir), "r1", "test r1", packages=[ref], acquire=True,
+                          release_lock=True)  # fmt: skip
+    first = run_remote("install", install, python=python, tool=tool)
+    assert first.status == 0 and first.result.need == ["hello"], first.stdout + first.stderr
+    (run_dir / "packages").mkdir(parents=True)
+    shutil.copy(package, run_dir / "packages")
+    done = run_remote("install", replace(install, acquire=False), python=python, tool=tool)
+    assert done.status == 0 and done.result.changed and done.result.release == "r1", done.stdout + done.stderr
+    assert (install_dir / "current" / "hello" / "share" / "hello.txt").read_text() == "hello\n"
+    assert (install_dir / "current" / "hello" / "made.txt").read_text() == "built\n"
 
 
 def test_unknown_command_is_a_usage_error(pyz: Path, tmp_path: Path) -> None:
@@ -113,9 +108,9 @@ def test_unknown_command_is_a_usage_error(pyz: Path, tmp_path: Path) -> None:
     assert done.returncode == 2 and "usage" in done.stderr
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in REMOTE.glob("*.py")))
+@pytest.mark.parametrize("module", [f"{p.parent.name}/{p.name}" for p in SHIPPED])
 def test_remote_modules_import_only_the_standard_library(module: str) -> None:
-    source = (REMOTE / module).read_text()
+    source = (REPO / "flinger" / module).read_text()
     tree = ast.parse(source, feature_version=(3, 9))  # also: no syntax newer than 3.9
     imported: set[str] = set()
     for node in ast.walk(tree):
@@ -128,7 +123,7 @@ def test_remote_modules_import_only_the_standard_library(module: str) -> None:
         for name in imported
         if name.split(".")[0] not in sys.stdlib_module_names
         and name != "flinger"
-        and not name.startswith("flinger.remote")
+        and not name.startswith(("flinger.remote", "flinger.protocol"))
     }
     assert foreign == set()
 
@@ -136,11 +131,11 @@ def test_remote_modules_import_only_the_standard_library(module: str) -> None:
 @pytest.mark.parametrize("python", interpreters())
 def test_every_remote_module_imports_from_the_zipapp(pyz: Path, tmp_path: Path, python: str) -> None:
     python = require_python39() if python == "python3.9" else python
-    modules = sorted(p.stem for p in REMOTE.glob("*.py") if p.stem != "__main__")
+    modules = sorted(f"{p.parent.name}.{p.stem}" for p in SHIPPED if p.stem != "__main__")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import importlib\n"
         "for m in sys.argv[2:]:\n"
-        "    mod = importlib.import_module('flinger.remote.' + m)\n"
+        "    mod = importlib.import_module('flinger.' + m)\n"
         "    assert mod.__file__.startswith(sys.argv[1]), mod.__file__\n"
     )
     done = subprocess.run(

@@ -1,13 +1,13 @@
 """Fan-out: run one function per server on a bounded pool and collect per-server results.
 
-A server's outcome is data (`ServerResult`): ok, failed (at which step, exit status, last
-lines of output) or unreachable. One server failing never stops the others unless
-`fail_fast`; then servers not yet started are reported as skipped.
+Each server's function reports through its `Reporter` (typed progress events, the step it
+is in, the lines that explain a failure) and its outcome becomes a `ServerResult`
+(results.py). One server failing never stops the others unless `fail_fast`; then servers
+not yet started are reported as skipped.
 """
 
 from __future__ import annotations
 
-import enum
 import signal
 import sys
 import threading
@@ -15,47 +15,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import Any
 
-from flinger.errors import ExitStatus, FlingerError, RemoteCommandError, UnreachableError
+from flinger.engine.results import ServerResult, Status, Switch
+from flinger.errors import FlingerError, RemoteCommandError, UnreachableError
 from flinger.progress import Event, Finished, Info, Output, Sink, Started, Step, Timeline, nowhere
 from flinger.topology.model import Server
-
-
-class Status(enum.StrEnum):
-    OK = "ok"
-    FAILED = "failed"
-    UNREACHABLE = "unreachable"
-    SKIPPED = "skipped"
-    INTERRUPTED = "interrupted"  # not started: Ctrl-C came first
-    ROLLED_BACK = "rolled back"  # its own step went well, then the rollout was undone there
-
-
-@dataclass
-class ServerResult:
-    server: str
-    status: Status
-    duration: float = 0.0
-    step: str | None = None
-    exit_code: int | None = None
-    message: str | None = None
-    tail: list[str] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-    steps: list[dict[str, object]] = field(default_factory=list)  # each step and its seconds
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "server": self.server,
-            "status": self.status.value,
-            "duration": round(self.duration, 3),
-            "step": self.step,
-            "exit_code": self.exit_code,
-            "message": self.message,
-            "tail": self.tail,
-            "details": self.details,
-            "steps": self.steps,
-        }
 
 
 class Reporter:
@@ -70,6 +35,7 @@ class Reporter:
         self.current_step: str | None = None
         self.details: dict[str, Any] = {}
         self.tail: deque[str] = deque(maxlen=20)
+        self.switch: Switch | None = None  # what the work did to the release the server runs
 
     def emit(self, event: Event) -> None:
         self.timeline(event)
@@ -120,6 +86,7 @@ def _run_one(server: Server, work: Work, emit: Sink) -> ServerResult:
         message=message,
         tail=tail,
         details={**reporter.details, **details},
+        switch=reporter.switch,
     )
     reporter.emit(Finished(server.name, status.value))
     result.steps = reporter.timeline.of(server.name)
@@ -185,16 +152,3 @@ def fan_out(
                 results[server.name] = ServerResult(server.name, Status.SKIPPED, message="not started (--fail-fast)")
                 events(Finished(server.name, Status.SKIPPED.value))
     return [results[s.name] for s in servers]
-
-
-def exit_status(results: Iterable[ServerResult]) -> ExitStatus:
-    """130 if Ctrl-C stopped servers from starting, else 1 if any server failed (or was
-    skipped), else 4 if any was unreachable, else 0."""
-    statuses = {r.status for r in results}
-    if Status.INTERRUPTED in statuses:
-        return ExitStatus.INTERRUPTED
-    if Status.FAILED in statuses or Status.SKIPPED in statuses or Status.ROLLED_BACK in statuses:
-        return ExitStatus.FAILED
-    if Status.UNREACHABLE in statuses:
-        return ExitStatus.UNREACHABLE
-    return ExitStatus.OK

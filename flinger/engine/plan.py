@@ -13,49 +13,46 @@ from typing import Any
 from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Package
+from flinger.protocol import graph
+from flinger.protocol.codec import encode
+from flinger.protocol.plans import Owner, ServiceSpec
 from flinger.topology.model import Server, Topology
 
 
 @dataclass
-class ServicePlan:
-    name: str
-    package: str
-    manager: str
-    files: dict[str, str]
-    after: list[str]
-    health: dict[str, Any] | None
-    log_files: list[str] = field(default_factory=list)
-    validate: str | None = None
-
-    def as_remote(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "package": self.package,
-            "manager": self.manager,
-            "files": self.files,
-            "after": self.after,
-            "health": self.health,
-            "log_files": self.log_files,
-            "validate": self.validate,
-        }
-
-
-@dataclass
 class ServerPlan:
+    """One server's part of `deploy install`: its dependency wave, packages, overlay files
+    (names only: the plan holds no secret) and rendered services."""
+
     server: str
     addr: str
     wave: int
     packages: list[str]
     overlay_files: list[str]
-    services: list[ServicePlan]
+    services: list[ServiceSpec]
     staging_dir: str
     install_dir: str
     overlay_dir: Path
-    overlay_owner: dict[str, str] | None = None
+    overlay_owner: Owner | None = None
     registry: str | None = None  # "URL/REPOSITORY" when the server pulls its packages from there
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
+        runs = f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>"
+        delivery: dict[str, Any] = (
+            {
+                "step": "push",
+                "by": "builder",
+                "only": "packages the server does not have unpacked (it says which, holding the lock)",
+            }
+            if self.registry is None
+            else {
+                "step": "pull",
+                "by": "server, in its install (the builder publishes the build once per run)",
+                "from": self.registry,
+                "only": "packages the server does not have unpacked, each checked against its sha256",
+            }
+        )
         return {
             "server": self.server,
             "addr": self.addr,
@@ -66,40 +63,25 @@ class ServerPlan:
                     "path": f"{self.install_dir}/.flinger/lock",
                     "tool": f"{self.staging_dir}/flinger-remote.pyz",
                 },
-                {
-                    "step": "push",
-                    "by": "builder",
-                    "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/packages",
-                    "files": [f"{p}.tar.gz" for p in self.packages],
-                    "only": "packages the server does not have unpacked (it says which, holding the lock)",
-                }
-                if self.registry is None
-                else {
-                    "step": "pull",
-                    "by": "server, in its install (the builder publishes the build once per run)",
-                    "from": self.registry,
-                    "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/packages",
-                    "files": [f"{p}.tar.gz" for p in self.packages],
-                    "only": "packages the server does not have unpacked, each checked against its sha256",
-                },
+                {**delivery, "to": f"{runs}/packages", "files": [f"{p}.tar.gz" for p in self.packages]},
                 {
                     "step": "overlay",
                     "by": "client, in the install's plan",
-                    "to": f"{self.staging_dir}/runs/{staging_key(self.install_dir)}/<run>/overlay",
+                    "to": f"{runs}/overlay",
                     "files": self.overlay_files,
                 },
                 {
                     "step": "install",
                     "install_dir": self.install_dir,
                     "packages": self.packages,
-                    "overlay_owner": self.overlay_owner,
+                    "overlay_owner": encode(self.overlay_owner),
                     "services": [
                         {
                             "name": s.name,
                             "package": s.package,
                             "manager": s.manager,
                             "after": s.after,
-                            "health": s.health,
+                            "health": encode(s.health),
                             "validate": s.validate,
                             "files": sorted(s.files),
                         }
@@ -156,26 +138,17 @@ def template_context(topology: Topology, server: Server, package: Package | None
 def _waves(manifest: Manifest, plans: dict[str, list[Package]]) -> dict[str, int]:
     """Servers whose services others start `after` go in earlier waves (e.g. a scheduler
     before its workers), so cross-server ordering holds; within a wave all run in parallel."""
-    by_service = {p.service_name: p for p in manifest.packages.values() if p.service}
-    depth: dict[str, int] = {}
-
-    def service_depth(name: str, trail: tuple[str, ...] = ()) -> int:
-        if name in depth:
-            return depth[name]
-        if name in trail:
-            raise FlingerError(f"services depend on each other in a cycle: {' -> '.join((*trail, name))}")
-        pkg = by_service.get(name)
-        after = pkg.service.after if pkg and pkg.service else ()
-        depth[name] = 1 + max((service_depth(a, (*trail, name)) for a in after), default=-1)
-        return depth[name]
-
+    after = {p.service_name: list(p.service.after) for p in manifest.packages.values() if p.service}
+    try:
+        depth = graph.depth(after)
+    except graph.Cycle as exc:
+        raise FlingerError(f"services depend on each other in a cycle: {exc}") from None
     return {
-        server: max((service_depth(p.service_name) for p in pkgs if p.service), default=0)
-        for server, pkgs in plans.items()
+        server: max((depth[p.service_name] for p in pkgs if p.service), default=0) for server, pkgs in plans.items()
     }
 
 
-def _overlay_owner(packages: list[Package]) -> dict[str, str] | None:
+def _overlay_owner(packages: list[Package]) -> Owner | None:
     """The overlay is private (0600/0700): it belongs to the one service user that must read
     it. Root-run services read it anyway; with two different service users, root keeps it."""
     users = {
@@ -187,10 +160,10 @@ def _overlay_owner(packages: list[Package]) -> dict[str, str] | None:
         return None
     user, group = users.pop()
     assert user is not None and group is not None
-    return {"user": user, "group": group}
+    return Owner(user, group)
 
 
-def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServicePlan:
+def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServiceSpec:
     from flinger.service_render import render_health, render_service, render_validate, resolve_service
 
     assert pkg.service is not None
@@ -204,7 +177,7 @@ def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServicePl
         override_dir=smf_dir if smf_dir.is_dir() else None,
     )
     resolved = resolve_service(pkg.service, pkg.service_name, context)
-    return ServicePlan(
+    return ServiceSpec(
         name=pkg.service_name,
         package=pkg.name,
         manager=server.service_manager,

@@ -1,65 +1,24 @@
-"""The transport seam: what the deploy engine needs of a host, and a local implementation.
+"""The local transport: every "host" is this machine, each with a home directory of its own.
 
-`Transport` is what deploy steps use of a host: run a command line, put bytes or a file,
-make a directory and rename over the file channel. `flinger.ssh.connection.Connection` is the
-SSH implementation. `LocalTransport` runs the very same command lines with /bin/sh on this
-machine, each "host" with its own $HOME, so the engine (locks, staging, rollouts, rollbacks,
-with the real remote tool) runs in unit tests without SSH. A `HostPool` hands out transports
-by server name; `LocalPool` is the local one.
+`LocalTransport` runs the very same command lines as SSH would, with /bin/sh and HOME set to
+the host's own directory, so the engine (locks, staging, rollouts, rollbacks, with the real
+remote tool) runs on one machine without SSH. `LocalPool` hands them out by server name; it
+has no host keys, and copies between its hosts with a local rsync.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 from flinger.errors import RemoteCommandError
 from flinger.ssh.connection import CommandResult, LineSink
+from flinger.ssh.openssh import remote_rsync_path
 from flinger.topology.model import Server
-
-
-class Transport(Protocol):
-    server: Server
-    home: str | None  # the login user's $HOME there, once asked
-
-    def open(self) -> None: ...
-
-    def run(
-        self,
-        command: str,
-        *,
-        stdin: bytes | None = None,
-        on_line: LineSink | None = None,
-        check: bool = True,
-        timeout: float | None = None,
-    ) -> CommandResult: ...
-
-    def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None: ...
-
-    def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None: ...
-
-    def sftp_mkdir(self, remote_path: str, mode: int = 0o700) -> None: ...
-
-    def sftp_rename(self, source: str, dest: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class HostPool(Protocol):
-    def get(self, name: str) -> Transport: ...
-
-    def lease(self, name: str) -> AbstractContextManager[Transport]: ...
-
-    def check_trusted(self, server: Server) -> None:
-        """Raise HostKeyError when the server's host key is not known (first use is `trust`)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class LocalTransport:
@@ -68,10 +27,10 @@ class LocalTransport:
     def __init__(self, server: Server, home: Path) -> None:
         self.server = server
         self.home: str | None = None
-        self._home = home
+        self.home_dir = home
 
     def open(self) -> None:
-        self._home.mkdir(parents=True, exist_ok=True)
+        self.home_dir.mkdir(parents=True, exist_ok=True)
 
     def run(
         self,
@@ -87,8 +46,8 @@ class LocalTransport:
             ["/bin/sh", "-c", command],
             input=stdin if stdin is not None else b"",
             capture_output=True,
-            env={**os.environ, "HOME": str(self._home)},
-            cwd=self._home,
+            env={**os.environ, "HOME": str(self.home_dir)},
+            cwd=self.home_dir,
             timeout=timeout,
             check=False,
         )
@@ -132,14 +91,21 @@ class LocalTransport:
 class LocalPool:
     """LocalTransports by server name, each with its own home under `root`."""
 
-    def __init__(self, servers: dict[str, Server], root: Path) -> None:
-        self._hosts = {name: LocalTransport(server, root / name) for name, server in servers.items()}
+    keys = None  # no host keys: this machine
 
-    def get(self, name: str) -> Transport:
+    def __init__(self, servers: dict[str, Server], root: Path) -> None:
+        self.root = root
+        self._hosts = {name: LocalTransport(server, root / name) for name, server in servers.items()}
+        self.bulk = LocalRsync(self)
+
+    def get(self, name: str) -> LocalTransport:
         return self._hosts[name]
 
+    def home_of(self, name: str) -> Path:
+        return self._hosts[name].home_dir
+
     @contextlib.contextmanager
-    def lease(self, name: str) -> Iterator[Transport]:
+    def lease(self, name: str) -> Iterator[LocalTransport]:
         yield self._hosts[name]
 
     def check_trusted(self, server: Server) -> None:
@@ -147,3 +113,26 @@ class LocalPool:
 
     def close(self) -> None:
         pass
+
+
+class LocalRsync:
+    """Bulk copies between the local hosts' directories, with a local rsync."""
+
+    def __init__(self, pool: LocalPool) -> None:
+        self.pool = pool
+
+    def push_argv(self, dest: Server, path: str, options: list[str], source: Path) -> list[str]:
+        home = self.pool.home_of(dest.name)
+        relative = remote_rsync_path(path)
+        target = Path(relative) if relative.startswith("/") else home / relative
+        return ["rsync", *options, "--", f"{source}/", f"{target}/"]
+
+    def relay(
+        self, via: Server, sources: list[str], dest: Server, dest_dir: str, on_line: Callable[[str], None]
+    ) -> CommandResult:
+        argv = ["rsync", "--relative", "--times", "--perms", "--chmod=F600,D700", "--stats", "--", *sources,
+                f"{dest_dir}/"]  # fmt: skip
+        result = self.pool.get(via.name).run(shlex.join(argv), on_line=lambda _s, t: on_line(t), check=False)
+        if result.exit_code != 0:
+            raise RemoteCommandError(f"rsync from {via.name} to {dest.name}", result.exit_code, result.tail)
+        return result

@@ -1,0 +1,59 @@
+"""`execute`: an operation on a run's servers, all at once or rolled out by a strategy.
+
+Without a strategy every server runs the operation (up to `--parallel` at once). With one,
+the operation's servers are put in its waves, the strategy cuts them into batches and goes
+through them with the run's real effects: the operation on a batch, `deploy status` as the
+gate, a rollback as the undo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flinger.engine.fanout import Reporter, fan_out
+from flinger.engine.operations import Operation, Rollback, Status
+from flinger.engine.results import ServerResult
+from flinger.engine.run import Run
+from flinger.engine.strategy import Strategy, interruptible_sleep
+from flinger.topology.model import Server
+
+
+def execute(
+    run: Run, operation: Operation, servers: list[Server], strategy: Strategy | None = None
+) -> list[ServerResult]:
+    """Run `operation` on `servers`; each server's result, in the servers' order."""
+    operation.start(run)
+    if strategy is None:
+        return _fan_out(run, operation, servers, fail_fast=run.settings.fail_fast)
+    effects = _Effects(run, operation, {s.name: s for s in servers})
+    results = strategy.run(strategy.batches(operation.waves(servers)), effects)
+    return [results[s.name] for s in servers]
+
+
+def _fan_out(run: Run, operation: Operation, servers: list[Server], *, fail_fast: bool = False) -> list[ServerResult]:
+    def work(server: Server, report: Reporter) -> dict[str, Any]:
+        return operation.on_server(run, server, report)
+
+    return fan_out(servers, work, parallel=run.settings.parallel, events=run.events, fail_fast=fail_fast)
+
+
+class _Effects:
+    """A strategy's effects on a run's real servers."""
+
+    def __init__(self, run: Run, operation: Operation, servers: dict[str, Server]) -> None:
+        self.run = run
+        self.operation = operation
+        self.servers = servers
+
+    def apply(self, names: list[str]) -> list[ServerResult]:
+        chosen = [self.servers[n] for n in names]
+        return _fan_out(self.run, self.operation, chosen, fail_fast=self.run.settings.fail_fast)
+
+    def check(self, names: list[str]) -> list[ServerResult]:
+        return _fan_out(self.run, Status(), [self.servers[n] for n in names])
+
+    def undo(self, todo: list[tuple[str, str]]) -> list[ServerResult]:
+        return _fan_out(self.run, Rollback(targets=dict(todo)), [self.servers[n] for n, _ in todo])
+
+    def wait(self, seconds: float) -> bool:
+        return interruptible_sleep(seconds)

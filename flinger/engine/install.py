@@ -1,0 +1,176 @@
+"""`deploy install` on one server, in as few round trips as it takes.
+
+Connect, and run the remote `install` with that server's overlay (and only that one) in its
+plan: it takes the server's deploy lock (nothing is staged before it), and when every
+package is already there (a re-run, an overlay change) or the server pulls what it lacks
+from a registry itself, it also installs and gives the lock up, all in one command.
+Otherwise it names the packages it lacks, still holding the lock; the artifact store
+delivers them into this run's staging dir, and a second `install` finishes. Which servers
+go when, and what is undone when the rollout stops, is the strategy's (strategy.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from flinger.engine import report as explain
+from flinger.engine.plan import ServerPlan
+from flinger.engine.remote import into_report, run_tool
+from flinger.engine.results import Switch
+from flinger.engine.session import Session, open_session, release_lock
+from flinger.engine.stores import staged_tarball
+from flinger.errors import FlingerError, RemoteCommandError
+from flinger.protocol.plans import InstallPlan, PackageRef
+from flinger.protocol.results import InstallResult
+from flinger.topology.model import Server
+
+if TYPE_CHECKING:
+    from flinger.engine.fanout import Reporter
+    from flinger.engine.run import Run
+
+
+class Install:
+    """The install operation: each server's plan (plan.py), made once for the whole run."""
+
+    name = "install"
+
+    def __init__(self, plans: list[ServerPlan]) -> None:
+        self.plans = {p.server: p for p in plans}
+
+    def waves(self, servers: list[Server]) -> list[list[str]]:
+        waves = sorted({self.plans[s.name].wave for s in servers})
+        return [[s.name for s in servers if self.plans[s.name].wave == wave] for wave in waves]
+
+    def start(self, run: Run) -> None:
+        """Read what was built at once, beside the servers' first steps: every server needs
+        it, and it need not wait for the first of them to ask."""
+        _prefetch(run.store.built)
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        plan = self.plans[server.name]
+        if not plan.overlay_files:
+            raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
+        session = open_session(run, server, report, step="lock", stages=True)
+        remote = self._remote_plan(run, server, plan, session, report)
+        attempt = _Attempt(run, session, report)
+        try:
+            result = attempt.install(remote)
+            stats: dict[str, int] = {}
+            report.details["packages_sent"] = result.need
+            if result.need:  # the lock is held: deliver what this server lacks, then install
+                report.step("push")
+                session.conn.sftp_mkdir(remote.staging_dir, 0o700)
+                stats = run.store.deliver(server, remote.staging_dir, result.need, report)
+                report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
+                report.step("install")
+                result = attempt.install(replace(remote, acquire=False))
+            elif result.pulled:
+                report.info(
+                    f"{sum(result.pulled.values()):,} bytes pulled from the registry ({', '.join(result.pulled)})"
+                )
+            else:
+                report.info("0 bytes pushed (every package already installed)")
+        finally:
+            if not attempt.unlocked:
+                release_lock(run, session, report)
+        return self._outcome(run, result, stats, report)
+
+    def _remote_plan(
+        self, run: Run, server: Server, plan: ServerPlan, session: Session, report: Reporter
+    ) -> InstallPlan:
+        wait_step = run.store.wait_step
+        if wait_step is not None:  # the registry's publish, once per run
+            report.step(wait_step)
+        built = run.store.built()
+        if wait_step is not None:
+            report.step("lock")  # the install takes it first
+        missing = [p for p in plan.packages if p not in built]
+        if missing:
+            raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
+        pull = run.store.pull_spec()
+        if pull is not None and pull.credential and pull.credential not in plan.overlay_files:
+            raise FlingerError(f"the overlay of {server.name} has no registry pull credential: run flinger overlay")
+        deployment = run.topology.deployment
+        return InstallPlan(
+            install_dir=session.install_dir,
+            staging_dir=f"{session.runs}/{run.run_id}",
+            release=run.run_id,
+            # the tool refuses to switch anything unless this run still holds the lock
+            lock_holder=run.holder,
+            packages=[PackageRef(p, built[p].sha256, staged_tarball(built, p)) for p in plan.packages],
+            services=plan.services,
+            overlay_files={
+                rel: base64.b64encode((plan.overlay_dir / rel).read_bytes()).decode() for rel in plan.overlay_files
+            },
+            overlay_owner=plan.overlay_owner,
+            staging_runs=session.runs,
+            acquire=True,
+            acquire_wait=run.settings.lock_wait,
+            release_lock=True,
+            keep_releases=deployment.keep_releases,
+            pull=pull,
+        )
+
+    @staticmethod
+    def _outcome(run: Run, result: InstallResult, stats: dict[str, int], report: Reporter) -> dict[str, Any]:
+        started = result.started
+        summary = f"release {result.release or run.run_id}" if result.changed else "no change"
+        if started:  # same release; services that were not running are running again
+            summary = f"release {result.release} unchanged; started {', '.join(started)} (was not running)"
+        switched = result.changed and not started
+        report.switch = Switch(result.release, result.previous_release, switched)
+        if result.broke_stale is not None:
+            stale = result.broke_stale
+            report.details["broke_stale_lock"] = {"holder": stale.holder, "since": stale.since, "reason": stale.reason}
+        return {
+            "changed": result.changed,
+            "started": started,
+            "release": result.release,
+            "switched": switched,  # moved to a new release by this run (what a rollout that fails later undoes)
+            "previous_release": result.previous_release,
+            "push": stats,
+            "pulled": result.pulled,
+            "summary": f"{summary}; {explain.moved(stats, result.pulled)}",
+        }
+
+
+class _Attempt:
+    """The remote `install` of one server, run once or twice; knows whether it gave the lock up."""
+
+    def __init__(self, run: Run, session: Session, report: Reporter) -> None:
+        self.session = session
+        self.report = report
+        self.unlocked = False
+        self.server = session.conn.server.name
+
+    def install(self, plan: InstallPlan) -> InstallResult:
+        session, report = self.session, self.report
+        try:
+            result = run_tool(session.conn, session.tool, "install", plan, InstallResult,
+                              on_event=into_report(report, "install: "), on_text=report.line)  # fmt: skip
+        except RemoteCommandError as exc:
+            failed = exc.result
+            if isinstance(failed, InstallResult):
+                self.unlocked = self.unlocked or failed.lock_released
+                if failed.step == "lock" and failed.service_log is None:
+                    raise FlingerError(f"{self.server}: {exc.message}") from None
+            raise explain.explained(exc, report) from None
+        self.unlocked = self.unlocked or result.lock_released
+        return result
+
+
+def _prefetch(read: Callable[[], object]) -> None:
+    """Start `read` (which caches what it reads) at once, in the background. An error is
+    left for the servers that ask again: each reports it as its own step's failure."""
+
+    def quietly() -> None:
+        try:
+            read()
+        except Exception:  # noqa: BLE001,S110 - the servers' own call reports it
+            pass
+
+    threading.Thread(target=quietly, name="flinger-prefetch", daemon=True).start()

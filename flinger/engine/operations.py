@@ -1,0 +1,131 @@
+"""The deploy subcommands besides install, one class each: what it asks each server (its
+plan), what it does with the answer, and the line the summary shows.
+
+Every operation has a `name`, `on_server(run, server, report) -> details`, the order a
+rollout takes its servers in (`waves`) and what it does once before them (`start`).
+execute.py runs them on the servers, through a strategy when they roll out in batches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from flinger.engine import report as lines
+from flinger.engine.remote import into_report, run_tool
+from flinger.engine.results import Switch
+from flinger.engine.session import open_session
+from flinger.errors import RemoteCommandError
+from flinger.protocol.codec import encode
+from flinger.protocol.plans import InventoryPlan, LockPlan, RollbackPlan, UninstallPlan
+from flinger.protocol.results import HistoryResult, LockResult, StatusResult, SwitchResult, UninstallResult
+from flinger.topology.model import Server
+
+if TYPE_CHECKING:
+    from flinger.engine.fanout import Reporter
+    from flinger.engine.run import Run
+
+
+class Operation(Protocol):
+    name: str
+
+    def waves(self, servers: list[Server]) -> list[list[str]]:
+        """The servers in the order a rollout takes them (their services' dependencies)."""
+        ...
+
+    def start(self, run: Run) -> None:
+        """What the run does once, before the first server."""
+        ...
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        """Do the operation on one server; what --json says of it (with a `summary` line)."""
+        ...
+
+
+class OnEveryServer:
+    """What most operations do besides their own step: all servers in one wave, no start."""
+
+    def waves(self, servers: list[Server]) -> list[list[str]]:
+        return [[s.name for s in servers]]
+
+    def start(self, run: Run) -> None:
+        pass
+
+
+class Status(OnEveryServer):
+    """`deploy status`: what each server runs; a service not running or unhealthy fails it."""
+
+    name = "status"
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        session = open_session(run, server, report, step="status")
+        plan = InventoryPlan(session.install_dir)
+        result = run_tool(session.conn, session.tool, "status", plan, StatusResult, on_event=into_report(report))
+        details: dict[str, Any] = {**encode(result), "summary": lines.status_line(result)}
+        report.details.update(details)
+        lines.require_running(result, report)
+        return details
+
+
+class History(OnEveryServer):
+    """`deploy history`: the releases kept on each server."""
+
+    name = "history"
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        session = open_session(run, server, report, step="history")
+        plan = InventoryPlan(session.install_dir)
+        result = run_tool(session.conn, session.tool, "history", plan, HistoryResult, on_event=into_report(report))
+        return {**encode(result), "summary": lines.history_line(result)}
+
+
+class Rollback(OnEveryServer):
+    """`deploy rollback`: each server back to `to`, or to the release before its current one;
+    `targets` gives some servers their own (what a failed rollout undoes)."""
+
+    name = "rollback"
+
+    def __init__(self, to: str | None = None, targets: dict[str, str] | None = None) -> None:
+        self.to = to
+        self.targets = targets or {}
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        session = open_session(run, server, report, step="rollback")
+        to = self.targets.get(server.name, self.to)
+        plan = RollbackPlan(session.install_dir, run.holder, to=to, acquire_wait=run.settings.lock_wait)
+        try:
+            result = run_tool(session.conn, session.tool, "rollback", plan, SwitchResult,
+                              on_event=into_report(report), on_text=report.line)  # fmt: skip
+        except RemoteCommandError as exc:
+            raise lines.explained(exc, report) from None
+        report.switch = Switch(result.release, result.previous_release, result.changed)
+        return {**encode(result), "summary": lines.rollback_line(result)}
+
+
+class Uninstall(OnEveryServer):
+    """`deploy uninstall` (and `clean`, which also removes the staging dir): stop and remove
+    exactly what flinger installed, under the deploy lock."""
+
+    def __init__(self, clean: bool = False) -> None:
+        self.clean = clean
+        self.name = "clean" if clean else "uninstall"
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        session = open_session(run, server, report, step=self.name)
+        plan = UninstallPlan(session.install_dir, run.holder, staging_dir=session.staging if self.clean else None,
+                             clean=self.clean, acquire_wait=run.settings.lock_wait)  # fmt: skip
+        result = run_tool(session.conn, session.tool, "uninstall", plan, UninstallResult,
+                          on_event=into_report(report), on_text=report.line)  # fmt: skip
+        return {**encode(result), "summary": f"{self.name} done"}
+
+
+class Unlock(OnEveryServer):
+    """`deploy unlock`: break a deploy lock, whoever holds it (the operator's decision)."""
+
+    name = "unlock"
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        session = open_session(run, server, report, step="break lock")
+        plan = LockPlan("break", session.install_dir, run.holder)
+        result = run_tool(session.conn, session.tool, "lock", plan, LockResult)
+        held = f" (it was held by {result.holder} since {result.since})" if result.broken else " (nobody held it)"
+        return {**encode(result), "summary": "lock broken" + held}
