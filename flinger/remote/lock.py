@@ -269,7 +269,7 @@ def take(install_dir: str, holder: str, wait: float) -> LockResult:
         if current is None:
             continue
         if not reported:
-            events.note("waiting for the deploy lock: held by %s since %s; %s" % (current.holder, current.since, live))
+            events.line("waiting for the deploy lock: held by %s since %s; %s" % (current.holder, current.since, live))
             reported = True
         if time.monotonic() >= deadline:
             return LockResult(

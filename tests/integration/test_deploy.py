@@ -17,9 +17,11 @@ from cryptography import x509
 from flinger_helpers import by_server, fetch_cert, flinger_json, quorum_states, run_flinger
 
 import flinger_sandbox as sb
+from flinger.protocol.plans import LockPlan
 from flinger.secrets.ca import cert_sans, chains_to
 from flinger.topology import load_topology
 from flinger_sandbox import SandboxState
+from tests.remote_helpers import envelope
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +143,8 @@ def _hold_lock(sandbox: SandboxState, host: str, holder: str) -> Any:
     import subprocess
 
     addr, port = sandbox.hosts[host]
-    line = shlex.join(["python3", TOOL, "lock", "acquire", "--install-dir", "/opt/quorum", "--holder", holder])
+    plan = envelope("lock", LockPlan("acquire", "/opt/quorum", holder)).strip()
+    line = f"echo {shlex.quote(plan)} | python3 {TOOL} lock"
     argv = [
         "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={sandbox.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
@@ -150,7 +153,7 @@ def _hold_lock(sandbox: SandboxState, host: str, holder: str) -> Any:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     first = json.loads(proc.stdout.readline())
-    assert first.get("ok") is True, first
+    assert first.get("event") == "result" and first.get("ok") is True, first
     return proc
 
 
