@@ -12,7 +12,7 @@ from typing import Any
 
 from flinger.errors import FlingerError, UsageError
 from flinger.remote import shamir
-from flinger.secrets.overlay_state import SplitState, StatePaths, load_split
+from flinger.overlay.state import SplitState, StatePaths, load_split
 from flinger.secrets.secret import Secret
 from flinger.topology.model import Topology
 

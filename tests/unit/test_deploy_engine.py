@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from flinger.actions.overlay import make_overlay
+from flinger.overlay import make_overlay
 from flinger.engine import hosts as engine_hosts
 from flinger.engine.execute import execute
 from flinger.engine.fanout import Reporter

@@ -12,7 +12,7 @@ import pytest
 
 from flinger.cli import run
 from flinger.errors import ConfigError
-from flinger.secrets.overlay_templates import make_environment, render
+from flinger.overlay.templates import make_environment, render
 
 REPO = Path(__file__).resolve().parents[2]
 

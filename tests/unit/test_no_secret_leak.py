@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flinger.actions import overlay as overlay_mod
-from flinger.actions.overlay import make_overlay
+from flinger.overlay import planners as overlay_mod
+from flinger.overlay import make_overlay
 from flinger.actions.secret_cmds import combine_share_files, verify_shares
 from flinger.errors import FlingerError
 from flinger.manifest.model import OverlayFile, SecretSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from flinger.actions.overlay import OverlayReport, make_overlay
+from flinger.overlay import OverlayReport, make_overlay
 from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.model import Manifest, OverlayFile, Package, SecretSpec, Source
 from flinger.remote import shamir

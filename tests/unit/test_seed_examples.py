@@ -56,14 +56,14 @@ def example_copy(tmp_path: Path) -> Callable[[str], Path]:
 
 
 def make_overlay_or_skip() -> Callable[..., Any]:
-    """flinger.actions.overlay.make_overlay, or a skip naming what is missing."""
+    """flinger.overlay.make_overlay, or a skip naming what is missing."""
     try:
-        module = importlib.import_module("flinger.actions.overlay")
+        module = importlib.import_module("flinger.overlay")
     except ImportError:
-        pytest.skip("flinger.actions.overlay is not there yet")
+        pytest.skip("flinger.overlay is not there yet")
     make = getattr(module, "make_overlay", None)
     if make is None:
-        pytest.skip("flinger.actions.overlay.make_overlay is not there yet")
+        pytest.skip("flinger.overlay.make_overlay is not there yet")
     return make  # type: ignore[no-any-return]
 
 
