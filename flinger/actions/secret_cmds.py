@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from flinger.errors import FlingerError, UsageError
-from flinger.remote import shamir
 from flinger.overlay.state import SplitState, StatePaths, load_split
+from flinger.remote import shamir
 from flinger.secrets.secret import Secret
 from flinger.topology.model import Topology
 

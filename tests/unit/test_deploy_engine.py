@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import pytest
 
-from flinger.overlay import make_overlay
 from flinger.engine import hosts as engine_hosts
 from flinger.engine.execute import execute
 from flinger.engine.fanout import Reporter
@@ -31,6 +30,7 @@ from flinger.engine.run import Settings, open_run
 from flinger.engine.stores import STORES, StoreKind, StoreReport
 from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy
 from flinger.manifest.model import OverlayFile
+from flinger.overlay import make_overlay
 from flinger.progress import Sink, nowhere
 from flinger.protocol.codec import encode
 from flinger.protocol.plans import PullSpec

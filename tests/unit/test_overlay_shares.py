@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from flinger.overlay import planners as overlay_mod
-from flinger.overlay import make_overlay
 from flinger.actions.secret_cmds import combine_share_files, verify_shares
 from flinger.errors import FlingerError, UsageError
+from flinger.overlay import make_overlay
+from flinger.overlay import planners as overlay_mod
 from flinger.remote import shamir
 from flinger.topology.model import Topology
 from tests.unit.overlay_helpers import make_manifest, make_topology, nodes
