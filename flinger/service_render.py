@@ -25,13 +25,13 @@ import jinja2
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import Service
+from flinger.protocol import names
 from flinger.protocol.plans import HealthSpec
 from flinger.remote import services
 
 TEMPLATES = Path(__file__).parent / "templates"
 MANAGERS = tuple(services.MANAGERS)  # the one registry: flinger/remote/services.py
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
 def _systemd_escape(value: Any) -> str:
@@ -103,8 +103,8 @@ def resolve_service(service: Service, service_name: str, context: dict[str, Any]
         "after": list(service.after),
         "limits": {"nofile": service.limits.get("nofile"), "nproc": service.limits.get("nproc")},
     }
-    if not _SERVICE_NAME.match(service_name):
-        raise ConfigError(f"service name {service_name!r} must be letters, digits, . _ @ -", key=where)
+    if (problem := names.problem(service_name, "a service name")) is not None:
+        raise ConfigError(problem, key=where)
     if service.restart not in ("always", "on-failure", "no"):
         raise ConfigError(f"restart must be always, on-failure or no, not {service.restart!r}", key=f"{where}.restart")
     for name, _value in fields["environment"]:
@@ -117,7 +117,7 @@ def resolve_service(service: Service, service_name: str, context: dict[str, Any]
         if "\n" in value:
             raise ConfigError("must be a single line", key=f"{where}.environment.{name}")
     for other in service.after:
-        if not _SERVICE_NAME.match(other):
+        if names.problem(other, "a service name") is not None:
             raise ConfigError(f"{other!r} is not a service name", key=f"{where}.after")
     return fields
 

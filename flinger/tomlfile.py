@@ -113,6 +113,39 @@ def _escaped(line: str, at: int) -> bool:
     return backslashes % 2 == 1
 
 
+def _header(
+    lines: LineIndex,
+    stripped: str,
+    number: int,
+    prefix: list[str],
+    aot_counts: dict[str, int],
+    headers: set[str],
+    values: set[str],
+) -> list[str]:
+    """A `[table]` or `[[array.of.tables]]` header line: indexed; the key prefix it starts
+    (the one before when the line is no header after all)."""
+    double = stripped.startswith("[[")
+    key = _read_key(stripped, 2 if double else 1)
+    if key is None:
+        return prefix
+    prefix = key[0]
+    dotted = ".".join(prefix)
+    if double:
+        count = aot_counts.get(dotted, 0)
+        aot_counts[dotted] = count + 1
+        prefix = [*prefix, str(count)]
+    elif dotted in headers:
+        lines.duplicates.setdefault(dotted, number)
+    for i in range(1, len(key[0]) + 1):  # a header inside a key that holds a value
+        if ".".join(key[0][:i]) in values:
+            lines.duplicates.setdefault(".".join(key[0][:i]), number)
+    headers.add(".".join(prefix))
+    lines.setdefault(".".join(prefix), number)
+    for i in range(1, len(prefix)):
+        lines.setdefault(".".join(prefix[:i]), number)
+    return prefix
+
+
 def line_index(text: str) -> LineIndex:
     """Map each dotted key (and table) to the line where it is written, reading strings,
     comments and multi-line values as TOML does (a key-like line inside a multi-line string
@@ -132,25 +165,7 @@ def line_index(text: str) -> LineIndex:
         if not stripped or stripped.startswith("#"):
             continue
         if stripped.startswith("["):
-            double = stripped.startswith("[[")
-            key = _read_key(stripped, 2 if double else 1)
-            if key is None:
-                continue
-            prefix = key[0]
-            dotted = ".".join(prefix)
-            if double:
-                count = aot_counts.get(dotted, 0)
-                aot_counts[dotted] = count + 1
-                prefix = [*prefix, str(count)]
-            elif dotted in headers:
-                lines.duplicates.setdefault(dotted, number)
-            for i in range(1, len(key[0]) + 1):  # a header inside a key that holds a value
-                if ".".join(key[0][:i]) in values:
-                    lines.duplicates.setdefault(".".join(key[0][:i]), number)
-            headers.add(".".join(prefix))
-            lines.setdefault(".".join(prefix), number)
-            for i in range(1, len(prefix)):
-                lines.setdefault(".".join(prefix[:i]), number)
+            prefix = _header(lines, stripped, number, prefix, aot_counts, headers, values)
             continue
         key = _read_key(line, 0)
         if key is None or key[1] >= len(line) or line[key[1]] != "=":

@@ -13,12 +13,13 @@ import ipaddress
 import re
 import unicodedata
 
+from flinger.protocol import names
+
 # Reordering and invisible characters: a value that shows one thing and is another.
 _BIDI_AND_INVISIBLE = frozenset(
     "\u061c\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
     "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
 )
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+@:,=-]+$")
@@ -41,9 +42,8 @@ def text_problem(value: str) -> str | None:
 
 
 def name_problem(value: str, what: str = "a name") -> str | None:
-    if len(value) <= 64 and _NAME.match(value):
-        return None
-    return f'"{value}" is not {what}: use letters, digits, ".", "_" and "-", starting with a letter or digit'
+    """The one plain-name rule (flinger/protocol/names.py), which the remote tool also checks."""
+    return names.problem(value, what)
 
 
 def user_problem(value: str) -> str | None:

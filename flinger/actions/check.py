@@ -9,7 +9,7 @@ from typing import Any
 from flinger.engine.plan import plan_deploy
 from flinger.errors import ConfigError
 from flinger.manifest.loader import manifest_error
-from flinger.manifest.model import Manifest
+from flinger.manifest.model import Manifest, Package
 from flinger.secrets import registry_credentials
 from flinger.tomlfile import Collector
 from flinger.topology.model import Server, Topology
@@ -90,22 +90,7 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
             if role != "*" and role not in held:
                 where = manifest_error(manifest, f"packages.{pkg.name}.roles.{i}", "").message.rstrip(": ")
                 report.warnings.append(f'{where}: no deployment server has role "{role}"')
-        if pkg.source.type == "local" and not pkg.source.build:
-            # Without build commands every path must already exist in the client's tree.
-            for i, mapping in enumerate(pkg.source.paths):
-                if not glob.glob(str(topology.source_dir / mapping.src)):
-                    raise manifest_error(
-                        manifest,
-                        f"packages.{pkg.name}.source.paths.{i}.from",
-                        f'"{mapping.src}" matches nothing under {topology.source_dir}',
-                    )
-        for i, overlay in enumerate(pkg.overlay):
-            if not (topology.source_dir / overlay.template).is_file():
-                raise manifest_error(
-                    manifest,
-                    f"packages.{pkg.name}.overlay.{i}.template",
-                    f'template "{overlay.template}" not found under {topology.source_dir}',
-                )
+        _check_package_files(topology, manifest, pkg)
         getting = [s.name for s in deploy if s.has_any_role(pkg.roles)]
         report.package_rows.append(
             (
@@ -123,6 +108,27 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
             if role != "*" and role not in held:
                 report.warnings.append(f'{manifest.path}: secrets.{spec.name}: no deployment server has role "{role}"')
     return report
+
+
+def _check_package_files(topology: Topology, manifest: Manifest, pkg: Package) -> None:
+    """The client's files a package names: its paths (when no build command makes them) and
+    its overlay templates."""
+    if pkg.source.type == "local" and not pkg.source.build:
+        # Without build commands every path must already exist in the client's tree.
+        for i, mapping in enumerate(pkg.source.paths):
+            if not glob.glob(str(topology.source_dir / mapping.src)):
+                raise manifest_error(
+                    manifest,
+                    f"packages.{pkg.name}.source.paths.{i}.from",
+                    f'"{mapping.src}" matches nothing under {topology.source_dir}',
+                )
+    for i, overlay in enumerate(pkg.overlay):
+        if not (topology.source_dir / overlay.template).is_file():
+            raise manifest_error(
+                manifest,
+                f"packages.{pkg.name}.overlay.{i}.template",
+                f'template "{overlay.template}" not found under {topology.source_dir}',
+            )
 
 
 def check_artifacts(topology: Topology) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import (
@@ -23,6 +23,7 @@ from flinger.manifest.model import (
     Service,
     Source,
 )
+from flinger.protocol import graph
 from flinger.protocol.plans import DirSpec, UserSpec
 from flinger.tomlfile import Collector, Fields, TomlFile, line_index, load_toml, locate, suggest
 from flinger.values import name_problem, remote_path_problem, user_problem
@@ -58,7 +59,7 @@ DIR_KEYS = ("path", "owner", "group", "mode")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._:/@=-]*$")  # apt names (with =version, /release), pkg FMRIs
 _SYSCTL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+T = TypeVar("T")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~_-]*$")
 
@@ -167,8 +168,8 @@ def _mode(f: Fields, name: str, default: int) -> int:
 
 def _package(file: TomlFile, name: str, table: Any) -> Package:
     key = f"packages.{name}"
-    if not _NAME.match(name):
-        raise file.error(key, "package names use letters, digits, '.', '_' and '-'")
+    if (problem := name_problem(name, "a package name")) is not None:
+        raise file.error(key, problem)
     f = file.table(key, table, PACKAGE_KEYS)
     roles = f.str_list("roles", ("*",))
     if not roles:
@@ -261,21 +262,48 @@ def _check_composites(file: TomlFile, packages: dict[str, Package]) -> None:
         for i, member in enumerate(pkg.source.packages):
             if member not in packages:
                 raise file.error(f"packages.{pkg.name}.source.packages.{i}", f'no package named "{member}"')
-    state: dict[str, int] = {}
+    try:
+        graph.ordered({name: pkg.source.packages for name, pkg in packages.items()})
+    except graph.Cycle as exc:
+        raise file.error(f"packages.{exc.nodes[0]}.source.packages", f"composite cycle: {exc}") from None
 
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join([*trail[trail.index(name) :], name])
-            raise file.error(f"packages.{trail[0]}.source.packages", f"composite cycle: {cycle}")
-        state[name] = 1
-        for member in packages[name].source.packages:
-            visit(member, [*trail, name])
-        state[name] = 2
 
-    for name in packages:
-        visit(name, [])
+def _check_after(file: TomlFile, packages: dict[str, Package], errors: Collector) -> None:
+    """Every service a service starts after is a service of the manifest."""
+    services = {p.service_name for p in packages.values() if p.service}
+    for pkg in packages.values():
+        for i, dep in enumerate(pkg.service.after if pkg.service else ()):
+            if dep not in services:
+                errors.errors.append(file.error(f"packages.{pkg.name}.service.after.{i}", f'no service named "{dep}"'))
+
+
+def _secret(file: TomlFile, name: str, table: Any) -> SecretSpec:
+    if (problem := name_problem(name, "a secret name")) is not None:
+        raise file.error(f"secrets.{name}", problem)
+    s = file.table(f"secrets.{name}", table, SECRET_KEYS)
+    return SecretSpec(
+        name=name,
+        roles=_roles(s, "roles", required=True),
+        visible_to=_roles(s, "visible_to", ()),
+        nbytes=s.integer("bytes", 32, low=16, high=1024),
+        scope=s.choice("scope", ("server", "deployment"), "server"),
+    )
+
+
+def _prereq(file: TomlFile, target: str, table: Any) -> Prereqs:
+    if target != "*" and (problem := name_problem(target, "a role name")) is not None:
+        raise file.error(f"prereqs.{target}", problem)
+    return _prereqs(file, target, table)
+
+
+def _each(errors: Collector, tables: dict[str, Any], make: Callable[[str, Any], T]) -> dict[str, T]:
+    """`make(name, table)` for every table, each error collected (none stops the others)."""
+    made: dict[str, T] = {}
+    for name, table in tables.items():
+        item = errors.attempt(functools.partial(make, name, table))
+        if item is not None:
+            made[name] = item
+    return made
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -286,48 +314,14 @@ def load_manifest(path: Path) -> Manifest:
     if not raw:
         raise file.error("packages", "the manifest defines no packages ([packages.NAME])")
     errors = Collector()
-    packages: dict[str, Package] = {}
-    for name, table in raw.items():
-        package = errors.attempt(functools.partial(_package, file, name, table))
-        if package is not None:
-            packages[name] = package
+    packages = _each(errors, raw, functools.partial(_package, file))
     errors.raise_any()  # references below need every package
     errors.attempt(functools.partial(_check_composites, file, packages))
-    services = {p.service_name for p in packages.values() if p.service}
-    for pkg in packages.values():
-        for i, dep in enumerate(pkg.service.after if pkg.service else ()):
-            if dep not in services:
-                errors.errors.append(file.error(f"packages.{pkg.name}.service.after.{i}", f'no service named "{dep}"'))
-
-    def secret(name: str, table: Any) -> SecretSpec:
-        if not _NAME.match(name):
-            raise file.error(f"secrets.{name}", "secret names use letters, digits, '.', '_' and '-'")
-        s = file.table(f"secrets.{name}", table, SECRET_KEYS)
-        return SecretSpec(
-            name=name,
-            roles=_roles(s, "roles", required=True),
-            visible_to=_roles(s, "visible_to", ()),
-            nbytes=s.integer("bytes", 32, low=16, high=1024),
-            scope=s.choice("scope", ("server", "deployment"), "server"),
-        )
-
-    def prereq(target: str, table: Any) -> Prereqs:
-        if target != "*" and (problem := name_problem(target, "a role name")) is not None:
-            raise file.error(f"prereqs.{target}", problem)
-        return _prereqs(file, target, table)
-
-    secrets = {}
-    for name, table in top.tables("secrets").items():
-        spec = errors.attempt(functools.partial(secret, name, table))
-        if spec is not None:
-            secrets[name] = spec
-    prereqs = []
-    for target, table in top.tables("prereqs").items():
-        loaded = errors.attempt(functools.partial(prereq, target, table))
-        if loaded is not None:
-            prereqs.append(loaded)
+    _check_after(file, packages, errors)
+    secrets = _each(errors, top.tables("secrets"), functools.partial(_secret, file))
+    prereqs = _each(errors, top.tables("prereqs"), functools.partial(_prereq, file))
     errors.raise_any()
-    return Manifest(path=str(path), packages=packages, secrets=secrets, prereqs=tuple(prereqs))
+    return Manifest(path=str(path), packages=packages, secrets=secrets, prereqs=tuple(prereqs.values()))
 
 
 def manifest_error(manifest: Manifest, key: str, message: str) -> ConfigError:

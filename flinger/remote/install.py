@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from flinger.protocol import graph, names
 from flinger.protocol.codec import decode
@@ -159,34 +159,48 @@ def _remove_earlier_runs(runs: Optional[str], own: Optional[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _checked(plan: InstallPlan) -> Tuple[str, List[ServiceSpec]]:
+    """The plan's install dir and its services in the order they start; PlanError when the
+    plan cannot be carried out as it is."""
+    install_dir = install_dir_of(plan.install_dir)
+    problem = names.problem(plan.release, "a release")
+    if problem:
+        raise events.PlanError("release %r: %s" % (plan.release, problem))
+    if plan.keep_releases < 1:
+        raise events.PlanError("keep_releases must be 1 or more")
+    return install_dir, ordered_services(plan.services)
+
+
+def _fetch(plan: InstallPlan, install_dir: str, result: InstallResult) -> Optional[InstallResult]:
+    """Take the lock (with `acquire`) and learn what is missing: the answer to give now
+    (need, or a failure), else None to install; what this did goes into `result`."""
+    if plan.acquire:
+        taken = lock.take(install_dir, plan.lock_holder, plan.acquire_wait)
+        if not taken.ok:
+            return InstallResult(ok=False, step="lock", error=taken.error)
+        result.broke_stale = taken.broke_stale
+    need = release.missing_packages(plan, install_dir)
+    if need and plan.acquire and plan.pull is None:
+        return InstallResult(need=need, broke_stale=result.broke_stale)  # the lock stays: deliver, then install
+    if plan.release_lock:
+        events.before_result(lambda answer: _let_go(install_dir, plan.lock_holder, answer))
+    if need and plan.pull is not None:  # this server pulls what it lacks itself
+        try:
+            result.pulled = _pull_missing(plan, need)
+        except switch.StepFailed as exc:
+            return InstallResult(ok=False, step=exc.step, error=str(exc), broke_stale=result.broke_stale)
+    return None
+
+
 def install(plan: InstallPlan) -> InstallResult:
     """`install` (see the module docstring)."""
     overlay_dir: Optional[str] = None
     try:
-        install_dir = install_dir_of(plan.install_dir)
-        problem = names.problem(plan.release, "a release")
-        if problem:
-            raise events.PlanError("release %r: %s" % (plan.release, problem))
-        if plan.keep_releases < 1:
-            raise events.PlanError("keep_releases must be 1 or more")
-        svcs = ordered_services(plan.services)
-        broke = None
-        if plan.acquire:
-            taken = lock.take(install_dir, plan.lock_holder, plan.acquire_wait)
-            if not taken.ok:
-                return InstallResult(ok=False, step="lock", error=taken.error)
-            broke = taken.broke_stale
-        need = release.missing_packages(plan, install_dir)
-        if need and plan.acquire and plan.pull is None:
-            return InstallResult(need=need, broke_stale=broke)  # the lock stays: deliver, then install
-        if plan.release_lock:
-            events.before_result(lambda result: _let_go(install_dir, plan.lock_holder, result))
-        pulled: Dict[str, int] = {}
-        if need and plan.pull is not None:  # this server pulls what it lacks itself
-            try:
-                pulled = _pull_missing(plan, need)
-            except switch.StepFailed as exc:
-                return InstallResult(ok=False, step=exc.step, error=str(exc), broke_stale=broke)
+        install_dir, svcs = _checked(plan)
+        fetched = InstallResult()
+        answer = _fetch(plan, install_dir, fetched)
+        if answer is not None:
+            return answer
         # From here on the server changes: finish (install or rollback) even if the client goes.
         events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
         run_dir = own_run_dir(plan.staging_dir)
@@ -199,7 +213,7 @@ def install(plan: InstallPlan) -> InstallResult:
             return InstallResult(ok=False, step="lock", error=refused)
         _remove_earlier_runs(plan.staging_runs, run_dir)
         result = _install(plan, install_dir, svcs, overlay_dir)
-        result.pulled, result.broke_stale = pulled, broke
+        result.pulled, result.broke_stale = fetched.pulled, fetched.broke_stale
         return result
     finally:
         if overlay_dir:

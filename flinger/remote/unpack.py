@@ -65,6 +65,24 @@ def _through_symlink(path: str, symlinks: Set[str]) -> Optional[str]:
     return None
 
 
+def _check_kind(member: tarfile.TarInfo) -> None:
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise UnsafeArchive("device or fifo node %r" % member.name)
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeArchive("unsupported member type %r" % member.name)
+
+
+def _check_link(member: tarfile.TarInfo, clean: tarfile.TarInfo, symlinks: Set[str], regular: Set[str]) -> None:
+    """A symlink must resolve inside the tree; a hard link must name a file of the archive."""
+    if member.issym():
+        _resolve_link(clean.name, member.linkname, symlinks)
+    elif member.islnk():
+        target = _normalise(member.linkname)
+        if target not in regular:
+            raise UnsafeArchive("hard link %r -> %r is not to a file of the archive" % (member.name, member.linkname))
+        clean.linkname = target
+
+
 def check_members(members: List[tarfile.TarInfo]) -> List[tarfile.TarInfo]:
     """Validate every member and return sanitised copies (clean names, no set-id bits,
     root ownership); raise UnsafeArchive on the first unsafe one."""
@@ -77,10 +95,7 @@ def check_members(members: List[tarfile.TarInfo]) -> List[tarfile.TarInfo]:
         name = names[index]
         if not name:
             continue  # the archive's own root entry ("./")
-        if member.ischr() or member.isblk() or member.isfifo():
-            raise UnsafeArchive("device or fifo node %r" % member.name)
-        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-            raise UnsafeArchive("unsupported member type %r" % member.name)
+        _check_kind(member)
         via = _through_symlink(name, symlinks)
         if via is not None:
             raise UnsafeArchive("%r goes through the symlink %r" % (member.name, via))
@@ -90,15 +105,7 @@ def check_members(members: List[tarfile.TarInfo]) -> List[tarfile.TarInfo]:
             if name in seen:
                 raise UnsafeArchive("%r appears twice" % member.name)
             seen.add(name)
-        if member.issym():
-            _resolve_link(name, member.linkname, symlinks)
-        elif member.islnk():
-            target = _normalise(member.linkname)
-            if target not in regular:
-                raise UnsafeArchive(
-                    "hard link %r -> %r is not to a file of the archive" % (member.name, member.linkname)
-                )
-            clean.linkname = target
+        _check_link(member, clean, symlinks, regular)
         if member.isfile():
             regular.add(name)
         clean.mode = member.mode & 0o755 if not member.isdir() else (member.mode & 0o755) | 0o700

@@ -63,17 +63,7 @@ def read(path: Path) -> KnownHosts:
         if not line or line.startswith("#"):
             continue
         if line.startswith("@"):
-            marker, _, rest = line.partition(" ")
-            if marker == "@revoked":
-                fields = rest.split()
-                if len(fields) >= 3:
-                    known.revoked.add(fields[2])
-                else:
-                    known.notes.append(f"{path}:{number}: @revoked line without a key: skipped")
-            elif marker == "@cert-authority":
-                cert_lines.append(number)
-            else:
-                known.notes.append(f"{path}:{number}: unknown marker {marker}: line skipped")
+            _marker_line(known, line, number, cert_lines)
             continue
         try:
             entry = HostKeyEntry.from_line(line, number)
@@ -93,6 +83,21 @@ def read(path: Path) -> KnownHosts:
             "such hosts need their own key recorded (flinger trust)"
         )
     return known
+
+
+def _marker_line(known: KnownHosts, line: str, number: int, cert_lines: list[int]) -> None:
+    """A line with a marker: a revoked key is kept (to refuse it), a CA line counted."""
+    marker, _, rest = line.partition(" ")
+    if marker == "@revoked":
+        fields = rest.split()
+        if len(fields) >= 3:
+            known.revoked.add(fields[2])
+        else:
+            known.notes.append(f"{known.path}:{number}: @revoked line without a key: skipped")
+    elif marker == "@cert-authority":
+        cert_lines.append(number)
+    else:
+        known.notes.append(f"{known.path}:{number}: unknown marker {marker}: line skipped")
 
 
 def _line_names(line: str, number: int) -> paramiko.HostKeys | None:

@@ -50,7 +50,6 @@ SERVER_KEYS = (
     "host_key",
     "python",
 )
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 
@@ -75,8 +74,8 @@ def _remote_path(f: Fields, name: str, default: str | None = None) -> str:
 
 def _server(file: TomlFile, name: str, table: object) -> Server:
     key = f"servers.{name}"
-    if not _NAME.match(name):
-        raise file.error(key, "server names use letters, digits, '.', '_' and '-'")
+    if (problem := name_problem(name, "a server name")) is not None:
+        raise file.error(key, problem)
     f = file.table(key, table, SERVER_KEYS)
     roles = f.str_list("roles")
     for i, role in enumerate(roles):
@@ -186,17 +185,12 @@ def _known_server(f: Fields, key: str, name: str, servers: Iterable[str]) -> Non
         raise f.error(key, f'no server named "{name}" in [servers]{suggest(name, servers)}')
 
 
-def load_topology(path: Path) -> Topology:
-    """Read and validate `path`; every problem is a ConfigError naming file, line and key (all
-    of them, up to a limit, as ConfigErrors)."""
-    file = load_toml(path)
-    top = file.table("", file.data, TOP_KEYS)
-    errors = Collector()
-
+def _servers(file: TomlFile, top: Fields, errors: Collector) -> tuple[list[str], dict[str, Server]]:
+    """The [servers] tables: every name (references are checked against these, loaded or
+    not) and the servers that loaded; two servers at one address, port and user refused."""
     raw_servers = top.tables("servers")
     if not raw_servers:
         raise file.error("servers", "at least one server is needed in [servers]")
-    names_known = list(raw_servers)  # references are checked against these, loaded or not
     servers: dict[str, Server] = {}
     for server_name, table in raw_servers.items():
         loaded = errors.attempt(functools.partial(_server, file, server_name, table))
@@ -207,87 +201,93 @@ def load_topology(path: Path) -> Topology:
         ident = (server.addr, server.port, server.user)
         if ident in seen_addr:
             errors.errors.append(
-                file.error(
-                    f"servers.{server.name}.addr",
-                    f'same address, port and user as server "{seen_addr[ident]}"',
-                )
+                file.error(f"servers.{server.name}.addr", f'same address, port and user as server "{seen_addr[ident]}"')
             )
         seen_addr[ident] = server.name
+    return list(raw_servers), servers
 
-    def load_builder() -> Builder:
-        b = top.sub("builder", BUILDER_KEYS, required=True)
-        builder_name = b.string("server", required=True)
-        _known_server(b, "server", builder_name, names_known)
-        artifacts = b.string("artifacts_dir", "out")
-        problem = remote_path_problem(
-            artifacts if artifacts.startswith(("/", "~", "$HOME")) else f"/{artifacts}", home=True
+
+def _builder(top: Fields, names_known: list[str]) -> Builder:
+    b = top.sub("builder", BUILDER_KEYS, required=True)
+    builder_name = b.string("server", required=True)
+    _known_server(b, "server", builder_name, names_known)
+    artifacts = b.string("artifacts_dir", "out")
+    problem = remote_path_problem(
+        artifacts if artifacts.startswith(("/", "~", "$HOME")) else f"/{artifacts}", home=True
+    )
+    return Builder(
+        server=builder_name,
+        source_dir=_remote_path(b, "source_dir"),
+        artifacts_dir=b.checked("artifacts_dir", artifacts, problem),
+    )
+
+
+def _deployment(top: Fields, names_known: list[str]) -> Deployment:
+    d = top.sub("deployment", DEPLOYMENT_KEYS, required=True)
+    names = d.str_list("servers", required=True)
+    if not names:
+        raise d.error("servers", "name at least one deployment server")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        _known_server(d, f"servers.{i}", name, names_known)
+        if name in seen:
+            raise d.error(f"servers.{i}", f'"{name}" is listed twice')
+        seen.add(name)
+    majority = len(names) // 2 + 1
+    threshold = d.integer("threshold", majority)
+    if not 1 <= threshold <= len(names):
+        raise d.error(
+            "threshold", f"must be between 1 and the number of deployment servers ({len(names)}), got {threshold}"
         )
-        return Builder(
-            server=builder_name,
-            source_dir=_remote_path(b, "source_dir"),
-            artifacts_dir=b.checked("artifacts_dir", artifacts, problem),
-        )
+    return Deployment(
+        servers=names,
+        staging_dir=_remote_path(d, "staging_dir", "$HOME/flinger-staging"),
+        install_dir=_remote_path(d, "install_dir"),
+        threshold=threshold,
+        keep_releases=d.integer("keep_releases", 3, low=1, high=100),
+    )
 
-    def load_deployment() -> Deployment:
-        d = top.sub("deployment", DEPLOYMENT_KEYS, required=True)
-        names = d.str_list("servers", required=True)
-        if not names:
-            raise d.error("servers", "name at least one deployment server")
-        seen: set[str] = set()
-        for i, name in enumerate(names):
-            _known_server(d, f"servers.{i}", name, names_known)
-            if name in seen:
-                raise d.error(f"servers.{i}", f'"{name}" is listed twice')
-            seen.add(name)
-        majority = len(names) // 2 + 1
-        threshold = d.integer("threshold", majority)
-        if not 1 <= threshold <= len(names):
-            raise d.error(
-                "threshold",
-                f"must be between 1 and the number of deployment servers ({len(names)}), got {threshold}",
-            )
-        return Deployment(
-            servers=names,
-            staging_dir=_remote_path(d, "staging_dir", "$HOME/flinger-staging"),
-            install_dir=_remote_path(d, "install_dir"),
-            threshold=threshold,
-            keep_releases=d.integer("keep_releases", 3, low=1, high=100),
-        )
 
-    def load_ssh() -> SshSettings:
-        s = top.sub("ssh", SSH_KEYS)
-        known_hosts = s.string("known_hosts", "~/.ssh/known_hosts")
-        if not known_hosts.startswith(("/", "~", "$HOME")):
-            known_hosts = str(path.parent / known_hosts)
-        jump = s.opt_str("jump")
-        return SshSettings(
-            known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))),
-            connect_timeout=s.number("connect_timeout", 10.0),
-            command_timeout=s.number("command_timeout", 1800.0),
-            jump=s.checked("jump", jump, jump_problem(jump)) if jump is not None else None,
-            retries=s.integer("retries", 3, low=0, high=10),
-            use_ssh_config=s.flag("use_ssh_config", True),
-        )
+def _ssh(top: Fields, path: Path) -> SshSettings:
+    s = top.sub("ssh", SSH_KEYS)
+    known_hosts = s.string("known_hosts", "~/.ssh/known_hosts")
+    if not known_hosts.startswith(("/", "~", "$HOME")):
+        known_hosts = str(path.parent / known_hosts)
+    jump = s.opt_str("jump")
+    return SshSettings(
+        known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))),
+        connect_timeout=s.number("connect_timeout", 10.0),
+        command_timeout=s.number("command_timeout", 1800.0),
+        jump=s.checked("jump", jump, jump_problem(jump)) if jump is not None else None,
+        retries=s.integer("retries", 3, low=0, high=10),
+        use_ssh_config=s.flag("use_ssh_config", True),
+    )
 
-    def load_top() -> tuple[Path, str, str, tuple[str, ...]]:
-        sync = top.sub("sync", SYNC_KEYS)
-        source = Path(os.path.expandvars(os.path.expanduser(top.string("source_dir", required=True))))
-        if not source.is_absolute():
-            source = (path.parent / source).resolve()
-        manifest = top.string("manifest", "packaging/package-manifest.toml")
-        name = top.string("name", path.stem)
-        if not _NAME.match(name):
-            raise top.error("name", "use letters, digits, '.', '_' and '-'")
-        return source, manifest, name, sync.str_list("exclude")
 
-    def load_artifacts() -> Artifacts:
-        return _artifacts(top.sub("artifacts", ARTIFACTS_KEYS), path.parent)
+def _top_level(top: Fields, path: Path) -> tuple[Path, str, str, tuple[str, ...]]:
+    sync = top.sub("sync", SYNC_KEYS)
+    source = Path(os.path.expandvars(os.path.expanduser(top.string("source_dir", required=True))))
+    if not source.is_absolute():
+        source = (path.parent / source).resolve()
+    manifest = top.string("manifest", "packaging/package-manifest.toml")
+    name = top.string("name", path.stem)
+    if (problem := name_problem(name, "a deployment name")) is not None:
+        raise top.error("name", problem)
+    return source, manifest, name, sync.str_list("exclude")
 
-    builder = errors.attempt(load_builder)
-    artifacts = errors.attempt(load_artifacts)
-    deployment = errors.attempt(load_deployment)
-    ssh = errors.attempt(load_ssh)
-    rest = errors.attempt(load_top)
+
+def load_topology(path: Path) -> Topology:
+    """Read and validate `path`; every problem is a ConfigError naming file, line and key (all
+    of them, up to a limit, as ConfigErrors)."""
+    file = load_toml(path)
+    top = file.table("", file.data, TOP_KEYS)
+    errors = Collector()
+    names_known, servers = _servers(file, top, errors)
+    builder = errors.attempt(functools.partial(_builder, top, names_known))
+    artifacts = errors.attempt(lambda: _artifacts(top.sub("artifacts", ARTIFACTS_KEYS), path.parent))
+    deployment = errors.attempt(functools.partial(_deployment, top, names_known))
+    ssh = errors.attempt(functools.partial(_ssh, top, path))
+    rest = errors.attempt(functools.partial(_top_level, top, path))
     errors.raise_any()
     assert builder is not None and deployment is not None and ssh is not None and rest is not None
     assert artifacts is not None

@@ -81,14 +81,9 @@ def up(
     `with_registry`, also an OCI registry (sandbox/registry.py), and deploy.toml's
     [artifacts] sends packages through it (started beside a running sandbox too).
     """
-    if init not in INITS:
-        raise FlingerError(f'init must be one of {", ".join(INITS)}, got "{init}"')
+    _check_arguments(init, servers, port)
     require_environment()
     directory = _check_directory(directory)
-    if servers < 2:
-        raise FlingerError("a sandbox needs at least 2 hosts: the builder and one node")
-    if not 1 <= port <= 65535:
-        raise FlingerError(f"port must be between 1 and 65535, got {port}")
     existing = state.load(directory)
     if existing is not None:
         if _fully_running(existing) and len(existing.hosts) == servers and existing.init == init:
@@ -101,42 +96,13 @@ def up(
                 "bring it down first (flinger-sandbox down)"
             )
         state.remove(directory)  # stale: everything it recorded is gone
-
     paths = SandboxPaths(directory)
     rootfs_tree = rootfs.ensure() if init == "systemd" else None
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.chmod(0o700)
-    paths.hosts_dir.mkdir(mode=0o700, exist_ok=True)
-    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-    names = host_names(servers)
-    addrs = pick_addresses(base_addr, servers, port)
-    keys.ensure_key(paths.client_key, "flinger-sandbox-client")
-    by_name = dict(zip(names, addrs, strict=True))
-    for name, addr in by_name.items():
-        host = paths.host(name)
-        keys.ensure_key(host.host_key, f"flinger-sandbox-{name}")
-        if rootfs_tree is None:
-            runit_hosts.prepare(host, addr, port)
-        else:
-            systemd_hosts.prepare(host, rootfs_tree, addr, port, _client_public(paths), by_name)
-    # Known before any host runs: systemd hosts are ready when a strict SSH login works.
-    keys.write_known_hosts(paths.known_hosts, [(a, port, paths.host(n).host_key) for n, a in by_name.items()])
-
+    by_name = _prepare(paths, servers, base_addr, port, rootfs_tree)
     record = SandboxRecord(directory=directory, port=port, init=init)
     state.save(record)
     try:
-        record = replace(record, agent=agent.start(paths))
-        state.save(record)
-        for name, addr in zip(names, addrs, strict=True):
-            if rootfs_tree is None:
-                started = runit_hosts.start(paths.host(name), addr, port, _client_public(paths))
-            else:
-                started = systemd_hosts.start(paths.host(name), rootfs_tree, addr, port)
-            record = record.with_host(started)
-            state.save(record)
-        if rootfs_tree is not None:  # they boot side by side
-            for booting in record.hosts:
-                systemd_hosts.wait_ready(paths.host(booting.name), booting, paths.client_key, paths.known_hosts)
+        record = _start(record, paths, by_name, rootfs_tree)
         if with_registry:
             record = _start_registry(record, source_dir)
         else:
@@ -148,6 +114,58 @@ def up(
             paths.agent_socket.unlink(missing_ok=True)
         raise
     return SandboxState.of(record)
+
+
+def _check_arguments(init: str, servers: int, port: int) -> None:
+    if init not in INITS:
+        raise FlingerError(f'init must be one of {", ".join(INITS)}, got "{init}"')
+    if servers < 2:
+        raise FlingerError("a sandbox needs at least 2 hosts: the builder and one node")
+    if not 1 <= port <= 65535:
+        raise FlingerError(f"port must be between 1 and 65535, got {port}")
+
+
+def _prepare(
+    paths: SandboxPaths, servers: int, base_addr: str | None, port: int, rootfs_tree: Path | None
+) -> dict[str, str]:
+    """Every host's files (keys, its /etc, its sshd or its rootfs overlay) and the client's
+    known_hosts, before any host runs; host name -> address."""
+    directory = paths.directory
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    paths.hosts_dir.mkdir(mode=0o700, exist_ok=True)
+    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+    keys.ensure_key(paths.client_key, "flinger-sandbox-client")
+    by_name = dict(zip(host_names(servers), pick_addresses(base_addr, servers, port), strict=True))
+    for name, addr in by_name.items():
+        host = paths.host(name)
+        keys.ensure_key(host.host_key, f"flinger-sandbox-{name}")
+        if rootfs_tree is None:
+            runit_hosts.prepare(host, addr, port)
+        else:
+            systemd_hosts.prepare(host, rootfs_tree, addr, port, _client_public(paths), by_name)
+    # Known before any host runs: systemd hosts are ready when a strict SSH login works.
+    keys.write_known_hosts(paths.known_hosts, [(a, port, paths.host(n).host_key) for n, a in by_name.items()])
+    return by_name
+
+
+def _start(
+    record: SandboxRecord, paths: SandboxPaths, by_name: dict[str, str], rootfs_tree: Path | None
+) -> SandboxRecord:
+    """The agent, then every host (recorded as each starts, so `down` finds it)."""
+    record = replace(record, agent=agent.start(paths))
+    state.save(record)
+    for name, addr in by_name.items():
+        if rootfs_tree is None:
+            started = runit_hosts.start(paths.host(name), addr, record.port, _client_public(paths))
+        else:
+            started = systemd_hosts.start(paths.host(name), rootfs_tree, addr, record.port)
+        record = record.with_host(started)
+        state.save(record)
+    if rootfs_tree is not None:  # they boot side by side
+        for booting in record.hosts:
+            systemd_hosts.wait_ready(paths.host(booting.name), booting, paths.client_key, paths.known_hosts)
+    return record
 
 
 def _registry_running(record: SandboxRecord) -> bool:

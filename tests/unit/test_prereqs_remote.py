@@ -35,56 +35,77 @@ class FakeHost:
 
     def __call__(self, argv: list[str], env: dict[str, str] | None, cwd: str | None) -> tuple[int, str, str]:
         self.calls.append(list(argv))
-        cmd = argv[0]
-        if cmd == "dpkg-query":
-            name = argv[-1]
-            if name in self.installed:
-                return 0, "install ok installed", ""
-            return 1, "", f"dpkg-query: no packages found matching {name}"
-        if argv[:2] == ["apt-get", "update"]:
+        handler = {
+            "dpkg-query": self.dpkg_query,
+            "apt-get": self.apt_get,
+            "apt-cache": self.apt_cache,
+            "getent": self.getent,
+            "groupadd": self.groupadd,
+            "useradd": self.useradd,
+            "usermod": self.usermod,
+            "sysctl": self.sysctl,
+            "sh": lambda _argv, _env: (self.script_status, "", "boom\n" if self.script_status else ""),
+        }.get(argv[0])
+        if handler is None:
+            raise AssertionError(f"unexpected command {argv}")
+        return handler(argv, env)
+
+    def dpkg_query(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        name = argv[-1]
+        if name in self.installed:
+            return 0, "install ok installed", ""
+        return 1, "", f"dpkg-query: no packages found matching {name}"
+
+    def apt_get(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        if argv[1] == "update":
             self.available |= self.available_after_update
             return 0, "Reading package lists...\n", ""
-        if argv[:2] == ["apt-get", "install"]:
-            assert env == {"DEBIAN_FRONTEND": "noninteractive"}
-            names = [a for a in argv[2:] if not a.startswith("-") and "=" not in a]
-            unknown = [n for n in names if n not in self.available]
-            if unknown:
-                return 100, "Reading package lists...\n", "".join(f"E: Unable to locate package {n}\n" for n in unknown)
-            self.installed |= set(names)
-            return 0, "Setting up ...\n", ""
-        if argv[:2] == ["apt-cache", "show"]:
-            if argv[-1] in self.available:
-                return 0, f"Package: {argv[-1]}\n", ""
-            return 100, "", "E: No packages found"
-        if cmd == "getent":
-            database, name = argv[1], argv[2]
-            if database == "group" and name in self.groups:
-                return 0, f"{name}:x:{self.groups[name]}:\n", ""
-            if database == "passwd" and name in self.users:
-                return 0, ":".join(self.users[name]) + "\n", ""
-            return 2, "", ""
-        if cmd == "groupadd":
-            self.groups[argv[-1]] = GID
-            return 0, "", ""
-        if cmd == "useradd":
-            name = argv[-1]
-            group = argv[argv.index("-g") + 1] if "-g" in argv else name
-            self.users[name] = [name, "x", str(UID), str(self.groups[group]), "", f"/home/{name}", "/bin/sh"]
-            return 0, "", ""
-        if cmd == "usermod":
-            entry = self.users[argv[-1]]
-            if "-s" in argv:
-                entry[6] = argv[argv.index("-s") + 1]
-            return 0, "", ""
-        if argv[:2] == ["sysctl", "-p"]:
-            for line in Path(argv[2]).read_text().splitlines():
-                if "=" in line and not line.startswith("#"):
-                    key, value = (p.strip() for p in line.split("=", 1))
-                    (self.root / "proc/sys" / key.replace(".", "/")).write_text(value + "\n")
-            return 0, "", ""
-        if cmd == "sh":
-            return self.script_status, "", "boom\n" if self.script_status else ""
-        raise AssertionError(f"unexpected command {argv}")
+        assert argv[1] == "install", argv
+        assert env == {"DEBIAN_FRONTEND": "noninteractive"}
+        names = [a for a in argv[2:] if not a.startswith("-") and "=" not in a]
+        unknown = [n for n in names if n not in self.available]
+        if unknown:
+            return 100, "Reading package lists...\n", "".join(f"E: Unable to locate package {n}\n" for n in unknown)
+        self.installed |= set(names)
+        return 0, "Setting up ...\n", ""
+
+    def apt_cache(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        assert argv[1] == "show", argv
+        if argv[-1] in self.available:
+            return 0, f"Package: {argv[-1]}\n", ""
+        return 100, "", "E: No packages found"
+
+    def getent(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        database, name = argv[1], argv[2]
+        if database == "group" and name in self.groups:
+            return 0, f"{name}:x:{self.groups[name]}:\n", ""
+        if database == "passwd" and name in self.users:
+            return 0, ":".join(self.users[name]) + "\n", ""
+        return 2, "", ""
+
+    def groupadd(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        self.groups[argv[-1]] = GID
+        return 0, "", ""
+
+    def useradd(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        name = argv[-1]
+        group = argv[argv.index("-g") + 1] if "-g" in argv else name
+        self.users[name] = [name, "x", str(UID), str(self.groups[group]), "", f"/home/{name}", "/bin/sh"]
+        return 0, "", ""
+
+    def usermod(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        entry = self.users[argv[-1]]
+        if "-s" in argv:
+            entry[6] = argv[argv.index("-s") + 1]
+        return 0, "", ""
+
+    def sysctl(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
+        assert argv[1] == "-p", argv
+        for line in Path(argv[2]).read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, value = (p.strip() for p in line.split("=", 1))
+                (self.root / "proc/sys" / key.replace(".", "/")).write_text(value + "\n")
+        return 0, "", ""
 
     def ran(self, *prefix: str) -> int:
         return sum(1 for c in self.calls if c[: len(prefix)] == list(prefix))
