@@ -79,79 +79,110 @@ def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def resolve_service(service: Service, service_name: str, context: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Resolved:
+    """A service's fields with their placeholders rendered: what the definition templates
+    (flinger/templates) are rendered from, as their variables."""
+
+    name: str
+    description: str
+    command: str
+    working_dir: str | None
+    user: str | None
+    group: str | None
+    log_file: str | None
+    environment: list[tuple[str, str]]
+    restart: str
+    restart_sec: str
+    restart_delay: float
+    after: list[str]
+    limits: dict[str, int | None]  # nofile, nproc
+
+    def variables(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+def resolve_service(service: Service, service_name: str, context: dict[str, Any]) -> Resolved:
     """The service's fields with their placeholders rendered, checked for what would break
     the generated files (newlines, bad environment names)."""
     where = f"services.{service_name}"
-    fields: dict[str, Any] = {
-        "name": service_name,
-        "description": f"{service_name} (deployed by flinger)",
-        "command": _render_text(service.command, context, f"{where}.command"),
-        "working_dir": _render_text(service.working_dir, context, f"{where}.working_dir")
-        if service.working_dir
-        else None,
-        "user": _render_text(service.user, context, f"{where}.user") if service.user else None,
-        "group": _render_text(service.group, context, f"{where}.group") if service.group else None,
-        "log_file": _render_text(service.log_file, context, f"{where}.log_file") if service.log_file else None,
-        "environment": [
+
+    def rendered(key: str, value: str | None) -> str | None:
+        return _render_text(value, context, f"{where}.{key}") if value else None
+
+    resolved = Resolved(
+        name=service_name,
+        description=f"{service_name} (deployed by flinger)",
+        command=_render_text(service.command, context, f"{where}.command"),
+        working_dir=rendered("working_dir", service.working_dir),
+        user=rendered("user", service.user),
+        group=rendered("group", service.group),
+        log_file=rendered("log_file", service.log_file),
+        environment=[
             (name, _render_text(value, context, f"{where}.environment.{name}"))
             for name, value in sorted(service.environment.items())
         ],
-        "restart": service.restart,
-        "restart_sec": _seconds(service.restart_sec),
-        "restart_delay": float(service.restart_sec),
-        "after": list(service.after),
-        "limits": {"nofile": service.limits.get("nofile"), "nproc": service.limits.get("nproc")},
-    }
-    if (problem := names.problem(service_name, "a service name")) is not None:
+        restart=service.restart,
+        restart_sec=_seconds(service.restart_sec),
+        restart_delay=float(service.restart_sec),
+        after=list(service.after),
+        limits={"nofile": service.limits.get("nofile"), "nproc": service.limits.get("nproc")},
+    )
+    _check_resolved(service, resolved, where)
+    return resolved
+
+
+def _check_resolved(service: Service, resolved: Resolved, where: str) -> None:
+    if (problem := names.problem(resolved.name, "a service name")) is not None:
         raise ConfigError(problem, key=where)
     if service.restart not in ("always", "on-failure", "no"):
         raise ConfigError(f"restart must be always, on-failure or no, not {service.restart!r}", key=f"{where}.restart")
-    for name, _value in fields["environment"]:
+    for name, _value in resolved.environment:
         if not _ENV_NAME.match(name):
             raise ConfigError(f"{name!r} is not a valid environment variable name", key=f"{where}.environment")
     for key in ("command", "working_dir", "user", "group", "log_file"):
-        if fields[key] is not None and ("\n" in fields[key] or "\r" in fields[key]):
+        value = getattr(resolved, key)
+        if value is not None and ("\n" in value or "\r" in value):
             raise ConfigError("must be a single line", key=f"{where}.{key}")
-    for name, value in fields["environment"]:
+    for name, value in resolved.environment:
         if "\n" in value:
             raise ConfigError("must be a single line", key=f"{where}.environment.{name}")
     for other in service.after:
         if names.problem(other, "a service name") is not None:
             raise ConfigError(f"{other!r} is not a service name", key=f"{where}.after")
-    return fields
 
 
-def _chpst_options(fields: dict[str, Any]) -> str:
+def _chpst_options(fields: Resolved) -> str:
     options = []
-    if fields["user"]:
-        owner = fields["user"] + (":" + fields["group"] if fields["group"] else "")
+    if fields.user:
+        owner = fields.user + (":" + fields.group if fields.group else "")
         options.append("-u " + shlex.quote(owner))
-    if fields["limits"]["nofile"]:
-        options.append(f"-o {int(fields['limits']['nofile'])}")
-    if fields["limits"]["nproc"]:
-        options.append(f"-p {int(fields['limits']['nproc'])}")
+    if fields.limits["nofile"]:
+        options.append(f"-o {int(fields.limits['nofile'])}")
+    if fields.limits["nproc"]:
+        options.append(f"-p {int(fields.limits['nproc'])}")
     return " ".join(options)
 
 
-def _render_systemd(fields: dict[str, Any]) -> dict[str, str]:
-    return {"unit": _ENV.get_template("systemd.service.j2").render(fields)}
+def _render_systemd(fields: Resolved) -> dict[str, str]:
+    return {"unit": _ENV.get_template("systemd.service.j2").render(fields.variables())}
 
 
-def _render_smf(fields: dict[str, Any]) -> dict[str, str]:
+def _render_smf(fields: Resolved) -> dict[str, str]:
     # SMF expands %-tokens in method strings
-    start = fields["command"].replace("%", "%%")
-    if fields["log_file"]:
-        start = f"{start} >>{shlex.quote(fields['log_file'])} 2>&1"
-    return {"manifest": _XML_ENV.get_template("smf-manifest.xml.j2").render(fields, start=start)}
+    start = fields.command.replace("%", "%%")
+    if fields.log_file:
+        start = f"{start} >>{shlex.quote(fields.log_file)} 2>&1"
+    return {"manifest": _XML_ENV.get_template("smf-manifest.xml.j2").render(fields.variables(), start=start)}
 
 
-def _render_runit(fields: dict[str, Any]) -> dict[str, str]:
-    files = {"run": _ENV.get_template("runit-run.sh.j2").render(fields, chpst=_chpst_options(fields))}
-    if not fields["log_file"]:  # its output to a log service of its own, not to runsvdir's
-        files["log/run"] = _ENV.get_template("runit-log-run.sh.j2").render(fields)
-    if fields["restart"] != "always" or fields["restart_delay"] > 1:
-        files["finish"] = _ENV.get_template("runit-finish.sh.j2").render(fields)
+def _render_runit(fields: Resolved) -> dict[str, str]:
+    variables = fields.variables()
+    files = {"run": _ENV.get_template("runit-run.sh.j2").render(variables, chpst=_chpst_options(fields))}
+    if not fields.log_file:  # its output to a log service of its own, not to runsvdir's
+        files["log/run"] = _ENV.get_template("runit-log-run.sh.j2").render(variables)
+    if fields.restart != "always" or fields.restart_delay > 1:
+        files["finish"] = _ENV.get_template("runit-finish.sh.j2").render(variables)
     return files
 
 
@@ -161,7 +192,7 @@ class Renderer:
     shipped by a package under smf/<service>/ (`override`: the file's name, the plan key
     it fills, and further optional files with theirs)."""
 
-    generate: Callable[[dict[str, Any]], dict[str, str]]
+    generate: Callable[[Resolved], dict[str, str]]
     override: tuple[str, str]
     override_extra: tuple[tuple[str, str], ...] = ()
 
@@ -200,11 +231,18 @@ def render_service(
 ) -> dict[str, str]:
     """The definition files of `service` for `manager` ("systemd" | "smf" | "runit"), as the
     remote install plan's `files` dict. A definition shipped in `override_dir` wins."""
+    return render_definition(resolve_service(service, service_name, context), manager, context, override_dir)
+
+
+def render_definition(
+    fields: Resolved, manager: str, context: dict[str, Any], override_dir: Path | None = None
+) -> dict[str, str]:
+    """The definition files of a resolved service for `manager`; one shipped in
+    `override_dir` wins."""
     if manager not in MANAGERS:
         raise ConfigError(f"unknown service manager {manager!r} (systemd, smf or runit)", key="service_manager")
-    fields = resolve_service(service, service_name, context)
     if override_dir is not None:
-        shipped = _render_override(override_dir, service_name, manager, {**context, "service": fields})
+        shipped = _render_override(override_dir, fields.name, manager, {**context, "service": fields.variables()})
         if shipped is not None:
             return shipped
     return RENDERERS[manager].generate(fields)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -35,15 +36,24 @@ STATE_STYLE = {
 }
 
 
+@dataclass
+class Row:
+    """One row of the live board: a server (or a package in a build)."""
+
+    state: str = "waiting"
+    step: str = ""
+    info: str = ""
+    start: float | None = None
+    end: float | None = None
+
+
 class LiveBoard:
     """A live table of servers: state, current step, elapsed time and a short info field."""
 
     def __init__(self, ui: UI, names: Sequence[str], title: str) -> None:
         self.ui = ui
         self.title = title
-        self.rows: dict[str, dict[str, Any]] = {
-            n: {"state": "waiting", "step": "", "info": "", "start": None, "end": None} for n in names
-        }
+        self.rows: dict[str, Row] = {n: Row() for n in names}
         self._lock = threading.Lock()
         self._live: Live | None = None
 
@@ -53,14 +63,14 @@ class LiveBoard:
             table.add_column(col)
         now = time.monotonic()
         for name, row in self.rows.items():
-            start, end = row["start"], row["end"]
+            start, end = row.start, row.end
             elapsed = "" if start is None else f"{(end or now) - start:5.1f}s"
             table.add_row(
                 escape(name),
-                Text(row["state"], style=STATE_STYLE.get(row["state"], "")),
-                escape(row["step"]),
+                Text(row.state, style=STATE_STYLE.get(row.state, "")),
+                escape(row.step),
                 elapsed,
-                escape(row["info"]),
+                escape(row.info),
             )
         return table
 
@@ -70,21 +80,19 @@ class LiveBoard:
             self.line(event.name, event.text)
             return
         with self._lock:
-            row = self.rows.setdefault(
-                event.name, {"state": "waiting", "step": "", "info": "", "start": None, "end": None}
-            )
+            row = self.rows.setdefault(event.name, Row())
             state: str | None = None
             if isinstance(event, Started):
-                state = row["state"] = "running"
-                if row["start"] is None:
-                    row["start"] = event.at
+                state = row.state = "running"
+                if row.start is None:
+                    row.start = event.at
             elif isinstance(event, Finished):
-                state = row["state"] = event.state
-                row["end"] = event.at
+                state = row.state = event.state
+                row.end = event.at
             elif isinstance(event, Step):
-                row["step"] = event.step
+                row.step = event.step
             elif isinstance(event, Info):
-                row["info"] = event.text
+                row.info = event.text
             if self._live is not None:
                 self._live.update(self._render())
             elif state is not None and self.ui.verbose and not self.ui.json_mode:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flinger.engine.plan import plan_deploy
@@ -15,13 +15,23 @@ from flinger.tomlfile import Collector
 from flinger.topology.model import Server, Topology
 
 
+@dataclass(frozen=True)
+class StoreInfo:
+    """Where the servers' packages come from."""
+
+    store: str
+    url: str | None = None
+    repository: str | None = None
+    pull_credential: bool | None = None
+
+
 @dataclass
 class CheckReport:
     name: str
     config: str
     manifest: str
     threshold: int
-    artifacts: dict[str, Any] = field(default_factory=dict)
+    artifacts: StoreInfo = field(default_factory=lambda: StoreInfo("builder"))
     server_rows: list[tuple[str, ...]] = field(default_factory=list)
     package_rows: list[tuple[str, ...]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -37,7 +47,7 @@ class CheckReport:
             "config": self.config,
             "manifest": self.manifest,
             "threshold": self.threshold,
-            "artifacts": self.artifacts,
+            "artifacts": {k: v for k, v in asdict(self.artifacts).items() if v is not None},
             "servers": [
                 {
                     "server": server,
@@ -131,21 +141,16 @@ def _check_package_files(topology: Topology, manifest: Manifest, pkg: Package) -
             )
 
 
-def check_artifacts(topology: Topology) -> dict[str, Any]:
+def check_artifacts(topology: Topology) -> StoreInfo:
     """Where packages come from; for a registry, its password files and CA read as a deploy
     will (the user's alone, not empty, certificates), so a problem shows here first."""
     art = topology.artifacts
     if not art.registry:
-        return {"store": "builder"}
+        return StoreInfo(art.store)
     registry_credentials.push_credential(topology)
     registry_credentials.pull_credential(topology)
     registry_credentials.ca_pem(topology)
-    return {
-        "store": "registry",
-        "url": art.url,
-        "repository": art.repository,
-        "pull_credential": art.pull_credential() is not None,
-    }
+    return StoreInfo("registry", art.url, art.repository, art.pull_credential() is not None)
 
 
 def _render_every_service(topology: Topology, manifest: Manifest, deploy: list[Server]) -> None:

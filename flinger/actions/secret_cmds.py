@@ -13,6 +13,7 @@ from typing import Any
 from flinger.errors import FlingerError, UsageError
 from flinger.overlay.state import SplitState, StatePaths, load_split
 from flinger.remote import shamir
+from flinger.remote.shamir import ParsedShare
 from flinger.secrets.secret import Secret
 from flinger.topology.model import Topology
 
@@ -62,7 +63,7 @@ class CombineResult:
 _BATCH_FROM = 4  # below this many shares, one check per share is as quick as a batch
 
 
-def _static_check(server: str, path: Path, deployment: str, expected: SplitState | None) -> ShareCheck | dict[str, Any]:
+def _static_check(server: str, path: Path, deployment: str, expected: SplitState | None) -> ShareCheck | ParsedShare:
     """The loaded share document, or a failed ShareCheck when it is unusable before any
     group arithmetic."""
     if not path.exists():
@@ -95,7 +96,7 @@ def verify_shares(topology: Topology, server: str | None = None) -> list[ShareCh
     paths = StatePaths(topology.state_dir)
     expected = load_split(paths.split_file)
     checks: dict[str, ShareCheck] = {}
-    groups: dict[tuple[int, ...], list[tuple[str, Path, dict[str, Any]]]] = {}
+    groups: dict[tuple[int, ...], list[tuple[str, Path, ParsedShare]]] = {}
     for name in names:
         path = paths.overlay_dir / name / "share.json"
         found = _static_check(name, path, topology.name, expected)
@@ -122,7 +123,7 @@ def combine_share_files(paths: list[Path], reveal: bool = False) -> CombineResul
     or fewer than `threshold` shares."""
     if not paths:
         raise UsageError("name the share files to combine")
-    docs: list[tuple[Path, dict[str, Any]]] = []
+    docs: list[tuple[Path, ParsedShare]] = []
     for path in paths:
         try:
             doc = shamir.load_share(str(path))

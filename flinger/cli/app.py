@@ -102,8 +102,8 @@ def check(ctx: typer.Context) -> int:
     )
     art = report.artifacts
     source = (
-        f"packages through the registry {art['url']}/{art['repository']}"
-        if art["store"] == "registry"
+        f"packages through the registry {art.url}/{art.repository}"
+        if art.store == "registry"
         else "packages pushed by the builder"
     )
     env.ui.success(

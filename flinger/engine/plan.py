@@ -164,19 +164,13 @@ def _overlay_owner(packages: list[Package]) -> Owner | None:
 
 
 def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServiceSpec:
-    from flinger.service_render import render_health, render_service, render_validate, resolve_service
+    from flinger.service_render import render_definition, render_health, render_validate, resolve_service
 
     assert pkg.service is not None
     context = template_context(topology, server, pkg)
     smf_dir = topology.source_dir / "smf" / pkg.service_name
-    files = render_service(
-        pkg.service,
-        pkg.service_name,
-        server.service_manager,
-        context,
-        override_dir=smf_dir if smf_dir.is_dir() else None,
-    )
     resolved = resolve_service(pkg.service, pkg.service_name, context)
+    files = render_definition(resolved, server.service_manager, context, smf_dir if smf_dir.is_dir() else None)
     return ServiceSpec(
         name=pkg.service_name,
         package=pkg.name,
@@ -184,7 +178,7 @@ def _service_plan(topology: Topology, server: Server, pkg: Package) -> ServiceSp
         files=files,
         after=list(pkg.service.after),
         health=render_health(pkg.service, context, pkg.service_name),
-        log_files=[resolved["log_file"]] if resolved["log_file"] else [],
+        log_files=[resolved.log_file] if resolved.log_file else [],
         validate=render_validate(pkg.service, context, pkg.service_name),
     )
 

@@ -19,7 +19,7 @@ import os
 import secrets
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypedDict, Union
 
 P = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A0879"
@@ -404,9 +404,28 @@ def _separate_verifier(
     return cached[2]
 
 
+class Verifier(TypedDict):
+    group: str
+    generator: int
+    commitments: List[int]
+
+
+class ParsedShare(TypedDict):
+    """A share document as `parse_share` returns it: checked, the share and the commitments
+    as ints, whichever version the file was."""
+
+    version: int
+    deployment: str
+    threshold: int
+    total: int
+    index: int
+    share: int
+    verifier: Verifier
+
+
 def parse_share(
     doc: Any, where: str = "share", read_verifier: Optional[Callable[[str], bytes]] = None
-) -> Dict[str, Any]:
+) -> ParsedShare:
     """Validate a share document; returns it with "share" and the commitments as ints (in
     the version 1 shape, whichever version it was). A version 2 share reads its verifier
     file through `read_verifier(name)`."""
@@ -447,7 +466,7 @@ def parse_share(
     }
 
 
-def load_share(path: str) -> Dict[str, Any]:
+def load_share(path: str) -> ParsedShare:
     """Read and validate a share file (and the verifier file beside it, for version 2);
     ValueError (naming the file, never the value) if bad."""
     try:

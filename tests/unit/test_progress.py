@@ -112,8 +112,8 @@ def test_the_board_is_a_sink_and_names_the_server_of_every_line() -> None:
         board(Finished("a", "ok"))
     assert out.getvalue().splitlines() == ["[b] from b", "[a] from a"]
     assert "a: running" in err.getvalue() and "a: ok" in err.getvalue()
-    assert board.rows["a"]["state"] == "ok" and board.rows["a"]["step"] == "push"
-    assert board.rows["b"]["state"] == "waiting"
+    assert board.rows["a"].state == "ok" and board.rows["a"].step == "push"
+    assert board.rows["b"].state == "waiting"
 
 
 def test_json_mode_prints_no_progress_lines() -> None:
