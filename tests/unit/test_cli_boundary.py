@@ -43,13 +43,3 @@ def test_an_unexpected_error_is_one_line_and_traceback_on_request(
     ]
     code, _, err = cli("--traceback", "-c", config, "check")
     assert code == 1 and "Traceback (most recent call last)" in err and "RuntimeError: boom" in err
-
-
-def test_shell_completion_completes_commands() -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "_FLINGER_COMPLETE": "complete_bash", "COMP_WORDS": "flinger deploy in", "COMP_CWORD": "2"}
-    done = subprocess.run([sys.executable, "-m", "flinger"], env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0 and done.stdout.split() == ["install"], done.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -105,37 +103,3 @@ def test_composite_cycle(tmp_path: Path) -> None:
         load_manifest(path)
     assert "composite cycle: loop -> loop2 -> loop" in info.value.message
     assert info.value.line == 24
-
-
-def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flinger", "-c", str(tmp_path / "deploy.toml"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_missing_path_is_an_error_naming_the_package(tmp_path: Path) -> None:
-    project(tmp_path, MANIFEST.replace("src/app.py", "src/missing.py"))
-    proc = cli(tmp_path, "check")
-    assert proc.returncode == 2
-    assert f"{tmp_path / 'manifest.toml'}:6: packages.app.source.paths.0.from" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_role_nobody_has_is_a_warning(tmp_path: Path) -> None:
-    project(
-        tmp_path,
-        MANIFEST.replace('roles = ["node"]\n[packages.app.source]', 'roles = ["ghost"]\n[packages.app.source]'),
-    )
-    proc = cli(tmp_path, "check")
-    assert proc.returncode == 0, proc.stderr
-    assert 'no deployment server has role "ghost"' in proc.stderr
-
-
-def test_unknown_source_type_via_cli(tmp_path: Path) -> None:
-    project(tmp_path, MANIFEST.replace('type = "prebuilt"', 'type = "docker"'))
-    proc = cli(tmp_path, "check")
-    assert proc.returncode == 2
-    assert "packages.blob.source.type" in proc.stderr and ":11:" in proc.stderr

@@ -9,8 +9,6 @@ import importlib
 import ipaddress
 import json
 import os
-import shutil
-import tarfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -19,14 +17,11 @@ from typing import Any
 import pytest
 import typer
 
-from flinger.actions.build import package_source
 from flinger.actions.check import run_check
 from flinger.cli import run  # importing flinger.cli registers every command
 from flinger.cli.app import app
 from flinger.manifest import Manifest, load_manifest
-from flinger.protocol.plans import BuildPlan
 from flinger.topology import Topology, load_topology
-from tests.remote_helpers import run_remote
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEEDS = ("orion", "gitmirror", "fustor", "nativelink", "thing-flinger")
@@ -41,18 +36,6 @@ def load(config: Path) -> tuple[Topology, Manifest]:
 def packages_of(topology: Topology, manifest: Manifest) -> dict[str, set[str]]:
     """Deployment server name -> the names of the packages it gets."""
     return {s.name: {p.name for p in manifest.packages_for(s.roles)} for s in topology.deployment_servers()}
-
-
-@pytest.fixture
-def example_copy(tmp_path: Path) -> Callable[[str], Path]:
-    """Copy examples/<name> to tmp_path (without any local state) and return its deploy.toml."""
-
-    def copy(name: str) -> Path:
-        dest = tmp_path / name
-        shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns(".flinger", "out", "__pycache__"))
-        return dest / "deploy.toml"
-
-    return copy
 
 
 def make_overlay_or_skip() -> Callable[..., Any]:
@@ -142,36 +125,6 @@ def test_readme_gives_the_deploy_commands(name: str) -> None:
         assert f"flinger -c examples/{name}/deploy.toml {command}" in readme, command
 
 
-def build_packages(config: Path) -> dict[str, set[str]]:
-    """Build every package of the example at `config` with the remote tool, here (no network,
-    as on a builder); returns package name -> the files in its tarball."""
-    topology, manifest = load(config)
-    plan = BuildPlan(
-        source_dir=str(topology.source_dir),
-        artifacts_dir=str(topology.source_dir / "out"),
-        packages=[package_source(p) for p in manifest.packages.values()],
-    )
-    answer = run_remote("build", plan)
-    assert answer.status == 0, answer.stderr[-2000:] + answer.stdout[-2000:]
-    assert answer.result.ok is True
-    contents = {}
-    for tarball in (topology.source_dir / "out" / "packages").glob("*.tar.gz"):
-        with tarfile.open(tarball) as archive:
-            contents[tarball.name.removesuffix(".tar.gz")] = {m.name for m in archive.getmembers() if m.isfile()}
-    return contents
-
-
-@pytest.mark.parametrize("name", SEEDS)
-def test_every_package_of_the_example_builds(name: str, example_copy: Callable[[str], Path]) -> None:
-    config = example_copy(name)
-    built = build_packages(config)
-    _, manifest = load(config)
-    assert set(built) == set(manifest.packages)
-    for package in manifest.packages.values():
-        for mapping in package.source.paths:
-            assert mapping.dst in built[package.name], f"{package.name}: {mapping.dst} missing"
-
-
 # ------------------------------------------------------------------------------ 000 Orion
 
 
@@ -193,14 +146,6 @@ def test_orion_runner_package_service_and_prereqs() -> None:
     assert [u.name for u in runner.users] == ["orion"]
     owned = {d.path for d in runner.dirs if d.owner == "orion"}
     assert {"/data/scorpio/store", "/data/scorpio/tmp_build", "/data/scorpio/antares/mnt", "/workspace/mount"} <= owned
-
-
-def test_orion_ships_env_and_has_no_shares_for_a_single_server(example_copy: Callable[[str], Path]) -> None:
-    config = example_copy("orion")
-    assert {".env", "orion", "run.sh", "scorpio.toml"} <= build_packages(config)["orion-runner"]
-    _, _, overlay = render(config)
-    assert (overlay / "orion-client" / "tls" / "cert.pem").is_file()
-    assert not (overlay / "orion-client" / "share.json").exists()
 
 
 # ------------------------------------------------------------------------------ 001 GitMirror

@@ -6,17 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flinger.remote import shamir
-from tests.unit.oldest_python import require_python39
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -208,27 +204,6 @@ def test_load_share_of_broken_json_says_so_without_content(tmp_path: Path) -> No
     assert "abcdef0123456789" not in str(info.value)
 
 
-def test_runs_on_python39_with_the_standard_library_only() -> None:
-    """The quorum service (and the remote tool) load and verify shares on Python 3.9 alone."""
-    python39 = require_python39()
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = _write_shares(Path(tmp), "demo", 3, 2, 12345)
-        code = (
-            f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-            "from flinger.remote import shamir\n"
-            "c, s = shamir.split(12345, 5, 3)\n"
-            "assert shamir.combine(s[2:]) == 12345\n"
-            "docs = [shamir.load_share(p) for p in sys.argv[1:]]\n"
-            "assert all(shamir.verify_share(d['index'], d['share'], d['verifier']['commitments']) for d in docs)\n"
-            "print('verified', len(docs))\n"
-        )
-        proc = subprocess.run(
-            [python39, "-S", "-c", code, *map(str, paths)], capture_output=True, text=True, check=False
-        )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "verified 3"
-
-
 def test_parses_with_the_python_39_grammar() -> None:
     import ast
 
@@ -320,33 +295,3 @@ def test_a_verifier_of_another_threshold_is_refused_even_when_cached(tmp_path: P
     paths[1].write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="another deployment or threshold"):
         shamir.load_share(str(paths[1]))
-
-
-def test_many_commitments_are_made_by_worker_processes_and_verify(monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[list[str]] = []
-    real = shamir.subprocess.Popen
-
-    def popen(argv: list[str], **kw: Any) -> Any:
-        started.append(argv)
-        return real(argv, **kw)
-
-    monkeypatch.setattr(shamir.subprocess, "Popen", popen)
-    monkeypatch.setattr(shamir.os, "cpu_count", lambda: 2)
-    secret = shamir.random_secret()
-    commitments, shares = shamir.split(secret, 300, 151)
-    assert len(started) == 2 and all(argv[-1] == "--pow-g" for argv in started)
-    assert shamir.verify_shares_batch(shares, commitments) and shamir.check_secret(secret, commitments)
-    assert shamir.verify_share(*shares[7], commitments)
-
-
-def test_a_worker_that_fails_or_lies_is_done_over_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    liar = tmp_path / "liar"
-    liar.write_text("#!/bin/sh\nwhile read -r line; do echo 5; done\n")  # one wrong answer a line
-    liar.chmod(0o755)
-    monkeypatch.setattr(shamir.os, "cpu_count", lambda: 2)
-    for executable in ("/bin/false", str(liar)):
-        monkeypatch.setattr(shamir.sys, "executable", executable)
-        secret = shamir.random_secret()
-        commitments, shares = shamir.split(secret, 260, 130)
-        assert shamir.verify_shares_batch(shares, commitments), executable
-        assert shamir.check_secret(secret, commitments)

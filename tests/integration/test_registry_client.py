@@ -23,8 +23,8 @@ from flinger.remote import registry
 from flinger.zipapp import build_remote_zipapp
 from flinger_sandbox import registry as sandbox_registry
 from flinger_sandbox.net import pick_addresses
+from tests.oldest_python import require_python39
 from tests.remote_helpers import envelope, run_remote
-from tests.unit.oldest_python import require_python39
 
 
 @pytest.fixture(scope="module")

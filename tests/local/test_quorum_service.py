@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.unit.oldest_python import require_python39
+from tests.oldest_python import require_python39
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "packaging" / "package-manifest.toml"

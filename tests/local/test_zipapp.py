@@ -15,8 +15,8 @@ import pytest
 
 from flinger.protocol.plans import BuildPlan, InstallPlan, PackageRef, PackageSource, PathMap
 from flinger.zipapp import build_remote_zipapp
+from tests.oldest_python import require_python39
 from tests.remote_helpers import run_remote
-from tests.unit.oldest_python import require_python39
 
 REPO = Path(__file__).resolve().parents[2]
 REMOTE = REPO / "flinger" / "remote"
