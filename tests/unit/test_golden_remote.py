@@ -48,7 +48,7 @@ class Case:
     def fill(self, value: Any) -> Any:
         if isinstance(value, str):
             for name, digest in self.digests.items():
-                value = value.replace("{digest:%s}" % name, digest).replace("{digest16:%s}" % name, digest[:16])
+                value = value.replace(f"{{digest:{name}}}", digest).replace(f"{{digest16:{name}}}", digest[:16])
             while "{run:" in value:
                 start = value.index("{run:")
                 end = value.index("}", start)
