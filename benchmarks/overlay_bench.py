@@ -1,7 +1,7 @@
 """Time `make_overlay` for 10, 100 and 1000 servers (threshold = majority) against baselines
 measured in the same run, so the results read as ratios on any machine.
 
-    python benchmarks/overlay_bench.py [--sizes 10,100,1000] [--repeat 3] [--template peers|own]
+    python benchmarks/overlay_bench.py [--sizes 10,100,1000] [--repeat 3] [--template quorum|peers|own]
                                        [--no-verify-each]
 
 Per size it measures, best of --repeat:
@@ -43,6 +43,9 @@ from flinger.secrets.ca import create_ca, issue_server_cert  # noqa: E402
 from flinger.secrets.private_files import write_private_all  # noqa: E402
 
 TEMPLATES = {
+    # the example quorum system's own config template: every node lists every peer (with
+    # tojson), about 60 KB per config at 1000 servers
+    "quorum": (REPO / "smf" / "quorum" / "config.json.j2").read_text(),
     # every server's config lists every server: output (and time) grow as n^2
     "peers": """\
 name = {{ server.name }}
