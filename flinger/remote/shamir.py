@@ -423,9 +423,7 @@ class ParsedShare(TypedDict):
     verifier: Verifier
 
 
-def parse_share(
-    doc: Any, where: str = "share", read_verifier: Optional[Callable[[str], bytes]] = None
-) -> ParsedShare:
+def parse_share(doc: Any, where: str = "share", read_verifier: Optional[Callable[[str], bytes]] = None) -> ParsedShare:
     """Validate a share document; returns it with "share" and the commitments as ints (in
     the version 1 shape, whichever version it was). A version 2 share reads its verifier
     file through `read_verifier(name)`."""
