@@ -208,12 +208,12 @@ def uninstall(
 @deploy_app.command("clean")
 def clean(ctx: typer.Context, servers: ServersOpt = None, dry_run: DryRun = False, lock_wait: LockWait = 0.0) -> int:
     """Uninstall, then remove the staging directory."""
-    from flinger.engine.operations import Uninstall
+    from flinger.engine.operations import Clean
 
     env = env_of(ctx)
     if dry_run:
         return _dry_run(env, "clean", servers)
-    return _run(env, Uninstall(clean=True), env.select_servers(servers), lock_wait=lock_wait)
+    return _run(env, Clean(), env.select_servers(servers), lock_wait=lock_wait)
 
 
 @deploy_app.command("status")

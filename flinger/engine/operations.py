@@ -8,7 +8,7 @@ execute.py runs them on the servers, through a strategy when they roll out in ba
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from flinger.engine import report as lines
 from flinger.engine.remote import into_report, run_tool
@@ -51,15 +51,23 @@ class OnEveryServer:
         pass
 
 
+R = TypeVar("R", StatusResult, HistoryResult)
+
+
+def _inventory(run: Run, server: Server, report: Reporter, command: str, kind: type[R]) -> R:
+    """What `command` (status or history) answers of the server's install dir."""
+    session = open_session(run, server, report, step=command)
+    plan = InventoryPlan(session.install_dir)
+    return run_tool(session.conn, session.tool, command, plan, kind, on_event=into_report(report))
+
+
 class Status(OnEveryServer):
     """`deploy status`: what each server runs; a service not running or unhealthy fails it."""
 
     name = "status"
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
-        session = open_session(run, server, report, step="status")
-        plan = InventoryPlan(session.install_dir)
-        result = run_tool(session.conn, session.tool, "status", plan, StatusResult, on_event=into_report(report))
+        result = _inventory(run, server, report, "status", StatusResult)
         details: dict[str, Any] = {**encode(result), "summary": lines.status_line(result)}
         report.details.update(details)
         lines.require_running(result, report)
@@ -72,9 +80,7 @@ class History(OnEveryServer):
     name = "history"
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
-        session = open_session(run, server, report, step="history")
-        plan = InventoryPlan(session.install_dir)
-        result = run_tool(session.conn, session.tool, "history", plan, HistoryResult, on_event=into_report(report))
+        result = _inventory(run, server, report, "history", HistoryResult)
         return {**encode(result), "summary": lines.history_line(result)}
 
 
@@ -102,12 +108,10 @@ class Rollback(OnEveryServer):
 
 
 class Uninstall(OnEveryServer):
-    """`deploy uninstall` (and `clean`, which also removes the staging dir): stop and remove
-    exactly what flinger installed, under the deploy lock."""
+    """`deploy uninstall`: stop and remove exactly what flinger installed, under the deploy lock."""
 
-    def __init__(self, clean: bool = False) -> None:
-        self.clean = clean
-        self.name = "clean" if clean else "uninstall"
+    name = "uninstall"
+    clean = False
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         session = open_session(run, server, report, step=self.name)
@@ -116,6 +120,13 @@ class Uninstall(OnEveryServer):
         result = run_tool(session.conn, session.tool, "uninstall", plan, UninstallResult,
                           on_event=into_report(report), on_text=report.line)  # fmt: skip
         return {**encode(result), "summary": f"{self.name} done"}
+
+
+class Clean(Uninstall):
+    """`deploy clean`: uninstall, and remove the staging dir too."""
+
+    name = "clean"
+    clean = True
 
 
 class Unlock(OnEveryServer):

@@ -23,7 +23,7 @@ from flinger.protocol import graph, names
 from flinger.protocol.codec import decode
 from flinger.protocol.plans import Credential, InstallPlan, ServiceRoots, ServiceSpec
 from flinger.protocol.results import InstallResult
-from flinger.remote import events, files, layout, lock, receipt, registry, release, services, switch
+from flinger.remote import events, files, layout, lock, receipt, release, services, switch
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
 
@@ -100,6 +100,8 @@ def _pull_missing(plan: InstallPlan, need: List[str]) -> Dict[str, int]:
     """Pull the packages `need` names (not here yet) from the registry into this run's
     staging dir, each checked against its digest before anything unpacks it; bytes
     received by name."""
+    from flinger.remote import registry  # http.client and ssl: only for a server that pulls
+
     run_dir = own_run_dir(plan.staging_dir)
     if run_dir is None or plan.pull is None:
         raise events.PlanError("a registry pull needs the run's own staging_dir")

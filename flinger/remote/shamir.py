@@ -404,10 +404,7 @@ def _separate_verifier(
     return cached[2]
 
 
-class Verifier(TypedDict):
-    group: str
-    generator: int
-    commitments: List[int]
+Verifier = TypedDict("Verifier", {"group": str, "generator": int, "commitments": List[int]})
 
 
 class ParsedShare(TypedDict):
