@@ -11,11 +11,11 @@ recorded services that are not running. A failing step raises `StepFailed`, nami
 import os
 import subprocess
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from flinger.protocol.plans import PathRecord, ServiceRoots, ServiceSpec
 from flinger.protocol.results import Health, ServiceLog, SwitchResult
-from flinger.remote import events, files, health, services
+from flinger.remote import events, files, services
 from flinger.remote.receipt import Receipt
 
 VALIDATE_TIMEOUT = 300  # seconds a service's validate command may run
@@ -58,8 +58,16 @@ def activate_service(service: ServiceSpec, roots: ServiceRoots) -> List[PathReco
         raise StepFailed("service:" + service.name, str(exc)) from None
 
 
+def _health() -> Any:
+    """The health checks (http.client and ssl: imported only by a command that checks one,
+    never by an install with nothing to do)."""
+    from flinger.remote import health
+
+    return health
+
+
 def wait_healthy(service: ServiceSpec) -> None:
-    passed, seen = health.wait_healthy(service.health)
+    passed, seen = _health().wait_healthy(service.health)
     events.line("health of %s: %s (%s)" % (service.name, "ok" if passed else "failing", seen))
     if not passed:
         raise StepFailed("health:" + service.name, "%s is not healthy: %s" % (service.name, seen))
@@ -144,7 +152,7 @@ def restored_health(previous: Receipt) -> Dict[str, Health]:
     checked: Dict[str, Health] = {}
     for service in previous.services:
         if service.health is not None:
-            passed, detail = health.wait_healthy(service.health)
+            passed, detail = _health().wait_healthy(service.health)
             events.line("health of %s, restored: %s (%s)" % (service.name, "ok" if passed else "failing", detail))
             checked[service.name] = Health(passed, detail)
     return checked
