@@ -10,18 +10,13 @@ the developer's own ~/.ssh/config stays out of the tests.
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
+from flinger_helpers import SshRun, run_ssh
 
 from flinger_sandbox import SandboxState, down, missing_tools, up
-from flinger_sandbox.paths import LOGIN_USER
 from flinger_sandbox.rootfs import missing_tools as rootfs_missing_tools
-
-SshRun = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 def _unavailable_reason() -> str | None:
@@ -80,43 +75,6 @@ def systemd_sandbox(sandbox_prerequisites: None, tmp_path_factory: pytest.TempPa
         yield state
     finally:
         down(directory)
-
-
-def agent_env(state: SandboxState) -> dict[str, str]:
-    """The environment the CLI needs for that sandbox's agent."""
-    return {"SSH_AUTH_SOCK": str(state.agent_socket)}
-
-
-def run_ssh(
-    state: SandboxState,
-    host: str,
-    *command: str,
-    forward_agent: bool = False,
-    known_hosts: Path | None = None,
-    timeout: float = 120,
-    as_root: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """Run `command` on a sandbox host with OpenSSH (strict host keys, the agent), logged in as
-    the non-root login user, through `sudo -n` unless `as_root` is False, as an operator would."""
-    addr, port = state.hosts[host]
-    argv = [
-        "ssh", "-F", "/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts or state.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "IdentitiesOnly=no",
-        "-o", "ConnectTimeout=5",
-        "-p", str(port),
-    ]  # fmt: skip
-    if forward_agent:
-        argv.append("-A")
-    line = shlex.join(command)
-    if as_root:
-        line = "sudo -n -- " + line
-    argv += [f"{LOGIN_USER}@{addr}", line]
-    env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture

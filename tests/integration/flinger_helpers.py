@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import ssl
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
 from flinger_sandbox import SandboxState
+from flinger_sandbox.paths import LOGIN_USER
 
 
 def run_flinger(
@@ -102,3 +105,43 @@ def quorum_states(topology: Any, nodes: tuple[str, ...], *, until: str, timeout:
             break
         time.sleep(0.5)
     return states
+
+
+SshRun = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def agent_env(state: SandboxState) -> dict[str, str]:
+    """The environment the CLI needs for that sandbox's agent."""
+    return {"SSH_AUTH_SOCK": str(state.agent_socket)}
+
+
+def run_ssh(
+    state: SandboxState,
+    host: str,
+    *command: str,
+    forward_agent: bool = False,
+    known_hosts: Path | None = None,
+    timeout: float = 120,
+    as_root: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` on a sandbox host with OpenSSH (strict host keys, the agent), logged in as
+    the non-root login user, through `sudo -n` unless `as_root` is False, as an operator would."""
+    addr, port = state.hosts[host]
+    argv = [
+        "ssh", "-F", "/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts or state.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "IdentitiesOnly=no",
+        "-o", "ConnectTimeout=5",
+        "-p", str(port),
+    ]  # fmt: skip
+    if forward_agent:
+        argv.append("-A")
+    line = shlex.join(command)
+    if as_root:
+        line = "sudo -n -- " + line
+    argv += [f"{LOGIN_USER}@{addr}", line]
+    env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_ssh
-from flinger_helpers import run_flinger, run_sandbox_cli
+from flinger_helpers import run_flinger, run_sandbox_cli, run_ssh
 
 import flinger_sandbox as sb
 from flinger_sandbox.net import is_listening

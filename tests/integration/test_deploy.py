@@ -41,7 +41,7 @@ def tree(ssh_run: Any, state: SandboxState, host: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def deployed(sandbox: SandboxState) -> dict[str, Any]:
-    from conftest import run_ssh
+    from flinger_helpers import run_ssh
 
     config = sandbox.config_path
     before = {h: tree(run_ssh, sandbox, h) for h in NODES}

@@ -14,8 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import agent_env, run_ssh
-from flinger_helpers import by_server, derived_config, flinger_json, quorum_states, run_flinger, run_sandbox_cli
+from flinger_helpers import (
+    agent_env,
+    by_server,
+    derived_config,
+    flinger_json,
+    quorum_states,
+    run_flinger,
+    run_sandbox_cli,
+    run_ssh,
+)
 
 import flinger_sandbox as sb
 from flinger.topology import load_topology

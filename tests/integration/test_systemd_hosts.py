@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import agent_env, run_ssh
-from flinger_helpers import by_server, derived_config, flinger_json, run_flinger
+from flinger_helpers import agent_env, by_server, derived_config, flinger_json, run_flinger, run_ssh
 
 from flinger_sandbox import SandboxState
 
