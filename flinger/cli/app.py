@@ -9,6 +9,7 @@ import typer
 
 from flinger.cli.env import Env
 from flinger.engine.results import ServerResult, exit_status
+from flinger.errors import ExitStatus
 from flinger.progress import Info
 from flinger.ui import UI
 
@@ -68,9 +69,12 @@ ServersOpt = Annotated[
 ]
 
 
-def finish(env: Env, title: str, results: list[ServerResult], extra: dict[str, Any] | None = None) -> int:
-    """Print the summary (or JSON) of a fan-out and return the exit status."""
-    status = exit_status(results)
+def finish(
+    env: Env, title: str, results: list[ServerResult], extra: dict[str, Any] | None = None, *, stopped: bool = False
+) -> int:
+    """Print the summary (or JSON) of a fan-out and return the exit status (130 when the
+    operator stopped it, whatever the servers that were at work did)."""
+    status = ExitStatus.INTERRUPTED if stopped else exit_status(results)
     if env.json:
         env.ui.emit_json(
             {"command": title, "exit_status": int(status), "servers": [r.as_json() for r in results], **(extra or {})}

@@ -130,16 +130,21 @@ def _run(
     title = f"deploy {operation.name}"
     board = env.ui.board([s.name for s in chosen], title)
     settings = Settings(parallel=env.parallel, lock_wait=lock_wait, fail_fast=fail_fast)
-    with open_run(env.topology(), env.manifest(), sink=board, settings=settings) as run, board.running():
-        results = execute(run, operation, chosen, strategy)
-    extra: dict[str, Any] = {"log_dir": str(run.log_dir)}
-    if operation.name == "install":
-        sent = run.store.report()
-        extra["artifacts"] = vars(sent)
-        if not env.json:
-            where = "published to the registry" if sent.store == "registry" else "pushed to servers"
-            env.ui.note(f"the builder sent {sent.builder_bytes_sent:,} bytes ({where})")
-    status = finish(env, title, results, extra)
+    with open_run(env.topology(), env.manifest(), sink=board, settings=settings) as run, run.brake.held():
+        with board.running():
+            results = execute(run, operation, chosen, strategy)
+        extra: dict[str, Any] = {"log_dir": str(run.log_dir), "stopped_by": run.brake.by}
+        if operation.name == "install":
+            sent = run.store.report()
+            extra["artifacts"] = vars(sent)
+            if not env.json:
+                where = "published to the registry" if sent.store == "registry" else "pushed to servers"
+                env.ui.note(f"the builder sent {sent.builder_bytes_sent:,} bytes ({where})")
+        if run.brake.pulled and not env.json:
+            stopped = [r.server for r in results if r.status.value == "interrupted"]
+            env.ui.warn(f"stopped by {run.brake.by}: {', '.join(stopped) or 'no server'} not started; the others "
+                        "finished their step (below)")  # fmt: skip
+        status = finish(env, title, results, extra, stopped=run.brake.pulled)
     if not env.json:
         env.ui.note(f"logs: {run.log_dir}")
     return status

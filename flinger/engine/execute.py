@@ -14,7 +14,7 @@ from flinger.engine.fanout import Reporter, fan_out
 from flinger.engine.operations import Operation, Rollback, Status
 from flinger.engine.results import ServerResult
 from flinger.engine.run import Run
-from flinger.engine.strategy import Strategy, interruptible_sleep
+from flinger.engine.strategy import Strategy
 from flinger.topology.model import Server
 
 
@@ -30,11 +30,21 @@ def execute(
     return [results[s.name] for s in servers]
 
 
-def _fan_out(run: Run, operation: Operation, servers: list[Server], *, fail_fast: bool = False) -> list[ServerResult]:
+def _fan_out(
+    run: Run, operation: Operation, servers: list[Server], *, fail_fast: bool = False, stoppable: bool = True
+) -> list[ServerResult]:
     def work(server: Server, report: Reporter) -> dict[str, Any]:
         return operation.on_server(run, server, report)
 
-    return fan_out(servers, work, parallel=run.settings.parallel, events=run.events, fail_fast=fail_fast)
+    return fan_out(
+        servers,
+        work,
+        parallel=run.settings.parallel,
+        events=run.events,
+        fail_fast=fail_fast,
+        brake=run.brake,
+        brake_stops=stoppable,
+    )
 
 
 class _Effects:
@@ -53,7 +63,12 @@ class _Effects:
         return _fan_out(self.run, Status(), [self.servers[n] for n in names])
 
     def undo(self, todo: list[tuple[str, str]]) -> list[ServerResult]:
-        return _fan_out(self.run, Rollback(targets=dict(todo)), [self.servers[n] for n, _ in todo])
+        # An undo is finished even once the brake is pulled: it is what keeps the fleet on one release.
+        rollback = Rollback(targets=dict(todo))
+        return _fan_out(self.run, rollback, [self.servers[n] for n, _ in todo], stoppable=False)
 
     def wait(self, seconds: float) -> bool:
-        return interruptible_sleep(seconds)
+        return self.run.brake.wait(seconds)
+
+    def stopping(self) -> bool:
+        return self.run.brake.pulled

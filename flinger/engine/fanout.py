@@ -8,8 +8,6 @@ not yet started are reported as skipped.
 
 from __future__ import annotations
 
-import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -17,6 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from flinger.engine.brake import Brake
 from flinger.engine.results import ServerResult, Status, Switch
 from flinger.errors import FlingerError, RemoteCommandError, UnreachableError
 from flinger.progress import Event, Finished, Info, Output, Sink, Started, Step, Timeline, nowhere
@@ -93,18 +92,6 @@ def _run_one(server: Server, work: Work, emit: Sink) -> ServerResult:
     return result
 
 
-def _keep_stopping() -> None:
-    """After the first Ctrl-C, later ones only say that the run is already stopping."""
-
-    def note(_signum: int, _frame: object) -> None:
-        sys.stderr.write("flinger: already stopping: the servers that are running finish their step\n")
-
-    try:
-        signal.signal(signal.SIGINT, note)
-    except ValueError:  # not the main thread: nothing to install
-        pass
-
-
 def fan_out(
     servers: Iterable[Server],
     work: Work,
@@ -112,32 +99,29 @@ def fan_out(
     parallel: int = 16,
     events: Sink = nowhere,
     fail_fast: bool = False,
+    brake: Brake | None = None,
+    brake_stops: bool = True,
 ) -> list[ServerResult]:
     """Run `work` for every server, at most `parallel` at once; results in server order.
-    Progress goes to `events` as typed events (progress.py)."""
+    Progress goes to `events` as typed events (progress.py). Once `brake` is pulled (a
+    SIGINT or SIGTERM while it is held: brake.py), no server starts; those at work finish
+    their step (a safe point on the server) and the others are `interrupted`. With
+    `brake_stops=False` (a rollout undoing what it switched) every server is done all the
+    same: stopping half-way would leave the fleet on two releases."""
+    brake = brake or Brake()
     servers = list(servers)
     results: dict[str, ServerResult] = {}
     stop = threading.Event()
     pending = list(servers)
-    interrupted = False
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="flinger") as pool:
+    with brake.held(), ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="flinger") as pool:
         running: dict[Future[ServerResult], Server] = {}
         while pending or running:
-            while pending and len(running) < parallel and not stop.is_set():
+            while pending and len(running) < parallel and not stop.is_set() and not (brake_stops and brake.pulled):
                 server = pending.pop(0)
                 running[pool.submit(_run_one, server, work, events)] = server
             if not running:
                 break
-            try:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                # Ctrl-C: start no other server; those running finish their step on the
-                # server (a safe point), so none is left half-done; then the summary.
-                # A second Ctrl-C must not cut that short (nor the summary and exit 130).
-                interrupted = True
-                stop.set()
-                _keep_stopping()
-                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 server = running.pop(fut)
                 result = fut.result()
@@ -145,10 +129,8 @@ def fan_out(
                 if fail_fast and result.status is not Status.OK:
                     stop.set()
         for server in pending:
-            if interrupted:
-                results[server.name] = ServerResult(server.name, Status.INTERRUPTED, message="not started: interrupted")
-                events(Finished(server.name, Status.INTERRUPTED.value))
-            else:
-                results[server.name] = ServerResult(server.name, Status.SKIPPED, message="not started (--fail-fast)")
-                events(Finished(server.name, Status.SKIPPED.value))
+            status = Status.INTERRUPTED if brake.pulled else Status.SKIPPED
+            why = f"not started: interrupted ({brake.by})" if brake.pulled else "not started (--fail-fast)"
+            results[server.name] = ServerResult(server.name, status, message=why)
+            events(Finished(server.name, status.value))
     return [results[s.name] for s in servers]

@@ -13,9 +13,10 @@ import datetime as dt
 import getpass
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from flinger.engine.brake import Brake
 from flinger.engine.hosts import HostPool, open_hosts
 from flinger.engine.stores import STORES, ArtifactStore
 from flinger.errors import UsageError
@@ -51,6 +52,7 @@ class Run:
     hosts: HostPool
     store: ArtifactStore
     settings: Settings
+    brake: Brake = field(default_factory=Brake)  # pulled by a SIGINT or SIGTERM while the run works
 
     def close(self) -> None:
         self.hosts.close()

@@ -9,7 +9,8 @@ default 0) stop the rollout: no later batch starts, and every server this run sw
 new release is switched back to the release it had, batch by batch in reverse order, and
 health-checked (unless rollback is off), so the fleet never runs a mix nobody asked for.
 A failure in a wave that later waves depend on stops the rollout whatever the allowance.
-Ctrl-C stops it too, but rolls nothing back: the operator asked to stop, not to undo.
+Ctrl-C (or SIGTERM) stops it too, in every mode: no batch or canary wait goes on once the
+brake is pulled, and nothing is rolled back: the operator asked to stop, not to undo.
 
 `BatchRollout` is the default `Strategy`; it gets its effects as an object (apply the
 operation to a batch, check a batch, roll servers back, wait), so the orchestration is
@@ -19,7 +20,6 @@ tested without any host, and a new rollout kind is one more class with the same 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -120,6 +120,10 @@ class Effects(Protocol):
         """Sleep; False when interrupted."""
         ...
 
+    def stopping(self) -> bool:
+        """The operator asked the command to stop (the brake: flinger/engine/brake.py)."""
+        ...
+
 
 class Strategy(Protocol):
     """Which servers go next and whether to go on: a new rollout kind implements this."""
@@ -127,14 +131,6 @@ class Strategy(Protocol):
     def batches(self, waves: list[list[str]]) -> list[Batch]: ...
 
     def run(self, batches: list[Batch], effects: Effects) -> dict[str, ServerResult]: ...
-
-
-def interruptible_sleep(seconds: float) -> bool:
-    try:
-        time.sleep(seconds)
-    except KeyboardInterrupt:
-        return False
-    return True
 
 
 @dataclass
@@ -166,6 +162,8 @@ class BatchRollout:
         last_wave = max((b.wave for b in batches), default=0)
         state = _Progress()
         for batch in batches:
+            if state.stop is None and effects.stopping():
+                state.stop, state.interrupted = "interrupted", True
             if state.stop is not None:
                 status = Status.INTERRUPTED if state.interrupted else Status.SKIPPED
                 for name in batch.servers:
@@ -193,7 +191,7 @@ class BatchRollout:
         for r in got:
             state.results[r.server] = r
         state.switched.append([r.server for r in got if r.status is Status.OK and r.switch and r.switch.switched])
-        if any(r.status is Status.INTERRUPTED for r in got):
+        if effects.stopping() or any(r.status is Status.INTERRUPTED for r in got):
             state.stop, state.interrupted = "interrupted", True
             return None
         bad = [r.server for r in got if r.status is not Status.OK]

@@ -521,50 +521,108 @@ def test_two_concurrent_installs_take_turns_on_every_server(
     assert flinger_json(sandbox.config_path, "deploy", "status")[0] == 0
 
 
-def test_ctrl_c_twice_mid_deploy_finishes_the_running_server_and_reports_the_rest(
-    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
-) -> None:
+def _stop_mid_run(
+    sandbox: SandboxState, logs: Path, args: list[str], node: str, cue: str, signals: int = 1
+) -> tuple[int, dict[str, Any], str, float]:
+    """Run `flinger --json ARGS` in a session of its own; once `node`'s run log shows `cue`,
+    send SIGINT to its process group (what a terminal's Ctrl-C does), `signals` times 0.2 s
+    apart. (exit status, report, stderr, seconds from the first signal to the exit)."""
     import signal
     import subprocess
     import sys
     import time
 
-    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change everywhere
-    logs = deployed["topology"].state_dir / "logs"
     runs_before = set(logs.iterdir()) if logs.exists() else set()
-    argv = [sys.executable, "-m", "flinger", "-c", str(sandbox.config_path), "--json", "--parallel", "1",
-            "deploy", "install"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    sent = 0
+    argv = [sys.executable, "-m", "flinger", "-c", str(sandbox.config_path), "--json", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    sent_at = None
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and sent == 0:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and sent_at is None:
             new = _new_run_dirs(logs, runs_before)
-            log = new[0] / "node1.log" if new else None
-            if log is not None and log.exists() and "step: install: service" in log.read_text():
-                proc.send_signal(signal.SIGINT)
-                time.sleep(1)
-                proc.send_signal(signal.SIGINT)  # impatient: a second Ctrl-C a second later
-                sent = 2
+            log = new[0] / f"{node}.log" if new else None
+            if log is not None and log.exists() and cue in log.read_text():
+                sent_at = time.monotonic()
+                for n in range(signals):
+                    time.sleep(0.2 if n else 0)
+                    assert proc.poll() is None, f"flinger ended before signal {n + 1}"
+                    os.killpg(proc.pid, signal.SIGINT)
             time.sleep(0.01)
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert sent == 2, "the run ended before node1 reached its install"
-    assert proc.returncode == 130, out + err
-    results = by_server(json.loads(out))
-    assert results["node1"]["status"] == "ok" and results["node1"]["details"]["changed"] is True, results["node1"]
-    assert results["node2"]["status"] == results["node3"]["status"] == "interrupted", results
-    for node in NODES:  # nobody half-switched, no lock left behind
+    assert sent_at is not None, f"the run ended before {node} showed {cue!r}: {err}"
+    took = time.monotonic() - sent_at
+    try:
+        return proc.returncode, json.loads(out), err, took
+    except ValueError:
+        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{out}\n{err}") from None
+
+
+def _on_one_release_unlocked(sandbox: SandboxState, ssh_run: Any) -> dict[str, str]:
+    """Every node: `current` is the release its receipt names, and no lock is left; the releases."""
+    releases = {}
+    for node in NODES:
         current = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
         receipt = json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)
         assert current.endswith(receipt["release"]), (node, current, receipt["release"])
         assert ssh_run(sandbox, node, "test", "!", "-e", "/opt/quorum/.flinger/lock").returncode == 0, node
+        releases[node] = current
+    return releases
+
+
+# The brake: one SIGINT stops a rollout in every mode; what was at work finishes its step.
+BRAKE_MODES = {
+    "batch of one": (["deploy", "install", "--batch", "1"], "step: install: service", {"node1"}),
+    "canary wait": (["deploy", "install", "--canary", "1", "--canary-wait", "600"], "state: ok", {"node1"}),
+    "rollback batch of one": (["deploy", "rollback", "--batch", "1"], "step: rollback", {"node1"}),
+}
+
+
+@pytest.mark.parametrize("mode", list(BRAKE_MODES))
+def test_one_ctrl_c_stops_a_rollout_the_server_at_work_finishes_and_no_other_starts(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, mode: str
+) -> None:
+    args, cue, working = BRAKE_MODES[mode]
+    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0  # two releases everywhere
+    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change to install
+    before = _on_one_release_unlocked(sandbox, ssh_run)
+    code, doc, err, took = _stop_mid_run(sandbox, deployed["topology"].state_dir / "logs", args, "node1", cue)
+    assert code == 130, (doc, err)
+    assert doc["stopped_by"] == "SIGINT" and "SIGINT: stopping" in err, err
+    results = by_server(doc)
+    after = _on_one_release_unlocked(sandbox, ssh_run)
+    for node in NODES:
+        if node in working:  # it finished what it was doing: switched
+            assert results[node]["status"] == "ok" and results[node]["details"]["changed"], results[node]
+            assert after[node] != before[node], node
+        else:  # never started: untouched
+            assert results[node]["status"] == "interrupted", results[node]
+            assert results[node]["message"].startswith("not started: interrupted"), results[node]
+            assert after[node] == before[node], node
+    assert took < 60, f"{took:.1f} s from Ctrl-C to the exit"  # not the 600 s canary wait, nor another server
     code, doc = flinger_json(sandbox.config_path, "deploy", "install")  # the re-run finishes the job
     assert code == 0, doc
-    changed = {n: r["details"]["changed"] for n, r in by_server(doc).items()}
-    assert changed == {"node1": False, "node2": True, "node3": True}, changed
+
+
+def test_ctrl_c_twice_mid_deploy_finishes_the_running_servers_and_reports_them(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
+    """The default rollout (a whole wave at once): every server was at work; an impatient
+    second Ctrl-C cuts none of them short."""
+    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change everywhere
+    logs = deployed["topology"].state_dir / "logs"
+    code, doc, err, _ = _stop_mid_run(sandbox, logs, ["deploy", "install"], "node1", "step: lock", 2)
+    assert code == 130, (doc, err)
+    assert "already stopping" in err, err
+    results = by_server(doc)
+    assert all(r["status"] == "ok" and r["details"]["changed"] for r in results.values()), results
+    _on_one_release_unlocked(sandbox, ssh_run)
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")  # nothing left to do
+    assert code == 0 and not any(r["details"]["changed"] for r in by_server(doc).values()), doc
 
 
 def test_a_stopped_service_fails_status_and_install_starts_it_again(

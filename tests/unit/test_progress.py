@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from flinger.engine.brake import Brake
 from flinger.engine.fanout import Reporter, fan_out
 from flinger.engine.results import Status
 from flinger.errors import FlingerError
@@ -73,6 +77,43 @@ def test_servers_never_started_are_finished_as_skipped_with_fail_fast() -> None:
     results = fan_out(servers("a", "b", "c"), work, parallel=1, events=seen, fail_fast=True)
     assert [r.status for r in results] == [Status.FAILED, Status.SKIPPED, Status.SKIPPED]
     assert seen.of("c") == [{"event": "finished", "name": "c", "state": "skipped"}]  # never started
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_server_works_lets_it_finish_and_starts_no_other(signum: int) -> None:
+    """The brake (flinger/engine/brake.py): the server at work finishes its step, the
+    others are interrupted, and a second signal changes nothing."""
+    seen = Recorder()
+    brake = Brake()
+
+    def work(server: Server, report: Reporter) -> dict[str, str]:
+        report.step("install")
+        os.kill(os.getpid(), signum)  # the operator's Ctrl-C, to this very process
+        os.kill(os.getpid(), signum)  # and an impatient second one
+        time.sleep(0.2)  # the signal is handled in the main thread meanwhile
+        return {"done": server.name}
+
+    before = signal.getsignal(signum)
+    results = fan_out(servers("a", "b", "c"), work, parallel=1, events=seen, brake=brake)
+    assert [r.status for r in results] == [Status.OK, Status.INTERRUPTED, Status.INTERRUPTED]
+    assert results[0].details == {"done": "a"}
+    assert brake.pulled and brake.by == signal.Signals(signum).name
+    assert results[1].message == f"not started: interrupted ({brake.by})"
+    assert seen.of("b") == [{"event": "finished", "name": "b", "state": "interrupted"}]  # never started
+    assert signal.getsignal(signum) is before  # the handler is put back
+
+
+def test_a_brake_held_twice_is_installed_once_and_released_by_the_outer_hold() -> None:
+    brake = Brake()
+    before = signal.getsignal(signal.SIGINT)
+    with brake.held():
+        mine = signal.getsignal(signal.SIGINT)
+        with brake.held():
+            assert signal.getsignal(signal.SIGINT) is mine
+        assert signal.getsignal(signal.SIGINT) is mine  # still held by the outer one
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not brake.wait(5)  # returns at once: pulled
+    assert signal.getsignal(signal.SIGINT) is before and brake.by == "SIGINT"
 
 
 def test_the_run_log_keeps_a_log_per_server_and_every_event_as_json(tmp_path: Path) -> None:

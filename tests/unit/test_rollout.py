@@ -25,6 +25,9 @@ class Fleet:
         self.unhealthy_later: set[str] = set()
         self.rollback_fails: set[str] = set()
         self.interrupt_at: str | None = None
+        self.brake = False  # the operator's Ctrl-C, as the brake says it (flinger/engine/brake.py)
+        self.brake_after: str | None = None  # pulled while this server installs: it finishes
+        self.brake_in_wait = False
         self.waits: list[float] = []
 
     def apply(self, names: list[str]) -> list[ServerResult]:
@@ -33,7 +36,10 @@ class Fleet:
         for n in names:
             if n == self.interrupt_at:
                 out.append(ServerResult(n, Status.INTERRUPTED, message="not started: interrupted"))
-            elif n in self.failing:
+                continue
+            if n == self.brake_after:
+                self.brake = True
+            if n in self.failing:
                 out.append(ServerResult(n, Status.FAILED, step="health:svc", message="svc is not healthy"))
             else:
                 prev = None if n in self.first_install else "old"
@@ -57,7 +63,12 @@ class Fleet:
 
     def wait(self, seconds: float) -> bool:
         self.waits.append(seconds)
-        return True
+        if self.brake_in_wait:
+            self.brake = True
+        return not self.brake
+
+    def stopping(self) -> bool:
+        return self.brake
 
     def run(self, waves: list[list[str]], policy: RolloutPolicy) -> dict[str, ServerResult]:
         return BatchRollout(policy).run(plan_batches(waves, policy), self)
@@ -136,6 +147,33 @@ def test_ctrl_c_stops_the_rollout_and_undoes_nothing() -> None:
     fleet.interrupt_at = "b"
     results = fleet.run(NODES, ONE)
     assert statuses(results) == {"a": "ok", "b": "interrupted", "c": "interrupted"} and fleet.rolled_back == []
+
+
+def test_the_brake_pulled_while_a_batch_installs_lets_it_finish_and_starts_no_other() -> None:
+    """Every server of the batch was already at work (none left to mark interrupted by the
+    fan-out): the rollout stops all the same."""
+    fleet = Fleet()
+    fleet.brake_after = "a"
+    results = fleet.run(NODES, ONE)
+    assert fleet.installed == [["a"]] and fleet.rolled_back == []
+    assert statuses(results) == {"a": "ok", "b": "interrupted", "c": "interrupted"}
+    assert results["b"].message == "not started: interrupted"
+
+
+def test_the_brake_in_a_canary_wait_stops_there() -> None:
+    fleet = Fleet()
+    fleet.brake_in_wait = True
+    results = fleet.run(NODES, RolloutPolicy(batch=Amount(2), canary=1, canary_wait=300))
+    assert fleet.installed == [["a"]] and fleet.checked == [] and fleet.rolled_back == []
+    assert statuses(results) == {"a": "ok", "b": "interrupted", "c": "interrupted"}
+
+
+def test_the_brake_in_a_wave_stops_the_later_waves() -> None:
+    fleet = Fleet()
+    fleet.brake_after = "b"
+    results = fleet.run([["a", "b"], ["c"]], RolloutPolicy())
+    assert fleet.installed == [["a", "b"]]
+    assert statuses(results) == {"a": "ok", "b": "ok", "c": "interrupted"}
 
 
 def test_a_canary_that_sickens_during_its_wait_stops_and_rolls_back() -> None:
