@@ -110,19 +110,27 @@ class Accounts(Changes):
         return changes, [*argv, spec.name]
 
     # -- directories ------------------------------------------------------------------------
-    def _account_id(self, database: str, name: Optional[str], planned: Set[str]) -> Tuple[Optional[int], Optional[str]]:
-        """(numeric id or None, error or None) of a user/group given by name or number."""
+    def _account_id(
+        self, database: str, name: Optional[str], planned: Set[str]
+    ) -> Tuple[Optional[int], Optional[str], str]:
+        """(numeric id or None, error or None, a note) of a user/group given by name or number."""
         if name is None or name == "":
-            return None, None
+            return None, None, ""
         text = str(name)
         if text.isdigit():
-            return int(text), None
+            return int(text), None, ""
         entry = self._getent(database, text)
         if entry is not None and len(entry) > 2 and entry[2].isdigit():
-            return int(entry[2]), None
+            return int(entry[2]), None, ""
+        what = "user" if database == "passwd" else "group"
         if self.check and text in planned:
-            return -1, None  # made by this plan: "would change" is the truthful answer
-        return None, "no %s named %s" % ("user" if database == "passwd" else "group", text)
+            return -1, None, ""  # made by this plan: "would change" is the truthful answer
+        if self.check and self.pending_packages:
+            # the real run installs the packages first; if none of them makes the account,
+            # that run fails here, naming it
+            return -1, None, "; no %s %s yet: expected from the packages to install (%s)" % (
+                what, text, ", ".join(self.pending_packages))  # fmt: skip
+        return None, "no %s named %s" % (what, text), ""
 
     def dirs(self, specs: List[DirSpec]) -> None:
         for spec in specs:
@@ -130,8 +138,8 @@ class Accounts(Changes):
             if not path.startswith("/") or ".." in path.split("/"):
                 self.item("dir", path, FAILED, "dir: %r is not an absolute path" % path)
                 continue
-            uid, uerr = self._account_id("passwd", spec.owner, self.planned_users)
-            gid, gerr = self._account_id("group", spec.group, self.planned_groups)
+            uid, uerr, unote = self._account_id("passwd", spec.owner, self.planned_users)
+            gid, gerr, gnote = self._account_id("group", spec.group, self.planned_groups)
             if uerr or gerr:
                 self.item("dir", path, FAILED, "dir %s: %s" % (path, uerr or gerr))
                 continue
@@ -143,16 +151,16 @@ class Accounts(Changes):
                 st = None
             if st is None:
                 make = functools.partial(_make_dir, real, uid, gid, mode)
-                self.differs("dir", path, "created" + _describe(spec), make)
+                self.differs("dir", path, "created" + _describe(spec) + unote + gnote, make)
                 continue
             if not os.path.isdir(real) or os.path.islink(real):
                 self.item("dir", path, FAILED, "dir %s: exists and is not a directory" % path)
                 continue
             changes = []
             if uid is not None and st.st_uid != uid:
-                changes.append("owner %d -> %s" % (st.st_uid, spec.owner))
+                changes.append("owner %d -> %s%s" % (st.st_uid, spec.owner, unote))
             if gid is not None and st.st_gid != gid:
-                changes.append("group %d -> %s" % (st.st_gid, spec.group))
+                changes.append("group %d -> %s%s" % (st.st_gid, spec.group, gnote))
             if mode is not None and (st.st_mode & 0o7777) != mode:
                 changes.append("mode %04o -> %04o" % (st.st_mode & 0o7777, mode))
             if not changes:

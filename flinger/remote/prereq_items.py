@@ -85,6 +85,9 @@ class Changes:
         self.planned_users = {u.name for u in plan.users}
         self.planned_groups = set(plan.groups)
         self.planned_groups.update(u.group for u in plan.users if u.group)
+        # OS packages this plan would install (check mode): their scripts may make accounts
+        # (redis-server makes `redis`), so a directory owned by one not there yet is no error
+        self.pending_packages: List[str] = []
 
     # -- plumbing -----------------------------------------------------------------------
     def _detect_os(self, wanted: str) -> str:

@@ -96,6 +96,7 @@ class Prereqs(Accounts):
         if not missing:
             return
         if self.check:
+            self.pending_packages.extend(missing)
             for name in missing:
                 known, _out, _err = self.run(["apt-cache", "show", "--no-all-versions", name])
                 note = "" if known == 0 else " (not in apt's package lists; installing refreshes them first)"
@@ -154,6 +155,7 @@ class Prereqs(Accounts):
         if not missing:
             return
         if self.check:
+            self.pending_packages.extend(missing)
             for name in missing:
                 self.item("pkg", name, WOULD_CHANGE, "not installed")
             return

@@ -11,6 +11,7 @@ A new manager is one class here (activate, deactivate, state, log_tail), one ent
 MANAGERS, and its renderer in flinger/service_render.py.
 """
 
+import collections
 import errno
 import functools
 import os
@@ -45,6 +46,28 @@ def run(argv: List[str], check: bool = True) -> str:
         last = output.splitlines()[-1:] or [""]
         raise ServiceError("%s exited %d: %s" % (" ".join(argv), done.returncode, last[0]))
     return output
+
+
+def tail_of_command(argv: List[str], lines: int = LOG_LINES, timeout: float = 60.0) -> List[str]:
+    """The last `lines` lines a command prints, read as they come (a whole journal window
+    is never held at once); what it said up to `timeout` when it takes longer."""
+    kept: "collections.deque[str]" = collections.deque(maxlen=lines)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        raise ServiceError("%s: %s" % (" ".join(argv), exc)) from None
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    try:
+        for raw in proc.stdout:
+            kept.append(raw.decode("utf-8", "replace").rstrip("\n"))
+            if time.monotonic() > deadline:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    return list(kept)
 
 
 def tail_file(path: str, lines: int = LOG_LINES) -> List[str]:
@@ -126,20 +149,12 @@ class Systemd:
         own = _log_files_tail(service, lines)
         if own:
             return own
-        argv = [
-            "journalctl",
-            "--unit",
-            service.name + ".service",
-            "--lines",
-            str(lines),
-            "--no-pager",
-            "--quiet",
-            "--output",
-            "short-iso",
-        ]
-        if since is not None:
-            argv += ["--since", "@%d" % int(since)]
-        return run(argv, check=False).splitlines()[-lines:]
+        # The whole window since `since`, its tail kept: journalctl's own --lines, given
+        # with --since, keeps the window's FIRST lines on some versions (252), the ones
+        # before whatever went wrong.
+        argv = ["journalctl", "--unit", service.name + ".service", "--no-pager", "--quiet", "--output", "short-iso"]
+        argv += ["--since", "@%d" % int(since)] if since is not None else ["--lines", str(lines)]
+        return tail_of_command(argv, lines)
 
 
 class Smf:

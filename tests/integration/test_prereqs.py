@@ -158,6 +158,28 @@ def test_check_mode_reports_a_fresh_dir_and_creates_nothing(
     assert servers["build1"]["details"]["summary"] == "no changes"
 
 
+def test_check_mode_expects_an_owner_from_a_package_it_would_install(
+    project: Project, capsys: pytest.CaptureFixture[str], ssh_run: SshRun
+) -> None:
+    """A fresh host: the dir's owner is made by a package of the same plan (as redis-server
+    makes `redis`); --check says so instead of failing. (The real run installs the packages
+    first and fails only if none of them made it.)"""
+    owned = f"{TEST_ROOT}/by-package"
+    project.write(
+        manifest_text(extra_apt=f', "{BOGUS}"', extra_every_server=f', {{ path = "{owned}", owner = "{BOGUS}" }}')
+    )
+    try:
+        status, document = project.run(capsys, "--check", "--servers", "node1")
+    finally:
+        project.write(manifest_text())
+    assert status == 0, document
+    items = {i["item"]: i for i in by_server(document)["node1"]["details"]["items"]}
+    assert items[f"apt {BOGUS}"]["state"] == "would-change"
+    assert items[f"dir {owned}"]["state"] == "would-change", items
+    assert f"no user {BOGUS} yet: expected from the packages to install ({BOGUS})" in items[f"dir {owned}"]["detail"]
+    assert ssh_run(project.sandbox, "node1", "test", "-e", owned).returncode == 1
+
+
 def test_an_unknown_apt_package_fails_that_server_clearly(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     project.write(manifest_text(extra_apt=f', "{BOGUS}"'))
     try:

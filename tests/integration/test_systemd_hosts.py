@@ -62,7 +62,7 @@ def test_install_makes_enabled_active_units_logging_to_the_journal(
         assert [(s["name"], s["state"], s["healthy"]) for s in services] == [("quorum", "active", True)], name
 
 
-def test_a_crashing_release_shows_the_journal_and_rolls_back(
+def test_a_crashing_release_shows_the_last_lines_of_its_journal_and_rolls_back(
     systemd_sandbox: SandboxState, installed: dict[str, Any], tmp_path: Path
 ) -> None:
     state = systemd_sandbox
@@ -70,7 +70,9 @@ def test_a_crashing_release_shows_the_journal_and_rolls_back(
     repo = Path(__file__).resolve().parents[2]
     manifest = (repo / "packaging" / "package-manifest.toml").read_text()
     start = manifest[manifest.index('command = "/usr/bin/python3 {{ install_dir }}') :].split("\n", 1)[0]
-    broken = manifest.replace(start, f'command = "/usr/bin/python3 -c \\"raise SystemExit(\'{MARKER}\')\\""')
+    # The cause comes last, after 60 lines of noise: the report must show the journal's tail.
+    crash = f"[print('noise line', i, flush=True) for i in range(60)]; raise SystemExit('{MARKER}')"
+    broken = manifest.replace(start, f'command = "/usr/bin/python3 -c \\"{crash}\\""')
     broken = broken.replace("timeout = 30 ", "timeout = 4 ")
     assert broken != manifest
     (tmp_path / "manifest.toml").write_text(broken)
@@ -84,7 +86,9 @@ def test_a_crashing_release_shows_the_journal_and_rolls_back(
     assert code == 1
     node3 = by_server(doc)["node3"]
     assert node3["step"] == "health:quorum", node3
-    assert any(MARKER in line for line in node3["details"]["service_log"]["lines"]), node3
+    shown = node3["details"]["service_log"]["lines"]
+    assert any(MARKER in line for line in shown), shown
+    assert not any("noise line 0" in line for line in shown), shown  # the window's tail, not its head
     release = before["node3"].rsplit("/", 1)[-1]  # current -> releases/<id>
     assert node3["details"]["rolled_back_to"] == release
     assert f"rolled back to {release}, healthy" in node3["message"]  # checked again after the rollback

@@ -32,6 +32,7 @@ class FakeHost:
     users: dict[str, list[str]] = field(default_factory=dict)
     calls: list[list[str]] = field(default_factory=list)
     script_status: int = 0
+    makes_user: dict[str, str] = field(default_factory=dict)  # package -> the account its scripts make
 
     def __call__(self, argv: list[str], env: dict[str, str] | None, cwd: str | None) -> tuple[int, str, str]:
         self.calls.append(list(argv))
@@ -67,6 +68,11 @@ class FakeHost:
         if unknown:
             return 100, "Reading package lists...\n", "".join(f"E: Unable to locate package {n}\n" for n in unknown)
         self.installed |= set(names)
+        for name in names:
+            if name in self.makes_user:
+                user = self.makes_user[name]
+                self.groups[user] = GID
+                self.users[user] = [user, "x", str(UID), str(GID), "", f"/var/lib/{user}", "/usr/sbin/nologin"]
         return 0, "Setting up ...\n", ""
 
     def apt_cache(self, argv: list[str], env: dict[str, str] | None) -> tuple[int, str, str]:
@@ -262,6 +268,37 @@ def test_check_mode_on_a_fresh_dir_creates_nothing_even_for_a_user_not_yet_made(
     assert states(items) == {("user", "svc"): "would-change", ("dir", "/srv/new"): "would-change"}
     assert not (host.root / "srv/new").exists()
     assert host.ran("useradd") == 0
+
+
+def test_check_mode_expects_an_owner_from_a_package_of_the_same_plan_and_the_real_run_makes_it(
+    host: FakeHost,
+) -> None:
+    """redis-server's own scripts make the `redis` user: a fresh host's check must not fail
+    /srv/redis for it, and the real run, packages first, makes both."""
+    host.available.add("redis-server")
+    host.makes_user["redis-server"] = "redis"
+    plan = {"apt": ["redis-server"], "dirs": [{"path": "/srv/redis", "owner": "redis", "group": "redis"}]}
+    result, items = run(host, {**plan, "check": True})
+    assert result["ok"] and states(items) == {
+        ("apt", "redis-server"): "would-change",
+        ("dir", "/srv/redis"): "would-change",
+    }
+    detail = next(i for i in items if i["kind"] == "dir")["detail"]
+    assert "no user redis yet: expected from the packages to install (redis-server)" in detail, detail
+    assert not (host.root / "srv/redis").exists() and host.ran("apt-get") == 0
+    result, items = run(host, plan)
+    assert result["ok"] and states(items) == {("apt", "redis-server"): "changed", ("dir", "/srv/redis"): "changed"}
+
+
+def test_check_mode_still_fails_an_owner_no_package_or_user_of_the_plan_can_make(host: FakeHost) -> None:
+    _result, items = run(host, {"check": True, "apt": ["rsync"], "dirs": [{"path": "/srv/y", "owner": "ghost"}]})
+    assert states(items)[("dir", "/srv/y")] == "failed", items  # rsync is installed: nothing pending
+
+
+def test_a_package_that_does_not_make_the_owner_fails_the_real_run_naming_it(host: FakeHost) -> None:
+    _result, items = run(host, {"apt": ["jq"], "dirs": [{"path": "/srv/y", "owner": "ghost"}]})
+    assert states(items) == {("apt", "jq"): "changed", ("dir", "/srv/y"): "failed"}
+    assert "no user named ghost" in items[-1]["detail"]
 
 
 def test_a_dir_owned_by_an_unknown_user_fails(host: FakeHost) -> None:
