@@ -75,6 +75,8 @@ def finish(
     """Print the summary (or JSON) of a fan-out and return the exit status (130 when the
     operator stopped it, whatever the servers that were at work did)."""
     status = ExitStatus.INTERRUPTED if stopped else exit_status(results)
+    if status is ExitStatus.OK and (extra or {}).get("fleet_problem"):
+        status = ExitStatus.FAILED  # every server is well, the fleet is not (deploy status: skew)
     if env.json:
         env.ui.emit_json(
             {"command": title, "exit_status": int(status), "servers": [r.as_json() for r in results], **(extra or {})}

@@ -134,12 +134,15 @@ def _run(
         with board.running():
             results = execute(run, operation, chosen, strategy)
         extra: dict[str, Any] = {"log_dir": str(run.log_dir), "stopped_by": run.brake.by}
+        extra.update(operation.finish(run, results))
         if operation.name == "install":
             sent = run.store.report()
             extra["artifacts"] = vars(sent)
             if not env.json:
                 where = "published to the registry" if sent.store == "registry" else "pushed to servers"
                 env.ui.note(f"the builder sent {sent.builder_bytes_sent:,} bytes ({where})")
+        if not env.json:
+            _say_fleet(env, extra)
         if run.brake.pulled and not env.json:
             stopped = [r.server for r in results if r.status.value == "interrupted"]
             env.ui.warn(f"stopped by {run.brake.by}: {', '.join(stopped) or 'no server'} not started; the others "
@@ -148,6 +151,26 @@ def _run(
     if not env.json:
         env.ui.note(f"logs: {run.log_dir}")
     return status
+
+
+def _say_fleet(env: Env, extra: dict[str, Any]) -> None:
+    """What the run's end says of the fleet: its releases (history), the release this run
+    installed and where the fleet stands (install), servers of one role apart (status)."""
+    rows = extra.get("fleet_releases")
+    if rows:
+        env.ui.table("fleet releases, newest first", ("release", "state", "created", "running on", "kept on"), [
+            (r["id"], r["state"] + (f" ({r['note']})" if r["note"] else ""), r["created"],
+             ", ".join(r["running"]) or "-", ", ".join(r["kept"]) or "-")
+            for r in rows
+        ])  # fmt: skip
+    if extra.get("fleet_release"):
+        env.ui.note(f"fleet release {extra['fleet_release']}: {extra.get('release_state')}")
+    releases = extra.get("fleet", {}).get("releases", {})
+    if len(releases) > 1:
+        env.ui.warn("the fleet runs " + str(len(releases)) + " releases: "
+                    + "; ".join(f"{r} on {', '.join(s)}" for r, s in sorted(releases.items())))  # fmt: skip
+    if extra.get("fleet_problem"):
+        env.ui.error(extra["fleet_problem"])
 
 
 Canary = Annotated[

@@ -51,7 +51,8 @@ def overlay(
                 env.ui.debug(f"{s.server}: {f}")
     threshold = f"threshold {report.threshold} of {report.total}" if report.threshold else "no shares"
     env.ui.success(
-        f"overlay ready for {len(report.servers)} servers ({threshold}; secret {report.secret_fingerprint or '-'})"
+        f"overlay ready for {len(report.servers)} servers ({threshold}; secret {report.secret_fingerprint or '-'}; "
+        f"generation {report.generation})"
     )
     return 0
 

@@ -18,9 +18,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from flinger.engine import report as explain
+from flinger.engine.fleet import InstallRecord, fleet_view
+from flinger.engine.ledger import read_ledger
 from flinger.engine.plan import ServerPlan
 from flinger.engine.remote import into_report, run_tool
-from flinger.engine.results import Switch
+from flinger.engine.results import ServerResult, Switch
 from flinger.engine.session import Session, open_session, release_lock
 from flinger.engine.stores import staged_tarball
 from flinger.errors import FlingerError, RemoteCommandError
@@ -40,6 +42,7 @@ class Install:
 
     def __init__(self, plans: list[ServerPlan]) -> None:
         self.plans = {p.server: p for p in plans}
+        self.record: InstallRecord | None = None  # the run's part in the fleet ledger, from start()
 
     def waves(self, servers: list[Server]) -> list[list[str]]:
         waves = sorted({self.plans[s.name].wave for s in servers})
@@ -48,7 +51,17 @@ class Install:
     def start(self, run: Run) -> None:
         """Read what was built at once, beside the servers' first steps: every server needs
         it, and it need not wait for the first of them to ask."""
+        self.record = InstallRecord(run.topology.state_dir, list(self.plans))
         _prefetch(run.store.built)
+
+    def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
+        """The run's end in the fleet ledger, and the fleet as the ledger now sees it."""
+        if self.record is None:
+            return {}
+        state = self.record.finish(run, results, stopped=run.brake.pulled)
+        known = read_ledger(run.topology.state_dir)
+        view = fleet_view(run.topology, {s.name: known.running.get(s.name) for s in run.topology.deployment_servers()})
+        return {"fleet_release": self.record.release, "release_state": state, "fleet": view.as_json()}
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         plan = self.plans[server.name]
@@ -77,7 +90,10 @@ class Install:
         finally:
             if not attempt.unlocked:
                 release_lock(run, session, report)
-        return self._outcome(run, result, stats, report)
+        details = self._outcome(run, result, stats, report)
+        assert self.record is not None
+        self.record.server_ran(run, server.name, result.release, bool(details["switched"]))
+        return details
 
     def _remote_plan(
         self, run: Run, server: Server, plan: ServerPlan, session: Session, report: Reporter
@@ -95,10 +111,13 @@ class Install:
         if pull is not None and pull.credential and pull.credential not in plan.overlay_files:
             raise FlingerError(f"the overlay of {server.name} has no registry pull credential: run flinger overlay")
         deployment = run.topology.deployment
+        assert self.record is not None, "start() comes first"
+        release = self.record.release_for(run)
         return InstallPlan(
             install_dir=session.install_dir,
             staging_dir=f"{session.runs}/{run.run_id}",
-            release=run.run_id,
+            release=release,
+            fleet_release=release,
             # the tool refuses to switch anything unless this run still holds the lock
             lock_holder=run.holder,
             packages=[PackageRef(p, built[p].sha256, staged_tarball(built, p)) for p in plan.packages],
@@ -130,6 +149,7 @@ class Install:
             "changed": result.changed,
             "started": started,
             "release": result.release,
+            "fleet_release": result.fleet_release,
             "switched": switched,  # moved to a new release by this run (what a rollout that fails later undoes)
             "previous_release": result.previous_release,
             "push": stats,

@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from flinger.engine import report as lines
+from flinger.engine.fleet import current_fleet, fleet_history, fleet_view, observe
+from flinger.engine.ledger import read_ledger
 from flinger.engine.remote import into_report, run_tool
-from flinger.engine.results import Switch
+from flinger.engine.results import ServerResult, Switch
+from flinger.engine.results import Status as ResultStatus
 from flinger.engine.session import open_session
 from flinger.errors import RemoteCommandError
-from flinger.protocol.codec import encode
+from flinger.protocol.codec import decode, encode
 from flinger.protocol.plans import InventoryPlan, LockPlan, RollbackPlan, UninstallPlan
 from flinger.protocol.results import HistoryResult, LockResult, StatusResult, SwitchResult, UninstallResult
 from flinger.topology.model import Server
@@ -40,6 +43,11 @@ class Operation(Protocol):
         """Do the operation on one server; what --json says of it (with a `summary` line)."""
         ...
 
+    def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
+        """What the run does once, after the last server: what --json adds of the fleet
+        (a `fleet_problem` line fails the command)."""
+        ...
+
 
 class OnEveryServer:
     """What most operations do besides their own step: all servers in one wave, no start."""
@@ -49,6 +57,9 @@ class OnEveryServer:
 
     def start(self, run: Run) -> None:
         pass
+
+    def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
+        return {}
 
 
 R = TypeVar("R", StatusResult, HistoryResult)
@@ -73,15 +84,31 @@ class Status(OnEveryServer):
         lines.require_running(result, report)
         return details
 
+    def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
+        """The fleet view: servers of one role on different releases fail the command."""
+        running = {r.server: r.details.get("fleet_release") for r in results if "installed" in r.details}
+        observe(run.topology.state_dir, run.run_id, running)
+        view = fleet_view(run.topology, running)
+        problem = view.problem()
+        return {"fleet": view.as_json(), **({"fleet_problem": problem} if problem else {})}
+
 
 class History(OnEveryServer):
-    """`deploy history`: the releases kept on each server."""
+    """`deploy history`: the releases kept on each server, and the fleet's releases (the
+    ledger's, with where each runs and is kept)."""
 
     name = "history"
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         result = _inventory(run, server, report, "history", HistoryResult)
         return {**encode(result), "summary": lines.history_line(result)}
+
+    def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
+        answered = {r.server: decode(HistoryResult, r.details, "history", strict=False) for r in results
+                    if r.status is ResultStatus.OK}  # fmt: skip
+        running = {name: current_fleet(h) for name, h in answered.items()}
+        observe(run.topology.state_dir, run.run_id, running)
+        return {"fleet_releases": fleet_history(read_ledger(run.topology.state_dir), answered, running)}
 
 
 class Rollback(OnEveryServer):

@@ -15,7 +15,8 @@ it was.
 
 Re-running keeps the CA, certificates, secrets and shares; `rotate` replaces them all. A
 change of the deployment servers or of the threshold re-splits the same deployment secret
-(recovered from the stored shares) into new shares.
+(recovered from the stored shares) into new shares. Each run that changes any server's
+overlay is a new generation (generation.py), which names the secrets it rotated out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import Manifest
+from flinger.overlay.generation import advance, generation_file
 from flinger.overlay.planners import plan_ca, plan_certs, plan_secrets, plan_split
 from flinger.overlay.render import common_parts, render_all
 from flinger.overlay.report import OverlayReport, ServerOverlay
@@ -91,8 +93,14 @@ def make_overlay(
         for server_files in plan.values():
             server_files[registry_credentials.PULL_CREDENTIAL_FILE] = pull
 
+    # the generation: one more when any server's overlay changes, naming what it rotated out
+    generations, rotated = advance(paths, plan, ca, certs, secrets, split)
+    writes: dict[Path, bytes] = {generation_file(paths): generations.to_bytes()}
+    if rotated:
+        messages.append(f"generation {generations.generation} rotates out: {', '.join(rotated)}")
+
     # write: the state first (it is what a re-run keeps), then the overlays
-    writes: dict[Path, bytes] = {paths.ca_key: ca.key_pem, paths.ca_cert: ca.cert_pem}
+    writes.update({paths.ca_key: ca.key_pem, paths.ca_cert: ca.cert_pem})
     for name, pair in certs.items():
         writes[paths.server_key(name)] = pair.key_pem
         writes[paths.server_cert(name)] = pair.cert_pem
@@ -126,4 +134,6 @@ def make_overlay(
         servers=servers,
         removed=tuple(removed),
         messages=tuple(messages),
+        generation=generations.generation,
+        rotated=tuple(rotated),
     )

@@ -40,6 +40,8 @@ class OverlayReport:
     servers: tuple[ServerOverlay, ...]
     removed: tuple[str, ...] = ()  # paths relative to the overlay dir
     messages: tuple[str, ...] = ()
+    generation: int = 0  # the overlay generation now (generation.py)
+    rotated: tuple[str, ...] = ()  # what this run rotated out (names, never values)
 
     def server(self, name: str) -> ServerOverlay:
         for s in self.servers:
@@ -57,4 +59,6 @@ class OverlayReport:
             "servers": [s.to_json() for s in self.servers],
             "removed": list(self.removed),
             "messages": list(self.messages),
+            "generation": self.generation,
+            "rotated": list(self.rotated),
         }

@@ -127,6 +127,9 @@ class InstallPlan:
     keep_releases: int = 3
     pull: Optional[PullSpec] = None
     roots: Optional[ServiceRoots] = None
+    # The fleet release this install is part of (the same on every server of the run); a
+    # server that has nothing to change records that it runs it too.
+    fleet_release: Optional[str] = None
 
 
 # -- the other server commands -------------------------------------------------------------
@@ -149,6 +152,7 @@ class RollbackPlan:
     to: Optional[str] = None
     acquire: bool = True
     acquire_wait: float = 0.0
+    fleet_release: Optional[str] = None  # the fleet release `to` serves in this rollback
 
 
 @dataclass

@@ -72,6 +72,7 @@ class SwitchResult(Outcome):
     broke_stale: Optional[StaleLock] = None
     lock_released: bool = False
     lock_problem: Optional[str] = None
+    fleet_release: Optional[str] = None  # the fleet release the server runs now
 
 
 @dataclass
@@ -108,6 +109,7 @@ class StatusResult(Outcome):
     installed_at: Optional[str] = None
     packages: Dict[str, InstalledPackage] = field(default_factory=dict)
     services: List[ServiceState] = field(default_factory=list)
+    fleet_release: Optional[str] = None  # the fleet release it runs (see receipt.fleet_releases)
 
 
 @dataclass
@@ -118,6 +120,7 @@ class ReleaseInfo:
     installed_by: Optional[str] = None
     packages: Dict[str, str] = field(default_factory=dict)  # name -> digest
     can_roll_back_to: bool = False
+    fleet_releases: List[str] = field(default_factory=list)  # the fleet releases it served, oldest first
 
 
 @dataclass

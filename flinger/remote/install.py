@@ -225,16 +225,31 @@ def install(plan: InstallPlan) -> InstallResult:
             shutil.rmtree(own, ignore_errors=True)  # this run's staged packages are unpacked
 
 
-def _unchanged(previous: receipt.Receipt) -> InstallResult:
+def _unchanged(previous: receipt.Receipt, install_dir: str, fleet_release: Optional[str]) -> InstallResult:
     """Nothing to install, but the manifest also says the services run: start any that does
-    not (stopped by hand, crashed for good) and check its health."""
+    not (stopped by hand, crashed for good) and check its health. The release it has serves
+    the run's fleet release from now on (its receipts say so)."""
     events.step("compare: no change")
+    if fleet_release and previous.fleet != fleet_release:
+        _serve(install_dir, previous, fleet_release)
     try:
         started = switch.start_stopped(previous)
     except switch.StepFailed as exc:
         log = switch.service_log(previous.services, exc.step, previous.service_roots, time.time() - 60)
-        return InstallResult(ok=False, step=exc.step, error=str(exc), service_log=log)
-    return InstallResult(changed=bool(started), started=started, release=previous.release)
+        return InstallResult(ok=False, step=exc.step, error=str(exc), service_log=log, fleet_release=previous.fleet)
+    return InstallResult(changed=bool(started), started=started, release=previous.release,
+                         fleet_release=previous.fleet)  # fmt: skip
+
+
+def _serve(install_dir: str, current: receipt.Receipt, fleet_release: str) -> None:
+    """Record that the current release runs as `fleet_release` (its receipt and its kept one)."""
+    assert current.release is not None
+    current.serve(fleet_release)
+    receipt.save(install_dir, current)
+    kept = receipt.load_kept(install_dir, current.release)
+    if kept is not None:
+        kept.serve(fleet_release)
+        receipt.keep(install_dir, kept)
 
 
 def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overlay_dir: Optional[str]) -> InstallResult:
@@ -243,7 +258,7 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
     roots = plan.roots or ServiceRoots()
     fingerprint = release.fingerprint(plan, svcs, roots, overlay_dir)
     if previous.fingerprint == fingerprint and switch.current_release(install_dir) == previous.release:
-        return _unchanged(previous)
+        return _unchanged(previous, install_dir, plan.fleet_release)
     events.step("compare: changed")
     try:
         unpacked = release.unpack_packages(plan, install_dir)
@@ -276,6 +291,7 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
         roots=roots,
         overlay_owner=plan.overlay_owner,
     )
+    state.serve(plan.fleet_release or made)
     receipt.save(install_dir, state)
     receipt.keep(install_dir, state)
-    return InstallResult(changed=True, release=made, previous_release=previous.release)
+    return InstallResult(changed=True, release=made, previous_release=previous.release, fleet_release=state.fleet)

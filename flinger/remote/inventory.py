@@ -37,6 +37,7 @@ def status(plan: InventoryPlan) -> StatusResult:
         installed_at=state.installed_at,
         packages=state.packages,
         services=report,
+        fleet_release=state.fleet,
     )
 
 
@@ -48,6 +49,7 @@ def history(plan: InventoryPlan) -> HistoryResult:
     releases: List[ReleaseInfo] = []
     for release in state.releases:
         kept = receipt.load_kept(install_dir, release)
+        source = state if release == state.release else kept
         releases.append(
             ReleaseInfo(
                 release=release,
@@ -58,6 +60,7 @@ def history(plan: InventoryPlan) -> HistoryResult:
                 can_roll_back_to=kept is not None
                 and release != state.release
                 and os.path.isdir(os.path.join(install_dir, "releases", release)),
+                fleet_releases=source.served() if source is not None else [release],
             )
         )
     return HistoryResult(

@@ -33,10 +33,31 @@ class Receipt:
     overlay_owner: Optional[Owner] = None
     switched_at: Optional[str] = None  # set by a rollback
     switched_by: Optional[str] = None
+    # The fleet release this release runs as now, and every one it has served (a server a
+    # run finds with nothing to change serves that run's fleet release with the release it
+    # has): what `status` reports and a rollback to a fleet release looks for.
+    fleet_release: Optional[str] = None
+    fleet_releases: List[str] = field(default_factory=list)
 
     @property
     def service_roots(self) -> ServiceRoots:
         return self.roots or ServiceRoots()
+
+    @property
+    def fleet(self) -> Optional[str]:
+        """The fleet release it runs as (a receipt from before fleet releases: its own id,
+        which was its run's)."""
+        return self.fleet_release or (self.fleet_releases[-1] if self.fleet_releases else self.release)
+
+    def served(self) -> List[str]:
+        """Every fleet release this release has served, oldest first."""
+        return list(self.fleet_releases) or ([self.release] if self.release else [])
+
+    def serve(self, fleet_release: str) -> None:
+        """From now on it runs as `fleet_release`."""
+        self.fleet_release = fleet_release
+        if not self.fleet_releases or self.fleet_releases[-1] != fleet_release:
+            self.fleet_releases = [f for f in self.served() if f != fleet_release] + [fleet_release]
 
 
 def _read(path: str) -> Receipt:

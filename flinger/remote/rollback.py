@@ -56,7 +56,10 @@ def _switch_back(plan: RollbackPlan, install_dir: str) -> SwitchResult:
     if problem:
         raise events.PlanError("to: %s" % problem)
     if target == now:
-        return SwitchResult(release=now)
+        if plan.fleet_release and state.fleet != plan.fleet_release:
+            state.serve(plan.fleet_release)
+            receipt.save(install_dir, state)
+        return SwitchResult(release=now, fleet_release=state.fleet)
     wanted = receipt.load_kept(install_dir, target)
     if wanted is None or not os.path.isdir(os.path.join(install_dir, "releases", target)):
         others = ", ".join(kept) or "none but the current %s" % now
@@ -75,5 +78,9 @@ def _switch_back(plan: RollbackPlan, install_dir: str) -> SwitchResult:
     wanted.services = svcs
     wanted.switched_at = utc_now()
     wanted.switched_by = plan.lock_holder
+    if plan.fleet_release:
+        wanted.serve(plan.fleet_release)
+    else:
+        wanted.fleet_release = wanted.fleet
     receipt.save(install_dir, wanted)
-    return SwitchResult(changed=True, release=target, previous_release=now)
+    return SwitchResult(changed=True, release=target, previous_release=now, fleet_release=wanted.fleet)

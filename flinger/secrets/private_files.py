@@ -78,7 +78,7 @@ def link_private(source: Path, path: Path) -> bool:
     return True
 
 
-def _unchanged(path: Path, data: bytes) -> bool:
+def unchanged(path: Path, data: bytes) -> bool:
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -103,7 +103,7 @@ def write_private_all(files: Iterable[tuple[Path, bytes]]) -> set[Path]:
     renamed = 0
     try:
         for path, data in files:
-            if _unchanged(path, data):
+            if unchanged(path, data):
                 continue
             if path.parent not in made:
                 private_dir(path.parent)
@@ -127,7 +127,7 @@ def write_private(path: Path, data: bytes) -> bool:
     """Write `data` to `path` (mode 0600) atomically; False (and nothing touched) when the
     file already holds exactly `data` with mode 0600."""
     private_dir(path.parent)
-    if _unchanged(path, data):
+    if unchanged(path, data):
         return False
     _into_place(_temp_beside(path, data, fsync=True), path)
     return True

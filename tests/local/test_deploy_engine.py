@@ -22,8 +22,10 @@ from flinger.engine.execute import execute
 from flinger.engine.fanout import Reporter
 from flinger.engine.hosts import HostPool
 from flinger.engine.install import Install
+from flinger.engine.ledger import read_ledger
 from flinger.engine.local import LocalPool, LocalTransport
 from flinger.engine.operations import Operation, Rollback
+from flinger.engine.operations import Status as StatusOperation
 from flinger.engine.plan import plan_deploy
 from flinger.engine.results import ServerResult, Status
 from flinger.engine.run import Settings, open_run
@@ -98,21 +100,31 @@ class Fleet:
         self.homes = self.topology.state_dir / "local-hosts"  # the local transport's hosts
         self.store = CopyStore(root / "artifacts")
         self.transport = "local"
+        self.extra: dict[str, Any] = {}  # what the last run's operation said of the fleet at its end
 
     @property
     def servers(self) -> list[Server]:
         return [self.topology.servers[n] for n in NODES]
 
     def run(
-        self, operation: Operation, policy: RolloutPolicy | None = None, sink: Sink = nowhere
+        self,
+        operation: Operation,
+        policy: RolloutPolicy | None = None,
+        sink: Sink = nowhere,
+        only: tuple[str, ...] = NODES,
     ) -> list[ServerResult]:
+        chosen = [self.topology.servers[n] for n in only]
         with open_run(self.topology, self.manifest, sink=sink, settings=Settings(parallel=3),
                       transport=self.transport) as run:  # fmt: skip
-            return execute(run, operation, self.servers, BatchRollout(policy) if policy else None)
+            results = execute(run, operation, chosen, BatchRollout(policy) if policy else None)
+            self.extra = operation.finish(run, results)
+            return results
 
-    def install(self, policy: RolloutPolicy | None = None, sink: Sink = nowhere) -> dict[str, ServerResult]:
-        plans = plan_deploy(self.topology, self.manifest, self.servers)
-        results = self.run(Install(plans), policy or RolloutPolicy(), sink)
+    def install(
+        self, policy: RolloutPolicy | None = None, sink: Sink = nowhere, only: tuple[str, ...] = NODES
+    ) -> dict[str, ServerResult]:
+        plans = plan_deploy(self.topology, self.manifest, [self.topology.servers[n] for n in only])
+        results = self.run(Install(plans), policy or RolloutPolicy(), sink, only)
         return {r.server: r for r in results}
 
     def rollback(
@@ -149,6 +161,34 @@ def fleet(tmp_path: Path, registered: CopyStore) -> Fleet:
     results = fleet.install()
     assert all(r.status is Status.OK for r in results.values()), results
     return fleet
+
+
+def test_one_run_is_one_fleet_release_on_every_server_and_status_fails_on_a_split_role(fleet: Fleet) -> None:
+    known = read_ledger(fleet.topology.state_dir)
+    (first,) = known.releases.values()
+    assert first.state == "completed" and known.running == dict.fromkeys(NODES, first.id)
+    assert fleet.extra["fleet_release"] == first.id and fleet.extra["fleet"]["skew"] == {}
+    status = fleet.run(StatusOperation())
+    assert {r.details["fleet_release"] for r in status} == {first.id} and "fleet_problem" not in fleet.extra
+    fleet.install()  # nothing new: no new release
+    assert list(read_ledger(fleet.topology.state_dir).releases) == [first.id]
+    fleet.store.build("v2")
+    second = fleet.install(only=("node1",))["node1"]
+    assert second.details["fleet_release"] == fleet.extra["fleet_release"] != first.id
+    assert fleet.extra["release_state"] == "partial"
+    status = fleet.run(StatusOperation())
+    assert all(r.status is Status.OK for r in status)  # every server is well: the fleet is not
+    assert fleet.extra["fleet_problem"] == (
+        f"servers of one role run different releases: role node: {second.details['fleet_release']} on node1; "
+        f"{first.id} on node2, node3"
+    )
+    fleet.install()  # the others follow: the same release, now completed
+    known = read_ledger(fleet.topology.state_dir)
+    assert list(known.releases) == [first.id, second.details["fleet_release"]]
+    assert known.releases[second.details["fleet_release"]].state == "completed"
+    for node in NODES:  # and the servers' own receipts agree
+        receipt = json.loads((fleet.homes / node / "app" / ".flinger" / "state.json").read_text())
+        assert receipt["fleet_release"] == second.details["fleet_release"], node
 
 
 def test_install_locks_stages_per_run_and_cleans_up(fleet: Fleet) -> None:

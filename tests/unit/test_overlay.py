@@ -157,6 +157,31 @@ def test_rotate_changes_every_secret(tmp_path: Path) -> None:
     assert any("rotated" in m for m in second.messages)
 
 
+def test_each_change_of_an_overlay_is_a_generation_and_a_rotation_names_what_it_replaced(tmp_path: Path) -> None:
+    from flinger.overlay.generation import load_generations
+    from flinger.overlay.state import StatePaths
+
+    topology, manifest = _setup(tmp_path)
+    assert make_overlay(topology, manifest).generation == 1
+    assert make_overlay(topology, manifest).generation == 1  # nothing changed: the same generation
+    write_template(tmp_path, "tmpl/app.conf.j2", "changed {{ server.name }}\n")
+    changed = make_overlay(topology, manifest)
+    assert (changed.generation, changed.rotated) == (2, ())  # a new config, no secret replaced
+    secret_values = {p.read_bytes() for p in (topology.state_dir / "overlay").glob("*/secrets/api_key")}
+    rotated = make_overlay(topology, manifest, rotate=True)
+    assert rotated.generation == 3
+    assert rotated.rotated == (
+        "the deployment CA key", "the TLS keys of node1, node2, node3", "the deployment secret", "secret api_key",
+    )  # fmt: skip
+    assert any("generation 3 rotates out" in m for m in rotated.messages)
+    report = json.dumps(rotated.to_json()) + (topology.state_dir / "state" / "generation.json").read_text()
+    assert not any(v.decode() in report for v in secret_values)  # names, never values
+    generations = load_generations(StatePaths(topology.state_dir))
+    assert generations.rotated_since(2) == list(rotated.rotated) and generations.rotated_since(3) == []
+    assert generations.rotated_since(1, 2) == []
+    assert (topology.state_dir / "state" / "generation.json").stat().st_mode & 0o777 == 0o600
+
+
 def test_adding_a_server_resplits_the_same_secret(tmp_path: Path) -> None:
     topology, manifest = _setup(tmp_path)
     first = make_overlay(topology, manifest)
