@@ -267,23 +267,33 @@ def rollback(
     ctx: typer.Context,
     servers: ServersOpt = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="the release to go back to (default: the one before the current)")
+        str | None,
+        typer.Option("--to", help="the fleet release to go back to (default: the last completed one before)"),
     ] = None,
     lock_wait: LockWait = 0.0,
     batch: Annotated[
-        str | None, typer.Option("--batch", help="servers per batch, N or P% (default: all at once)")
+        str | None, typer.Option("--batch", help="servers per batch, N or P% (default: a whole wave at once)")
     ] = None,
     canary: Canary = 0,
     canary_wait: CanaryWait = 0.0,
     max_failures: Annotated[
         str, typer.Option("--max-failures", help="failed servers (N or P%) the rollback goes on despite")
     ] = "0",
+    restore_rotated: Annotated[
+        bool,
+        typer.Option("--restore-rotated-secrets", help="go back to a release from before a rotation of its secrets"),
+    ] = False,
 ) -> int:
-    """Switch back to an earlier kept release, restart its services, and check their health.
+    """Switch every chosen server back to one earlier fleet release, in install's order.
 
+    The default is the fleet's last completed release before the newest one running (never
+    one that was rolled back or interrupted). Every chosen server is asked first; if they do
+    not all keep it, or it would bring rotated-out secrets back, nothing changes (exit 2).
     In batches with --batch: when more servers fail than --max-failures allows, the rest are
     not started (each failed one is back on the release it ran)."""
-    from flinger.engine.operations import Rollback
+    from flinger.engine.install import Install
+    from flinger.engine.plan import plan_deploy
+    from flinger.engine.rollback import FleetRollback
     from flinger.engine.strategy import BatchRollout
     from flinger.protocol.names import problem
 
@@ -291,7 +301,10 @@ def rollback(
         raise UsageError(f"--to: {problem(to, 'a release')}")
     policy = _rollout_policy(batch, max_failures, canary=canary, canary_wait=canary_wait, rollback=False)
     env = env_of(ctx)
-    return _run(env, Rollback(to), env.select_servers(servers), strategy=BatchRollout(policy), lock_wait=lock_wait)
+    chosen = env.select_servers(servers)
+    waves = Install(plan_deploy(env.topology(), env.manifest(), chosen)).waves(chosen)
+    operation = FleetRollback(to, chosen, waves, restore_rotated=restore_rotated)
+    return _run(env, operation, chosen, strategy=BatchRollout(policy), lock_wait=lock_wait)
 
 
 @deploy_app.command("unlock")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from flinger.engine import ledger
 from flinger.engine.results import ServerResult, Status
 from flinger.manifest.model import Manifest
-from flinger.overlay.generation import load_generations
+from flinger.overlay.generation import Generations, load_generations
 from flinger.overlay.state import StatePaths
 from flinger.protocol.results import BuiltPackage, HistoryResult
 from flinger.topology.model import Topology
@@ -77,6 +77,7 @@ class InstallRecord:
         self.state_dir = state_dir
         self.chosen = chosen
         self.release: str | None = None
+        self.generation = 0  # the overlay generation of the release
         self.previous: dict[str, str | None] = {}  # the release each server ran before, as the ledger knew
         self._lock = threading.Lock()
 
@@ -93,6 +94,7 @@ class InstallRecord:
             self.previous = {s: known.running.get(s) for s in self.chosen}
             newest = known.newest()
             events: list[dict[str, Any]] = []
+            self.generation = generation
             if newest is not None and newest.content == content and newest.state != "rolled back":
                 release = newest.id  # the same content again: finish that release
             else:
@@ -234,3 +236,19 @@ def fleet_history(
             "kept": sorted(kept.get(fleet_id, set())),
         })  # fmt: skip
     return rows
+
+
+def to_forget(
+    known: ledger.Ledger, generations: Generations, release: str, servers: list[str]
+) -> tuple[int, list[str]]:
+    """Once `release` is completed: the newest generation up to its own that rotated secrets
+    out, and the servers that have not yet removed the overlays from before it (0 and []
+    when there is nothing to forget)."""
+    done = known.releases.get(release)
+    if done is None or done.state != "completed" or done.generation is None:
+        return 0, []
+    rotations = [g for g in generations.rotated if g <= done.generation]
+    if not rotations:
+        return 0, []
+    newest = max(rotations)
+    return newest, [s for s in servers if s not in known.forgot.get(newest, set())]

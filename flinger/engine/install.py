@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from flinger.engine import ledger
 from flinger.engine import report as explain
-from flinger.engine.fleet import InstallRecord, fleet_view
+from flinger.engine.fleet import InstallRecord, fleet_view, to_forget
 from flinger.engine.ledger import read_ledger
 from flinger.engine.plan import ServerPlan
 from flinger.engine.remote import into_report, run_tool
@@ -26,6 +27,8 @@ from flinger.engine.results import ServerResult, Switch
 from flinger.engine.session import Session, open_session, release_lock
 from flinger.engine.stores import staged_tarball
 from flinger.errors import FlingerError, RemoteCommandError
+from flinger.overlay.generation import load_generations
+from flinger.overlay.state import StatePaths
 from flinger.protocol.plans import InstallPlan, PackageRef
 from flinger.protocol.results import InstallResult
 from flinger.topology.model import Server
@@ -55,13 +58,22 @@ class Install:
         _prefetch(run.store.built)
 
     def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
-        """The run's end in the fleet ledger, and the fleet as the ledger now sees it."""
-        if self.record is None:
+        """The run's end in the fleet ledger, the fleet as the ledger now sees it, and, once
+        the whole fleet completed a release that rotated secrets out, the old ones removed
+        from the releases the servers keep (forget)."""
+        if self.record is None or self.record.release is None:
             return {}
         state = self.record.finish(run, results, stopped=run.brake.pulled)
-        known = read_ledger(run.topology.state_dir)
-        view = fleet_view(run.topology, {s.name: known.running.get(s.name) for s in run.topology.deployment_servers()})
-        return {"fleet_release": self.record.release, "release_state": state, "fleet": view.as_json()}
+        state_dir = run.topology.state_dir
+        known = read_ledger(state_dir)
+        deployment = run.topology.deployment_servers()
+        view = fleet_view(run.topology, {s.name: known.running.get(s.name) for s in deployment})
+        extra: dict[str, Any] = {"fleet_release": self.record.release, "release_state": state, "fleet": view.as_json()}
+        generations = load_generations(StatePaths(state_dir))
+        before, todo = to_forget(known, generations, self.record.release, [s.name for s in deployment])
+        if todo and not run.brake.pulled:
+            extra.update(_forget(run, before, [run.topology.servers[n] for n in todo]))
+        return extra
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         plan = self.plans[server.name]
@@ -118,6 +130,7 @@ class Install:
             staging_dir=f"{session.runs}/{run.run_id}",
             release=release,
             fleet_release=release,
+            overlay_generation=self.record.generation,
             # the tool refuses to switch anything unless this run still holds the lock
             lock_holder=run.holder,
             packages=[PackageRef(p, built[p].sha256, staged_tarball(built, p)) for p in plan.packages],
@@ -194,3 +207,21 @@ def _prefetch(read: Callable[[], object]) -> None:
             pass
 
     threading.Thread(target=quietly, name="flinger-prefetch", daemon=True).start()
+
+
+def _forget(run: Run, before: int, servers: list[Server]) -> dict[str, Any]:
+    """`forget` on `servers`; what --json says of it (a server that could not: a fleet problem)."""
+    from flinger.engine.execute import execute
+    from flinger.engine.operations import Forget
+
+    results = execute(run, Forget(before), servers)
+    done = [r.server for r in results if r.status.value == "ok"]
+    ledger.append(run.topology.state_dir, {"event": "forgot", "generation": before, "servers": done}, sync=True)
+    extra: dict[str, Any] = {"forgot": {r.server: r.details.get("forgotten", []) for r in results if r.server in done}}
+    left = [f"{r.server} ({r.message})" for r in results if r.server not in done]
+    if left:
+        extra["fleet_problem"] = (
+            f"secrets rotated out by overlay generation {before} are still kept in older releases on "
+            f"{', '.join(left)}: the next deploy install removes them"
+        )
+    return extra

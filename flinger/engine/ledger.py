@@ -15,6 +15,8 @@ up to its death, and reading folds them:
             install or rollback): the ledger follows the servers, not the other way round
   end       how the run ended: completed | partial | failed | rolled back | interrupted
   state     a release's state set by a later run (a rollback leaves it "rolled back")
+  forgot    the servers that removed the overlays older than a generation that rotated
+            secrets out (once the fleet completed a release of that generation)
 
 A run with no `end` whose process is gone was interrupted (its client lost); what its
 servers really did is what they say next time (`observed`).
@@ -99,6 +101,7 @@ class Ledger:
     releases: dict[str, FleetRelease] = field(default_factory=dict)
     running: dict[str, str | None] = field(default_factory=dict)
     runs: dict[str, _RunInfo] = field(default_factory=dict)
+    forgot: dict[int, set[str]] = field(default_factory=dict)  # generation -> servers that forgot before it
 
     def newest(self) -> FleetRelease | None:
         return next(reversed(self.releases.values()), None)
@@ -155,6 +158,9 @@ class Ledger:
         if release is not None:
             release.state, release.note = e["state"], e.get("note", "")
 
+    def _forgot(self, e: dict[str, Any]) -> None:
+        self.forgot.setdefault(int(e["generation"]), set()).update(e.get("servers", []))
+
     def _lost_runs(self) -> None:
         """A run that never ended and whose process is gone: its release was interrupted."""
         for run_id, info in self.runs.items():
@@ -172,6 +178,7 @@ _FOLDS = {
     "observed": Ledger._observed,
     "end": Ledger._end,
     "state": Ledger._state,
+    "forgot": Ledger._forgot,
 }
 
 

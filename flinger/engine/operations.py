@@ -19,8 +19,15 @@ from flinger.engine.results import Status as ResultStatus
 from flinger.engine.session import open_session
 from flinger.errors import RemoteCommandError
 from flinger.protocol.codec import decode, encode
-from flinger.protocol.plans import InventoryPlan, LockPlan, RollbackPlan, UninstallPlan
-from flinger.protocol.results import HistoryResult, LockResult, StatusResult, SwitchResult, UninstallResult
+from flinger.protocol.plans import ForgetPlan, InventoryPlan, LockPlan, RollbackPlan, UninstallPlan
+from flinger.protocol.results import (
+    ForgetResult,
+    HistoryResult,
+    LockResult,
+    StatusResult,
+    SwitchResult,
+    UninstallResult,
+)
 from flinger.topology.model import Server
 
 if TYPE_CHECKING:
@@ -117,14 +124,18 @@ class Rollback(OnEveryServer):
 
     name = "rollback"
 
-    def __init__(self, to: str | None = None, targets: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, to: str | None = None, targets: dict[str, str] | None = None, fleet_release: str | None = None
+    ) -> None:
         self.to = to
         self.targets = targets or {}
+        self.fleet_release = fleet_release  # the fleet release the servers serve once back (None: as before)
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         session = open_session(run, server, report, step="rollback")
         to = self.targets.get(server.name, self.to)
-        plan = RollbackPlan(session.install_dir, run.holder, to=to, acquire_wait=run.settings.lock_wait)
+        plan = RollbackPlan(session.install_dir, run.holder, to=to, acquire_wait=run.settings.lock_wait,
+                            fleet_release=self.fleet_release)  # fmt: skip
         try:
             result = run_tool(session.conn, session.tool, "rollback", plan, SwitchResult,
                               on_event=into_report(report), on_text=report.line)  # fmt: skip
@@ -132,6 +143,23 @@ class Rollback(OnEveryServer):
             raise lines.explained(exc, report) from None
         report.switch = Switch(result.release, result.previous_release, result.changed)
         return {**encode(result), "summary": lines.rollback_line(result)}
+
+
+class Forget(OnEveryServer):
+    """Remove the overlays of kept releases older than overlay generation `before`: a
+    rotation the whole fleet completed replaced the secrets they hold (remote/forget.py)."""
+
+    name = "forget"
+
+    def __init__(self, before: int) -> None:
+        self.before = before
+
+    def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        session = open_session(run, server, report, step=self.name)
+        plan = ForgetPlan(session.install_dir, run.holder, self.before, acquire_wait=run.settings.lock_wait)
+        result = run_tool(session.conn, session.tool, "forget", plan, ForgetResult, on_event=into_report(report))
+        gone = ", ".join(result.forgotten) or "none kept"
+        return {**encode(result), "summary": f"rotated-out secrets removed from releases: {gone}"}
 
 
 class Uninstall(OnEveryServer):

@@ -48,6 +48,7 @@ COMMANDS: Dict[str, Command] = {
     "history": Command(plans.InventoryPlan, results.HistoryResult),
     "rollback": Command(plans.RollbackPlan, results.SwitchResult),
     "uninstall": Command(plans.UninstallPlan, results.UninstallResult),
+    "forget": Command(plans.ForgetPlan, results.ForgetResult),
     "lock": Command(plans.LockPlan, results.LockResult),
     "build": Command(plans.BuildPlan, results.BuildResult),
     "registry-push": Command(plans.PushPlan, results.PushResult),

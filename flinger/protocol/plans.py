@@ -130,6 +130,7 @@ class InstallPlan:
     # The fleet release this install is part of (the same on every server of the run); a
     # server that has nothing to change records that it runs it too.
     fleet_release: Optional[str] = None
+    overlay_generation: Optional[int] = None  # the client's overlay generation the overlay comes from
 
 
 # -- the other server commands -------------------------------------------------------------
@@ -153,6 +154,18 @@ class RollbackPlan:
     acquire: bool = True
     acquire_wait: float = 0.0
     fleet_release: Optional[str] = None  # the fleet release `to` serves in this rollback
+
+
+@dataclass
+class ForgetPlan:
+    """`forget`: remove the overlay (secrets, keys, rendered configs) of every kept release
+    but the current one whose overlay generation is older than `before` (a rotation that
+    the whole fleet completed replaced them), under the lock of `lock_holder`."""
+
+    install_dir: str
+    lock_holder: str
+    before: int
+    acquire_wait: float = 0.0
 
 
 @dataclass

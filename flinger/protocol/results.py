@@ -121,6 +121,8 @@ class ReleaseInfo:
     packages: Dict[str, str] = field(default_factory=dict)  # name -> digest
     can_roll_back_to: bool = False
     fleet_releases: List[str] = field(default_factory=list)  # the fleet releases it served, oldest first
+    overlay_generation: Optional[int] = None
+    overlay_removed: bool = False  # its overlay was removed after a rotation (`forget`): no way back to it
 
 
 @dataclass
@@ -130,6 +132,11 @@ class HistoryResult(Outcome):
     releases: List[ReleaseInfo] = field(default_factory=list)
     switched_at: Optional[str] = None
     switched_by: Optional[str] = None
+
+
+@dataclass
+class ForgetResult(Outcome):
+    forgotten: List[str] = field(default_factory=list)  # the releases whose overlay was removed
 
 
 @dataclass

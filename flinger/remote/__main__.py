@@ -21,6 +21,7 @@ HANDLERS = {
     "history": ("inventory", "history"),
     "rollback": ("rollback", "rollback"),
     "uninstall": ("inventory", "uninstall"),
+    "forget": ("forget", "forget"),
     "lock": ("lock", "run"),
     "build": ("pkgbuild", "build"),
     "registry-push": ("registry", "push"),

@@ -290,6 +290,7 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
         services=svcs,
         roots=roots,
         overlay_owner=plan.overlay_owner,
+        overlay_generation=plan.overlay_generation,
     )
     state.serve(plan.fleet_release or made)
     receipt.save(install_dir, state)

@@ -59,8 +59,11 @@ def history(plan: InventoryPlan) -> HistoryResult:
                 packages={name: info.digest for name, info in kept.packages.items()} if kept else {},
                 can_roll_back_to=kept is not None
                 and release != state.release
+                and not kept.overlay_removed
                 and os.path.isdir(os.path.join(install_dir, "releases", release)),
                 fleet_releases=source.served() if source is not None else [release],
+                overlay_generation=source.overlay_generation if source is not None else None,
+                overlay_removed=bool(kept and kept.overlay_removed),
             )
         )
     return HistoryResult(

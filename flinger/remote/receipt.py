@@ -38,6 +38,8 @@ class Receipt:
     # has): what `status` reports and a rollback to a fleet release looks for.
     fleet_release: Optional[str] = None
     fleet_releases: List[str] = field(default_factory=list)
+    overlay_generation: Optional[int] = None  # the client's overlay generation of its overlay
+    overlay_removed: bool = False  # `forget` removed its overlay: it can no longer run
 
     @property
     def service_roots(self) -> ServiceRoots:

@@ -66,6 +66,13 @@ def _switch_back(plan: RollbackPlan, install_dir: str) -> SwitchResult:
         return SwitchResult(
             ok=False, step="rollback", error="release %s is not kept here (kept: %s)" % (target, others)
         )
+    if wanted.overlay_removed:
+        return SwitchResult(
+            ok=False,
+            step="rollback",
+            error="release %s can no longer run here: its overlay was removed once the fleet completed a "
+            "rotation of its secrets" % target,
+        )
     events.step("rollback: to %s" % target)
     svcs: List[ServiceSpec] = list(wanted.services)
     roots = wanted.service_roots

@@ -522,7 +522,7 @@ def test_two_concurrent_installs_take_turns_on_every_server(
 
 
 def _stop_mid_run(
-    sandbox: SandboxState, logs: Path, args: list[str], node: str, cue: str, signals: int = 1
+    config: Path, logs: Path, args: list[str], node: str, cue: str, signals: int = 1
 ) -> tuple[int, dict[str, Any], str, float]:
     """Run `flinger --json ARGS` in a session of its own; once `node`'s run log shows `cue`,
     send SIGINT to its process group (what a terminal's Ctrl-C does), `signals` times 0.2 s
@@ -533,7 +533,7 @@ def _stop_mid_run(
     import time
 
     runs_before = set(logs.iterdir()) if logs.exists() else set()
-    argv = [sys.executable, "-m", "flinger", "-c", str(sandbox.config_path), "--json", *args]
+    argv = [sys.executable, "-m", "flinger", "-c", str(config), "--json", *args]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     sent_at = None
@@ -583,14 +583,17 @@ BRAKE_MODES = {
 
 @pytest.mark.parametrize("mode", list(BRAKE_MODES))
 def test_one_ctrl_c_stops_a_rollout_the_server_at_work_finishes_and_no_other_starts(
-    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, mode: str
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, mode: str, tmp_path: Path
 ) -> None:
     args, cue, working = BRAKE_MODES[mode]
-    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0
-    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0  # two releases everywhere
-    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change to install
+    base = sandbox.config_path
+    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": "timeout = 31 "})  # restarts every service
+    assert flinger_json(base, "deploy", "install")[0] == 0  # release A everywhere
+    if args[1] == "rollback":  # release B everywhere: the rollback goes back to A
+        assert flinger_json(changed, "deploy", "install")[0] == 0
+    config = base if args[1] == "rollback" else changed
     before = _on_one_release_unlocked(sandbox, ssh_run)
-    code, doc, err, took = _stop_mid_run(sandbox, deployed["topology"].state_dir / "logs", args, "node1", cue)
+    code, doc, err, took = _stop_mid_run(config, deployed["topology"].state_dir / "logs", args, "node1", cue)
     assert code == 130, (doc, err)
     assert doc["stopped_by"] == "SIGINT" and "SIGINT: stopping" in err, err
     results = by_server(doc)
@@ -604,8 +607,13 @@ def test_one_ctrl_c_stops_a_rollout_the_server_at_work_finishes_and_no_other_sta
             assert results[node]["message"].startswith("not started: interrupted"), results[node]
             assert after[node] == before[node], node
     assert took < 60, f"{took:.1f} s from Ctrl-C to the exit"  # not the 600 s canary wait, nor another server
-    code, doc = flinger_json(sandbox.config_path, "deploy", "install")  # the re-run finishes the job
+    assert doc["release_state" if args[1] == "install" else "fleet_release"], doc
+    if args[1] == "install":
+        assert doc["release_state"] == "interrupted", doc
+    code, doc = flinger_json(config, *args[:2])  # the re-run finishes the job
     assert code == 0, doc
+    assert len(set(_on_one_release_unlocked(sandbox, ssh_run).values())) == 1
+    assert flinger_json(base, "deploy", "install")[0] == 0  # back at the manifest's state for what follows
 
 
 def test_ctrl_c_twice_mid_deploy_finishes_the_running_servers_and_reports_them(
@@ -615,7 +623,7 @@ def test_ctrl_c_twice_mid_deploy_finishes_the_running_servers_and_reports_them(
     second Ctrl-C cuts none of them short."""
     assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change everywhere
     logs = deployed["topology"].state_dir / "logs"
-    code, doc, err, _ = _stop_mid_run(sandbox, logs, ["deploy", "install"], "node1", "step: lock", 2)
+    code, doc, err, _ = _stop_mid_run(sandbox.config_path, logs, ["deploy", "install"], "node1", "step: lock", 2)
     assert code == 130, (doc, err)
     assert "already stopping" in err, err
     results = by_server(doc)
@@ -697,41 +705,86 @@ def test_a_failing_validate_changes_nothing_and_shows_why(
     assert f"(pid {pid})" in now, now  # not even restarted
 
 
-def test_history_and_rollback_bring_the_previous_release_back_on_every_server(
+def _current(sandbox: SandboxState, ssh_run: Any) -> dict[str, str]:
+    """The fleet release each node's receipt says it runs (its `current` is that receipt's release)."""
+    found = {}
+    for node in NODES:
+        link = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
+        receipt = json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)
+        assert link == f"releases/{receipt['release']}", (node, link, receipt["release"])
+        found[node] = receipt["fleet_release"]
+    return found
+
+
+def test_a_rollback_after_a_rolled_back_rollout_lands_every_server_on_one_earlier_release(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
 ) -> None:
-    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0  # at the manifest's state
-    code, doc = flinger_json(sandbox.config_path, "deploy", "history")
-    assert code == 0, doc
-    before: dict[str, tuple[str, str]] = {}
-    for node, result in by_server(doc).items():
-        releases = result["details"]["releases"]
-        current = next(r for r in releases if r["current"])
-        earlier = [r for r in releases if r["can_roll_back_to"]]
-        assert earlier and current["installed_by"] and current["installed_at"], releases
-        before[node] = (current["release"], earlier[-1]["release"])
-        assert result["details"]["summary"].startswith(f"current {current['release']} (installed "), result
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")  # at the manifest's state: release A
+    assert code == 0 and doc["release_state"] == "completed", doc
+    first = doc["fleet_release"]
+    (tmp_path / "b").mkdir()
+    healthy = _derived_manifest(sandbox, tmp_path / "b", {"timeout = 30 ": "timeout = 31 "})  # a new release B
+    code, doc = flinger_json(healthy, "deploy", "install", "--servers", "node1")
+    assert code == 0 and doc["release_state"] == "partial", doc
+    second = doc["fleet_release"]
+    code, status = flinger_json(sandbox.config_path, "deploy", "status")  # node1 apart from its role: unhealthy
+    assert code == 1, status
+    assert status["fleet_problem"] == (
+        f"servers of one role run different releases: role node: {second} on node1; {first} on node2, node3"
+    ), status
+    assert status["fleet"]["running"] == {"node1": second, "node2": first, "node3": first}
+    assert {r["status"] for r in status["servers"]} == {"ok"}  # every server is well: the fleet is not
+    assert flinger_json(healthy, "deploy", "install")[0] == 0  # the others follow: B completed
+    (tmp_path / "c").mkdir()
+    failing = _derived_manifest(sandbox, tmp_path / "c", {
+        'url = "https://{{ server.addr }}:8443/status"':
+            "url = \"https://{{ server.addr }}:{{ 8443 if server.name != 'node2' else 9 }}/status\"",
+        "timeout = 30 ": "timeout = 3 ",
+    })  # fmt: skip
+    code, doc = flinger_json(failing, "deploy", "install", "--batch", "1")  # release C fails in batch 2: undone
+    assert code == 1 and doc["release_state"] == "rolled back", doc
+    third = doc["fleet_release"]
+    assert _current(sandbox, ssh_run) == dict.fromkeys(NODES, second)
 
     code, doc = flinger_json(sandbox.config_path, "deploy", "rollback", "--batch", "1")  # one at a time
     assert code == 0, doc
-    topo = deployed["topology"]
-    for node, result in by_server(doc).items():
-        now, previous = before[node]
-        assert result["details"]["release"] == previous and result["details"]["previous_release"] == now, result
-        link = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
-        assert link == f"releases/{previous}", (node, link)
-        # the previous release serves with its own overlay (an earlier test rotated the CA since)
-        ca = tmp_path / f"{node}-ca.pem"
-        ca.write_text(ssh_run(sandbox, node, "cat", "/opt/quorum/current/overlay/tls/ca.pem").stdout)
-        _, served = fetch_cert(topo.servers[node].addr, 8443, ca)
-        assert served["name"] == node
-    assert flinger_json(sandbox.config_path, "deploy", "status")[0] == 0  # running and healthy
+    assert doc["fleet_release"] == first and doc["rolled_back_from"] == [second], doc
+    assert _current(sandbox, ssh_run) == dict.fromkeys(NODES, first)  # all on A, none on C
+    assert flinger_json(sandbox.config_path, "deploy", "status")[0] == 0  # running, healthy, one release
+    code, history = flinger_json(sandbox.config_path, "deploy", "history")
+    rows = {r["id"]: r for r in history["fleet_releases"]}
+    assert code == 0 and rows[first]["running"] == list(NODES), rows[first]
+    assert (rows[first]["state"], rows[second]["state"], rows[third]["state"]) == ("completed", "rolled back",
+                                                                                    "rolled back")  # fmt: skip
+    assert set(rows[second]["kept"]) == set(NODES)
 
-    # The manifest still asks for the newer state: install converges to it again.
+    refused = run_flinger("-c", str(sandbox.config_path), "deploy", "rollback", "--to", "no-such-release")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "release no-such-release is not kept on every chosen server" in refused.stderr, refused.stderr
+    assert _current(sandbox, ssh_run) == dict.fromkeys(NODES, first)  # nothing changed
+
+
+def test_a_rollback_across_a_rotation_is_refused_naming_the_secrets(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
+) -> None:
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
+    before = _current(sandbox, ssh_run)
+    assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0
     code, doc = flinger_json(sandbox.config_path, "deploy", "install")
-    assert code == 0 and all(r["details"]["changed"] for r in by_server(doc).values()), doc
-    code, doc = flinger_json(sandbox.config_path, "deploy", "rollback", "--to", "no-such-release", "--servers", "node1")
-    assert code == 1 and "release no-such-release is not kept here" in by_server(doc)["node1"]["message"], doc
+    assert code == 0 and doc["release_state"] == "completed", doc
+    # the fleet completed the rotation: every older kept release lost its overlay (the old secrets)
+    assert set(doc["forgot"]) == set(NODES) and all(doc["forgot"][n] for n in NODES), doc
+    for node in NODES:
+        left = ssh_run(sandbox, node, "sh", "-c", "ls -d /opt/quorum/releases/*/overlay")
+        assert left.stdout.split() == [f"/opt/quorum/releases/{doc['fleet_release']}/overlay"], left.stdout
+    after = _current(sandbox, ssh_run)
+    assert after != before
+    refused = run_flinger("-c", str(sandbox.config_path), "deploy", "rollback")
+    assert refused.returncode == 2 and "predates the rotation of the deployment CA key" in refused.stderr, refused
+    assert "--restore-rotated-secrets" in refused.stderr
+    refused = run_flinger("-c", str(sandbox.config_path), "deploy", "rollback", "--restore-rotated-secrets")
+    assert refused.returncode == 2 and "lost its overlay once the fleet completed a rotation" in refused.stderr
+    assert _current(sandbox, ssh_run) == after  # nothing changed
 
 
 def test_a_deployment_wide_secret_is_the_same_everywhere_and_follows_its_role(

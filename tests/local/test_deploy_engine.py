@@ -24,13 +24,15 @@ from flinger.engine.hosts import HostPool
 from flinger.engine.install import Install
 from flinger.engine.ledger import read_ledger
 from flinger.engine.local import LocalPool, LocalTransport
-from flinger.engine.operations import Operation, Rollback
+from flinger.engine.operations import Operation
 from flinger.engine.operations import Status as StatusOperation
 from flinger.engine.plan import plan_deploy
 from flinger.engine.results import ServerResult, Status
+from flinger.engine.rollback import FleetRollback
 from flinger.engine.run import Settings, open_run
 from flinger.engine.stores import STORES, StoreKind, StoreReport
 from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy
+from flinger.errors import UsageError
 from flinger.manifest.model import OverlayFile
 from flinger.overlay import make_overlay
 from flinger.progress import Sink, nowhere
@@ -128,10 +130,21 @@ class Fleet:
         return {r.server: r for r in results}
 
     def rollback(
-        self, to: str | None = None, policy: RolloutPolicy | None = None, sink: Sink = nowhere
+        self,
+        to: str | None = None,
+        policy: RolloutPolicy | None = None,
+        sink: Sink = nowhere,
+        restore_rotated: bool = False,
     ) -> dict[str, ServerResult]:
-        results = self.run(Rollback(to), policy or RolloutPolicy(rollback=False), sink)
+        """`deploy rollback` of the fleet, as the CLI drives it."""
+        waves = Install(plan_deploy(self.topology, self.manifest, self.servers)).waves(self.servers)
+        operation = FleetRollback(to, self.servers, waves, restore_rotated=restore_rotated)
+        results = self.run(operation, policy or RolloutPolicy(rollback=False), sink)
         return {r.server: r for r in results}
+
+    def fleet_release(self, node: str) -> str:
+        receipt = json.loads((self.homes / node / "app" / ".flinger" / "state.json").read_text())
+        return str(receipt["fleet_release"])
 
     def version(self, node: str) -> str:
         current = self.homes / node / "app" / "current"
@@ -229,6 +242,63 @@ def test_no_rollback_leaves_the_first_batch_on_the_new_release(fleet: Fleet) -> 
     assert [fleet.version(n) for n in NODES] == ["v2", "v1", "v1"]
 
 
+def test_a_rollback_after_a_rolled_back_rollout_lands_every_server_on_one_earlier_release(fleet: Fleet) -> None:
+    """v1 (the fixture's), v2, then v3 fails in batch 2 and is undone: a plain rollback goes
+    to v1, the last completed release before the one running, never forward to v3."""
+    first = fleet.fleet_release("node1")
+    fleet.store.build("v2")
+    assert all(r.status is Status.OK for r in fleet.install().values())
+    second = fleet.fleet_release("node1")
+    fleet.store.build("v3")
+    fleet.store.broken = {"node2"}
+    rolled = fleet.install(RolloutPolicy(batch=Amount(1)))
+    assert rolled["node1"].status is Status.ROLLED_BACK and fleet.extra["release_state"] == "rolled back"
+    third = fleet.extra["fleet_release"]
+    fleet.store.broken = set()
+    results = fleet.rollback()
+    assert all(r.status is Status.OK for r in results.values()), results
+    assert [fleet.version(n) for n in NODES] == ["v1"] * 3
+    assert {fleet.fleet_release(n) for n in NODES} == {first} and fleet.extra["fleet_release"] == first
+    known = read_ledger(fleet.topology.state_dir)
+    assert (known.releases[second].state, known.releases[third].state) == ("rolled back", "rolled back")
+    assert known.running == dict.fromkeys(NODES, first)
+    with pytest.raises(UsageError, match=f"no completed fleet release before {first}"):
+        fleet.rollback()  # nothing completed before the first release: refused
+    assert [fleet.version(n) for n in NODES] == ["v1"] * 3
+    forward = fleet.rollback(to=second)  # going forward again is the operator's explicit choice
+    assert all(r.status is Status.OK for r in forward.values()) and [fleet.version(n) for n in NODES] == ["v2"] * 3
+
+
+def test_a_rotation_is_not_undone_by_a_rollback_and_its_old_secrets_go_once_the_fleet_completes_it(
+    fleet: Fleet,
+) -> None:
+    first = fleet.fleet_release("node1")
+    old_key = (fleet.homes / "node1" / "app" / "current" / "overlay" / "tls" / "key.pem").read_bytes()
+    make_overlay(fleet.topology, fleet.manifest, rotate=True)
+    fleet.install(only=("node1",))  # the rotation reaches node1 only: not completed
+    assert fleet.extra["release_state"] == "partial" and "forgot" not in fleet.extra
+    with pytest.raises(UsageError, match="predates the rotation of the deployment CA key"):
+        fleet.rollback()
+    assert fleet.fleet_release("node1") != first  # refused: nothing changed
+    back = fleet.rollback(restore_rotated=True)  # the operator's explicit choice, while it is not complete
+    assert all(r.status is Status.OK for r in back.values()) and {fleet.fleet_release(n) for n in NODES} == {first}
+    assert fleet.extra["restored_rotated"][0] == "the deployment CA key"
+
+    fleet.install()  # the rotation again, now to the whole fleet: completed, and the old secrets go
+    rotated = fleet.extra["fleet_release"]
+    assert fleet.extra["release_state"] == "completed"
+    assert fleet.extra["forgot"] == {key: [first] for key in NODES} and "fleet_problem" not in fleet.extra
+    for node in NODES:
+        kept = fleet.homes / node / "app" / "releases" / first
+        assert kept.is_dir() and not (kept / "overlay").exists(), node  # its packages stay, its secrets do not
+        assert old_key not in b"".join(p.read_bytes() for p in (fleet.homes / node / "app").rglob("*.pem"))
+    with pytest.raises(UsageError, match="lost its overlay once the fleet completed a rotation"):
+        fleet.rollback(to=first, restore_rotated=True)
+    assert {fleet.fleet_release(n) for n in NODES} == {rotated}
+    fleet.install()  # nothing left to forget: no second round
+    assert "forgot" not in fleet.extra
+
+
 def test_history_and_rollback_to_an_earlier_release(fleet: Fleet) -> None:
     fleet.store.build("v2")
     assert all(r.status is Status.OK for r in fleet.install().values())
@@ -283,9 +353,10 @@ def test_a_rollback_with_a_canary_checks_it_again_before_the_others_go_back(flee
     results = fleet.rollback(policy=policy, sink=seen.append).values()
     assert all(r.status is Status.OK for r in results) and [fleet.version(n) for n in NODES] == ["v1"] * 3
     order = [(type(e).__name__, e.name, getattr(e, "step", "")) for e in seen if isinstance(e, (Started, Step))]
+    asked = order.index(("Step", "node1", "rollback"))  # every server said what it keeps: then the rollback
+    assert {name for _kind, name, step in order[:asked] if step == "history"} == set(NODES)
     gate = order.index(("Step", "node1", "status"))  # the canary's second look
-    assert ("Started", "node1", "") in order[:gate]
-    assert all(name == "node1" for _kind, name, _step in order[:gate]), order
+    assert all(name == "node1" for _kind, name, _step in order[asked:gate]), order
     assert {name for _kind, name, _step in order[gate:]} == {"node1", "node2", "node3"}
 
 

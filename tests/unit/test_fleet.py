@@ -181,3 +181,92 @@ def test_two_runs_decide_one_after_the_other(topology: Topology) -> None:
     assert first.release_for(fake_run(topology, "run-1")) == "run-1"
     assert second.release_for(fake_run(topology, "run-2")) == "run-1"
     assert os.path.exists(ledger.ledger_path(topology.state_dir).parent / "ledger.lock")
+
+
+# -- choosing the release a rollback goes back to ------------------------------------------
+
+
+def ledger_of(tmp: Path, *releases: tuple[str, str, int]) -> ledger.Ledger:
+    """A ledger of releases (id, state, generation), oldest first."""
+    events: list[dict[str, Any]] = []
+    for rid, state, generation in releases:
+        events += [
+            {"event": "release", "id": rid, "content": rid, "generation": generation},
+            {"event": "end", "id": rid, "run": rid, "state": state},
+        ]
+    ledger.append(tmp, *events)
+    return ledger.read_ledger(tmp)
+
+
+def keeps(current: str, *others: str, removed: tuple[str, ...] = ()) -> HistoryResult:
+    infos = [ReleaseInfo(r, can_roll_back_to=r not in removed, fleet_releases=[r], overlay_removed=r in removed)
+             for r in others]  # fmt: skip
+    return HistoryResult(
+        installed=True, current=current, releases=[*infos, ReleaseInfo(current, current=True, fleet_releases=[current])]
+    )
+
+
+def test_a_plain_rollback_goes_to_the_last_completed_release_never_to_an_undone_one(tmp_path: Path) -> None:
+    from flinger.engine.rollback import choose_rollback
+    from flinger.overlay.generation import Generations
+
+    known = ledger_of(tmp_path, ("Z", "completed", 1), ("A", "completed", 1), ("B", "rolled back", 1))
+    histories = {"node1": keeps("A", "Z", "B"), "node2": keeps("A", "Z", "B")}
+    choice = choose_rollback(known, histories, None, Generations(1))
+    assert choice.release == "Z" and choice.targets == {"node1": "Z", "node2": "Z"}
+
+
+def test_a_split_fleet_goes_back_to_the_release_before_the_newest_it_runs(tmp_path: Path) -> None:
+    from flinger.engine.rollback import choose_rollback
+    from flinger.overlay.generation import Generations
+
+    known = ledger_of(tmp_path, ("A", "completed", 1), ("B", "interrupted", 1))
+    choice = choose_rollback(known, {"node1": keeps("B", "A"), "node2": keeps("A")}, None, Generations(1))
+    assert choice.release == "A" and choice.targets == {"node1": "A", "node2": "A"}
+    assert choice.leaving == {"node1": "B", "node2": "A"}
+
+
+@pytest.mark.parametrize(
+    ("histories", "to", "message"),
+    [
+        (
+            {"node1": keeps("B", "A"), "node2": keeps("B")},
+            None,
+            "release A is not kept on every chosen server (node2 keeps B): no common release",
+        ),
+        (
+            {"node1": keeps("B", "A", removed=("A",))},
+            "A",
+            "node1 keeps B; its copy lost its overlay once the fleet completed a rotation",
+        ),
+        ({"node1": keeps("X", "A")}, None, "this client's fleet ledger does not know release X (run by node1)"),
+        ({"node1": keeps("A")}, None, "no completed fleet release before A in this client's ledger"),
+        ({"node1": HistoryResult(installed=False)}, None, "nothing is installed on node1"),
+    ],
+)
+def test_a_rollback_with_no_common_release_is_refused_saying_why(
+    tmp_path: Path, histories: dict[str, HistoryResult], to: str | None, message: str
+) -> None:
+    from flinger.engine.rollback import choose_rollback
+    from flinger.errors import UsageError
+    from flinger.overlay.generation import Generations
+
+    known = ledger_of(tmp_path, ("A", "completed", 1), ("B", "completed", 1))
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")) as refused:
+        choose_rollback(known, histories, to, Generations(1))
+    assert refused.value.exit_status == 2 and "nothing was changed" in refused.value.message
+
+
+def test_a_rollback_across_a_rotation_is_refused_naming_the_secrets_unless_asked(tmp_path: Path) -> None:
+    from flinger.engine.rollback import choose_rollback
+    from flinger.errors import UsageError
+    from flinger.overlay.generation import Generations
+
+    known = ledger_of(tmp_path, ("A", "completed", 1), ("B", "completed", 2))
+    generations = Generations(2, {2: ("secret redis_password", "the deployment secret")})
+    histories = {"node1": keeps("B", "A")}
+    with pytest.raises(UsageError, match="predates the rotation of secret redis_password, the deployment secret"):
+        choose_rollback(known, histories, None, generations)
+    choice = choose_rollback(known, histories, None, generations, restore_rotated=True)
+    assert choice.release == "A" and choice.rotated == ["secret redis_password", "the deployment secret"]
+    assert choose_rollback(known, {"node1": keeps("A", "B")}, "B", generations).rotated == []  # forward: nothing back
