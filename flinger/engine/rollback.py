@@ -98,12 +98,6 @@ def choose_rollback(
     if bare:
         raise UsageError(f"nothing is installed on {', '.join(bare)}: nothing to roll back there; nothing was changed")
     target = to or _plain_target(known, running)
-    rotated = _rotated(known, generations, target, running)
-    if rotated and not restore_rotated:
-        raise UsageError(
-            f"release {target} predates the rotation of {', '.join(rotated)}: rolling back to it would put the "
-            f"rotated-out secrets back in use. Pass {RESTORE_FLAG} to do it all the same; nothing was changed"
-        )
     targets: dict[str, str] = {}
     lacking: list[str] = []
     for server, history in sorted(histories.items()):
@@ -119,6 +113,12 @@ def choose_rollback(
         raise UsageError(
             f"release {target} is not kept on every chosen server ({'; '.join(lacking)}): no common release to "
             "go back to; nothing was changed"
+        )
+    rotated = _rotated(known, generations, target, running)
+    if rotated and not restore_rotated:
+        raise UsageError(
+            f"release {target} predates the rotation of {', '.join(rotated)}: rolling back to it would put the "
+            f"rotated-out secrets back in use. Pass {RESTORE_FLAG} to do it all the same; nothing was changed"
         )
     return RollbackChoice(target, targets, dict(running), rotated)
 
