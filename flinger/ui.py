@@ -33,6 +33,7 @@ STATE_STYLE = {
     "skipped": "yellow",
     "interrupted": "yellow",
     "rolled back": "bold yellow",
+    "not switched": "yellow",
 }
 
 

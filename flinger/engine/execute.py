@@ -8,10 +8,11 @@ gate, a rollback as the undo.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from flinger.engine.fanout import Reporter, fan_out
-from flinger.engine.operations import Operation, Rollback, Status
+from flinger.engine.operations import Operation, Rollback, Status, TwoPhase
 from flinger.engine.results import ServerResult
 from flinger.engine.run import Run
 from flinger.engine.strategy import Strategy
@@ -30,11 +31,22 @@ def execute(
     return [results[s.name] for s in servers]
 
 
+Step = Callable[[Run, Server, Reporter], dict[str, Any]]
+
+
 def _fan_out(
-    run: Run, operation: Operation, servers: list[Server], *, fail_fast: bool = False, stoppable: bool = True
+    run: Run,
+    operation: Operation,
+    servers: list[Server],
+    *,
+    fail_fast: bool = False,
+    stoppable: bool = True,
+    step: Step | None = None,
 ) -> list[ServerResult]:
+    on_server = step or operation.on_server
+
     def work(server: Server, report: Reporter) -> dict[str, Any]:
-        return operation.on_server(run, server, report)
+        return on_server(run, server, report)
 
     return fan_out(
         servers,
@@ -58,6 +70,26 @@ class _Effects:
     def apply(self, names: list[str]) -> list[ServerResult]:
         chosen = [self.servers[n] for n in names]
         return _fan_out(self.run, self.operation, chosen, fail_fast=self.run.settings.fail_fast)
+
+    @property
+    def two_phase(self) -> bool:
+        return all(hasattr(self.operation, m) for m in ("prepare_on", "commit_on", "abort_on"))
+
+    def _phase(self, names: list[str], method: str, *, stoppable: bool) -> list[ServerResult]:
+        operation = cast(TwoPhase, self.operation)
+        step: Step = getattr(operation, method)
+        chosen = [self.servers[n] for n in names]
+        return _fan_out(self.run, operation, chosen, stoppable=stoppable, step=step)
+
+    def prepare(self, names: list[str]) -> list[ServerResult]:
+        return self._phase(names, "prepare_on", stoppable=True)
+
+    def commit(self, names: list[str]) -> list[ServerResult]:
+        # Once a batch is ready it switches whole: the brake cannot stop half of it.
+        return self._phase(names, "commit_on", stoppable=False)
+
+    def abort(self, names: list[str]) -> list[ServerResult]:
+        return self._phase(names, "abort_on", stoppable=False)
 
     def check(self, names: list[str]) -> list[ServerResult]:
         return _fan_out(self.run, Status(), [self.servers[n] for n in names])

@@ -64,6 +64,7 @@ def server_state(result: ServerResult) -> str:
         Status.ROLLED_BACK: "rolled back",
         Status.INTERRUPTED: "interrupted",
         Status.SKIPPED: "skipped",
+        Status.NOT_SWITCHED: "not switched",
         Status.UNREACHABLE: "unreachable",
     }.get(result.status, "failed")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from flinger.engine import ledger
@@ -46,6 +46,7 @@ class Install:
     def __init__(self, plans: list[ServerPlan]) -> None:
         self.plans = {p.server: p for p in plans}
         self.record: InstallRecord | None = None  # the run's part in the fleet ledger, from start()
+        self.ready: dict[str, _Ready] = {}  # servers prepared, waiting for their switch (or abort)
 
     def waves(self, servers: list[Server]) -> list[list[str]]:
         waves = sorted({self.plans[s.name].wave for s in servers})
@@ -76,12 +77,46 @@ class Install:
         return extra
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        """The whole install in one go (a batch of one server: nobody to wait for)."""
+        return self._install_on(run, server, report, "all")
+
+    def prepare_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        """Everything up to the switch (lock, push or pull, unpack, release, validate), the
+        lock kept: `prepared` names the release ready to switch (none: nothing to switch)."""
+        return self._install_on(run, server, report, "prepare")
+
+    def commit_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        """Switch to the release `prepare_on` made ready, and start it."""
+        ready = self.ready.pop(server.name)
+        report.step("install")  # the tool's own steps follow: switch, service: ..., health: ...
+        result = self._finish(run, ready, report, "switch")
+        return self._done(run, server, result, ready.stats, report, pulled=ready.pulled)
+
+    def abort_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        """Leave the release `prepare_on` made ready unswitched: removed, the lock given up."""
+        ready = self.ready.pop(server.name)
+        report.step("install")  # then the tool's: abort
+        result = self._finish(run, ready, report, "abort")
+        return {"release": result.release, "switched": False, "prepared": ready.release}
+
+    def _finish(self, run: Run, ready: _Ready, report: Reporter, phase: str) -> InstallResult:
+        attempt = _Attempt(run, ready.session, report)
+        try:
+            return attempt.install(
+                replace(ready.plan, phase=phase, release=ready.release, overlay_files={}, acquire=False)
+            )
+        finally:
+            if not attempt.unlocked:
+                release_lock(run, ready.session, report)
+
+    def _install_on(self, run: Run, server: Server, report: Reporter, phase: str) -> dict[str, Any]:
         plan = self.plans[server.name]
         if not plan.overlay_files:
             raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
         session = open_session(run, server, report, step="lock", stages=True)
-        remote = self._remote_plan(run, server, plan, session, report)
+        remote = replace(self._remote_plan(run, server, plan, session, report), phase=phase)
         attempt = _Attempt(run, session, report)
+        result: InstallResult | None = None
         try:
             result = attempt.install(remote)
             stats: dict[str, int] = {}
@@ -100,8 +135,27 @@ class Install:
             else:
                 report.info("0 bytes pushed (every package already installed)")
         finally:
-            if not attempt.unlocked:
+            if not attempt.unlocked and not (result is not None and result.prepared):
                 release_lock(run, session, report)
+        assert result is not None
+        if result.prepared:  # the lock is kept for the switch
+            self.ready[server.name] = _Ready(session, remote, result.prepared, stats, result.pulled)
+            report.info(f"release {result.prepared} ready to switch")
+            return {"prepared": result.prepared, "switched": False, "release": result.previous_release,
+                    "summary": f"release {result.prepared} ready, not switched"}  # fmt: skip
+        return self._done(run, server, result, stats, report)
+
+    def _done(
+        self,
+        run: Run,
+        server: Server,
+        result: InstallResult,
+        stats: dict[str, int],
+        report: Reporter,
+        pulled: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        if pulled:
+            result = replace(result, pulled=pulled)
         details = self._outcome(run, result, stats, report)
         assert self.record is not None
         self.record.server_ran(run, server.name, result.release, bool(details["switched"]))
@@ -169,6 +223,17 @@ class Install:
             "pulled": result.pulled,
             "summary": f"{summary}; {explain.moved(stats, result.pulled)}",
         }
+
+
+@dataclass
+class _Ready:
+    """A server whose new release is made and validated, its lock held, its switch to come."""
+
+    session: Session
+    plan: InstallPlan
+    release: str
+    stats: dict[str, int]
+    pulled: dict[str, int]
 
 
 class _Attempt:

@@ -56,6 +56,20 @@ class Operation(Protocol):
         ...
 
 
+class TwoPhase(Operation, Protocol):
+    """An operation that can stop each server just before it changes what runs (`prepare_on`),
+    so a rollout switches a batch only once every server of it is ready (`commit_on`), and
+    leaves them all as they were when one is not (`abort_on`)."""
+
+    def prepare_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
+        """Everything before the change; `prepared` in the answer when a change waits."""
+        ...
+
+    def commit_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]: ...
+
+    def abort_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]: ...
+
+
 class OnEveryServer:
     """What most operations do besides their own step: all servers in one wave, no start."""
 

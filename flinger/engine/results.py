@@ -23,6 +23,7 @@ class Status(enum.StrEnum):
     SKIPPED = "skipped"
     INTERRUPTED = "interrupted"  # not started: Ctrl-C came first
     ROLLED_BACK = "rolled back"  # its own step went well, then the rollout was undone there
+    NOT_SWITCHED = "not switched"  # ready to switch, held back: another server of its batch was not
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class ServerResult:
 
 def exit_status(results: Iterable[ServerResult]) -> ExitStatus:
     """130 if Ctrl-C stopped servers from starting, else 1 if any server failed (or was
-    skipped, or rolled back), else 4 if any was unreachable, else 0."""
+    skipped, or rolled back), else 4 if any was unreachable (servers held back from their
+    switch by it are not failures of their own), else 0."""
     statuses = {r.status for r in results}
     if Status.INTERRUPTED in statuses:
         return ExitStatus.INTERRUPTED

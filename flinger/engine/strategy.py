@@ -108,6 +108,24 @@ class Effects(Protocol):
         """Run the operation on these servers, together."""
         ...
 
+    @property
+    def two_phase(self) -> bool:
+        """The operation can stop each server just before its switch (prepare, then commit
+        or abort)."""
+        ...
+
+    def prepare(self, names: list[str]) -> list[ServerResult]:
+        """Everything before the switch; a result with `prepared` in its details waits."""
+        ...
+
+    def commit(self, names: list[str]) -> list[ServerResult]:
+        """Switch servers that are prepared."""
+        ...
+
+    def abort(self, names: list[str]) -> list[ServerResult]:
+        """Leave prepared servers as they were."""
+        ...
+
     def check(self, names: list[str]) -> list[ServerResult]:
         """A gate: is each of these servers' services running and healthy?"""
         ...
@@ -169,7 +187,7 @@ class BatchRollout:
                 for name in batch.servers:
                     state.results[name] = ServerResult(name, status, message=f"not started: {state.stop}")
                 continue
-            bad = self._run_batch(batch, effects, state)
+            bad = self._run_batch(batch, effects, state, allowed)
             if bad is None:  # interrupted
                 continue
             state.failures += len(bad)
@@ -185,16 +203,16 @@ class BatchRollout:
             _roll_back(state.switched, state.results, state.stop, effects)
         return state.results
 
-    def _run_batch(self, batch: Batch, effects: Effects, state: _Progress) -> list[str] | None:
+    def _run_batch(self, batch: Batch, effects: Effects, state: _Progress, allowed: int) -> list[str] | None:
         """One batch, and its canary gate: the servers that failed (None: interrupted)."""
-        got = effects.apply(list(batch.servers))
+        got = _apply(list(batch.servers), effects, state.failures, allowed)
         for r in got:
             state.results[r.server] = r
         state.switched.append([r.server for r in got if r.status is Status.OK and r.switch and r.switch.switched])
         if effects.stopping() or any(r.status is Status.INTERRUPTED for r in got):
             state.stop, state.interrupted = "interrupted", True
             return None
-        bad = [r.server for r in got if r.status is not Status.OK]
+        bad = [r.server for r in got if r.status not in (Status.OK, Status.NOT_SWITCHED)]
         if batch.canary and not bad and self.policy.canary_wait > 0:
             if not effects.wait(self.policy.canary_wait):
                 state.stop, state.interrupted = "interrupted", True
@@ -216,6 +234,41 @@ class BatchRollout:
                     switch=state.results[r.server].switch,
                 )
         return sick
+
+
+def _apply(names: list[str], effects: Effects, failures: int, allowed: int) -> list[ServerResult]:
+    """The operation on one batch. A batch of two or more, when the operation can, goes in two
+    phases: every server gets ready (connect, lock, push, unpack, validate), and only when
+    no more than the allowance failed do the ready ones switch; else (or once the brake is
+    pulled) none of them does, and each says it is `not switched`."""
+    if len(names) < 2 or not effects.two_phase:
+        return effects.apply(names)
+    results = {r.server: r for r in effects.prepare(names)}
+    ready = [n for n in names if results[n].status is Status.OK and results[n].details.get("prepared")]
+    failed = [n for n in names if results[n].status not in (Status.OK, Status.INTERRUPTED)]
+    stopped = effects.stopping() or any(r.status is Status.INTERRUPTED for r in results.values())
+    if ready and (stopped or failures + len(failed) > allowed):
+        why = "interrupted" if stopped else f"{', '.join(failed)} failed before switching ({_steps(failed, results)})"
+        for r in effects.abort(ready):
+            before = results[r.server]
+            note = "" if r.status is Status.OK else f"; leaving it failed: {r.message}"
+            results[r.server] = replace(
+                before,
+                status=Status.INTERRUPTED if stopped else Status.NOT_SWITCHED,
+                message=f"ready, not switched: {why}{note}",
+                details={**before.details, "summary": f"not switched: {why}"},
+                steps=before.steps + r.steps,
+            )
+    elif ready:
+        for r in effects.commit(ready):
+            before = results[r.server]
+            results[r.server] = replace(r, details={**before.details, **r.details}, steps=before.steps + r.steps,
+                                        duration=before.duration + r.duration)  # fmt: skip
+    return [results[n] for n in names]
+
+
+def _steps(failed: list[str], results: dict[str, ServerResult]) -> str:
+    return ", ".join(f"{n}: {results[n].step or results[n].status.value}" for n in failed)
 
 
 def _roll_back(switched: list[list[str]], results: dict[str, ServerResult], reason: str, effects: Effects) -> None:

@@ -110,7 +110,8 @@ class InstallPlan:
     """`install`: with `acquire`, take the deploy lock for `lock_holder` first (waiting up to
     `acquire_wait` s) and, when a package is not unpacked here and there is no `pull`, answer
     `need` holding the lock; else unpack, assemble the release, validate, switch, (re)start,
-    health-check, keep `keep_releases`; with `release_lock`, give the lock up at the end."""
+    health-check, keep `keep_releases`; with `release_lock`, give the lock up at the end
+    (not after a `prepare` that answers `prepared`: the switch or abort gives it up)."""
 
     install_dir: str
     staging_dir: str  # this run's own staging dir: <staging>/runs/<install-dir key>/<run>
@@ -131,6 +132,9 @@ class InstallPlan:
     # server that has nothing to change records that it runs it too.
     fleet_release: Optional[str] = None
     overlay_generation: Optional[int] = None  # the client's overlay generation the overlay comes from
+    # all: to the end in one command; prepare: stop when the release is made and validated,
+    # keeping the lock (answer `prepared`); switch / abort: of the release `prepare` made
+    phase: str = "all"
 
 
 # -- the other server commands -------------------------------------------------------------

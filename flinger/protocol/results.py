@@ -80,6 +80,7 @@ class InstallResult(SwitchResult):
     need: List[str] = field(default_factory=list)  # packages to deliver (the lock still held)
     started: List[str] = field(default_factory=list)  # no new release: services started again
     pulled: Dict[str, int] = field(default_factory=dict)  # bytes pulled from the registry, by package
+    prepared: Optional[str] = None  # phase prepare: the release made and validated, the lock still held
 
 
 # -- what a server has ---------------------------------------------------------------------

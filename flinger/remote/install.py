@@ -6,7 +6,9 @@ delivered into this run's staging dir, then runs `install` again). With `pull` i
 what it lacks from the registry itself. Then: unpack (content addressed under `packages/`),
 assemble `releases/<release>/` (links to the packages + the overlay from the plan), run each
 service's `validate` there, switch `current` atomically, (re)start the services in dependency
-order and wait for their health checks. If anything fails after the switch, the previous
+order and wait for their health checks. In phase `prepare` it stops before the switch, the
+lock still held (prepared.py), and phase `switch` (or `abort`) finishes it once the client
+saw the whole batch ready. If anything fails after the switch, the previous
 release is put back (link, definitions, running services). The receipt records every
 package, release, service and path created outside the install dir, and `uninstall`
 removes exactly those. With `release_lock` the lock is given up just before the result.
@@ -23,9 +25,10 @@ from flinger.protocol import graph, names
 from flinger.protocol.codec import decode
 from flinger.protocol.plans import Credential, InstallPlan, ServiceRoots, ServiceSpec
 from flinger.protocol.results import InstallResult
-from flinger.remote import events, files, layout, lock, receipt, release, services, switch
+from flinger.remote import events, files, layout, lock, prepared, receipt, release, services, switch
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
+PHASES = ("all", "prepare", "switch", "abort")
 
 
 def install_dir_of(path: str) -> str:
@@ -135,7 +138,10 @@ def _pull_missing(plan: InstallPlan, need: List[str]) -> Dict[str, int]:
 
 
 def _let_go(install_dir: str, holder: str, result: InstallResult) -> None:
-    """Give up the deploy lock at the end of the install; the result says whether it was."""
+    """Give up the deploy lock at the end of the install; the result says whether it was.
+    A prepared release keeps it: its switch (or abort) comes next."""
+    if result.prepared:
+        return
     try:
         refused, released = lock.let_go(install_dir, holder)
     except OSError as exc:
@@ -196,6 +202,10 @@ def _fetch(plan: InstallPlan, install_dir: str, result: InstallResult) -> Option
 
 def install(plan: InstallPlan) -> InstallResult:
     """`install` (see the module docstring)."""
+    if plan.phase not in PHASES:
+        raise events.PlanError("phase must be one of %s" % ", ".join(PHASES))
+    if plan.phase in ("switch", "abort"):
+        return _finish_prepared(plan)
     overlay_dir: Optional[str] = None
     try:
         install_dir, svcs = _checked(plan)
@@ -260,6 +270,8 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
     if previous.fingerprint == fingerprint and switch.current_release(install_dir) == previous.release:
         return _unchanged(previous, install_dir, plan.fleet_release)
     events.step("compare: changed")
+    for name in prepared.remove_orphans(install_dir, previous.releases):
+        events.line("removed release %s: neither current, kept nor prepared (a run stopped before its switch)" % name)
     try:
         unpacked = release.unpack_packages(plan, install_dir)
         events.step("release")
@@ -273,6 +285,41 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
     except switch.StepFailed as exc:
         files.remove_path(os.path.join(install_dir, "releases", made))
         return InstallResult(ok=False, step=exc.step, error=str(exc), validate_output=exc.output)
+    if plan.phase == "prepare":  # ready: the switch waits for the rest of the batch
+        prepared.save(install_dir, prepared.Prepared(made, plan.lock_holder, fingerprint, unpacked))
+        events.step("ready")
+        return InstallResult(prepared=made, release=made, previous_release=previous.release)
+    return _switch(plan, install_dir, svcs, previous, prepared.Prepared(made, plan.lock_holder, fingerprint, unpacked))
+
+
+def _finish_prepared(plan: InstallPlan) -> InstallResult:
+    """Phase `switch` or `abort` of a release this run prepared here (it holds the lock)."""
+    install_dir, svcs = _checked(plan)
+    if plan.release_lock:
+        events.before_result(lambda answer: _let_go(install_dir, plan.lock_holder, answer))
+    refused = claim_lock(plan.lock_holder, install_dir)
+    if refused:
+        return InstallResult(ok=False, step="lock", error=refused)
+    previous = receipt.load(install_dir)
+    try:
+        ready = prepared.take(install_dir, plan.release, plan.lock_holder)
+    except switch.StepFailed as exc:
+        return InstallResult(ok=False, step=exc.step, error=str(exc))
+    if plan.phase == "abort":
+        events.step("abort")
+        prepared.discard(install_dir, ready, previous.releases)
+        return InstallResult(release=previous.release)
+    # From here on the server changes: finish (install or rollback) even if the client goes.
+    events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
+    prepared.forget(install_dir)
+    return _switch(plan, install_dir, svcs, previous, ready)
+
+
+def _switch(
+    plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], previous: receipt.Receipt, ready: prepared.Prepared
+) -> InstallResult:
+    """Switch to the release made (and validated) here, start it, keep the receipts."""
+    made, roots = ready.release, plan.roots or ServiceRoots()
     failure = switch.switch_services(install_dir, made, svcs, previous, roots, discard_on_failure=True)
     if failure is not None:
         return InstallResult(**vars(failure))
@@ -285,8 +332,8 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
         releases=history,
         installed_at=utc_now(),
         installed_by=plan.lock_holder,
-        fingerprint=fingerprint,
-        packages=unpacked,
+        fingerprint=ready.fingerprint,
+        packages=ready.packages,
         services=svcs,
         roots=roots,
         overlay_owner=plan.overlay_owner,

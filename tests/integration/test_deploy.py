@@ -259,12 +259,17 @@ def test_server_cut_off_mid_run_is_reported_and_a_rerun_completes_it(
     assert deploy.returncode in (1, 4), out + err
     assert results["node2"]["status"] in ("unreachable", "failed"), results["node2"]
     assert results["node2"]["step"] and results["node2"]["step"].startswith("install"), results["node2"]
-    # The others installed, then went back to the release they had: the fleet is not left
-    # half on the new release because one server failed.
+    # The others are not left on the new release because one server failed: cut off before
+    # its batch switched, they were held back (not switched at all); cut off in the switch,
+    # they switched and went back to the release they had.
     for node in ("node1", "node3"):
-        assert results[node]["status"] == "rolled back", results[node]
-        assert results[node]["details"]["switched"] is True
-        assert f"rolled back to {results[node]['details']['previous_release']}, healthy" in results[node]["message"]
+        if results[node]["status"] == "not switched":
+            assert results[node]["message"].startswith("ready, not switched: node2 failed before switching")
+            assert results[node]["details"]["switched"] is False
+        else:
+            assert results[node]["status"] == "rolled back", results[node]
+            assert results[node]["details"]["switched"] is True
+            assert f"rolled back to {results[node]['details']['previous_release']}, healthy" in results[node]["message"]
 
     code, doc = flinger_json(sandbox.config_path, "deploy", "install")
     assert code == 0, doc
@@ -274,6 +279,53 @@ def test_server_cut_off_mid_run_is_reported_and_a_rerun_completes_it(
     assert status_code == 0
     node2 = by_server(status)["node2"]["details"]
     assert next(s["state"] for s in node2["services"] if s["name"] == "quorum").startswith("run"), node2
+
+
+def _sv_pid(sandbox: SandboxState, ssh_run: Any, node: str) -> str:
+    status = ssh_run(sandbox, node, "sv", "status", "quorum").stdout
+    assert "(pid " in status, status
+    return status.split("(pid ", 1)[1].split(")", 1)[0]
+
+
+def _untouched(sandbox: SandboxState, ssh_run: Any, node: str) -> tuple[str, str, str]:
+    """What a server that was not switched still has: current, its release dirs, the service's pid."""
+    current = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
+    releases = ssh_run(sandbox, node, "ls", "/opt/quorum/releases").stdout
+    return current, releases, _sv_pid(sandbox, ssh_run, node)
+
+
+def test_an_unreachable_server_costs_the_others_of_its_batch_nothing(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
+    before = {n: _untouched(sandbox, ssh_run, n) for n in ("node1", "node2")}
+    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": "timeout = 31 "})  # a change for every server
+    sb.stop_host(sandbox.directory, "node3")
+    try:
+        code, doc = flinger_json(changed, "deploy", "install")
+        results = by_server(doc)
+        assert code == 4, doc  # only node3 failed: unreachable
+        assert results["node3"]["status"] == "unreachable" and results["node3"]["step"] == "connect", results
+        for node in ("node1", "node2"):  # ready, then held back: as they were, not even restarted
+            assert results[node]["status"] == "not switched", results[node]
+            assert results[node]["message"] == "ready, not switched: node3 failed before switching (node3: connect)"
+            assert _untouched(sandbox, ssh_run, node) == before[node]
+            lock = ssh_run(sandbox, node, "sh", "-c", "sudo -n test -e /opt/quorum/.flinger/lock && echo held || true")
+            assert lock.stdout.strip() == "", node  # the lock was given up
+            runs = ssh_run(sandbox, node, "sh", "-c", "ls -A /home/deploy/flinger-staging/runs/opt_quorum 2>/dev/null")
+            assert runs.stdout.strip() == "", runs.stdout  # nothing staged is left (the overlay held secrets)
+        assert doc["release_state"] == "failed", doc
+
+        # An allowance of one failure lets the rest of the batch switch.
+        code, doc = flinger_json(changed, "deploy", "install", "--max-failures", "1")
+        results = by_server(doc)
+        assert code == 4 and results["node3"]["status"] == "unreachable", doc
+        assert all(results[n]["status"] == "ok" and results[n]["details"]["switched"] for n in ("node1", "node2"))
+    finally:
+        sb.start_host(sandbox.directory, "node3")
+    code, doc = flinger_json(changed, "deploy", "install")  # node3 back: the re-run finishes the job
+    assert code == 0 and doc["release_state"] == "completed", doc
+    assert len(set(_current(sandbox, ssh_run).values())) == 1
 
 
 def test_a_failing_health_check_keeps_the_previous_release_running(

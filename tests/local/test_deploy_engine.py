@@ -309,20 +309,45 @@ def test_history_and_rollback_to_an_earlier_release(fleet: Fleet) -> None:
     assert all(r.status is Status.OK for r in back.values()) and fleet.version("node1") == "v2"
 
 
-def test_a_held_lock_fails_that_server_before_anything_is_staged(fleet: Fleet, tmp_path: Path) -> None:
-    lock = fleet.homes / "node3" / "app" / ".flinger" / "lock"
+def _hold_lock(fleet: Fleet, node: str) -> None:
+    lock = fleet.homes / node / "app" / ".flinger" / "lock"
     # another run holds it, and a process of it (this test) still runs on the "server"
     from flinger.remote import lock as remote_lock
 
     record = {"holder": "someone", "since": "now", "boot_id": remote_lock._boot_id(),
               "session": encode(remote_lock.process_ref(os.getpid(), "ssh session"))}  # fmt: skip
     lock.write_text(json.dumps(record))
+
+
+def test_a_held_lock_fails_that_server_before_anything_is_staged_and_the_batch_does_not_switch(fleet: Fleet) -> None:
+    _hold_lock(fleet, "node3")
+    before = {n: sorted(p.name for p in (fleet.homes / n / "app" / "releases").iterdir()) for n in NODES}
     fleet.store.build("v2")
-    results = fleet.install(RolloutPolicy(rollback=False))
+    results = fleet.install()
     assert results["node3"].status is Status.FAILED and results["node3"].step == "lock"
     assert "held by someone" in str(results["node3"].message)
     assert "push" not in results["node3"].details and fleet.staging_left("node3") == []
-    assert fleet.version("node3") == "v1" and [fleet.version(n) for n in ("node1", "node2")] == ["v2", "v2"]
+    for node in ("node1", "node2"):  # ready, then held back: as they were, lock and staging gone
+        assert results[node].status is Status.NOT_SWITCHED, results[node]
+        assert results[node].message == "ready, not switched: node3 failed before switching (node3: lock)"
+        assert [s["step"] for s in results[node].steps][-1] == "install: abort"
+        assert sorted(p.name for p in (fleet.homes / node / "app" / "releases").iterdir()) == before[node]
+        assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
+        assert fleet.staging_left(node) == []
+    assert [fleet.version(n) for n in NODES] == ["v1"] * 3
+
+
+def test_within_the_allowance_a_held_lock_costs_the_others_nothing(fleet: Fleet) -> None:
+    _hold_lock(fleet, "node3")
+    fleet.store.build("v2")
+    results = fleet.install(RolloutPolicy(max_failures=Amount(1)))
+    assert results["node3"].status is Status.FAILED and results["node3"].step == "lock"
+    assert [results[n].status for n in ("node1", "node2")] == [Status.OK, Status.OK]
+    steps = [s["step"] for s in results["node1"].steps]
+    assert steps.index("install: ready") < steps.index("install: switch"), (
+        steps
+    )  # one batch: ready first, then switched
+    assert [fleet.version(n) for n in NODES] == ["v2", "v2", "v1"]
 
 
 def test_one_stream_of_events_feeds_the_watcher_the_run_log_and_the_results(fleet: Fleet) -> None:
@@ -405,11 +430,11 @@ def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
     assert fleet.store.delivered.count("node1") == 1  # the fixture's first install only
 
-    fleet.store.build("v2")  # something to deliver: lock + need, delivery, install (which unlocks)
+    fleet.store.build("v2")  # to deliver: lock + need, delivery, install up to ready, then its switch (which unlocks)
     counting.clear()
     results = list(fleet.install().values())
     assert all(r.status is Status.OK and r.details["packages_sent"] == ["app"] for r in results)
     for node in NODES:
         tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
-        assert len(tool_runs) == 2 and all(" install" in c for c in tool_runs), tool_runs
+        assert len(tool_runs) == 3 and all(" install" in c for c in tool_runs), tool_runs
         assert fleet.version(node) == "v2"

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from flinger.engine.results import ServerResult, Status, Switch
+from flinger.engine.results import ServerResult, Status, Switch, exit_status
 from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy, parse_amount, plan_batches
-from flinger.errors import UsageError
+from flinger.errors import ExitStatus, UsageError
 
 
 class Fleet:
@@ -29,6 +29,8 @@ class Fleet:
         self.brake_after: str | None = None  # pulled while this server installs: it finishes
         self.brake_in_wait = False
         self.waits: list[float] = []
+
+    two_phase = False
 
     def apply(self, names: list[str]) -> list[ServerResult]:
         self.installed.append(names)
@@ -225,3 +227,79 @@ def test_amounts(text: str, minimum: int, expected: Amount) -> None:
 def test_bad_batch_sizes_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError, match="--batch"):
         parse_amount(text, "--batch", minimum=1)
+
+
+class TwoPhaseFleet(Fleet):
+    """Servers that get ready first and switch only when told to (install's two phases)."""
+
+    two_phase = True
+
+    def __init__(self, unreachable: set[str] = frozenset(), **kw: set[str]) -> None:  # type: ignore[assignment]
+        super().__init__(**kw)
+        self.unreachable = set(unreachable)
+        self.prepared: list[list[str]] = []
+        self.committed: list[list[str]] = []
+        self.aborted: list[list[str]] = []
+        self.brake_in_prepare = False
+
+    def prepare(self, names: list[str]) -> list[ServerResult]:
+        self.prepared.append(names)
+        if self.brake_in_prepare:
+            self.brake = True
+        return [
+            ServerResult(n, Status.UNREACHABLE, step="connect", message="cannot connect")
+            if n in self.unreachable
+            else ServerResult(n, Status.OK, details={"prepared": "new"})
+            for n in names
+        ]
+
+    def commit(self, names: list[str]) -> list[ServerResult]:
+        self.committed.append(names)
+        return Fleet.apply(self, names)
+
+    def abort(self, names: list[str]) -> list[ServerResult]:
+        self.aborted.append(names)
+        return [ServerResult(n, Status.OK) for n in names]
+
+
+def test_a_batch_switches_only_once_every_server_of_it_is_ready() -> None:
+    fleet = TwoPhaseFleet(unreachable={"b"})
+    results = fleet.run(NODES, RolloutPolicy())
+    assert fleet.prepared == [["a", "b", "c"]] and fleet.committed == [] and fleet.aborted == [["a", "c"]]
+    assert results["b"].status is Status.UNREACHABLE
+    for name in ("a", "c"):
+        assert results[name].status is Status.NOT_SWITCHED, results[name]
+        assert results[name].message == "ready, not switched: b failed before switching (b: connect)"
+    assert exit_status(results.values()) is ExitStatus.UNREACHABLE  # nobody else failed
+
+
+def test_within_the_allowance_the_ready_servers_switch() -> None:
+    fleet = TwoPhaseFleet(unreachable={"b"})
+    results = fleet.run(NODES, RolloutPolicy(max_failures=Amount(1)))
+    assert fleet.committed == [["a", "c"]] and fleet.aborted == []
+    assert results["a"].status is Status.OK and results["a"].switch == Switch("new", "old", switched=True)
+    assert results["b"].status is Status.UNREACHABLE
+
+
+def test_the_brake_during_prepare_switches_none_of_the_batch() -> None:
+    fleet = TwoPhaseFleet()
+    fleet.brake_in_prepare = True
+    results = fleet.run([["a", "b"], ["c"]], RolloutPolicy())
+    assert fleet.aborted == [["a", "b"]] and fleet.committed == [] and fleet.installed == []
+    assert {n: r.status for n, r in results.items()} == dict.fromkeys("abc", Status.INTERRUPTED)
+    assert results["a"].message == "ready, not switched: interrupted"
+    assert exit_status(results.values()) is ExitStatus.INTERRUPTED
+
+
+def test_a_failure_before_switching_in_a_later_batch_rolls_back_the_earlier_ones_only() -> None:
+    fleet = TwoPhaseFleet(unreachable={"d"})
+    results = fleet.run([["a", "b", "c", "d"]], RolloutPolicy(batch=Amount(2)))
+    assert fleet.committed == [["a", "b"]] and fleet.aborted == [["c"]]
+    assert fleet.rolled_back == [[("a", "old"), ("b", "old")]]
+    assert results["c"].status is Status.NOT_SWITCHED and results["a"].status is Status.ROLLED_BACK
+
+
+def test_a_batch_of_one_goes_in_one_step() -> None:
+    fleet = TwoPhaseFleet()
+    fleet.run(NODES, ONE)
+    assert fleet.prepared == [] and fleet.installed == [["a"], ["b"], ["c"]]
