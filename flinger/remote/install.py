@@ -25,7 +25,7 @@ from flinger.protocol import graph, names
 from flinger.protocol.codec import decode
 from flinger.protocol.plans import Credential, InstallPlan, ServiceRoots, ServiceSpec
 from flinger.protocol.results import InstallResult
-from flinger.remote import events, files, layout, lock, prepared, receipt, release, services, switch
+from flinger.remote import events, files, layout, lock, prepared, receipt, release, services, switch, validate
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
 PHASES = ("all", "prepare", "switch", "abort")
@@ -281,7 +281,7 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
     except OSError as exc:
         return InstallResult(ok=False, step="release", error=str(exc))
     try:
-        switch.validate(install_dir, made, svcs)
+        validate.validate(install_dir, made, svcs)
     except switch.StepFailed as exc:
         files.remove_path(os.path.join(install_dir, "releases", made))
         return InstallResult(ok=False, step=exc.step, error=str(exc), validate_output=exc.output)

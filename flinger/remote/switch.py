@@ -1,7 +1,6 @@
 """Switching a server to a release, and back: the part of `install` (and of `rollback`)
 that changes what runs.
 
-`validate` runs each service's check in the new release before anything moves;
 `switch_services` points `current` at the release and (re)starts its services in order,
 each healthy before the next, and on a failure puts the previous release back (link,
 definitions, running services) and says what happened; `start_stopped` starts the
@@ -9,7 +8,6 @@ recorded services that are not running. A failing step raises `StepFailed`, nami
 """
 
 import os
-import subprocess
 import time
 from typing import Any, Dict, List, Optional
 
@@ -17,8 +15,6 @@ from flinger.protocol.plans import PathRecord, ServiceRoots, ServiceSpec
 from flinger.protocol.results import Health, ServiceLog, SwitchResult
 from flinger.remote import events, files, services
 from flinger.remote.receipt import Receipt
-
-VALIDATE_TIMEOUT = 300  # seconds a service's validate command may run
 
 
 class StepFailed(Exception):
@@ -156,45 +152,6 @@ def restored_health(previous: Receipt) -> Dict[str, Health]:
             events.line("health of %s, restored: %s (%s)" % (service.name, "ok" if passed else "failing", detail))
             checked[service.name] = Health(passed, detail)
     return checked
-
-
-def validate(install_dir: str, release: str, svcs: List[ServiceSpec]) -> None:
-    """Each service's `validate` command, run against the new release before anything
-    switches: in the release's dir, with FLINGER_RELEASE_DIR set to it. A failure leaves
-    the running release as it is (not even restarted)."""
-    release_dir = os.path.join(install_dir, "releases", release)
-    for service in svcs:
-        if not service.validate:
-            continue
-        events.step("validate: %s" % service.name)
-        env = dict(os.environ, FLINGER_RELEASE_DIR=release_dir)
-        try:
-            done = subprocess.run(
-                ["/bin/sh", "-c", service.validate],
-                cwd=release_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=VALIDATE_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            failed = StepFailed(
-                "validate:" + service.name, "validate of %s did not finish in %d s" % (service.name, VALIDATE_TIMEOUT)
-            )
-            failed.output = last_lines(exc.output or b"")
-            raise failed from None
-        output = last_lines(done.stdout or b"")
-        if done.returncode != 0:
-            failed = StepFailed(
-                "validate:" + service.name,
-                "validate of %s failed (exit %d): %s" % (service.name, done.returncode, service.validate),
-            )
-            failed.output = output
-            raise failed
-        for text in output[-3:]:
-            events.line("validate of %s: %s" % (service.name, text))
 
 
 def last_lines(data: bytes, count: int = 20) -> List[str]:

@@ -365,6 +365,31 @@ def test_a_failing_validate_changes_nothing_and_shows_its_output(env: Fixture) -
     assert f"validate: {env.name}" in answer.steps()
 
 
+def test_validate_sees_the_new_release_at_current_and_nothing_else_does(env: Fixture) -> None:
+    current = env.install_dir / "current"
+    first = env.plan("r1", "v1")  # a first install: `current` is the new release while validate runs
+    check = f"cat {current}/web/index.html && exit 3"
+    answer = env.install(replace(first, services=[replace(first.services[0], validate=check)]))
+    assert answer.status == 1 and answer.result.validate_output == ["v1"], answer.stdout
+    assert not os.path.lexists(current)  # and gone again: nothing was switched
+    assert env.install(first).status == 0 and get(env.url()) == "v1"
+
+    # Later installs: validate's own mount namespace shows the new release at `current`;
+    # the running service, and the tool that runs validate ($PPID), still see the old one.
+    pid = sv_pid(env)
+    second = env.plan("r2", "v2")
+    check = f"cat {current}/web/index.html /proc/$PPID/root{current}/web/index.html && exit 3"
+    answer = env.install(replace(second, services=[replace(second.services[0], validate=check)]))
+    assert answer.status == 1 and answer.result.validate_output == ["v2v1"]  # (no newline in either), answer.stdout
+    assert env.current() == "releases/r1" and sv_pid(env) == pid and get(env.url()) == "v1"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(env.install_dir) not in mounts  # the bind mount lived and died in validate's namespace
+    check = f"grep -qx v3 {current}/web/index.html"
+    third = env.plan("r3", "v3")
+    assert env.install(replace(third, services=[replace(third.services[0], validate=check)])).status == 0
+    assert get(env.url()) == "v3"
+
+
 def test_install_refuses_without_the_lock(env: Fixture) -> None:
     plan = replace(env.plan("r1", "v1"), acquire=False)  # as if another run held it
     answer = run_remote("install", plan)
