@@ -122,6 +122,7 @@ def _run(
     strategy: Strategy | None = None,
     fail_fast: bool = False,
     lock_wait: float = 0.0,
+    confirm_within: float = 30.0,
 ) -> int:
     """Run a deploy operation on the chosen servers, with the live board; the summary."""
     from flinger.engine.execute import execute
@@ -129,7 +130,7 @@ def _run(
 
     title = f"deploy {operation.name}"
     board = env.ui.board([s.name for s in chosen], title)
-    settings = Settings(parallel=env.parallel, lock_wait=lock_wait, fail_fast=fail_fast)
+    settings = Settings(parallel=env.parallel, lock_wait=lock_wait, fail_fast=fail_fast, confirm_within=confirm_within)
     with open_run(env.topology(), env.manifest(), sink=board, settings=settings) as run, run.brake.held():
         with board.running():
             results = execute(run, operation, chosen, strategy)
@@ -201,6 +202,15 @@ def install(
     no_rollback: Annotated[
         bool, typer.Option("--no-rollback", help="when the rollout stops, leave switched servers as they are")
     ] = False,
+    confirm_timeout: Annotated[
+        float,
+        typer.Option(
+            "--confirm-timeout",
+            min=0,
+            help="seconds a switched server waits for this client's "
+            "confirmation before it switches itself back (0: it does not wait)",
+        ),
+    ] = 30.0,
 ) -> int:
     """Push packages from the builder, send each server its overlay, switch release, start services.
 
@@ -217,7 +227,8 @@ def install(
     chosen = env.select_servers(servers)
     plans = _checked_plans(env, chosen, allow_empty)
     check_artifacts(env.topology())  # the registry's password files and CA: exit 2 before any server
-    return _run(env, Install(plans), chosen, strategy=BatchRollout(policy), fail_fast=fail_fast, lock_wait=lock_wait)
+    return _run(env, Install(plans), chosen, strategy=BatchRollout(policy), fail_fast=fail_fast, lock_wait=lock_wait,
+                confirm_within=confirm_timeout)  # fmt: skip
 
 
 @deploy_app.command("uninstall")

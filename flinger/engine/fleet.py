@@ -29,7 +29,7 @@ from flinger.engine.results import ServerResult, Status
 from flinger.manifest.model import Manifest
 from flinger.overlay.generation import Generations, load_generations
 from flinger.overlay.state import StatePaths
-from flinger.protocol.results import BuiltPackage, HistoryResult
+from flinger.protocol.results import BuiltPackage, HistoryResult, SelfRollback
 from flinger.topology.model import Topology
 
 if TYPE_CHECKING:
@@ -160,6 +160,22 @@ def observe(state_dir: Path, run_id: str, seen: Mapping[str, str | None]) -> Non
         ledger.append(state_dir, *events)
 
 
+def record_self_rollbacks(state_dir: Path, run_id: str, done: Mapping[str, SelfRollback]) -> None:
+    """Servers that switched to a fleet release and, never confirmed, switched themselves
+    back (remote/confirm.py): in the ledger once each."""
+    known = ledger.read_ledger(state_dir)
+    events = []
+    for server, back in sorted(done.items()):
+        release = known.releases.get(back.fleet_release or "")
+        mark = release.servers.get(server) if release else None
+        if release is None or (mark is not None and mark.state == "rolled itself back" and mark.at == back.at):
+            continue
+        events.append({"event": "self_rollback", "id": release.id, "run": run_id, "server": server,
+                       "release": back.release, "to": back.to, "at": back.at, "ok": back.ok})  # fmt: skip
+    if events:
+        ledger.append(state_dir, *events)
+
+
 @dataclass
 class FleetView:
     """Which fleet release each server runs (None: nothing installed or not known), and the
@@ -235,6 +251,8 @@ def fleet_history(
             "by": release.by if release else "",
             "running": sorted(s for s, r in running.items() if r == fleet_id),
             "kept": sorted(kept.get(fleet_id, set())),
+            "rolled_itself_back": sorted(s for s, m in (release.servers if release else {}).items()
+                                         if m.state == "rolled itself back"),
         })  # fmt: skip
     return rows
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from flinger.engine import ledger
 from flinger.engine import report as explain
-from flinger.engine.fleet import InstallRecord, fleet_view, to_forget
+from flinger.engine.fleet import InstallRecord, fleet_view, record_self_rollbacks, to_forget
 from flinger.engine.ledger import read_ledger
 from flinger.engine.plan import ServerPlan
 from flinger.engine.remote import into_report, run_tool
@@ -29,8 +29,8 @@ from flinger.engine.stores import staged_tarball
 from flinger.errors import FlingerError, RemoteCommandError
 from flinger.overlay.generation import load_generations
 from flinger.overlay.state import StatePaths
-from flinger.protocol.plans import InstallPlan, PackageRef
-from flinger.protocol.results import InstallResult
+from flinger.protocol.plans import ConfirmPlan, InstallPlan, PackageRef
+from flinger.protocol.results import ConfirmResult, InstallResult, SelfRollback
 from flinger.topology.model import Server
 
 if TYPE_CHECKING:
@@ -156,6 +156,8 @@ class Install:
     ) -> dict[str, Any]:
         if pulled:
             result = replace(result, pulled=pulled)
+        if result.self_rollback is not None:
+            _self_rolled_back(run, server, result.self_rollback, report)
         details = self._outcome(run, result, stats, report)
         assert self.record is not None
         self.record.server_ran(run, server.name, result.release, bool(details["switched"]))
@@ -199,6 +201,7 @@ class Install:
             release_lock=True,
             keep_releases=deployment.keep_releases,
             pull=pull,
+            confirm_within=run.settings.confirm_within,
         )
 
     @staticmethod
@@ -258,7 +261,28 @@ class _Attempt:
                     raise FlingerError(f"{self.server}: {exc.message}") from None
             raise explain.explained(exc, report) from None
         self.unlocked = self.unlocked or result.lock_released
+        if result.awaiting_confirmation:  # the switch stands once this client says so, in time
+            self._confirm(plan, result.awaiting_confirmation)
         return result
+
+    def _confirm(self, plan: InstallPlan, token: str) -> None:
+        session, report = self.session, self.report
+        report.step("confirm")
+        try:
+            done = run_tool(session.conn, session.tool, "confirm",
+                            ConfirmPlan(plan.install_dir, plan.lock_holder, token), ConfirmResult)  # fmt: skip
+        except RemoteCommandError as exc:
+            raise explain.explained(exc, report) from None
+        self.unlocked = self.unlocked or done.lock_released
+
+
+def _self_rolled_back(run: Run, server: Server, done: SelfRollback, report: Reporter) -> None:
+    """What this server did after an earlier run's switch that nobody confirmed: said, and
+    kept in the ledger."""
+    how = "healthy" if done.ok else f"and that failed: {done.error}"
+    report.info(f"earlier: switched to {done.release}, then back to {done.to} by itself at {done.at} "
+                f"({done.reason}), {how}")  # fmt: skip
+    record_self_rollbacks(run.topology.state_dir, run.run_id, {server.name: done})
 
 
 def _prefetch(read: Callable[[], object]) -> None:

@@ -142,6 +142,14 @@ class Ledger:
             release.servers[e["server"]] = mark
         self.running[e["server"]] = e["id"] if mark.state in ON_RELEASE else mark.previous
 
+    def _self_rollback(self, e: dict[str, Any]) -> None:
+        """A server that switched to the release and, never confirmed, switched itself back
+        (what it runs now is the `observed` or `server` event's to say)."""
+        release = self.releases.get(e["id"])
+        if release is not None:
+            release.servers[e["server"]] = ServerMark("rolled itself back", e["run"], e.get("release"),
+                                                      e.get("to"), e.get("at", ""))  # fmt: skip
+
     def _observed(self, e: dict[str, Any]) -> None:
         self.running[e["server"]] = e.get("id")
 
@@ -176,6 +184,7 @@ _FOLDS = {
     "run": Ledger._run,
     "server": Ledger._server,
     "observed": Ledger._observed,
+    "self_rollback": Ledger._self_rollback,
     "end": Ledger._end,
     "state": Ledger._state,
     "forgot": Ledger._forgot,

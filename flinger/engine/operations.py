@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from flinger.engine import report as lines
-from flinger.engine.fleet import current_fleet, fleet_history, fleet_view, observe
+from flinger.engine.fleet import current_fleet, fleet_history, fleet_view, observe, record_self_rollbacks
 from flinger.engine.ledger import read_ledger
 from flinger.engine.remote import into_report, run_tool
 from flinger.engine.results import ServerResult, Switch
@@ -24,6 +24,7 @@ from flinger.protocol.results import (
     ForgetResult,
     HistoryResult,
     LockResult,
+    SelfRollback,
     StatusResult,
     SwitchResult,
     UninstallResult,
@@ -102,6 +103,9 @@ class Status(OnEveryServer):
         result = _inventory(run, server, report, "status", StatusResult)
         details: dict[str, Any] = {**encode(result), "summary": lines.status_line(result)}
         report.details.update(details)
+        back = result.self_rollback
+        if back is not None:
+            report.info(f"switched to {back.release}, then back to {back.to} by itself at {back.at} ({back.reason})")
         lines.require_running(result, report)
         return details
 
@@ -109,6 +113,9 @@ class Status(OnEveryServer):
         """The fleet view: servers of one role on different releases fail the command."""
         running = {r.server: r.details.get("fleet_release") for r in results if "installed" in r.details}
         observe(run.topology.state_dir, run.run_id, running)
+        undone = {r.server: r.details["self_rollback"] for r in results if r.details.get("self_rollback")}
+        record_self_rollbacks(run.topology.state_dir, run.run_id,
+                              {s: decode(SelfRollback, d, "self_rollback") for s, d in undone.items()})  # fmt: skip
         view = fleet_view(run.topology, running)
         problem = view.problem()
         return {"fleet": view.as_json(), **({"fleet_problem": problem} if problem else {})}

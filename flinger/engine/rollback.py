@@ -98,6 +98,11 @@ def choose_rollback(
     if bare:
         raise UsageError(f"nothing is installed on {', '.join(bare)}: nothing to roll back there; nothing was changed")
     target = to or _plain_target(known, running)
+    # A release the ledger knows is judged by its secrets first (once the fleet completed a
+    # rotation, the servers' copies lost their overlay: the rotation is the reason); one it
+    # does not know has no generation to judge: whether it is kept everywhere says it all.
+    rotated = _rotated(known, generations, target, running) if target in known.releases else []
+    _refuse_rotated(target, rotated, restore_rotated)
     targets: dict[str, str] = {}
     lacking: list[str] = []
     for server, history in sorted(histories.items()):
@@ -114,13 +119,20 @@ def choose_rollback(
             f"release {target} is not kept on every chosen server ({'; '.join(lacking)}): no common release to "
             "go back to; nothing was changed"
         )
-    rotated = _rotated(known, generations, target, running)
-    if rotated and not restore_rotated:
+    if target not in known.releases:  # its servers' receipts say which overlay generation it has
+        kept = [i.overlay_generation for h in histories.values() for i in h.releases
+                if target in _served(i) and i.overlay_generation is not None]  # fmt: skip
+        rotated = generations.rotated_since(min(kept), generations.generation) if kept else []
+        _refuse_rotated(target, rotated, restore_rotated)
+    return RollbackChoice(target, targets, dict(running), rotated)
+
+
+def _refuse_rotated(target: str, rotated: list[str], restore: bool) -> None:
+    if rotated and not restore:
         raise UsageError(
             f"release {target} predates the rotation of {', '.join(rotated)}: rolling back to it would put the "
             f"rotated-out secrets back in use. Pass {RESTORE_FLAG} to do it all the same; nothing was changed"
         )
-    return RollbackChoice(target, targets, dict(running), rotated)
 
 
 def _rotated(

@@ -39,6 +39,9 @@ class Settings:
     parallel: int = 16
     lock_wait: float = 0.0  # seconds to wait for another run's deploy lock
     fail_fast: bool = False  # start no new server once one has failed
+    # seconds a server that switched waits for this client's confirmation before it switches
+    # itself back (remote/confirm.py); 0: no confirmation
+    confirm_within: float = 30.0
 
 
 @dataclass

@@ -49,6 +49,7 @@ COMMANDS: Dict[str, Command] = {
     "rollback": Command(plans.RollbackPlan, results.SwitchResult),
     "uninstall": Command(plans.UninstallPlan, results.UninstallResult),
     "forget": Command(plans.ForgetPlan, results.ForgetResult),
+    "confirm": Command(plans.ConfirmPlan, results.ConfirmResult),
     "lock": Command(plans.LockPlan, results.LockResult),
     "build": Command(plans.BuildPlan, results.BuildResult),
     "registry-push": Command(plans.PushPlan, results.PushResult),

@@ -135,6 +135,9 @@ class InstallPlan:
     # all: to the end in one command; prepare: stop when the release is made and validated,
     # keeping the lock (answer `prepared`); switch / abort: of the release `prepare` made
     phase: str = "all"
+    # > 0: after a switch the server waits this many seconds (once the install is over) for
+    # `confirm`; without it, a watcher that outlives the install switches it back
+    confirm_within: float = 0.0
 
 
 # -- the other server commands -------------------------------------------------------------
@@ -158,6 +161,16 @@ class RollbackPlan:
     acquire: bool = True
     acquire_wait: float = 0.0
     fleet_release: Optional[str] = None  # the fleet release `to` serves in this rollback
+
+
+@dataclass
+class ConfirmPlan:
+    """`confirm`: the switch `token` names stands (its watcher stands down); the lock of
+    `lock_holder` is given up."""
+
+    install_dir: str
+    lock_holder: str
+    token: str
 
 
 @dataclass

@@ -76,11 +76,32 @@ class SwitchResult(Outcome):
 
 
 @dataclass
+class SelfRollback:
+    """A switch nobody confirmed in time: the server switched itself back (see confirm.py)."""
+
+    release: str  # what it had switched to
+    to: str  # what it went back to
+    at: str
+    reason: str
+    fleet_release: Optional[str] = None
+    ok: bool = True
+    error: Optional[str] = None
+
+
+@dataclass
+class ConfirmResult(Outcome):
+    confirmed: bool = False
+    lock_released: bool = False
+
+
+@dataclass
 class InstallResult(SwitchResult):
     need: List[str] = field(default_factory=list)  # packages to deliver (the lock still held)
     started: List[str] = field(default_factory=list)  # no new release: services started again
     pulled: Dict[str, int] = field(default_factory=dict)  # bytes pulled from the registry, by package
     prepared: Optional[str] = None  # phase prepare: the release made and validated, the lock still held
+    awaiting_confirmation: Optional[str] = None  # switched: `confirm` this token in time (the lock still held)
+    self_rollback: Optional[SelfRollback] = None  # what an earlier, unconfirmed switch did here
 
 
 # -- what a server has ---------------------------------------------------------------------
@@ -111,6 +132,7 @@ class StatusResult(Outcome):
     packages: Dict[str, InstalledPackage] = field(default_factory=dict)
     services: List[ServiceState] = field(default_factory=list)
     fleet_release: Optional[str] = None  # the fleet release it runs (see receipt.fleet_releases)
+    self_rollback: Optional[SelfRollback] = None  # the last switch it undid itself, unconfirmed
 
 
 @dataclass

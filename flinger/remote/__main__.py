@@ -22,6 +22,7 @@ HANDLERS = {
     "rollback": ("rollback", "rollback"),
     "uninstall": ("inventory", "uninstall"),
     "forget": ("forget", "forget"),
+    "confirm": ("confirm", "confirm"),
     "lock": ("lock", "run"),
     "build": ("pkgbuild", "build"),
     "registry-push": ("registry", "push"),

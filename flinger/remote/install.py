@@ -25,7 +25,7 @@ from flinger.protocol import graph, names
 from flinger.protocol.codec import decode
 from flinger.protocol.plans import Credential, InstallPlan, ServiceRoots, ServiceSpec
 from flinger.protocol.results import InstallResult
-from flinger.remote import events, files, layout, lock, prepared, receipt, release, services, switch, validate
+from flinger.remote import confirm, events, files, layout, lock, prepared, receipt, release, services, switch, validate
 
 KEEP_RELEASES = 3  # the default of [deployment] keep_releases
 PHASES = ("all", "prepare", "switch", "abort")
@@ -140,8 +140,8 @@ def _pull_missing(plan: InstallPlan, need: List[str]) -> Dict[str, int]:
 def _let_go(install_dir: str, holder: str, result: InstallResult) -> None:
     """Give up the deploy lock at the end of the install; the result says whether it was.
     A prepared release keeps it: its switch (or abort) comes next."""
-    if result.prepared:
-        return
+    if result.prepared or result.awaiting_confirmation:
+        return  # kept for the switch, or for the confirmation (confirm.py gives it up)
     try:
         refused, released = lock.let_go(install_dir, holder)
     except OSError as exc:
@@ -224,8 +224,10 @@ def install(plan: InstallPlan) -> InstallResult:
         if refused:
             return InstallResult(ok=False, step="lock", error=refused)
         _remove_earlier_runs(plan.staging_runs, run_dir)
+        confirm.supersede(install_dir, plan.lock_holder)
+        earlier = confirm.take_record(install_dir)
         result = _install(plan, install_dir, svcs, overlay_dir)
-        result.pulled, result.broke_stale = fetched.pulled, fetched.broke_stale
+        result.pulled, result.broke_stale, result.self_rollback = fetched.pulled, fetched.broke_stale, earlier
         return result
     finally:
         if overlay_dir:
@@ -320,8 +322,13 @@ def _switch(
 ) -> InstallResult:
     """Switch to the release made (and validated) here, start it, keep the receipts."""
     made, roots = ready.release, plan.roots or ServiceRoots()
+    token = None
+    if plan.confirm_within > 0 and previous.release and previous.release != made:
+        token = confirm.arm(install_dir, plan.lock_holder, made, previous.release, plan.confirm_within, svcs)
     failure = switch.switch_services(install_dir, made, svcs, previous, roots, discard_on_failure=True)
     if failure is not None:
+        if token:
+            confirm.disarm(install_dir, token)  # undone already: nothing to watch
         return InstallResult(**vars(failure))
     events.step("prune")
     history = release.prune(install_dir, [r for r in previous.releases if r != made] + [made], plan.keep_releases)
@@ -342,4 +349,5 @@ def _switch(
     state.serve(plan.fleet_release or made)
     receipt.save(install_dir, state)
     receipt.keep(install_dir, state)
-    return InstallResult(changed=True, release=made, previous_release=previous.release, fleet_release=state.fleet)
+    return InstallResult(changed=True, release=made, previous_release=previous.release, fleet_release=state.fleet,
+                         awaiting_confirmation=token)  # fmt: skip

@@ -12,7 +12,7 @@ from typing import List
 
 from flinger.protocol.plans import InventoryPlan, UninstallPlan
 from flinger.protocol.results import HistoryResult, ReleaseInfo, ServiceState, StatusResult, UninstallResult
-from flinger.remote import events, files, health, layout, lock, receipt, services, switch
+from flinger.remote import confirm, events, files, health, layout, lock, receipt, services, switch
 from flinger.remote.install import install_dir_of
 
 
@@ -38,6 +38,7 @@ def status(plan: InventoryPlan) -> StatusResult:
         packages=state.packages,
         services=report,
         fleet_release=state.fleet,
+        self_rollback=confirm.read_record(install_dir),
     )
 
 

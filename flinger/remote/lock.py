@@ -147,6 +147,9 @@ def _guard(install_dir: str) -> Iterator[None]:
         os.close(fd)
 
 
+guarded = _guard  # for the other files of .flinger/ that change under the same rule (confirm.py)
+
+
 def read_holder(install_dir: str) -> Optional[LockRecord]:
     """The lock's content, or None when it is free."""
     try:

@@ -14,7 +14,7 @@ from typing import List
 from flinger.protocol import names
 from flinger.protocol.plans import RollbackPlan, ServiceSpec
 from flinger.protocol.results import SwitchResult
-from flinger.remote import events, lock, receipt, switch
+from flinger.remote import confirm, events, lock, receipt, switch
 from flinger.remote.install import claim_lock, install_dir_of, utc_now
 
 
@@ -30,7 +30,8 @@ def rollback(plan: RollbackPlan) -> SwitchResult:
     refused = claim_lock(plan.lock_holder, install_dir)
     if refused:
         return SwitchResult(ok=False, step="lock", error=refused)
-    return _switch_back(plan, install_dir)
+    confirm.supersede(install_dir, plan.lock_holder)
+    return switch_back(plan, install_dir)
 
 
 def _let_go(install_dir: str, holder: str, result: SwitchResult) -> None:
@@ -41,7 +42,8 @@ def _let_go(install_dir: str, holder: str, result: SwitchResult) -> None:
     result.lock_released, result.lock_problem = released, refused
 
 
-def _switch_back(plan: RollbackPlan, install_dir: str) -> SwitchResult:
+def switch_back(plan: RollbackPlan, install_dir: str) -> SwitchResult:
+    """Switch to `plan.to` (default: the kept release before the current one), health-checked."""
     state = receipt.load(install_dir)
     if not state.release:
         return SwitchResult(ok=False, step="rollback", error="nothing is installed in %s" % install_dir)

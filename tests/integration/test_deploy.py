@@ -328,6 +328,145 @@ def test_an_unreachable_server_costs_the_others_of_its_batch_nothing(
     assert len(set(_current(sandbox, ssh_run).values())) == 1
 
 
+def _wait_for_step(proc: Any, logs: Path, before: set[Path], node: str, step: str) -> bool:
+    """Wait until `node`'s log of the run started after `before` shows `step`; False if the run ended first."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        new = _new_run_dirs(logs, before)
+        log = new[0] / f"{node}.log" if new else None
+        if log is not None and log.exists() and f"step: {step}" in log.read_text():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _receipt_release(sandbox: SandboxState, ssh_run: Any, node: str) -> str:
+    return str(json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)["release"])
+
+
+def _quietly(check: Any) -> bool:
+    """`check()`, False while what it looks at is changing (a server switching back)."""
+    try:
+        return bool(check())
+    except (AssertionError, ValueError, KeyError):
+        return False
+
+
+def _eventually(check: Any, seconds: float = 90) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_went(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
+    before = {n: _receipt_release(sandbox, ssh_run, n) for n in NODES}
+    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": "timeout = 33 "})
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "flinger", "-c", str(changed), "--json", "deploy", "install", "--confirm-timeout", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        cut = _wait_for_step(deploy, logs, runs_before, "node2", "install: service")
+        if cut:
+            _cut_host(sandbox, "node2")  # mid-switch: its install goes on, and nobody can confirm it
+        out, err = deploy.communicate(timeout=300)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+        sb.start_host(sandbox.directory, "node2")
+    assert cut, "the run ended before node2 switched"
+    doc = json.loads(out)
+    results = by_server(doc)
+    assert deploy.returncode == 1 and doc["release_state"] == "rolled back", out + err
+    assert results["node2"]["status"] in ("unreachable", "failed"), results["node2"]
+    for node in ("node1", "node3"):  # the rollout lost node2: it undid the others
+        assert results[node]["status"] == "rolled back", results[node]
+    # node2 finished its switch, waited 5 s for a confirmation that could not come, and went
+    # back by itself: the whole fleet ends where it started.
+    assert _eventually(lambda: _quietly(lambda: _receipt_release(sandbox, ssh_run, "node2") == before["node2"]))
+    assert {n: _receipt_release(sandbox, ssh_run, n) for n in NODES} == before
+    assert ssh_run(sandbox, "node2", "sv", "status", "quorum").stdout.startswith("run:")
+    code, status = flinger_json(sandbox.config_path, "deploy", "status")
+    assert code == 0, status
+    back = by_server(status)["node2"]["details"]["self_rollback"]
+    assert back["to"] == before["node2"] and back["ok"] is True, back
+    assert back["reason"] == "no confirmation within 5 s of the switch", back
+    code, history = flinger_json(sandbox.config_path, "deploy", "history")
+    row = next(r for r in history["fleet_releases"] if r["id"] == doc["fleet_release"])
+    assert (row["state"], row["rolled_itself_back"], row["running"]) == ("rolled back", ["node2"], []), row
+
+
+def test_a_killed_client_leaves_the_ledger_true_and_a_rerun_finishes_the_release(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+    assert code == 0, doc
+    first = doc["fleet_release"]
+    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": "timeout = 34 "})
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    argv = [
+        "-m",
+        "flinger",
+        "-c",
+        str(changed),
+        "--json",
+        "deploy",
+        "install",
+        "--batch",
+        "1",
+        "--confirm-timeout",
+        "5",
+    ]
+    client = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        reached = _wait_for_step(client, logs, runs_before, "node2", "install: service")
+        client.send_signal(signal.SIGKILL)  # batch 2 mid-switch; no goodbye, no ledger end
+        client.wait(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert reached, "the run ended before node2 switched"
+    # node1 switched and was confirmed; node2 switched, was never confirmed and goes back; node3 never started.
+    assert _eventually(lambda: _quietly(lambda: _current(sandbox, ssh_run)["node2"] == first))
+    running = _current(sandbox, ssh_run)
+    second = running["node1"]
+    assert second != first and running == {"node1": second, "node2": first, "node3": first}, running
+    code, history = flinger_json(sandbox.config_path, "deploy", "history")
+    row = next(r for r in history["fleet_releases"] if r["id"] == second)
+    assert row["state"] == "interrupted" and row["running"] == ["node1"], row  # the lost client, as it is
+    code, status = flinger_json(sandbox.config_path, "deploy", "status")
+    assert code == 1 and status["fleet"]["running"] == running, status  # one role, two releases: said
+    assert by_server(status)["node2"]["details"]["self_rollback"]["ok"] is True
+
+    code, doc = flinger_json(changed, "deploy", "install", "--confirm-timeout", "5")  # the re-run finishes it
+    assert code == 0 and doc["fleet_release"] == second and doc["release_state"] == "completed", doc
+    assert _current(sandbox, ssh_run) == dict.fromkeys(NODES, second)
+    code, history = flinger_json(sandbox.config_path, "deploy", "history")
+    row = next(r for r in history["fleet_releases"] if r["id"] == second)
+    assert row["state"] == "completed" and row["running"] == list(NODES), row
+
+
 def test_a_failing_health_check_keeps_the_previous_release_running(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
 ) -> None:

@@ -15,14 +15,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from flinger.protocol.plans import (
+    ConfirmPlan,
     HealthSpec,
     InstallPlan,
     InventoryPlan,
@@ -388,6 +390,82 @@ def test_validate_sees_the_new_release_at_current_and_nothing_else_does(env: Fix
     third = env.plan("r3", "v3")
     assert env.install(replace(third, services=[replace(third.services[0], validate=check)])).status == 0
     assert get(env.url()) == "v3"
+
+
+def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_a_confirmed_switch_stands_and_gives_the_lock_up(env: Fixture) -> None:
+    assert env.install(env.plan("r1", "v1")).status == 0
+    answer = env.install(replace(env.plan("r2", "v2"), confirm_within=2))
+    token = answer.result.awaiting_confirmation
+    assert answer.status == 0 and token and not answer.result.lock_released, answer.stdout
+    assert (env.install_dir / ".flinger" / "lock").exists()  # kept for the confirmation
+    done = run_remote("confirm", ConfirmPlan(str(env.install_dir), "test run r2", token))
+    assert done.status == 0 and done.result.confirmed and done.result.lock_released, done.stdout
+    time.sleep(4)  # twice the time it had
+    assert env.current() == "releases/r2" and get(env.url()) == "v2"
+    assert not (env.install_dir / ".flinger" / "self-rollback.json").exists()
+    again = run_remote("confirm", ConfirmPlan(str(env.install_dir), "test run r2", token))
+    assert again.status == 1 and "no switch here waits for this confirmation" in again.result.error
+
+
+def test_an_unconfirmed_switch_is_undone_by_a_watcher_that_outlives_the_install(env: Fixture) -> None:
+    assert env.install(env.plan("r1", "v1")).status == 0
+    answer = env.install(replace(env.plan("r2", "v2"), confirm_within=1))
+    assert answer.status == 0 and answer.result.awaiting_confirmation, answer.stdout
+    assert get(env.url()) == "v2"
+    # Nobody confirms (the client is gone): the server goes back to what it ran, by itself.
+    assert _eventually(lambda: env.current() == "releases/r1" and not (env.install_dir / ".flinger/lock").exists())
+    assert get(env.url()) == "v1"
+    status = run_remote("status", env.at()).result
+    assert status.release == "r1" and status.self_rollback is not None, status
+    assert (status.self_rollback.release, status.self_rollback.to, status.self_rollback.ok) == ("r2", "r1", True)
+    assert status.self_rollback.reason == "no confirmation within 1 s of the switch"
+    later = env.install(env.plan("r3", "v3"))  # the next install says so, once
+    assert later.status == 0 and later.result.self_rollback.release == "r2", later.stdout
+    assert run_remote("status", env.at()).result.self_rollback is None
+
+
+def test_an_install_killed_mid_switch_is_undone_by_its_watcher(env: Fixture) -> None:
+    assert env.install(env.plan("r1", "v1")).status == 0
+    slow = replace(env.plan("r2", "v2"), confirm_within=1)
+    service = slow.services[0]  # the new release's service takes 3 s before it serves
+    run = service.files["run"].replace("exec 2>&1\n", "exec 2>&1\nsleep 3\n")
+    slow = replace(slow, services=[replace(service, files={"run": run})])
+    prepared = run_remote("install", slow)  # lock + need
+    (Path(slow.staging_dir) / "packages").mkdir(parents=True)
+    shutil.copy(env.packs / Path(slow.packages[0].tarball).name, Path(slow.staging_dir) / "packages")
+    assert prepared.result.need == ["web"], prepared.stdout
+    tool = subprocess.Popen([sys.executable, "-m", "flinger.remote", "install"], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert tool.stdin is not None and tool.stdout is not None
+    tool.stdin.write(envelope("install", replace(slow, acquire=False)))
+    tool.stdin.close()
+    for line in tool.stdout:  # until it restarts the service with the new definition
+        if '"service: ' in line:
+            break
+    time.sleep(0.5)
+    tool.kill()  # SIGKILL: no rollback of its own
+    tool.wait()
+    assert env.current() == "releases/r2"
+    assert _eventually(lambda: env.current() == "releases/r1" and not (env.install_dir / ".flinger/lock").exists())
+    assert _eventually(lambda: _serves(env, "v1"))
+    record = run_remote("status", env.at()).result.self_rollback
+    assert record is not None and (record.release, record.to, record.ok) == ("r2", "r1", True), record
+
+
+def _serves(env: Fixture, content: str) -> bool:
+    try:
+        return get(env.url()) == content
+    except OSError:
+        return False
 
 
 def test_install_refuses_without_the_lock(env: Fixture) -> None:

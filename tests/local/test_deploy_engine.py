@@ -430,11 +430,14 @@ def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
     assert fleet.store.delivered.count("node1") == 1  # the fixture's first install only
 
-    fleet.store.build("v2")  # to deliver: lock + need, delivery, install up to ready, then its switch (which unlocks)
+    fleet.store.build(
+        "v2"
+    )  # to deliver: lock + need, delivery, install up to ready, its switch, confirm (which unlocks)
     counting.clear()
     results = list(fleet.install().values())
     assert all(r.status is Status.OK and r.details["packages_sent"] == ["app"] for r in results)
     for node in NODES:
         tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
-        assert len(tool_runs) == 3 and all(" install" in c for c in tool_runs), tool_runs
+        assert len(tool_runs) == 4 and tool_runs[-1].endswith(" confirm"), tool_runs  # the switch stands: confirmed
+        assert all(" install" in c for c in tool_runs[:3]), tool_runs
         assert fleet.version(node) == "v2"
