@@ -8,14 +8,18 @@ gate, a rollback as the undo.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from flinger.engine.fanout import Reporter, fan_out
 from flinger.engine.operations import Operation, Rollback, Status, TwoPhase
 from flinger.engine.results import ServerResult
+from flinger.engine.results import Status as ResultStatus
 from flinger.engine.run import Run
 from flinger.engine.strategy import Strategy
+from flinger.progress import Output
 from flinger.topology.model import Server
 
 
@@ -82,7 +86,27 @@ class _Effects:
         return _fan_out(self.run, operation, chosen, stoppable=stoppable, step=step)
 
     def prepare(self, names: list[str]) -> list[ServerResult]:
-        return self._phase(names, "prepare_on", stoppable=True)
+        """Every server of the batch ready, or why not. A server's lock held by another run
+        is not waited for while this run holds others (two runs could each hold part of a
+        batch and wait for the rest forever): the ready ones give their locks back, and the
+        batch tries again after a random pause, until --lock-wait is over."""
+        deadline = time.monotonic() + self.run.settings.lock_wait
+        done: dict[str, ServerResult] = {}
+        todo, tries = list(names), 0
+        while True:
+            for r in self._phase(todo, "prepare_on", stoppable=True):
+                done[r.server] = r
+            busy = [n for n in todo if done[n].details.get("lock_held_by")]
+            left = deadline - time.monotonic()
+            if not busy or left <= 0 or self.run.brake.pulled:
+                return [done[n] for n in names]
+            ready = [n for n in todo if done[n].status is ResultStatus.OK and done[n].details.get("prepared")]
+            if ready:
+                self.abort(ready)
+            todo, tries = busy + ready, tries + 1
+            for name in busy:
+                self.run.events(Output(name, f"waiting for the deploy lock: {done[name].message}"))
+            self.run.brake.wait(min(left, random.uniform(0.5, 1.5) * min(tries, 4)))  # noqa: S311 - jitter
 
     def commit(self, names: list[str]) -> list[ServerResult]:
         # Once a batch is ready it switches whole: the brake cannot stop half of it.

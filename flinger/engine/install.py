@@ -115,6 +115,8 @@ class Install:
             raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
         session = open_session(run, server, report, step="lock", stages=True)
         remote = replace(self._remote_plan(run, server, plan, session, report), phase=phase)
+        if phase == "prepare":  # never wait for a lock while holding others: the batch waits (execute.py)
+            remote = replace(remote, acquire_wait=0.0)
         attempt = _Attempt(run, session, report)
         result: InstallResult | None = None
         try:
@@ -258,6 +260,8 @@ class _Attempt:
             if isinstance(failed, InstallResult):
                 self.unlocked = self.unlocked or failed.lock_released
                 if failed.step == "lock" and failed.service_log is None:
+                    if failed.lock_held_by:  # the batch may give its locks back and try again (execute.py)
+                        report.details["lock_held_by"] = failed.lock_held_by
                     raise FlingerError(f"{self.server}: {exc.message}") from None
             raise explain.explained(exc, report) from None
         self.unlocked = self.unlocked or result.lock_released

@@ -102,6 +102,7 @@ class InstallResult(SwitchResult):
     prepared: Optional[str] = None  # phase prepare: the release made and validated, the lock still held
     awaiting_confirmation: Optional[str] = None  # switched: `confirm` this token in time (the lock still held)
     self_rollback: Optional[SelfRollback] = None  # what an earlier, unconfirmed switch did here
+    lock_held_by: Optional[str] = None  # step lock: the other run that holds it
 
 
 # -- what a server has ---------------------------------------------------------------------

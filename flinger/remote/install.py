@@ -185,7 +185,7 @@ def _fetch(plan: InstallPlan, install_dir: str, result: InstallResult) -> Option
     if plan.acquire:
         taken = lock.take(install_dir, plan.lock_holder, plan.acquire_wait)
         if not taken.ok:
-            return InstallResult(ok=False, step="lock", error=taken.error)
+            return InstallResult(ok=False, step="lock", error=taken.error, lock_held_by=taken.holder)
         result.broke_stale = taken.broke_stale
     need = release.missing_packages(plan, install_dir)
     if need and plan.acquire and plan.pull is None:

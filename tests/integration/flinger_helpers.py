@@ -58,6 +58,11 @@ def by_server(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["server"]: s for s in doc["servers"]}
 
 
+def why(doc: dict[str, Any]) -> list[tuple[str, str, str | None, str | None]]:
+    """What an assertion on a --json report shows: each server's status, step and message."""
+    return [(s["server"], s["status"], s.get("step"), s.get("message")) for s in doc.get("servers", [])]
+
+
 def derived_config(state: SandboxState, directory: Path, edits: dict[str, object]) -> Path:
     """A copy of the sandbox's deploy.toml with dotted-key edits (e.g. {"builder.source_dir": "/root/x"}),
     written as DIR/deploy.toml so its client state (.flinger/) stays in DIR."""

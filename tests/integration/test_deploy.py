@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from flinger_helpers import by_server, fetch_cert, flinger_json, quorum_states, run_flinger
+from flinger_helpers import by_server, fetch_cert, flinger_json, quorum_states, run_flinger, why
 
 import flinger_sandbox as sb
 from flinger.protocol.plans import LockPlan
@@ -272,7 +272,7 @@ def test_server_cut_off_mid_run_is_reported_and_a_rerun_completes_it(
             assert f"rolled back to {results[node]['details']['previous_release']}, healthy" in results[node]["message"]
 
     code, doc = flinger_json(sandbox.config_path, "deploy", "install")
-    assert code == 0, doc
+    assert code == 0, why(doc)
     results = by_server(doc)
     assert results["node1"]["details"]["changed"] is True and results["node3"]["details"]["changed"] is True
     status_code, status = flinger_json(sandbox.config_path, "deploy", "status", "--servers", "node2")

@@ -103,6 +103,7 @@ class Fleet:
         self.store = CopyStore(root / "artifacts")
         self.transport = "local"
         self.extra: dict[str, Any] = {}  # what the last run's operation said of the fleet at its end
+        self.settings = Settings(parallel=3)
 
     @property
     def servers(self) -> list[Server]:
@@ -116,7 +117,7 @@ class Fleet:
         only: tuple[str, ...] = NODES,
     ) -> list[ServerResult]:
         chosen = [self.topology.servers[n] for n in only]
-        with open_run(self.topology, self.manifest, sink=sink, settings=Settings(parallel=3),
+        with open_run(self.topology, self.manifest, sink=sink, settings=self.settings,
                       transport=self.transport) as run:  # fmt: skip
             results = execute(run, operation, chosen, BatchRollout(policy) if policy else None)
             self.extra = operation.finish(run, results)
@@ -335,6 +336,37 @@ def test_a_held_lock_fails_that_server_before_anything_is_staged_and_the_batch_d
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
         assert fleet.staging_left(node) == []
     assert [fleet.version(n) for n in NODES] == ["v1"] * 3
+
+
+def test_a_batch_gives_its_locks_back_while_another_run_holds_one_and_then_goes(fleet: Fleet) -> None:
+    import threading
+
+    _hold_lock(fleet, "node3")  # another run holds node3 for a while; this one must not sit on node1, node2
+    lock = fleet.homes / "node3" / "app" / ".flinger" / "lock"
+
+    def other_run() -> None:
+        import time
+
+        time.sleep(2)
+        lock.unlink()
+
+    fleet.settings = replace(fleet.settings, lock_wait=30)
+    fleet.store.build("v2")
+    events: list[Any] = []
+    other = threading.Thread(target=other_run)
+    other.start()
+    results = fleet.install(sink=events.append)
+    other.join()
+    assert all(r.status is Status.OK for r in results.values()), results
+    assert [fleet.version(n) for n in NODES] == ["v2"] * 3
+    gave_back = [e for e in events if getattr(e, "name", "") == "node1" and getattr(e, "step", "") == "install: abort"]
+    assert gave_back, "node1 was ready and kept its lock while node3's was held"
+    waits = [
+        e.text
+        for e in events
+        if getattr(e, "name", "") == "node3" and "waiting for the deploy lock" in str(getattr(e, "text", ""))
+    ]
+    assert waits and "held by someone" in waits[0], waits
 
 
 def test_within_the_allowance_a_held_lock_costs_the_others_nothing(fleet: Fleet) -> None:
