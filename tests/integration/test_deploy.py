@@ -810,18 +810,21 @@ def test_one_ctrl_c_stops_a_rollout_the_server_at_work_finishes_and_no_other_sta
 def test_ctrl_c_twice_mid_deploy_finishes_the_running_servers_and_reports_them(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any
 ) -> None:
-    """The default rollout (a whole wave at once): every server was at work; an impatient
-    second Ctrl-C cuts none of them short."""
+    """The default rollout (a whole wave at once): every server was getting ready; an
+    impatient second Ctrl-C cuts none of them short, and none of them switches (the batch
+    is given up whole: its new releases removed, its locks given back)."""
     assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change everywhere
     logs = deployed["topology"].state_dir / "logs"
     code, doc, err, _ = _stop_mid_run(sandbox.config_path, logs, ["deploy", "install"], "node1", "step: lock", 2)
     assert code == 130, (doc, err)
     assert "already stopping" in err, err
     results = by_server(doc)
-    assert all(r["status"] == "ok" and r["details"]["changed"] for r in results.values()), results
+    assert all(r["status"] == "interrupted" for r in results.values()), results
+    ready = [r for r in results.values() if r["message"] == "ready, not switched: interrupted"]
+    assert all(r["steps"][-1]["step"] == "install: abort" for r in ready), ready  # those at work finished their step
     _on_one_release_unlocked(sandbox, ssh_run)
-    code, doc = flinger_json(sandbox.config_path, "deploy", "install")  # nothing left to do
-    assert code == 0 and not any(r["details"]["changed"] for r in by_server(doc).values()), doc
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")  # the re-run does the job
+    assert code == 0 and all(r["details"]["changed"] for r in by_server(doc).values()), why(doc)
 
 
 def test_a_stopped_service_fails_status_and_install_starts_it_again(
