@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -66,3 +68,13 @@ def run_remote(
     )  # fmt: skip
     result, events = parse(command, proc.stdout)
     return Answer(proc.returncode, result, events, proc.stdout, proc.stderr)
+
+
+def eventually(check: Callable[[], bool], seconds: float = 90) -> bool:
+    """Whether `check()` comes true within `seconds` (asked every 0.2 s)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True

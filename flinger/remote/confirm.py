@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Type, TypeVar
 
 from flinger.protocol.codec import ProtocolError, decode, encode
 from flinger.protocol.plans import ConfirmPlan, RollbackPlan, ServiceSpec
@@ -50,14 +50,22 @@ def _record_path(install_dir: str) -> str:
     return os.path.join(layout.state_dir(install_dir), "self-rollback.json")
 
 
-def load_pending(install_dir: str) -> Optional[Pending]:
-    data = files.read_json(_pending_path(install_dir), None)
+T = TypeVar("T")
+
+
+def _read(path: str, kind: Type[T]) -> Optional[T]:
+    """A record of .flinger/, or None when there is none (or it is damaged: as good as none)."""
+    data = files.read_json(path, None)
     if not isinstance(data, dict):
         return None
     try:
-        return decode(Pending, data, "pending.json", strict=False)
+        return decode(kind, data, os.path.basename(path), strict=False)
     except ProtocolError:
         return None
+
+
+def load_pending(install_dir: str) -> Optional[Pending]:
+    return _read(_pending_path(install_dir), Pending)
 
 
 def _save(install_dir: str, pending: Pending) -> None:
@@ -109,13 +117,7 @@ def confirm(plan: ConfirmPlan) -> ConfirmResult:
 
 
 def read_record(install_dir: str) -> Optional[SelfRollback]:
-    data = files.read_json(_record_path(install_dir), None)
-    if not isinstance(data, dict):
-        return None
-    try:
-        return decode(SelfRollback, data, "self-rollback.json", strict=False)
-    except ProtocolError:
-        return None
+    return _read(_record_path(install_dir), SelfRollback)
 
 
 def take_record(install_dir: str) -> Optional[SelfRollback]:

@@ -21,7 +21,7 @@ from flinger.protocol.plans import LockPlan
 from flinger.secrets.ca import cert_sans, chains_to
 from flinger.topology import load_topology
 from flinger_sandbox import SandboxState
-from tests.remote_helpers import envelope
+from tests.remote_helpers import envelope, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -354,17 +354,6 @@ def _quietly(check: Any) -> bool:
         return False
 
 
-def _eventually(check: Any, seconds: float = 90) -> bool:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
-
-
 def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_went(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
 ) -> None:
@@ -398,7 +387,7 @@ def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_wen
         assert results[node]["status"] == "rolled back", results[node]
     # node2 finished its switch, waited 5 s for a confirmation that could not come, and went
     # back by itself: the whole fleet ends where it started.
-    assert _eventually(lambda: _quietly(lambda: _receipt_release(sandbox, ssh_run, "node2") == before["node2"]))
+    assert eventually(lambda: _quietly(lambda: _receipt_release(sandbox, ssh_run, "node2") == before["node2"]))
     assert {n: _receipt_release(sandbox, ssh_run, n) for n in NODES} == before
     assert ssh_run(sandbox, "node2", "sv", "status", "quorum").stdout.startswith("run:")
     code, status = flinger_json(sandbox.config_path, "deploy", "status")
@@ -448,7 +437,7 @@ def test_a_killed_client_leaves_the_ledger_true_and_a_rerun_finishes_the_release
             client.kill()
     assert reached, "the run ended before node2 switched"
     # node1 switched and was confirmed; node2 switched, was never confirmed and goes back; node3 never started.
-    assert _eventually(lambda: _quietly(lambda: _current(sandbox, ssh_run)["node2"] == first))
+    assert eventually(lambda: _quietly(lambda: _current(sandbox, ssh_run)["node2"] == first))
     running = _current(sandbox, ssh_run)
     second = running["node1"]
     assert second != first and running == {"node1": second, "node2": first, "node3": first}, running

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from flinger.protocol.plans import (
 )
 from flinger.remote import tarball
 from flinger.remote.files import sha256_file
-from tests.remote_helpers import REPO, Answer, envelope, run_remote
+from tests.remote_helpers import REPO, Answer, envelope, eventually, run_remote
 
 pytestmark = pytest.mark.integration
 
@@ -392,15 +392,6 @@ def test_validate_sees_the_new_release_at_current_and_nothing_else_does(env: Fix
     assert get(env.url()) == "v3"
 
 
-def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
 def test_a_confirmed_switch_stands_and_gives_the_lock_up(env: Fixture) -> None:
     assert env.install(env.plan("r1", "v1")).status == 0
     answer = env.install(replace(env.plan("r2", "v2"), confirm_within=2))
@@ -422,7 +413,7 @@ def test_an_unconfirmed_switch_is_undone_by_a_watcher_that_outlives_the_install(
     assert answer.status == 0 and answer.result.awaiting_confirmation, answer.stdout
     assert get(env.url()) == "v2"
     # Nobody confirms (the client is gone): the server goes back to what it ran, by itself.
-    assert _eventually(lambda: env.current() == "releases/r1" and not (env.install_dir / ".flinger/lock").exists())
+    assert eventually(lambda: env.current() == "releases/r1" and not (env.install_dir / ".flinger/lock").exists())
     assert get(env.url()) == "v1"
     status = run_remote("status", env.at()).result
     assert status.release == "r1" and status.self_rollback is not None, status
@@ -455,8 +446,8 @@ def test_an_install_killed_mid_switch_is_undone_by_its_watcher(env: Fixture) -> 
     tool.kill()  # SIGKILL: no rollback of its own
     tool.wait()
     assert env.current() == "releases/r2"
-    assert _eventually(lambda: env.current() == "releases/r1" and not (env.install_dir / ".flinger/lock").exists())
-    assert _eventually(lambda: _serves(env, "v1"))
+    assert eventually(lambda: env.current() == "releases/r1" and not (env.install_dir / ".flinger/lock").exists())
+    assert eventually(lambda: _serves(env, "v1"))
     record = run_remote("status", env.at()).result.self_rollback
     assert record is not None and (record.release, record.to, record.ok) == ("r2", "r1", True), record
 
