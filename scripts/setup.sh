@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(openssh-server openssh-client openssh-sftp-server rsync runit sudo passwd python3 python3-venv iproute2 util-linux procps ca-certificates
+packages=(openssh-server openssh-client openssh-sftp-server rsync runit sudo passwd python3 python3-venv iproute2 util-linux mount procps ca-certificates
           mmdebstrap systemd-container  # systemd sandbox hosts (--init systemd)
           docker-registry)              # CNCF Distribution: the sandbox's OCI registry (--registry)
 missing=()
