@@ -102,6 +102,80 @@ def test_a_crashing_release_shows_the_last_lines_of_its_journal_and_rolls_back(
         assert MARKER not in unit and "quorum.py" in unit
 
 
+def _fleet_release(state: SandboxState, node: str) -> str:
+    receipt = json.loads(run_ssh(state, node, "cat", "/opt/quorum/.flinger/state.json").stdout)
+    link = run_ssh(state, node, "readlink", "/opt/quorum/current").stdout.strip()
+    assert link == f"releases/{receipt['release']}", (node, link, receipt["release"])
+    return str(receipt["fleet_release"])
+
+
+def _settled(state: SandboxState, node: str, release: str, seconds: float = 90) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if _fleet_release(state, node) == release:
+                return True
+        except (AssertionError, ValueError, KeyError):
+            pass  # mid-switch
+        time.sleep(0.5)
+    return False
+
+
+def test_on_systemd_skew_fails_status_an_unconfirmed_switch_goes_back_and_rollback_takes_the_fleet_as_one(
+    systemd_sandbox: SandboxState, installed: dict[str, Any], tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    state, env = systemd_sandbox, agent_env(systemd_sandbox)
+    code, doc = flinger_json(state.config_path, "deploy", "install", env=env)  # release A, on every node
+    assert code == 0 and doc["release_state"] == "completed", doc
+    first = doc["fleet_release"]
+    repo = Path(__file__).resolve().parents[2]
+    manifest = (repo / "packaging" / "package-manifest.toml").read_text()
+    (tmp_path / "manifest.toml").write_text(manifest.replace("timeout = 30 ", "timeout = 35 "))  # release B
+    config = derived_config(state, tmp_path, {"manifest": str(tmp_path / "manifest.toml")})
+    (tmp_path / ".flinger").symlink_to(state.config_path.parent / ".flinger")
+    code, doc = flinger_json(config, "deploy", "install", "--servers", "node1", env=env)
+    assert code == 0 and doc["release_state"] == "partial", doc
+    second = doc["fleet_release"]
+    code, status = flinger_json(state.config_path, "deploy", "status", env=env)
+    assert code == 1 and status["fleet"]["running"] == {"node1": second, "node2": first, "node3": first}, status
+
+    # The client dies while node2 switches to B: its watcher (the SSH session is gone with
+    # the client) switches it back to A once no confirmation came within 5 s.
+    logs = state.config_path.parent / ".flinger" / "sandbox" / "logs"
+    before = set(logs.iterdir())
+    argv = [sys.executable, "-m", "flinger", "-c", str(config), "--json", "deploy", "install", "--servers", "node2",
+            "--confirm-timeout", "5"]  # fmt: skip
+    client = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    switching = False
+    deadline = time.monotonic() + 120
+    while not switching and time.monotonic() < deadline and client.poll() is None:
+        logged = [d / "node2.log" for d in logs.iterdir() if d not in before and (d / "node2.log").exists()]
+        switching = any("step: install: service" in p.read_text() for p in logged)
+        time.sleep(0.01)
+    client.send_signal(signal.SIGKILL)
+    client.wait(timeout=30)
+    assert switching, "the run ended before node2 switched"
+    assert _settled(state, "node2", first)
+    assert wait_active(state, "node2") == "active"
+    code, status = flinger_json(state.config_path, "deploy", "status", env=env)
+    back = by_server(status)["node2"]["details"]["self_rollback"]
+    assert back["ok"] is True and back["reason"] == "no confirmation within 5 s of the switch", back
+
+    # A plain rollback: the fleet's last completed release before B, on every node, as one.
+    code, doc = flinger_json(state.config_path, "deploy", "rollback", env=env)
+    assert code == 0 and doc["fleet_release"] == first, doc
+    assert {n: _fleet_release(state, n) for n in NODES} == dict.fromkeys(NODES, first)
+    code, status = flinger_json(state.config_path, "deploy", "status", env=env)
+    assert code == 0, status
+    for name in NODES:
+        assert wait_active(state, name) == "active", name
+
+
 def test_uninstall_leaves_no_unit_no_receipt_and_nothing_in_install_dir(
     systemd_sandbox: SandboxState, installed: dict[str, Any]
 ) -> None:
