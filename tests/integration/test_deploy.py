@@ -346,14 +346,6 @@ def _receipt_release(sandbox: SandboxState, ssh_run: Any, node: str) -> str:
     return str(json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)["release"])
 
 
-def _quietly(check: Any) -> bool:
-    """`check()`, False while what it looks at is changing (a server switching back)."""
-    try:
-        return bool(check())
-    except (AssertionError, ValueError, KeyError):
-        return False
-
-
 def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_went(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
 ) -> None:
@@ -387,7 +379,8 @@ def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_wen
         assert results[node]["status"] == "rolled back", results[node]
     # node2 finished its switch, waited 5 s for a confirmation that could not come, and went
     # back by itself: the whole fleet ends where it started.
-    assert eventually(lambda: _quietly(lambda: _receipt_release(sandbox, ssh_run, "node2") == before["node2"]))
+    record = "/opt/quorum/.flinger/self-rollback.json"
+    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", record).returncode == 0)
     assert {n: _receipt_release(sandbox, ssh_run, n) for n in NODES} == before
     assert ssh_run(sandbox, "node2", "sv", "status", "quorum").stdout.startswith("run:")
     code, status = flinger_json(sandbox.config_path, "deploy", "status")
@@ -398,6 +391,70 @@ def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_wen
     code, history = flinger_json(sandbox.config_path, "deploy", "history")
     row = next(r for r in history["fleet_releases"] if r["id"] == doc["fleet_release"])
     assert (row["state"], row["rolled_itself_back"], row["running"]) == ("rolled back", ["node2"], []), row
+
+
+def _kill_tool(state: SandboxState, name: str) -> None:
+    """SIGKILL the remote tool's install on that host only (the sandbox hosts share this
+    machine's process table: a pkill would hit every host)."""
+    import signal
+
+    from flinger_sandbox.procs import processes_in_namespace
+
+    record = json.loads((state.directory / "sandbox.json").read_text())
+    namespace = next(h["namespace"] for h in record["hosts"] if h["name"] == name)
+    killed = 0
+    for ref in processes_in_namespace(namespace):
+        try:
+            argv = Path(f"/proc/{ref.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        tool = any(a.endswith(b"flinger-remote.pyz") for a in argv) and b"install" in argv
+        stat = Path(f"/proc/{ref.pid}/stat").read_text()
+        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+        # the install, not its watcher (a fork with the same argv, in a session of its own, reparented)
+        if tool and argv[0].endswith(b"python3") and Path(f"/proc/{parent}/comm").read_text().strip() == "sh":
+            os.kill(ref.pid, signal.SIGKILL)
+            killed += 1
+    assert killed == 1, killed
+
+
+def test_a_remote_tool_killed_in_its_switch_leaves_the_fleet_on_one_release(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
+    before = {n: _receipt_release(sandbox, ssh_run, n) for n in NODES}
+    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": "timeout = 36 "})
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "flinger", "-c", str(changed), "--json", "deploy", "install", "--confirm-timeout", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        switching = _wait_for_step(deploy, logs, runs_before, "node2", "install: service")
+        if switching:  # SIGKILL: the install can neither finish nor undo its switch itself
+            _kill_tool(sandbox, "node2")
+        out, err = deploy.communicate(timeout=300)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+    assert switching, "the run ended before node2 switched"
+    doc = json.loads(out)
+    results = by_server(doc)
+    assert deploy.returncode == 1 and doc["release_state"] == "rolled back", out + err
+    assert results["node2"]["status"] == "failed", results["node2"]
+    assert all(results[n]["status"] == "rolled back" for n in ("node1", "node3")), why(doc)
+    # node2's watcher saw its install die without a confirmation, and put A back.
+    record = "/opt/quorum/.flinger/self-rollback.json"
+    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", record).returncode == 0)
+    assert {n: _receipt_release(sandbox, ssh_run, n) for n in NODES} == before
+    assert _on_one_release_unlocked(sandbox, ssh_run)  # each link is its receipt's release, no lock left
+    code, status = flinger_json(sandbox.config_path, "deploy", "status")
+    assert code == 0, why(status)  # every service runs and is healthy, one release
+    assert by_server(status)["node2"]["details"]["self_rollback"]["ok"] is True
 
 
 def test_a_killed_client_leaves_the_ledger_true_and_a_rerun_finishes_the_release(
@@ -437,7 +494,8 @@ def test_a_killed_client_leaves_the_ledger_true_and_a_rerun_finishes_the_release
             client.kill()
     assert reached, "the run ended before node2 switched"
     # node1 switched and was confirmed; node2 switched, was never confirmed and goes back; node3 never started.
-    assert eventually(lambda: _quietly(lambda: _current(sandbox, ssh_run)["node2"] == first))
+    record = "/opt/quorum/.flinger/self-rollback.json"
+    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", record).returncode == 0)
     running = _current(sandbox, ssh_run)
     second = running["node1"]
     assert second != first and running == {"node1": second, "node2": first, "node3": first}, running
