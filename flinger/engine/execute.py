@@ -16,9 +16,8 @@ from typing import Any, cast
 from flinger.engine.fanout import Reporter, fan_out
 from flinger.engine.operations import Operation, Rollback, Status, TwoPhase
 from flinger.engine.results import ServerResult
-from flinger.engine.results import Status as ResultStatus
 from flinger.engine.run import Run
-from flinger.engine.strategy import Strategy
+from flinger.engine.strategy import Strategy, ready_to_switch
 from flinger.progress import Output
 from flinger.topology.model import Server
 
@@ -77,13 +76,15 @@ class _Effects:
 
     @property
     def two_phase(self) -> bool:
-        return all(hasattr(self.operation, m) for m in ("prepare_on", "commit_on", "abort_on"))
+        return isinstance(self.operation, TwoPhase)
 
-    def _phase(self, names: list[str], method: str, *, stoppable: bool) -> list[ServerResult]:
-        operation = cast(TwoPhase, self.operation)
-        step: Step = getattr(operation, method)
+    def _phase(self, names: list[str], step: Step, *, stoppable: bool) -> list[ServerResult]:
         chosen = [self.servers[n] for n in names]
-        return _fan_out(self.run, operation, chosen, stoppable=stoppable, step=step)
+        return _fan_out(self.run, self.operation, chosen, stoppable=stoppable, step=step)
+
+    @property
+    def _steps(self) -> TwoPhase:
+        return cast(TwoPhase, self.operation)
 
     def prepare(self, names: list[str]) -> list[ServerResult]:
         """Every server of the batch ready, or why not. A server's lock held by another run
@@ -94,13 +95,13 @@ class _Effects:
         done: dict[str, ServerResult] = {}
         todo, tries = list(names), 0
         while True:
-            for r in self._phase(todo, "prepare_on", stoppable=True):
+            for r in self._phase(todo, self._steps.prepare_on, stoppable=True):
                 done[r.server] = r
             busy = [n for n in todo if done[n].details.get("lock_held_by")]
             left = deadline - time.monotonic()
             if not busy or left <= 0 or self.run.brake.pulled:
                 return [done[n] for n in names]
-            ready = [n for n in todo if done[n].status is ResultStatus.OK and done[n].details.get("prepared")]
+            ready = [n for n in todo if ready_to_switch(done[n])]
             if ready:
                 self.abort(ready)
             todo, tries = busy + ready, tries + 1
@@ -110,10 +111,10 @@ class _Effects:
 
     def commit(self, names: list[str]) -> list[ServerResult]:
         # Once a batch is ready it switches whole: the brake cannot stop half of it.
-        return self._phase(names, "commit_on", stoppable=False)
+        return self._phase(names, self._steps.commit_on, stoppable=False)
 
     def abort(self, names: list[str]) -> list[ServerResult]:
-        return self._phase(names, "abort_on", stoppable=False)
+        return self._phase(names, self._steps.abort_on, stoppable=False)
 
     def check(self, names: list[str]) -> list[ServerResult]:
         return _fan_out(self.run, Status(), [self.servers[n] for n in names])

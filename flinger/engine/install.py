@@ -23,7 +23,7 @@ from flinger.engine.fleet import InstallRecord, fleet_view, record_self_rollback
 from flinger.engine.ledger import read_ledger
 from flinger.engine.plan import ServerPlan
 from flinger.engine.remote import into_report, run_tool
-from flinger.engine.results import ServerResult, Switch
+from flinger.engine.results import ServerResult, Status, Switch
 from flinger.engine.session import Session, open_session, release_lock
 from flinger.engine.stores import staged_tarball
 from flinger.errors import FlingerError, RemoteCommandError
@@ -283,9 +283,7 @@ class _Attempt:
 def _self_rolled_back(run: Run, server: Server, done: SelfRollback, report: Reporter) -> None:
     """What this server did after an earlier run's switch that nobody confirmed: said, and
     kept in the ledger."""
-    how = "healthy" if done.ok else f"and that failed: {done.error}"
-    report.info(f"earlier: switched to {done.release}, then back to {done.to} by itself at {done.at} "
-                f"({done.reason}), {how}")  # fmt: skip
+    report.info(f"earlier: {explain.self_rollback_line(done)}")
     record_self_rollbacks(run.topology.state_dir, run.run_id, {server.name: done})
 
 
@@ -308,7 +306,7 @@ def _forget(run: Run, before: int, servers: list[Server]) -> dict[str, Any]:
     from flinger.engine.operations import Forget
 
     results = execute(run, Forget(before), servers)
-    done = [r.server for r in results if r.status.value == "ok"]
+    done = [r.server for r in results if r.status is Status.OK]
     ledger.append(run.topology.state_dir, {"event": "forgot", "generation": before, "servers": done}, sync=True)
     extra: dict[str, Any] = {"forgot": {r.server: r.details.get("forgotten", []) for r in results if r.server in done}}
     left = [f"{r.server} ({r.message})" for r in results if r.server not in done]

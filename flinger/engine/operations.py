@@ -8,7 +8,7 @@ execute.py runs them on the servers, through a strategy when they roll out in ba
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from flinger.engine import report as lines
 from flinger.engine.fleet import current_fleet, fleet_history, fleet_view, observe, record_self_rollbacks
@@ -57,6 +57,7 @@ class Operation(Protocol):
         ...
 
 
+@runtime_checkable
 class TwoPhase(Operation, Protocol):
     """An operation that can stop each server just before it changes what runs (`prepare_on`),
     so a rollout switches a batch only once every server of it is ready (`commit_on`), and
@@ -103,9 +104,8 @@ class Status(OnEveryServer):
         result = _inventory(run, server, report, "status", StatusResult)
         details: dict[str, Any] = {**encode(result), "summary": lines.status_line(result)}
         report.details.update(details)
-        back = result.self_rollback
-        if back is not None:
-            report.info(f"switched to {back.release}, then back to {back.to} by itself at {back.at} ({back.reason})")
+        if result.self_rollback is not None:
+            report.info(lines.self_rollback_line(result.self_rollback))
         lines.require_running(result, report)
         return details
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flinger.errors import FlingerError, RemoteCommandError
-from flinger.protocol.results import HistoryResult, StatusResult, SwitchResult
+from flinger.protocol.results import HistoryResult, SelfRollback, StatusResult, SwitchResult
 from flinger.remote.services import RUNNING_STATES
 
 if TYPE_CHECKING:
@@ -65,6 +65,12 @@ def status_line(result: StatusResult) -> str:
     health = {None: "", True: " healthy", False: " UNHEALTHY"}
     services = ", ".join(f"{s.name}: {s.state}{health[s.healthy]}" for s in result.services)
     return f"release {result.release}; {packages}; {services or 'no services'}"
+
+
+def self_rollback_line(back: SelfRollback) -> str:
+    """What a server did when nobody confirmed its switch (remote/confirm.py)."""
+    how = "healthy" if back.ok else f"and that failed: {back.error}"
+    return f"switched to {back.release}, then back to {back.to} by itself at {back.at} ({back.reason}), {how}"
 
 
 def require_running(result: StatusResult, report: Reporter) -> None:

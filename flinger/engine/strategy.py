@@ -236,6 +236,11 @@ class BatchRollout:
         return sick
 
 
+def ready_to_switch(result: ServerResult) -> bool:
+    """A server of a two-phase batch that got ready and waits for its switch (or abort)."""
+    return result.status is Status.OK and bool(result.details.get("prepared"))
+
+
 def _apply(names: list[str], effects: Effects, failures: int, allowed: int) -> list[ServerResult]:
     """The operation on one batch. A batch of two or more, when the operation can, goes in two
     phases: every server gets ready (connect, lock, push, unpack, validate), and only when
@@ -244,7 +249,7 @@ def _apply(names: list[str], effects: Effects, failures: int, allowed: int) -> l
     if len(names) < 2 or not effects.two_phase:
         return effects.apply(names)
     results = {r.server: r for r in effects.prepare(names)}
-    ready = [n for n in names if results[n].status is Status.OK and results[n].details.get("prepared")]
+    ready = [n for n in names if ready_to_switch(results[n])]
     failed = [n for n in names if results[n].status not in (Status.OK, Status.INTERRUPTED)]
     stopped = effects.stopping() or any(r.status is Status.INTERRUPTED for r in results.values())
     if ready and (stopped or failures + len(failed) > allowed):

@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Type, TypeVar
+from typing import List, Optional, Type, TypeVar
 
 from flinger.protocol.codec import ProtocolError, decode, encode
 from flinger.protocol.plans import ConfirmPlan, RollbackPlan, ServiceSpec
@@ -37,8 +37,7 @@ class Pending:
     holder: str  # the run whose lock the watcher keeps
     confirm_within: float
     services: List[ServiceSpec] = field(default_factory=list)  # the new release's
-    worker: Optional[int] = None  # the install's pid: no deadline runs while it works
-    worker_start: Optional[int] = None
+    worker: Optional[lock.ProcessRef] = None  # the install: no deadline runs while it works
     settled_at: Optional[float] = None  # time.time() when the install was seen gone: the deadline starts
 
 
@@ -74,9 +73,8 @@ def _save(install_dir: str, pending: Pending) -> None:
 
 def arm(install_dir: str, holder: str, release: str, previous: str, within: float, svcs: List[ServiceSpec]) -> str:
     """Before the switch: the pending record and its watcher; the token."""
-    me = lock.process_ref(os.getpid(), "install")
-    pending = Pending(secrets.token_hex(8), release, previous, holder, within, list(svcs),
-                      me.pid if me else None, me.start if me else None)  # fmt: skip
+    worker = lock.process_ref(os.getpid(), "install")
+    pending = Pending(secrets.token_hex(8), release, previous, holder, within, list(svcs), worker)
     _save(install_dir, pending)
     _spawn_watcher(install_dir, pending.token)
     return pending.token
@@ -133,7 +131,8 @@ def take_record(install_dir: str) -> Optional[SelfRollback]:
 
 def _spawn_watcher(install_dir: str, token: str) -> None:
     """Fork a process that outlives this one (two forks, its own session) and watches."""
-    from flinger.remote import rollback, switch  # noqa: F401 - imported now: the tool's file may be replaced
+    # imported now, all the watcher may need: the tool's file may be replaced while it waits
+    from flinger.remote import health, install, rollback, switch  # noqa: F401
 
     pid = os.fork()
     if pid:
@@ -162,14 +161,7 @@ def _detach(install_dir: str) -> None:
     events.survive_lost_client(log)
 
 
-def _alive(pid: Optional[int], start: Optional[int]) -> bool:
-    if pid is None:
-        return False
-    ref = lock.process_ref(pid, "")
-    return ref is not None and ref.start == start
-
-
-def _watch(install_dir: str, token: str, sleep: Callable[[float], None] = time.sleep) -> int:
+def _watch(install_dir: str, token: str) -> int:
     """Wait for the confirmation; without it by the deadline, switch back."""
     first = load_pending(install_dir)
     if first is None or first.token != token:
@@ -180,7 +172,7 @@ def _watch(install_dir: str, token: str, sleep: Callable[[float], None] = time.s
             pending = load_pending(install_dir)
             if pending is None or pending.token != token:
                 return 0  # confirmed, or the switch failed and was undone
-            if _alive(pending.worker, pending.worker_start):
+            if lock.alive(pending.worker):
                 settled = None
             else:
                 settled = pending.settled_at or time.time()
@@ -190,13 +182,14 @@ def _watch(install_dir: str, token: str, sleep: Callable[[float], None] = time.s
             if settled is not None and time.time() >= settled + pending.confirm_within:
                 files.remove_path(_pending_path(install_dir))
                 break
-        sleep(_POLL)
+        time.sleep(_POLL)
     _switch_back(install_dir, pending)
     return 0
 
 
 def _switch_back(install_dir: str, pending: Pending) -> None:
     from flinger.remote import rollback
+    from flinger.remote.install import utc_now
 
     refused = lock.claim_for_worker(install_dir, pending.holder)
     reason = "no confirmation within %g s of the switch" % pending.confirm_within
@@ -210,9 +203,8 @@ def _switch_back(install_dir: str, pending: Pending) -> None:
     events.step("self-rollback: %s to %s (%s)" % (pending.release, pending.previous, reason))
     result = rollback.switch_back(RollbackPlan(install_dir=install_dir, lock_holder=pending.holder,
                                                to=pending.previous), install_dir)  # fmt: skip
-    record = SelfRollback(release=pending.release, to=pending.previous, at=time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                          time.gmtime()), reason=reason, fleet_release=state.fleet, ok=result.ok,
-                          error=result.error or refused)  # fmt: skip
+    record = SelfRollback(release=pending.release, to=pending.previous, at=utc_now(), reason=reason,
+                          fleet_release=state.fleet, ok=result.ok, error=result.error or refused)  # fmt: skip
     files.write_json_atomic(_record_path(install_dir), encode(record), mode=0o600)
     events.line("self-rollback: %s" % json.dumps(encode(record)))
     lock.let_go(install_dir, pending.holder)

@@ -287,11 +287,12 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
     except switch.StepFailed as exc:
         files.remove_path(os.path.join(install_dir, "releases", made))
         return InstallResult(ok=False, step=exc.step, error=str(exc), validate_output=exc.output)
+    ready = prepared.Prepared(made, plan.lock_holder, fingerprint, unpacked)
     if plan.phase == "prepare":  # ready: the switch waits for the rest of the batch
-        prepared.save(install_dir, prepared.Prepared(made, plan.lock_holder, fingerprint, unpacked))
+        prepared.save(install_dir, ready)
         events.step("ready")
         return InstallResult(prepared=made, release=made, previous_release=previous.release)
-    return _switch(plan, install_dir, svcs, previous, prepared.Prepared(made, plan.lock_holder, fingerprint, unpacked))
+    return _switch(plan, install_dir, svcs, previous, ready)
 
 
 def _finish_prepared(plan: InstallPlan) -> InstallResult:

@@ -113,7 +113,8 @@ def session_ref() -> Optional[ProcessRef]:
     return process_ref(os.getppid(), "parent process")
 
 
-def _alive(ref: Optional[ProcessRef]) -> bool:
+def alive(ref: Optional[ProcessRef]) -> bool:
+    """The process is still the one `ref` names (not gone, not a zombie, not a reused pid)."""
     if ref is None:
         return False
     fields = _stat(ref.pid)
@@ -127,7 +128,7 @@ def why_live(record: LockRecord) -> Optional[str]:
     if record.boot_id and record.boot_id != _boot_id():
         return None  # the server rebooted since: none of its processes survive that
     for key, ref in (("worker", record.worker), ("session", record.session)):
-        if ref is not None and _alive(ref):
+        if ref is not None and alive(ref):
             return "its %s (pid %s) is still running here" % (ref.what or key, ref.pid)
     return None
 
@@ -136,8 +137,9 @@ def why_live(record: LockRecord) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _guard(install_dir: str) -> Iterator[None]:
-    """Serialise read-judge-write steps on this install dir's lock."""
+def guarded(install_dir: str) -> Iterator[None]:
+    """Serialise read-judge-write steps on this install dir's lock (and on the other files of
+    .flinger/ that change under the same rule: confirm.py)."""
     path = os.path.join(layout.state_dir(install_dir), "lock.guard")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -145,9 +147,6 @@ def _guard(install_dir: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-guarded = _guard  # for the other files of .flinger/ that change under the same rule (confirm.py)
 
 
 def read_holder(install_dir: str) -> Optional[LockRecord]:
@@ -221,7 +220,7 @@ def claim_for_worker(install_dir: str, holder: str) -> Optional[str]:
     """Record the calling process as the one working for `holder`; the error if the lock is
     not (or no longer) held by `holder`."""
     layout.ensure_install_dir(install_dir)
-    with _guard(install_dir):
+    with guarded(install_dir):
         current = read_holder(install_dir)
         if current is None or current.holder != holder:
             return "the deploy lock is held by %s" % (current.holder if current else "nobody")
@@ -235,7 +234,7 @@ def _judge(install_dir: str, holder: str) -> Tuple[Optional[LockResult], Optiona
     """One look at the lock, under the guard: (the outcome when decided, else the live
     holder's record and why it is live)."""
     layout.ensure_install_dir(install_dir)
-    with _guard(install_dir):
+    with guarded(install_dir):
         if try_acquire(install_dir, holder):
             return LockResult(holder=holder), None, None
         current = read_holder(install_dir) or LockRecord("nobody")
@@ -289,7 +288,7 @@ def let_go(install_dir: str, holder: str) -> Tuple[Optional[str], bool]:
     """Remove the lock if `holder` holds it: (the error if another does, whether removed)."""
     if not os.path.isdir(layout.state_dir(install_dir)):
         return None, False
-    with _guard(install_dir):
+    with guarded(install_dir):
         current = read_holder(install_dir)
         if current is None:
             return None, False
@@ -302,7 +301,7 @@ def let_go(install_dir: str, holder: str) -> Tuple[Optional[str], bool]:
 def break_lock(install_dir: str) -> LockResult:
     if not os.path.isdir(layout.state_dir(install_dir)):
         return LockResult()
-    with _guard(install_dir):
+    with guarded(install_dir):
         current = read_holder(install_dir)
         if current is not None:
             os.unlink(layout.lock_file(install_dir))

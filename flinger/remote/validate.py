@@ -27,7 +27,6 @@ VALIDATE_TIMEOUT = 300  # seconds a service's validate command may run
 
 # $1 the new release, $2 the dir `current` points at, $3 the validate command
 _IN_VIEW = 'mount --bind -- "$1" "$2" || exit 125; cd -- "$1" && exec /bin/sh -c "$3"'
-_probed: List[bool] = []
 
 
 def _private_mounts() -> Optional[str]:
@@ -36,15 +35,13 @@ def _private_mounts() -> Optional[str]:
         return "not root on Linux"
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         return "no unshare or mount (util-linux)"
-    if not _probed:
-        try:
-            probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, timeout=30, check=False)  # fmt: skip
-            _probed.append(probe.returncode == 0)
-        except (OSError, subprocess.TimeoutExpired):
-            _probed.append(False)
-    return None if _probed[0] else "unshare --mount is not permitted here"
+    try:  # asked once per install: a container may forbid it even to root
+        probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=30, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unshare --mount is not permitted here"
+    return None if probe.returncode == 0 else "unshare --mount is not permitted here"
 
 
 def _argv(command: str, release_dir: str, shown: Optional[str]) -> List[str]:
