@@ -64,7 +64,10 @@ def status_line(result: StatusResult) -> str:
     packages = ", ".join(f"{n} {p.digest[:12]}" for n, p in sorted(result.packages.items()))
     health = {None: "", True: " healthy", False: " UNHEALTHY"}
     services = ", ".join(f"{s.name}: {s.state}{health[s.healthy]}" for s in result.services)
-    return f"release {result.release}; {packages}; {services or 'no services'}"
+    release = f"release {result.release}"
+    if result.fleet_release and result.fleet_release != result.release:  # a release that also serves a later run's
+        release = f"fleet release {result.fleet_release} (its release {result.release})"
+    return f"{release}; {packages}; {services or 'no services'}"
 
 
 def self_rollback_line(back: SelfRollback) -> str:
