@@ -203,17 +203,23 @@ def test_a_lock_held_by_a_live_run_is_broken_only_by_unlock(deployed: dict[str, 
         holder.wait()
 
 
+def _host_processes(state: SandboxState, name: str) -> list[Any]:
+    """The processes of one sandbox host (they share this machine's process table: each host
+    is a network namespace, so a process is found by its namespace, never by name alone)."""
+    from flinger_sandbox.procs import processes_in_namespace
+
+    record = json.loads((state.directory / "sandbox.json").read_text())
+    namespace = next(h["namespace"] for h in record["hosts"] if h["name"] == name)
+    return list(processes_in_namespace(namespace))
+
+
 def _cut_host(state: SandboxState, name: str) -> None:
     """Stop the host's sshd listener and kill every sshd session already open to it, so a
     connection in use breaks mid-run (stopping the listener alone leaves sessions alive)."""
     import signal
 
-    from flinger_sandbox.procs import processes_in_namespace
-
     sb.stop_host(state.directory, name)
-    record = json.loads((state.directory / "sandbox.json").read_text())
-    namespace = next(h["namespace"] for h in record["hosts"] if h["name"] == name)
-    for ref in processes_in_namespace(namespace):
+    for ref in _host_processes(state, name):
         try:
             comm = Path(f"/proc/{ref.pid}/comm").read_text().strip()
         except OSError:
@@ -342,19 +348,37 @@ def _wait_for_step(proc: Any, logs: Path, before: set[Path], node: str, step: st
     return False
 
 
+def _receipt(sandbox: SandboxState, ssh_run: Any, node: str) -> dict[str, Any]:
+    """The node's receipt: the release it runs (and the fleet release it serves)."""
+    return dict(json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout))
+
+
 def _receipt_release(sandbox: SandboxState, ssh_run: Any, node: str) -> str:
-    return str(json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)["release"])
+    return str(_receipt(sandbox, ssh_run, node)["release"])
 
 
-def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_went(
-    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
-) -> None:
+SELF_ROLLBACK = "/opt/quorum/.flinger/self-rollback.json"
+
+
+def _fault_in_node2s_switch(
+    deployed: dict[str, Any],
+    sandbox: SandboxState,
+    ssh_run: Any,
+    tmp_path: Path,
+    timeout: str,
+    fault: Any,
+    heal: Any = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A change for every node (health `timeout` edited), installed with --confirm-timeout 5;
+    `fault()` while node2 restarts its service, `heal()` once the run is over; then wait for
+    node2's watcher to have put the release back. (exit status, report, each node's release
+    before)."""
     import subprocess
     import sys
 
     assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
     before = {n: _receipt_release(sandbox, ssh_run, n) for n in NODES}
-    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": "timeout = 33 "})
+    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": f"timeout = {timeout} "})
     logs = deployed["topology"].state_dir / "logs"
     runs_before = set(logs.iterdir()) if logs.exists() else set()
     deploy = subprocess.Popen(
@@ -362,26 +386,35 @@ def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_wen
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        cut = _wait_for_step(deploy, logs, runs_before, "node2", "install: service")
-        if cut:
-            _cut_host(sandbox, "node2")  # mid-switch: its install goes on, and nobody can confirm it
+        switching = _wait_for_step(deploy, logs, runs_before, "node2", "install: service")
+        if switching:
+            fault()
         out, err = deploy.communicate(timeout=300)
     finally:
         if deploy.poll() is None:
             deploy.kill()
-        sb.start_host(sandbox.directory, "node2")
-    assert cut, "the run ended before node2 switched"
+        if heal is not None:
+            heal()
+    assert switching, "the run ended before node2 switched"
     doc = json.loads(out)
-    results = by_server(doc)
     assert deploy.returncode == 1 and doc["release_state"] == "rolled back", out + err
+    # node2 got no confirmation within 5 s and went back by itself: the fleet ends where it started.
+    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", SELF_ROLLBACK).returncode == 0)
+    assert {n: _receipt_release(sandbox, ssh_run, n) for n in NODES} == before
+    return deploy.returncode, doc, before
+
+
+def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_went(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    # mid-switch: its install goes on, and nobody can confirm it
+    _, doc, before = _fault_in_node2s_switch(deployed, sandbox, ssh_run, tmp_path, "33",
+                                             lambda: _cut_host(sandbox, "node2"),
+                                             lambda: sb.start_host(sandbox.directory, "node2"))  # fmt: skip
+    results = by_server(doc)
     assert results["node2"]["status"] in ("unreachable", "failed"), results["node2"]
     for node in ("node1", "node3"):  # the rollout lost node2: it undid the others
         assert results[node]["status"] == "rolled back", results[node]
-    # node2 finished its switch, waited 5 s for a confirmation that could not come, and went
-    # back by itself: the whole fleet ends where it started.
-    record = "/opt/quorum/.flinger/self-rollback.json"
-    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", record).returncode == 0)
-    assert {n: _receipt_release(sandbox, ssh_run, n) for n in NODES} == before
     assert ssh_run(sandbox, "node2", "sv", "status", "quorum").stdout.startswith("run:")
     code, status = flinger_json(sandbox.config_path, "deploy", "status")
     assert code == 0, status
@@ -394,16 +427,11 @@ def test_a_server_cut_off_in_its_switch_switches_itself_back_where_the_fleet_wen
 
 
 def _kill_tool(state: SandboxState, name: str) -> None:
-    """SIGKILL the remote tool's install on that host only (the sandbox hosts share this
-    machine's process table: a pkill would hit every host)."""
+    """SIGKILL the remote tool's install on that host only (a pkill would hit every host)."""
     import signal
 
-    from flinger_sandbox.procs import processes_in_namespace
-
-    record = json.loads((state.directory / "sandbox.json").read_text())
-    namespace = next(h["namespace"] for h in record["hosts"] if h["name"] == name)
     killed = 0
-    for ref in processes_in_namespace(namespace):
+    for ref in _host_processes(state, name):
         try:
             argv = Path(f"/proc/{ref.pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -421,36 +449,13 @@ def _kill_tool(state: SandboxState, name: str) -> None:
 def test_a_remote_tool_killed_in_its_switch_leaves_the_fleet_on_one_release(
     deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
-    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
-    before = {n: _receipt_release(sandbox, ssh_run, n) for n in NODES}
-    changed = _derived_manifest(sandbox, tmp_path, {"timeout = 30 ": "timeout = 36 "})
-    logs = deployed["topology"].state_dir / "logs"
-    runs_before = set(logs.iterdir()) if logs.exists() else set()
-    deploy = subprocess.Popen(
-        [sys.executable, "-m", "flinger", "-c", str(changed), "--json", "deploy", "install", "--confirm-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        switching = _wait_for_step(deploy, logs, runs_before, "node2", "install: service")
-        if switching:  # SIGKILL: the install can neither finish nor undo its switch itself
-            _kill_tool(sandbox, "node2")
-        out, err = deploy.communicate(timeout=300)
-    finally:
-        if deploy.poll() is None:
-            deploy.kill()
-    assert switching, "the run ended before node2 switched"
-    doc = json.loads(out)
+    # SIGKILL: the install can neither finish nor undo its switch itself
+    _, doc, _ = _fault_in_node2s_switch(
+        deployed, sandbox, ssh_run, tmp_path, "36", lambda: _kill_tool(sandbox, "node2")
+    )
     results = by_server(doc)
-    assert deploy.returncode == 1 and doc["release_state"] == "rolled back", out + err
     assert results["node2"]["status"] == "failed", results["node2"]
     assert all(results[n]["status"] == "rolled back" for n in ("node1", "node3")), why(doc)
-    # node2's watcher saw its install die without a confirmation, and put A back.
-    record = "/opt/quorum/.flinger/self-rollback.json"
-    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", record).returncode == 0)
-    assert {n: _receipt_release(sandbox, ssh_run, n) for n in NODES} == before
     assert _on_one_release_unlocked(sandbox, ssh_run)  # each link is its receipt's release, no lock left
     code, status = flinger_json(sandbox.config_path, "deploy", "status")
     assert code == 0, why(status)  # every service runs and is healthy, one release
@@ -494,8 +499,7 @@ def test_a_killed_client_leaves_the_ledger_true_and_a_rerun_finishes_the_release
             client.kill()
     assert reached, "the run ended before node2 switched"
     # node1 switched and was confirmed; node2 switched, was never confirmed and goes back; node3 never started.
-    record = "/opt/quorum/.flinger/self-rollback.json"
-    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", record).returncode == 0)
+    assert eventually(lambda: ssh_run(sandbox, "node2", "test", "-e", SELF_ROLLBACK).returncode == 0)
     running = _current(sandbox, ssh_run)
     second = running["node1"]
     assert second != first and running == {"node1": second, "node2": first, "node3": first}, running
@@ -804,7 +808,7 @@ def _on_one_release_unlocked(sandbox: SandboxState, ssh_run: Any) -> dict[str, s
     releases = {}
     for node in NODES:
         current = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
-        receipt = json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)
+        receipt = _receipt(sandbox, ssh_run, node)
         assert current.endswith(receipt["release"]), (node, current, receipt["release"])
         assert ssh_run(sandbox, node, "test", "!", "-e", "/opt/quorum/.flinger/lock").returncode == 0, node
         releases[node] = current
@@ -951,7 +955,7 @@ def _current(sandbox: SandboxState, ssh_run: Any) -> dict[str, str]:
     found = {}
     for node in NODES:
         link = ssh_run(sandbox, node, "readlink", "/opt/quorum/current").stdout.strip()
-        receipt = json.loads(ssh_run(sandbox, node, "cat", "/opt/quorum/.flinger/state.json").stdout)
+        receipt = _receipt(sandbox, ssh_run, node)
         assert link == f"releases/{receipt['release']}", (node, link, receipt["release"])
         found[node] = receipt["fleet_release"]
     return found
