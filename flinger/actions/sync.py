@@ -17,14 +17,19 @@ from pathlib import Path
 from flinger.engine.hosts import open_hosts
 from flinger.errors import ConfigError, FlingerError, UnreachableError, UsageError
 from flinger.ssh.openssh import RSYNC_STAT_FIELDS, require_local, rsync_stat
-from flinger.topology.model import Topology
+from flinger.topology.model import Server, Topology
 
 
 @dataclass(frozen=True)
 class SyncPlan:
-    argv: list[str]
+    options: list[str]  # rsync's, besides the remote shell
     source: Path
-    destination: str
+    builder: Server
+    path: str  # on the builder
+
+    @property
+    def destination(self) -> str:
+        return f"{self.builder.addr}:{self.path}"
 
     def describe(self) -> str:
         return f"rsync {self.source}/ -> {self.destination}"
@@ -70,25 +75,28 @@ def plan_sync(topology: Topology) -> SyncPlan:
     if (source / ".gitignore").exists():
         # Each directory's .gitignore applies below it, as git does; the files themselves go too.
         options += ["--filter", ":- .gitignore"]
-    hosts = open_hosts(topology)
-    try:
-        if hosts.bulk is None:
-            raise UsageError("this transport cannot copy a tree to the builder")
-        argv = hosts.bulk.push_argv(builder, topology.builder.source_dir, options, source)
-    finally:
-        hosts.close()
-    destination = argv[-1]
-    return SyncPlan(argv=argv, source=source, destination=destination)
+    return SyncPlan(options=options, source=source, builder=builder, path=topology.builder.source_dir)
 
 
 _ITEM = re.compile(r"^([<>ch.*][fdLDS][^ ]{9}) (.+)$")
 _DELETE = re.compile(r"^\*deleting\s+(.+)$")
 
 
-def run_sync(plan: SyncPlan, on_progress: Callable[[str], None] | None = None) -> SyncResult:
-    """Run rsync; progress lines go to `on_progress`; the stats come back as numbers."""
+def run_sync(plan: SyncPlan, topology: Topology, on_progress: Callable[[str], None] | None = None) -> SyncResult:
+    """Run rsync through the host pool's bulk copy; progress lines go to `on_progress`; the
+    stats come back as numbers."""
     require_local("rsync", "ssh")
-    proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hosts = open_hosts(topology)
+    try:
+        if hosts.bulk is None:
+            raise UsageError("this transport cannot copy a tree to the builder")
+        return _rsync(hosts.bulk.push_argv(plan.builder, plan.path, plan.options, plan.source), on_progress)
+    finally:
+        hosts.close()
+
+
+def _rsync(argv: list[str], on_progress: Callable[[str], None] | None) -> SyncResult:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     stats: dict[str, int] = {}
     deleted: list[str] = []

@@ -127,7 +127,8 @@ def trust(
         bool, typer.Option("--replace", help="accept a CHANGED key (after checking it out of band)")
     ] = False,
 ) -> int:
-    """Show host key fingerprints and record them in [ssh] known_hosts (explicit first use)."""
+    """Show host key fingerprints and record them where ssh looks (explicit first use; jump
+    hosts on the way are trusted first)."""
     from flinger.actions.trust import run_trust
 
     env = env_of(ctx)
@@ -135,7 +136,8 @@ def trust(
     board = env.ui.board([s.name for s in chosen], "trust")
     with board.running():
         results = run_trust(env.topology(), chosen, replace=replace, parallel=env.parallel, events=board)
-    return finish(env, "trust", results, {"known_hosts": str(env.topology().ssh.known_hosts)})
+    known = env.topology().ssh.known_hosts
+    return finish(env, "trust", results, {"known_hosts": str(known) if known else "ssh_config's UserKnownHostsFile"})
 
 
 @app.command("exec")
@@ -174,7 +176,9 @@ def sync(ctx: typer.Context) -> int:
     env.ui.note(plan.describe())
     board = env.ui.board([env.topology().builder.server], "sync")
     with board.running():
-        result = run_sync(plan, on_progress=lambda line: board(Info(env.topology().builder.server, line)))
+        result = run_sync(
+            plan, env.topology(), on_progress=lambda line: board(Info(env.topology().builder.server, line))
+        )
     stats = result.stats
     if env.json:
         env.ui.emit_json(

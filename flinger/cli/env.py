@@ -28,9 +28,10 @@ class Env:
     def topology(self) -> Topology:
         if self._topology is None:
             self._topology = load_topology(find_config(self.config))
-            # Lines of the user's known_hosts flinger skips (e.g. @cert-authority), said once.
-            for note in known_hosts.read(self._topology.ssh.known_hosts).notes:
-                self.ui.note(note)
+            # Lines of deploy.toml's known_hosts that are not known_hosts lines, said once.
+            if self._topology.ssh.known_hosts is not None:
+                for note in known_hosts.read(self._topology.ssh.known_hosts).notes:
+                    self.ui.note(note)
         return self._topology
 
     def manifest(self) -> Manifest:

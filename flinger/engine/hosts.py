@@ -23,9 +23,8 @@ from flinger.errors import UsageError
 from flinger.topology.model import Server, Topology
 
 if TYPE_CHECKING:
-    import paramiko
-
     from flinger.ssh.connection import CommandResult, LineSink
+    from flinger.ssh.hostkeys import Trusted
 
 
 class Transport(Protocol):
@@ -58,8 +57,9 @@ class Transport(Protocol):
 class HostKeys(Protocol):
     """Hosts' keys, as the client verifies them."""
 
-    def fetch(self, server: Server) -> paramiko.PKey:
-        """Ask the server for its key (no login): what `flinger trust` shows and records."""
+    def trust(self, server: Server, *, replace: bool = False) -> list[Trusted]:
+        """Record the server's key as a connection reaches it (the hosts on the way first):
+        what `flinger trust` shows; the server's own outcome is last."""
         ...
 
     def known_hosts_for(self, servers: list[Server]) -> str:

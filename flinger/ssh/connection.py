@@ -1,44 +1,45 @@
-"""One SSH connection per server: strict host keys, ~/.ssh/config, jump hosts, retries.
+"""One connection to a server over OpenSSH: a connection master (ControlMaster) opened on
+first use, each command one `ssh` through it, reading the run's generated config
+(flinger/ssh/config.py).
 
-Built on fabric's `Connection` (it resolves User/Port/IdentityFile from ~/.ssh/config and
-forwards the agent); flinger replaces its host-key policy and its gateway with strict ones.
-Commands run on raw paramiko channels so stdin can be closed and output streamed by line.
+Host keys, aliases, ProxyJump chains, certificates and identities are therefore OpenSSH's
+own. What this module adds: the failures said as what they are (flinger/ssh/failures.py), a
+session cap per connection that a host's own refusals lower (a builder with `MaxSessions 2`:
+OpenSSH falls back to a connection of its own for a refused session, flinger then uses
+fewer at once), command timeouts, and output streamed by line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import selectors
 import shlex
-import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import fabric
-import paramiko
-from paramiko.agent import AgentClientProxy
-
-from flinger.errors import HostKeyError, RemoteCommandError, UnreachableError
-from flinger.ssh import known_hosts
-from flinger.ssh.hostkeys import StrictHostKeyPolicy, fingerprint
+from flinger.errors import RemoteCommandError, UnreachableError
+from flinger.ssh.config import CONTROL_PERSIST, Hop, SshConfig
+from flinger.ssh.failures import connect_error, is_mux_line, is_ssh_line, is_transient, lost_reason, session_refused
 from flinger.topology.model import Server, SshSettings
 
 LineSink = Callable[[str, str], None]  # (stream "out" | "err", line)
 TAIL_LINES = 20
 TIMED_OUT = 124  # the exit status reported for a command flinger stopped waiting for (as timeout(1))
-# A stock sshd allows 10 sessions (commands, SFTP) per connection (MaxSessions): stay under it,
-# with room for the SFTP session a connection keeps open.
+# A stock sshd allows 10 sessions per connection (MaxSessions): stay under it. A host that
+# refuses one sooner lowers its connection's cap (SessionCap.refused).
 SESSIONS_PER_CONNECTION = 8
 # More commands at once to one host than a connection may carry open more connections, up to:
 CONNECTIONS_PER_HOST = 8
-# An SSH keepalive this often; a peer that does not acknowledge what we sent for
-# TCP_ACK_TIMEOUT_MS (its network is gone) drops the connection instead of hanging on it.
-KEEPALIVE_SECONDS = 15
-TCP_ACK_TIMEOUT_MS = 60_000
+SSH_FAILED = 255  # ssh's own exit status when it, not the command, failed
+# How ssh names the peer of a connection made through a ProxyJump/ProxyCommand.
+PROXIED = "UNKNOWN port 65535"
 
 
 @dataclass
@@ -63,156 +64,120 @@ def privileged(command: str, privilege: str) -> str:
     return command
 
 
-def _is_connect_error(exc: BaseException) -> bool:
-    if isinstance(exc, paramiko.AuthenticationException | HostKeyError | paramiko.BadHostKeyException):
-        return False
-    return isinstance(exc, OSError | socket.timeout | paramiko.SSHException | EOFError)
+class SessionCap:
+    """How many commands run at once on one connection: SESSIONS_PER_CONNECTION, lowered to
+    what the host allowed when it refuses a session."""
 
+    def __init__(self, limit: int = SESSIONS_PER_CONNECTION) -> None:
+        self.limit = limit
+        self.active = 0
+        self._cond = threading.Condition()
 
-class AgentForwarder:
-    """Relays each agent channel a server opens back to the local agent (SSH_AUTH_SOCK).
+    def __enter__(self) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+            return self.active
 
-    A paramiko transport keeps ONE agent-forwarding callback, so all channels of a connection
-    share one forwarder that lives as long as the connection. A handler per command (as
-    fabric's sessions have) would, once its command ended, close the agent connections of
-    other commands still running side by side: they hang or fail to authenticate.
-    """
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
 
-    def __init__(self) -> None:
-        self._proxies: list[AgentClientProxy] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, channel: paramiko.Channel) -> None:
-        proxy = AgentClientProxy(channel)
-        with self._lock:
-            self._proxies.append(proxy)
-
-    def close(self) -> None:
-        with self._lock:
-            proxies, self._proxies = self._proxies, []
-        for proxy in proxies:
-            with contextlib.suppress(Exception):
-                proxy.close()
+    def refused(self, active_then: int) -> None:
+        """The host refused a session while `active_then` ran: allow fewer from now on."""
+        with self._cond:
+            self.limit = max(1, min(self.limit, active_then - 1))
 
 
 class Connection:
     """A connection to one server, opened on first use and reused for every step of a run."""
-
-    _conn: fabric.Connection
 
     def __init__(
         self,
         server: Server,
         settings: SshSettings,
         *,
+        config: SshConfig,
         forward_agent: bool = False,
-        gateway: Connection | None = None,
-        proxy_command: str | None = None,
     ) -> None:
         self.server = server
         self.settings = settings
+        self.config = config
         self.forward_agent = forward_agent
-        self.gateway = gateway
-        self.proxy_command = proxy_command
+        self.hop = Hop.of(server)
+        self.control: Path = config.control_path()
         self._lock = threading.Lock()
-        self._sessions = threading.BoundedSemaphore(SESSIONS_PER_CONNECTION)
+        self.sessions = SessionCap()
         self.leases = 0  # commands ConnectionPool.lease handed this connection, running now
-        self._agent: AgentForwarder | None = None
         self.home: str | None = None  # the login user's $HOME there, once asked (remote_tool)
-        if settings.use_ssh_config:
-            config = fabric.Config()
-        else:
-            config = fabric.Config(ssh_config=paramiko.SSHConfig())
-        self._conn = fabric.Connection(
-            server.addr,
-            user=server.user,
-            port=server.port,
-            config=config,
-            forward_agent=forward_agent,
-            connect_timeout=max(1, int(settings.connect_timeout)),
-            gateway=gateway._conn if gateway is not None else False,
-        )
-        # Proxies: an explicit [ssh] jump wins; else ProxyJump from ~/.ssh/config. Both are
-        # built here, so every hop is checked with the same strict policy.
-        self._client: paramiko.SSHClient = self._conn.client
-        known = known_hosts.read(settings.known_hosts)
-        self._client.set_missing_host_key_policy(
-            StrictHostKeyPolicy(server.name, server.host_key, settings.known_hosts, known.revoked)
-        )
-        trusted = self._client.get_host_keys()
-        for name in known.keys:
-            for kind, key in known.keys[name].items():
-                trusted.add(name, kind, key)
+        self._opened = False
 
-    @property
-    def port(self) -> int:
-        return int(self._conn.port)
+    def options(self) -> list[str]:
+        """What this connection adds to the config: its control socket, the agent (the
+        builder's only), deploy.toml's jump host and pin."""
+        out = ["-o", f"ControlPath={self.control}", "-o", f"ForwardAgent={'yes' if self.forward_agent else 'no'}"]
+        return [*out, *self.config.hop_options(self.server)]
 
-    @property
-    def user(self) -> str:
-        return str(self._conn.user)
-
-    @property
-    def ssh_config(self) -> dict[str, Any]:
-        return dict(self._conn.ssh_config)
+    def argv(self, *extra: str) -> list[str]:
+        """`ssh` through this connection's master (a direct connection if it is gone)."""
+        return [*self.config.base_argv(), *self.options(), *extra, *self.hop.argv()]
 
     def open(self) -> None:
-        """Connect (once), retrying connection errors only, with backoff."""
+        """Start the connection master (once), retrying what may pass (a refused or reset
+        connection), never a host key or an authentication failure."""
         with self._lock:
-            if self._conn.is_connected:
+            if self._opened and self.control.exists():
                 return
+            with contextlib.suppress(FileNotFoundError):
+                self.control.unlink()  # a master that died left its socket
             attempts = self.settings.retries + 1
             for attempt in range(attempts):
-                try:
-                    if self.proxy_command is not None:
-                        # A fresh proxy process per attempt; the target's host key is still
-                        # checked here, through it, with the strict policy.
-                        self._conn.connect_kwargs["sock"] = paramiko.ProxyCommand(self.proxy_command)
-                    self._conn.open()
-                    break
-                except HostKeyError:
-                    raise
-                except paramiko.BadHostKeyException as exc:
-                    raise HostKeyError(
-                        f"{self.server.name}: host key CHANGED: got {fingerprint(exc.key)}, "
-                        f"known_hosts has {fingerprint(exc.expected_key)}; refusing to connect. If the "
-                        f"server was really re-keyed, run: flinger trust --servers {self.server.name}"
-                    ) from None
-                except paramiko.AuthenticationException as exc:
-                    raise UnreachableError(
-                        f"{self.server.name}: authentication failed as {self._conn.user}: {exc}"
-                    ) from None
-                except Exception as exc:  # noqa: BLE001 - classified just below
-                    if not _is_connect_error(exc) or attempt == attempts - 1:
-                        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                        raise UnreachableError(
-                            f"{self.server.name}: cannot connect to {self.server.addr}:{self.port}: {reason}"
-                        ) from None
-                    time.sleep(min(0.5 * 2**attempt, 4.0))
-            self._check_pin()
-            self._keep_alive()
+                stderr = self._start_master()
+                if stderr is None:
+                    self._opened = True
+                    return
+                error = connect_error(self.server, self.config, stderr)
+                if not is_transient(stderr) or attempt == attempts - 1:
+                    raise error
+                time.sleep(min(0.5 * 2**attempt, 4.0))
 
-    def _keep_alive(self) -> None:
-        transport = self._client.get_transport()
-        assert transport is not None
-        transport.set_keepalive(KEEPALIVE_SECONDS)
-        sock = transport.sock
-        if isinstance(sock, socket.socket) and hasattr(socket, "TCP_USER_TIMEOUT"):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_ACK_TIMEOUT_MS)
+    def _start_master(self) -> str | None:
+        """None once the master runs (it goes to the background by itself), else ssh's words."""
+        argv = self.argv("-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-N")
+        limit = max(1.0, self.settings.connect_timeout) * 3 + 30
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=limit
+                )
+                code = proc.returncode
+            except subprocess.TimeoutExpired:
+                code = -1
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace")
+        if code == 0 and self.control.exists():
+            return None
+        if code == -1:
+            return f"{text}\nno answer within {limit:.0f}s (timed out)"
+        if PROXIED in text:  # a master hides its proxy's (a jump host's) words: ask once without
+            return self._diagnose(limit) or text
+        return text
 
-    def _check_pin(self) -> None:
-        if self.server.host_key is None:
-            return
-        transport = self._client.get_transport()
-        assert transport is not None
-        seen = fingerprint(transport.get_remote_server_key())
-        if seen != self.server.host_key:
-            self._conn.close()
-            raise HostKeyError(
-                f"{self.server.name}: host key {seen} does not match the pinned host_key "
-                f"{self.server.host_key}; refusing to connect"
-            )
+    def _diagnose(self, limit: float) -> str:
+        argv = [*self.argv("-o", "ControlPath=none"), "exit 0"]
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            return subprocess.run(argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL).stderr
+        return ""
+
+    def alive(self) -> bool:
+        """The master still runs (`ssh -O check`)."""
+        if not self.control.exists():
+            return False
+        argv = self.argv("-O", "check")
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            return subprocess.run(argv, capture_output=True, timeout=10, stdin=subprocess.DEVNULL).returncode == 0
+        return False
 
     def run(
         self,
@@ -225,128 +190,127 @@ class Connection:
     ) -> CommandResult:
         """Run a command line (already quoted by the caller) and collect its output.
 
-        At most SESSIONS_PER_CONNECTION commands run at once on one connection; more wait.
-        One that runs longer than `timeout` (default: [ssh] command_timeout) is abandoned
-        with a RemoteCommandError naming it, with its last output lines.
+        At most the session cap of commands run at once on one connection; more wait. One
+        that runs longer than `timeout` (default: [ssh] command_timeout) is abandoned with a
+        RemoteCommandError naming it, with its last output lines. A connection that ends
+        under a command is an UnreachableError saying "connection lost".
         """
         self.open()
-        try:
-            with self._sessions:
-                result = self._run_session(command, stdin, on_line, timeout or self.settings.command_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise UnreachableError(f"{self.server.name}: connection lost: {exc or type(exc).__name__}") from None
+        with self.sessions as active:
+            result, ssh_lines = _exec(
+                [*self.argv(), command], command, stdin, on_line, timeout or self.settings.command_timeout
+            )
+        if session_refused(ssh_lines):
+            self.sessions.refused(active)
+        if result.exit_code == SSH_FAILED and not self.alive():
+            self._opened = False
+            said = [*ssh_lines, *(ln for ln in result.stderr.splitlines()[-5:] if is_ssh_line(ln))]
+            raise UnreachableError(f"{self.server.name}: connection lost: {lost_reason(said, self.config, self.hop)}")
         if check and result.exit_code != 0:
             raise RemoteCommandError(command, result.exit_code, result.tail)
         return result
 
-    def _run_session(
-        self, command: str, stdin: bytes | None, on_line: LineSink | None, timeout: float | None
-    ) -> CommandResult:
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise paramiko.SSHException("not connected")
-        channel = transport.open_session()
-        if self.forward_agent:
-            self._forward_agent_on(channel)
-        channel.exec_command(command)
-        if stdin is not None:
-            channel.sendall(stdin)
-        channel.shutdown_write()
-        return _collect(channel, command, on_line, timeout)
-
-    def _forward_agent_on(self, channel: paramiko.Channel) -> None:
-        """Forward the agent on this channel, to this connection's one forwarder."""
-        with self._lock:
-            if self._agent is None:
-                self._agent = AgentForwarder()
-        channel.request_forward_agent(self._agent)
-
     def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
-        """Write a file over SFTP; the caller makes its directory private first."""
-        self.open()
-        sftp = self._conn.sftp()
-        with sftp.open(remote_path, "wb") as handle:
-            handle.chmod(mode)
-            handle.write(data)
+        """Write a file (created private, then given `mode`); the caller makes its directory
+        private first."""
+        path = shlex.quote(remote_path)
+        self.run(f"umask 077 && cat > {path} && chmod {mode:o} {path}", stdin=data)
 
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None:
         self.put_bytes(local.read_bytes(), remote_path, mode)
 
     def sftp_mkdir(self, remote_path: str, mode: int = 0o700) -> None:
-        self.open()
-        self._conn.sftp().mkdir(remote_path, mode)
+        self.run(f"mkdir -m {mode:o} -- {shlex.quote(remote_path)}")
 
     def sftp_rename(self, source: str, dest: str) -> None:
-        """Rename over SFTP, replacing `dest` atomically (OpenSSH's posix-rename): no shell."""
-        self.open()
-        self._conn.sftp().posix_rename(source, dest)
-
-    def direct_channel(self, addr: str, port: int) -> paramiko.Channel:
-        """A TCP channel through this server to addr:port (for fetching keys behind a jump)."""
-        self.open()
-        transport = self._client.get_transport()
-        assert transport is not None
-        return transport.open_channel("direct-tcpip", (addr, port), ("", 0))
+        """Rename, replacing `dest` atomically (rename(2) within a directory)."""
+        self.run(f"mv -f -- {shlex.quote(source)} {shlex.quote(dest)}")
 
     def close(self) -> None:
-        # Closing a dead connection must not mask the results of the run.
-        with contextlib.suppress(Exception):
-            self._conn.close()
-        if self._agent is not None:
-            self._agent.close()
-            self._agent = None
+        """Stop the master (closing a dead connection must not mask the results of the run)."""
+        if self.control.exists():
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(self.argv("-O", "exit"), capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+        self._opened = False
 
 
-def _collect(channel: paramiko.Channel, command: str, on_line: LineSink | None, timeout: float | None) -> CommandResult:
-    out: list[bytes] = []
-    err: list[bytes] = []
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    partial = {"out": b"", "err": b""}
+def _exec(
+    argv: list[str], command: str, stdin: bytes | None, on_line: LineSink | None, timeout: float | None
+) -> tuple[CommandResult, list[str]]:
+    """Run one ssh; (the command's result, ssh's own lines from stderr)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b""), daemon=True)
+    writer.start()
+    collected = _Collected(on_line)
     deadline = None if timeout is None else time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, "out")
+        selector.register(proc.stderr, selectors.EVENT_READ, "err")
+        while selector.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                proc.kill()
+                proc.wait()
+                error = RemoteCommandError(command, TIMED_OUT, list(collected.tail))
+                error.message = f"`{command}` did not finish within {timeout:.0f}s (no exit status; stopped waiting)"
+                raise error
+            for key, _ in selector.select(timeout=min(left, 1.0) if left is not None else 1.0):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fileobj)
+                    continue
+                collected.feed(key.data, data)
+    code = proc.wait()
+    writer.join(timeout=5)
+    collected.finish()
+    return collected.result(command, code), collected.ssh_lines
 
-    def feed(stream: str, data: bytes) -> None:
-        buf = partial[stream] + data
-        *lines, partial[stream] = buf.split(b"\n")
+
+def _feed_stdin(pipe: object, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        pipe.write(data)  # type: ignore[attr-defined]
+    with contextlib.suppress(OSError):
+        pipe.close()  # type: ignore[attr-defined]
+
+
+class _Collected:
+    """A command's output by stream and line; ssh's own stderr lines kept apart."""
+
+    def __init__(self, on_line: LineSink | None) -> None:
+        self.on_line = on_line
+        self.chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+        self.partial = {"out": b"", "err": b""}
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.ssh_lines: list[str] = []
+
+    def feed(self, stream: str, data: bytes) -> None:
+        buf = self.partial[stream] + data
+        *lines, self.partial[stream] = buf.split(b"\n")
         for raw in lines:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            tail.append(line)
-            if on_line is not None:
-                on_line(stream, line)
+            self._line(stream, raw)
 
-    channel.settimeout(0.2)
-    while True:
-        got = False
-        while channel.recv_ready():
-            data = channel.recv(65536)
-            out.append(data)
-            feed("out", data)
-            got = True
-        while channel.recv_stderr_ready():
-            data = channel.recv_stderr(65536)
-            err.append(data)
-            feed("err", data)
-            got = True
-        # sshd may send the exit status before the last output it still has to read from the
-        # command's pipe: output is complete only at the channel's EOF (or close).
-        complete = channel.closed or (channel.eof_received and channel.exit_status_ready())
-        if complete and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            channel.close()
-            error = RemoteCommandError(command, TIMED_OUT, list(tail))
-            error.message = f"`{command}` did not finish within {timeout:.0f}s (no exit status; stopped waiting)"
-            raise error
-        if not got:
-            time.sleep(0.02)
-    for stream in ("out", "err"):
-        if partial[stream]:
-            feed(stream, b"\n")
-    code = channel.recv_exit_status()
-    channel.close()
-    return CommandResult(
-        command=command,
-        exit_code=code,
-        stdout=b"".join(out).decode("utf-8", "replace"),
-        stderr=b"".join(err).decode("utf-8", "replace"),
-        tail=list(tail),
-    )
+    def _line(self, stream: str, raw: bytes, end: bytes = b"\n") -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if stream == "err" and is_mux_line(line):
+            self.ssh_lines.append(line)
+            return
+        self.chunks[stream].append(raw + end)
+        self.tail.append(line)
+        if self.on_line is not None:
+            self.on_line(stream, line)
+
+    def finish(self) -> None:
+        for stream in ("out", "err"):
+            if self.partial[stream]:
+                raw, self.partial[stream] = self.partial[stream], b""
+                self._line(stream, raw, end=b"")  # as it came: no newline after the last line
+
+    def result(self, command: str, code: int) -> CommandResult:
+        return CommandResult(
+            command=command,
+            exit_code=code,
+            stdout=b"".join(self.chunks["out"]).decode("utf-8", "replace"),
+            stderr=b"".join(self.chunks["err"]).decode("utf-8", "replace"),
+            tail=list(self.tail),
+        )

@@ -1,72 +1,186 @@
-"""Host keys: fingerprints, the strict policy used for every connection, and `trust`.
+"""Host keys as OpenSSH meets them: what a host shows on the way a connection reaches it, and
+`trust` (explicit first use) recording it under the name OpenSSH will look up.
 
-An unknown or `@revoked` key is refused (an unknown one is accepted when it matches the
-server's `host_key` pin); a changed key is refused by paramiko itself. First use is an explicit
-`flinger trust`, which records keys (flinger/ssh/known_hosts.py reads and appends the file).
+A probe is one strict `ssh` to the host, exactly as a connection goes (its aliases,
+ProxyJump hops, ProxyCommand, HostKeyAlias), with a KnownHostsCommand helper that writes down
+the key the host showed and the name OpenSSH looked it up under, and adds nothing to what is
+trusted. OpenSSH's answer (accepted; unknown; CHANGED; @revoked; a hop unknown) decides what
+`trust` does: record it (hashed when HashKnownHosts yes), report a change (replaced only with
+--replace), trust the jump hosts on the way first, or refuse.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import socket
+import subprocess
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-
 from flinger.errors import HostKeyError, UnreachableError
+from flinger.ssh import known_hosts
+from flinger.ssh.config import Hop, Resolved, SshConfig
+from flinger.ssh.failures import CHANGED_FOR, REVOKED, UNKNOWN_KEY, unreachable_reason
+from flinger.topology.model import Server
+
+PROBE_COMMAND = "exit 0"
 
 
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH-style SHA256 fingerprint: "SHA256:" + unpadded base64 of the key blob's digest."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+@dataclass(frozen=True)
+class Shown:
+    """A key a host showed, under the name OpenSSH looked it up."""
+
+    name: str
+    kind: str
+    blob: str
+
+    @property
+    def fingerprint(self) -> str:
+        return known_hosts.fingerprint_of(self.blob)
+
+    @property
+    def certificate(self) -> bool:
+        return "-cert-" in self.kind
 
 
-class StrictHostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuse every key that is not already known, unless it matches the pinned fingerprint."""
+@dataclass(frozen=True)
+class Probe:
+    shown: tuple[Shown, ...]
+    stderr: str
+    code: int
 
-    def __init__(self, server_name: str, pin: str | None, known_hosts: Path, revoked: set[str] | None = None) -> None:
-        self.server_name = server_name
-        self.pin = pin
-        self.known_hosts = known_hosts
-        self.revoked = revoked or set()
+    @property
+    def key(self) -> Shown | None:
+        """The host's own (plain) key, the last one shown."""
+        plain = [s for s in self.shown if not s.certificate]
+        return plain[-1] if plain else None
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        seen = fingerprint(key)
-        if key.get_base64() in self.revoked:
+    @property
+    def accepted(self) -> bool:
+        return self.shown != () and "Host key verification failed" not in self.stderr
+
+
+@dataclass(frozen=True)
+class Trusted:
+    """What `trust` did for one host (a server or a jump host on its way)."""
+
+    host: str
+    name: str
+    kind: str
+    fingerprint: str
+    state: str  # recorded, replaced, already trusted, trusted by certificate authority
+    previous: str | None
+    file: str
+
+
+class HostKeyTrust:
+    """`trust` for the hosts of one run, through the run's generated config."""
+
+    def __init__(self, config: SshConfig) -> None:
+        self.config = config
+        self._write = threading.Lock()
+        self._probes = 0
+
+    def probe(self, hop: Hop, options: list[str]) -> Probe:
+        """One strict ssh to `hop` with `options`; what it showed and what OpenSSH said."""
+        with self._write:
+            self._probes += 1
+            out = self.config.directory / f"shown-{self._probes}"
+        argv = [
+            *self.config.base_argv(), *options,
+            "-o", "KnownHostsCommand=" + self.config.helper_command("record", str(out)),
+            "-o", "ControlPath=none", "-o", "ForwardAgent=no", *hop.argv(), PROBE_COMMAND,
+        ]  # fmt: skip
+        limit = max(1.0, self.config.settings.connect_timeout) * 3 + 30
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL)
+            code, stderr = proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired:
+            code, stderr = -1, f"no answer within {limit:.0f}s (timed out)"
+        try:
+            lines = out.read_text().splitlines()
+            out.unlink()
+        except FileNotFoundError:
+            lines = []
+        shown = tuple(Shown(*line.split(" ", 2)) for line in lines if line.count(" ") == 2)
+        return Probe(shown, stderr, code)
+
+    def trust(self, server: Server, *, replace: bool) -> list[Trusted]:
+        """Trust `server` and, when its key cannot be reached otherwise, the jump hosts on
+        the way to it first (in order); what was done for each."""
+        target = Hop.of(server)
+        resolved = self.config.resolve(target)
+        options = self.config.hop_options(server, pin=False)
+        probe = self.probe(target, options)
+        done: list[Trusted] = []
+        if self._hop_unknown(probe, resolved):
+            jumps = self._jumps(resolved)
+            for index, jump in enumerate(jumps):
+                before = ["-o", f"ProxyJump={','.join(jumps[:index])}"] if index else []
+                hop = Hop.parse(jump)
+                done.append(
+                    self._settle(
+                        f"jump:{jump}", hop, self.config.resolve(hop, jump=False), self.probe(hop, before), replace
+                    )
+                )
+            probe = self.probe(target, options)
+        settled = self._settle(server.name, target, resolved, probe, replace)
+        if server.host_key is not None and settled.fingerprint != server.host_key:
             raise HostKeyError(
-                f"{self.server_name}: host key {seen} ({key.get_name()}) is marked @revoked in "
-                f"{self.known_hosts}; refusing to connect"
+                f"{server.name}: host key {settled.fingerprint} does not match the pinned host_key {server.host_key}"
             )
-        if self.pin is not None and seen == self.pin:
-            return
-        if self.pin is not None:
-            raise HostKeyError(
-                f"{self.server_name}: host key {seen} ({key.get_name()}) does not match the pinned "
-                f"host_key {self.pin}; refusing to connect"
-            )
-        raise HostKeyError(
-            f"{self.server_name}: unknown host key {seen} ({key.get_name()}) for {hostname}, "
-            f"not in {self.known_hosts}; if it is right, run: flinger trust --servers {self.server_name}"
+        return [*done, settled]
+
+    def _jumps(self, resolved: Resolved) -> list[str]:
+        if self.config.settings.jump:
+            return [self.config.settings.jump]
+        return list(resolved.proxy_jump)
+
+    def _hop_unknown(self, probe: Probe, resolved: Resolved) -> bool:
+        unknown = UNKNOWN_KEY.search(probe.stderr)
+        changed = CHANGED_FOR.search(probe.stderr)
+        name = unknown[2] if unknown else changed[1] if changed else None
+        return name is not None and name != resolved.lookup_name and not probe.shown
+
+    def _settle(self, host: str, hop: Hop, resolved: Resolved, probe: Probe, replace: bool) -> Trusted:
+        """Record what `probe` showed for `hop`, or say why not."""
+        key = probe.key
+        if probe.accepted and key is None and probe.shown:
+            ca = probe.shown[-1]
+            return Trusted(host, ca.name, ca.kind, ca.fingerprint, "trusted by certificate authority", None, "")
+        if key is None:
+            raise self._unreached(host, hop, probe)
+        file = (
+            self.config.settings.known_hosts
+            or (resolved.user_known_hosts or (Path("~/.ssh/known_hosts").expanduser(),))[0]
         )
+        if REVOKED.search(probe.stderr):
+            raise HostKeyError(
+                f"{host}: host key {key.fingerprint} is marked @revoked in known_hosts; not recording it"
+            )
+        if probe.accepted:
+            return Trusted(host, key.name, key.kind, key.fingerprint, "already trusted", None, str(file))
+        with self._write:
+            known = known_hosts.read(*resolved.known_hosts_files)
+            before = known.keys_for(key.name).get(key.kind)
+            previous = known_hosts.fingerprint_of(before) if before else None
+            changed = CHANGED_FOR.search(probe.stderr) is not None
+            if changed and not replace:
+                raise HostKeyError(
+                    f"{host}: host key CHANGED for {key.name}: it shows {key.fingerprint} ({key.kind})"
+                    + (f", known_hosts has {previous}" if previous else ", known_hosts has a key of another type")
+                    + f"; if the host was re-keyed, run: flinger trust --replace --servers {host.removeprefix('jump:')}"
+                )
+            write = known_hosts.replace if changed else known_hosts.append
+            write(file, key.name, key.kind, key.blob, hashed=resolved.hash_known_hosts)
+        state = "replaced" if changed else "recorded"
+        return Trusted(host, key.name, key.kind, key.fingerprint, state, previous, str(file))
 
-
-def fetch_host_key(
-    addr: str, port: int, timeout: float, sock: socket.socket | paramiko.Channel | None = None
-) -> paramiko.PKey:
-    """Ask a server for its host key (key exchange only; no authentication)."""
-    try:
-        if sock is None:
-            sock = socket.create_connection((addr, port), timeout=timeout)
-        transport = paramiko.Transport(sock)
-    except OSError as exc:
-        raise UnreachableError(f"{addr}:{port}: {exc.strerror or exc}") from None
-    try:
-        transport.banner_timeout = timeout
-        transport.start_client(timeout=timeout)
-        return transport.get_remote_server_key()
-    except (paramiko.SSHException, OSError) as exc:
-        raise UnreachableError(f"{addr}:{port}: key exchange failed: {exc}") from None
-    finally:
-        transport.close()
+    def _unreached(self, host: str, hop: Hop, probe: Probe) -> Exception:
+        unknown = UNKNOWN_KEY.search(probe.stderr)
+        if unknown:  # a hop, not this host, is unknown (and could not be trusted on the way)
+            return HostKeyError(
+                f"{host}: could not reach its key: the key of {unknown[2]} on the way is not known, and it is "
+                "reached through a ProxyCommand flinger cannot trust for you; record it first (ssh-keyscan, "
+                "or flinger trust for that host)"
+            )
+        return UnreachableError(f"{host}: cannot reach {hop}: {unreachable_reason(probe.stderr, self.config)}")

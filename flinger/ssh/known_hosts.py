@@ -1,26 +1,30 @@
-"""OpenSSH known_hosts files as operators really have them: read tolerantly, only ever appended to.
+"""OpenSSH known_hosts files as operators really have them: read as OpenSSH reads them, only
+ever appended to.
 
-A user's ~/.ssh/known_hosts holds comments, hashed names, `@cert-authority` and `@revoked`
-lines and key types paramiko may not know. paramiko's own loader raises on the first marker
-line, which made every connection fail. Here:
-- plain and hashed entries are read as paramiko would;
-- `@revoked` keys are refused everywhere, even when another line lists them;
-- `@cert-authority` lines (host certificates) are not supported: skipped with a note;
-- any other line paramiko cannot read is skipped with a note naming its line.
-`trust` appends one line per new key and never rewrites, reorders or drops the user's lines;
-replacing a changed key (`trust --replace`) removes only the lines of that host, keeping a
-copy of the file as it was in `<file>.old` (as `ssh-keygen -R` does).
+A line is `[marker] patterns keytype base64 [comment]`: patterns are a comma list of names,
+wildcards (`*`, `?`), negations (`!pat`) and hashed names (`|1|salt|hmac`), matched as
+OpenSSH's match_hostname does; the markers `@cert-authority` (a CA whose host certificates
+are trusted for those names) and `@revoked` (a key refused everywhere) are understood. Lines
+that are none of these are skipped with a note. OpenSSH does the verifying; this module
+answers "is anything known for this name" before a connection (the pre-check), finds the keys
+a host needs to reach others, and writes `trust`'s lines: one appended per new key (hashed
+when HashKnownHosts says so), never a rewrite, reorder or drop of the user's lines; replacing
+a changed key (`trust --replace`) removes only the plain lines naming that host, keeping the
+file as it was in `<file>.old` (as `ssh-keygen -R` does).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import os
+import re
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import paramiko
-from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 
 def host_pattern(addr: str, port: int) -> str:
@@ -28,102 +32,141 @@ def host_pattern(addr: str, port: int) -> str:
     return addr if port == 22 else f"[{addr}]:{port}"
 
 
+def fingerprint_of(blob: str) -> str:
+    """OpenSSH-style SHA256 fingerprint of a base64 key blob."""
+    digest = hashlib.sha256(base64.b64decode(blob)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class Entry:
+    marker: str | None  # None, "@cert-authority" or "@revoked"
+    patterns: str
+    kind: str
+    blob: str
+    line: int
+
+    def matches(self, name: str) -> bool:
+        return match_patterns(self.patterns, name)
+
+
 @dataclass
 class KnownHosts:
-    """What a known_hosts file says: trusted keys, revoked keys, and the lines not understood."""
+    """What known_hosts files say: their entries, and the lines not understood."""
 
-    path: Path
-    keys: paramiko.HostKeys = field(default_factory=paramiko.HostKeys)
-    revoked: set[str] = field(default_factory=set)  # base64 key blobs
+    paths: tuple[Path, ...]
+    entries: list[Entry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def lookup(self, addr: str, port: int) -> dict[str, paramiko.PKey]:
-        """Key type -> key recorded for addr:port (revoked keys are never recorded here)."""
-        entry = self.keys.lookup(host_pattern(addr, port))
-        return dict(entry.items()) if entry else {}
+    @property
+    def revoked(self) -> set[str]:
+        return {e.blob for e in self.entries if e.marker == "@revoked"}
 
-    def is_revoked(self, key: paramiko.PKey) -> bool:
-        return key.get_base64() in self.revoked
+    def keys_for(self, name: str) -> dict[str, str]:
+        """Key type -> blob of the plain keys recorded for `name` (never a revoked one)."""
+        revoked = self.revoked
+        return {e.kind: e.blob for e in self.entries if e.marker is None and e.blob not in revoked and e.matches(name)}
+
+    def authorities_for(self, name: str) -> list[Entry]:
+        """The `@cert-authority` lines that vouch for `name`."""
+        revoked = self.revoked
+        return [e for e in self.entries if e.marker == "@cert-authority" and e.blob not in revoked and e.matches(name)]
+
+    def knows(self, name: str) -> bool:
+        """A key or a certificate authority is recorded for `name`."""
+        return bool(self.keys_for(name) or self.authorities_for(name))
+
+    def is_revoked(self, blob: str) -> bool:
+        return blob in self.revoked
 
 
-def read(path: Path) -> KnownHosts:
-    """Read `path` (a missing file is empty) without failing on any line."""
-    known = KnownHosts(path)
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return known
-    except OSError as exc:
-        known.notes.append(f"{path}: cannot read ({exc.strerror or exc}); no host is known")
-        return known
-    cert_lines: list[int] = []
-    entries: list[HostKeyEntry] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("@"):
-            _marker_line(known, line, number, cert_lines)
-            continue
+def read(*paths: Path) -> KnownHosts:
+    """Read the files (a missing one is empty) without failing on any line."""
+    known = KnownHosts(paths)
+    for path in paths:
         try:
-            entry = HostKeyEntry.from_line(line, number)
-        except (InvalidHostKey, ValueError, TypeError) as exc:
-            known.notes.append(f"{path}:{number}: not a host key paramiko can read ({type(exc).__name__}): skipped")
+            text = path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
             continue
-        if entry is not None:  # else a key type paramiko does not know
-            entries.append(entry)
-    for entry in entries:  # a revoked key is never trusted, whatever line lists it
-        if entry.key.get_base64() not in known.revoked:
-            for name in entry.hostnames:
-                known.keys.add(name, entry.key.get_name(), entry.key)
-    if cert_lines:
-        where = ", ".join(map(str, cert_lines[:5])) + (" ..." if len(cert_lines) > 5 else "")
-        known.notes.append(
-            f"{path}: @cert-authority lines ({where}) skipped: host certificates are not supported; "
-            "such hosts need their own key recorded (flinger trust)"
-        )
+        except OSError as exc:
+            known.notes.append(f"{path}: cannot read ({exc.strerror or exc}); nothing in it is known")
+            continue
+        for number, raw in enumerate(text.splitlines(), start=1):
+            entry = parse_line(raw, number)
+            if entry is None and raw.strip() and not raw.strip().startswith("#"):
+                known.notes.append(f"{path}:{number}: not a known_hosts line: skipped")
+            elif entry is not None:
+                known.entries.append(entry)
     return known
 
 
-def _marker_line(known: KnownHosts, line: str, number: int, cert_lines: list[int]) -> None:
-    """A line with a marker: a revoked key is kept (to refuse it), a CA line counted."""
-    marker, _, rest = line.partition(" ")
-    if marker == "@revoked":
-        fields = rest.split()
-        if len(fields) >= 3:
-            known.revoked.add(fields[2])
-        else:
-            known.notes.append(f"{known.path}:{number}: @revoked line without a key: skipped")
-    elif marker == "@cert-authority":
-        cert_lines.append(number)
-    else:
-        known.notes.append(f"{known.path}:{number}: unknown marker {marker}: line skipped")
-
-
-def _line_names(line: str, number: int) -> paramiko.HostKeys | None:
-    """A one-line HostKeys for matching a line's (possibly hashed) names, else None."""
-    stripped = line.strip()
-    if not stripped or stripped.startswith(("#", "@")):
+def parse_line(raw: str, number: int) -> Entry | None:
+    fields = raw.split()
+    if not fields or fields[0].startswith("#"):
         return None
+    marker = None
+    if fields[0].startswith("@"):
+        marker, fields = fields[0], fields[1:]
+        if marker not in ("@cert-authority", "@revoked"):
+            return None
+    if len(fields) < 3 or not _is_key(fields[1], fields[2]):
+        return None
+    return Entry(marker, fields[0], fields[1], fields[2], number)
+
+
+def _is_key(kind: str, blob: str) -> bool:
+    """A key blob names its own type first (a string: 4-byte length, then the name)."""
     try:
-        entry = HostKeyEntry.from_line(stripped, number)
-    except (InvalidHostKey, ValueError, TypeError):
-        return None
-    if entry is None:
-        return None
-    keys = paramiko.HostKeys()
-    for name in entry.hostnames:
-        keys.add(name, entry.key.get_name(), entry.key)
-    return keys
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    size = int.from_bytes(raw[:4], "big")
+    return raw[4 : 4 + size] == kind.encode()
 
 
-def key_line(addr: str, port: int, key: paramiko.PKey) -> str:
-    return f"{host_pattern(addr, port)} {key.get_name()} {key.get_base64()}"
+def match_patterns(patterns: str, name: str) -> bool:
+    """OpenSSH's match_hostname: a negated match wins; else any positive match."""
+    name = name.lower()
+    if patterns.startswith("|1|"):
+        return _hashed_match(patterns, name)
+    matched = False
+    for pattern in patterns.lower().split(","):
+        negated = pattern.startswith("!")
+        if _pattern_regex(pattern[1:] if negated else pattern).fullmatch(name):
+            if negated:
+                return False
+            matched = True
+    return matched
 
 
-def append(path: Path, addr: str, port: int, key: paramiko.PKey) -> bool:
-    """Append the key of addr:port unless it is recorded already; True when the file changed."""
-    if read(path).lookup(addr, port).get(key.get_name()) == key:
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """An OpenSSH pattern (only * and ? are special) as a regular expression."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
+
+
+def _hashed_match(patterns: str, name: str) -> bool:
+    _, _, salt64, digest64 = ([*patterns.split("|"), "", ""])[:4]
+    try:
+        salt, digest = base64.b64decode(salt64), base64.b64decode(digest64)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
+
+
+def hashed_name(name: str) -> str:
+    """`name` as HashKnownHosts writes it: |1|base64(salt)|base64(HMAC-SHA1(salt, name))."""
+    salt = secrets.token_bytes(20)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def key_line(name: str, kind: str, blob: str, *, hashed: bool = False) -> str:
+    return f"{hashed_name(name) if hashed else name} {kind} {blob}"
+
+
+def append(path: Path, name: str, kind: str, blob: str, *, hashed: bool = False) -> bool:
+    """Append the key of `name` unless it is recorded already; True when the file changed."""
+    if read(path).keys_for(name).get(kind) == blob:
         return False
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fresh = not path.exists()
@@ -133,31 +176,30 @@ def append(path: Path, addr: str, port: int, key: paramiko.PKey) -> bool:
             handle.seek(-1, os.SEEK_END)
             if handle.read(1) != b"\n":
                 handle.write(b"\n")
-        handle.write(key_line(addr, port, key).encode() + b"\n")
+        handle.write(key_line(name, kind, blob, hashed=hashed).encode() + b"\n")
     if fresh:
         os.chmod(path, 0o600)
     return True
 
 
-def replace(path: Path, addr: str, port: int, key: paramiko.PKey) -> bool:
-    """Drop the lines naming addr:port (the file as it was goes to <file>.old), append `key`."""
-    name = host_pattern(addr, port)
+def replace(path: Path, name: str, kind: str, blob: str, *, hashed: bool = False) -> bool:
+    """Drop the plain lines naming `name` (the file as it was goes to <file>.old), append the key."""
     try:
         lines = path.read_bytes().decode("utf-8", "replace").splitlines(keepends=True)
     except FileNotFoundError:
-        return append(path, addr, port, key)
+        return append(path, name, kind, blob, hashed=hashed)
     kept = []
     for number, line in enumerate(lines, start=1):
-        names = _line_names(line, number)
-        if names is not None and names.lookup(name):
+        entry = parse_line(line, number)
+        if entry is not None and entry.marker is None and entry.matches(name):
             continue
         kept.append(line)
     if len(kept) == len(lines):
-        return append(path, addr, port, key)
+        return append(path, name, kind, blob, hashed=hashed)
     shutil.copy2(path, path.with_name(path.name + ".old"))
     tmp = path.with_name(path.name + ".flinger-tmp")
     tmp.write_text("".join(kept))
     shutil.copymode(path, tmp)
     os.replace(tmp, path)
-    append(path, addr, port, key)
+    append(path, name, kind, blob, hashed=hashed)
     return True

@@ -1,4 +1,5 @@
-"""Command lines for the OpenSSH client, used where bulk bytes ride OpenSSH (rsync).
+"""Command lines for OpenSSH run elsewhere (the builder's copies to the servers), rsync's
+statistics, and remote paths as rsync and a remote shell take them.
 
 Host keys are always checked strictly against a known_hosts file flinger chose.
 """
@@ -9,7 +10,8 @@ import shlex
 import shutil
 
 from flinger.errors import FlingerError
-from flinger.topology.model import Server, SshSettings
+from flinger.ssh.config import SERVER_ALIVE_COUNT, SERVER_ALIVE_INTERVAL, Hop
+from flinger.topology.model import SshSettings
 
 # Local programs flinger runs, and the Debian/Ubuntu package that has each.
 LOCAL_PROGRAMS = {"ssh": "openssh-client", "rsync": "rsync"}
@@ -25,56 +27,46 @@ def require_local(*programs: str) -> None:
         )
 
 
-def _strict_options(settings: SshSettings, known_hosts: str | None) -> list[str]:
-    argv = [
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts or settings.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
-        # A peer that stops answering is a failure within a minute, not a hang.
-        "-o", "ServerAliveInterval=15",
-        "-o", "ServerAliveCountMax=4",
-    ]  # fmt: skip
-    if not settings.use_ssh_config:
-        argv[0:0] = ["-F", "/dev/null"]
-    return argv
-
-
-def _jump_proxy(settings: SshSettings, known_hosts: str | None) -> str:
-    """A ProxyCommand that reaches the jump host with the same strict options as the target.
-
-    `-J` would start its own ssh for the jump with none of the -o options given here: the jump
-    host's key would be checked against the user's default files, or asked about."""
-    assert settings.jump is not None
-    user, _, hostport = settings.jump.rpartition("@")
-    host, _, port = hostport.partition(":")
-    argv = ["ssh", *_strict_options(settings, known_hosts)]
-    if port:
-        argv += ["-p", port]
+def strict_argv(settings: SshSettings, known_hosts: str, port: int, user: str) -> list[str]:
+    """`ssh` (without the destination) as another host runs it to reach a server the client
+    resolved (the builder's copies to the servers): strict host keys against `known_hosts`
+    (written there by the client), none of that host's own ssh configuration, and the jump
+    host, when deploy.toml names one, checked the same way."""
+    argv = ["ssh", *_strict_options(settings, known_hosts), "-p", str(port)]
     if user:
         argv += ["-l", user]
-    argv += ["-W", "%h:%p", "--", host]
-    # ssh expands %-tokens in ProxyCommand: keep a literal % in any value, but %h and %p.
-    return " ".join(a if a == "%h:%p" else shlex.quote(a).replace("%", "%%") for a in argv)
-
-
-def ssh_argv(server: Server, settings: SshSettings, *, known_hosts: str | None = None) -> list[str]:
-    """`ssh` with strict host-key options for `server` (without the destination); a jump host
-    is checked against the same known_hosts with the same options."""
-    argv = ["ssh", *_strict_options(settings, known_hosts)]
-    if server.port:
-        argv += ["-p", str(server.port)]
-    if server.user:
-        argv += ["-l", server.user]
     if settings.jump:
         argv += ["-o", f"ProxyCommand={_jump_proxy(settings, known_hosts)}"]
     return argv
 
 
-def rsync_rsh(server: Server, settings: SshSettings, *, known_hosts: str | None = None) -> str:
-    """The value of rsync's `-e`: a shell-quoted ssh command line."""
-    return shlex.join(ssh_argv(server, settings, known_hosts=known_hosts))
+def _strict_options(settings: SshSettings, known_hosts: str) -> list[str]:
+    return [
+        "-F", "/dev/null",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
+        # A peer that stops answering is a failure within a minute, not a hang.
+        "-o", f"ServerAliveInterval={SERVER_ALIVE_INTERVAL}",
+        "-o", f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
+    ]  # fmt: skip
+
+
+def _jump_proxy(settings: SshSettings, known_hosts: str) -> str:
+    """A ProxyCommand that reaches the jump host with the same strict options as the target
+    (`-J` would start its own ssh for the jump with none of the -o options given here)."""
+    assert settings.jump is not None
+    hop = Hop.parse(settings.jump)
+    argv = ["ssh", *_strict_options(settings, known_hosts)]
+    if hop.port:
+        argv += ["-p", str(hop.port)]
+    if hop.user:
+        argv += ["-l", hop.user]
+    argv += ["-W", "%h:%p", "--", hop.host]
+    # ssh expands %-tokens in ProxyCommand: keep a literal % in any value, but %h and %p.
+    return " ".join(a if a == "%h:%p" else shlex.quote(a).replace("%", "%%") for a in argv)
 
 
 RSYNC_STAT_FIELDS = {  # rsync --stats labels -> the keys flinger reports them under

@@ -250,12 +250,12 @@ def _deployment(top: Fields, names_known: list[str]) -> Deployment:
 
 def _ssh(top: Fields, path: Path) -> SshSettings:
     s = top.sub("ssh", SSH_KEYS)
-    known_hosts = s.string("known_hosts", "~/.ssh/known_hosts")
-    if not known_hosts.startswith(("/", "~", "$HOME")):
+    known_hosts = s.opt_str("known_hosts")
+    if known_hosts is not None and not known_hosts.startswith(("/", "~", "$HOME")):
         known_hosts = str(path.parent / known_hosts)
     jump = s.opt_str("jump")
     return SshSettings(
-        known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))),
+        known_hosts=Path(os.path.expandvars(os.path.expanduser(known_hosts))) if known_hosts is not None else None,
         connect_timeout=s.number("connect_timeout", 10.0),
         command_timeout=s.number("command_timeout", 1800.0),
         jump=s.checked("jump", jump, jump_problem(jump)) if jump is not None else None,

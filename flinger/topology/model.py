@@ -54,7 +54,7 @@ class Deployment:
 
 @dataclass(frozen=True)
 class SshSettings:
-    known_hosts: Path
+    known_hosts: Path | None = None  # None: OpenSSH's own (UserKnownHostsFile from ssh_config)
     connect_timeout: float = 10.0
     command_timeout: float = 1800.0  # seconds one remote command may run before it counts as hung
     jump: str | None = None

@@ -92,7 +92,8 @@ def test_exec_through_a_jump_host(sandbox: SandboxState, tmp_path: Path) -> None
     )
     refused = run_flinger("-c", str(strict), "--json", "exec", "--servers", "node2", "true")
     assert refused.returncode == 4
-    assert "unknown host key" in refused.stdout
+    assert "unknown host key" in refused.stdout and "a jump host on the way" in refused.stdout
+    assert "flinger trust --servers node2" in refused.stdout
 
 
 def test_dry_run_contacts_nobody_and_shows_no_secret(sandbox: SandboxState, tmp_path: Path) -> None:

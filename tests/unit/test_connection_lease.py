@@ -1,11 +1,12 @@
-"""ConnectionPool.lease: more commands at once to one host than a stock sshd lets one connection carry."""
+"""ConnectionPool.lease and the session cap: more commands at once to one host than its sshd lets
+one connection carry; a command's output by line."""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
-from flinger.ssh.connection import CONNECTIONS_PER_HOST, SESSIONS_PER_CONNECTION, Connection
+from flinger.ssh.connection import CONNECTIONS_PER_HOST, SESSIONS_PER_CONNECTION, SessionCap, _Collected
 from flinger.ssh.pool import ConnectionPool
 from flinger.topology.model import Server, SshSettings
 
@@ -35,60 +36,38 @@ def test_leases_fill_a_connection_then_open_more_then_share_the_least_busy(tmp_p
     pool.close()
 
 
-def test_a_connection_never_runs_more_sessions_than_the_cap(tmp_path: Path) -> None:
-    conn = Connection(Server(name="x", addr="127.0.0.1"), SshSettings(known_hosts=tmp_path / "kh"))
-    for _ in range(SESSIONS_PER_CONNECTION):
-        assert conn._sessions.acquire(blocking=False)
-    assert not conn._sessions.acquire(blocking=False)
-    assert SESSIONS_PER_CONNECTION < 10  # sshd's default MaxSessions, with room for SFTP
+def test_a_connection_never_runs_more_sessions_than_the_cap_and_a_refusal_lowers_it() -> None:
+    cap = SessionCap()
+    held = [cap.__enter__() for _ in range(SESSIONS_PER_CONNECTION)]
+    assert held == list(range(1, SESSIONS_PER_CONNECTION + 1)) and cap.active == SESSIONS_PER_CONNECTION
+    assert SESSIONS_PER_CONNECTION < 10  # sshd's default MaxSessions
+    cap.refused(3)  # the host said no to the third session at once (MaxSessions 2)
+    assert cap.limit == 2
+    for _ in held:
+        cap.__exit__(None, None, None)
+    cap.refused(1)
+    assert cap.limit == 1  # never below one
 
 
-class _LateOutputChannel:
-    """A channel whose exit status arrives before the last output (sshd sends the status when
-    the command exits, and may read the rest of its pipe afterwards), then EOF."""
-
-    def __init__(self) -> None:
-        self.polls = 0
-        self.data = b""
-        self.closed = False
-        self.eof_received = False
-
-    def settimeout(self, _timeout: float) -> None:
-        pass
-
-    def _tick(self) -> None:
-        self.polls += 1
-        if self.polls == 3:
-            self.data += b"/home/deploy"
-        if self.polls == 5:
-            self.eof_received = True
-
-    def recv_ready(self) -> bool:
-        self._tick()
-        return bool(self.data)
-
-    def recv(self, n: int) -> bytes:
-        out, self.data = self.data[:n], self.data[n:]
-        return out
-
-    def recv_stderr_ready(self) -> bool:
-        return False
-
-    def recv_stderr(self, n: int) -> bytes:
-        return b""
-
-    def exit_status_ready(self) -> bool:
-        return True  # from the start
-
-    def recv_exit_status(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        self.closed = True
+def test_a_refused_lease_goes_to_another_connection(tmp_path: Path) -> None:
+    pool = _pool(tmp_path)
+    first = pool.get("b")
+    first.sessions.refused(3)
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(pool.lease("b")) for _ in range(4)]
+        assert held[0] is held[1] is first and held[2] is held[3] is not first
+    pool.close()
 
 
-def test_output_after_the_exit_status_is_not_lost() -> None:
-    from flinger.ssh.connection import _collect
-
-    result = _collect(_LateOutputChannel(), 'printf %s "$HOME"', None, 5.0)  # type: ignore[arg-type]
-    assert result.stdout == "/home/deploy" and result.exit_code == 0
+def test_output_keeps_the_last_line_without_newline_and_drops_ssh_mux_lines() -> None:
+    seen: list[tuple[str, str]] = []
+    collected = _Collected(lambda stream, line: seen.append((stream, line)))
+    collected.feed("out", b"one\ntw")
+    collected.feed("err", b"mux_client_request_session: session request failed: Session open refused by peer\n")
+    collected.feed("err", b"real error\n")
+    collected.feed("out", b"o")
+    collected.finish()
+    result = collected.result("cmd", 0)
+    assert result.stdout == "one\ntwo" and result.stderr == "real error\n"
+    assert seen == [("out", "one"), ("err", "real error"), ("out", "two")]
+    assert collected.ssh_lines == ["mux_client_request_session: session request failed: Session open refused by peer"]
