@@ -8,12 +8,12 @@ Needs root (the sandbox: real sshd hosts in their own mount namespaces). It star
 of max(sizes) + 1 hosts (the first is the builder, never used here), trusts the hosts once,
 then per size and repetition times, as wall clock of the whole subprocess:
   flinger    `python -m flinger --json exec true --servers node1,..,nodeN` (the real CLI,
-             parallel fan-out over paramiko; interpreter start and imports included)
+             parallel fan-out over OpenSSH; interpreter start and imports included)
   floor      `ssh -F /dev/null -o BatchMode=yes ... deploy@ADDR true` for node1..nodeN, all
              started at once, waited for together (a fresh OpenSSH connection per host, strict
              host keys)
   baseline   the same `ssh` commands one after another
-and, repeat times, the CLI floor: `python -c "import paramiko, flinger.cli.app"` (interpreter
+and, repeat times, the CLI floor: `python -c "import flinger.cli.app"` (interpreter
 start and the imports every SSH command pays, no network). The order of flinger and baseline
 alternates between repetitions. The sandbox is always brought down (and its directory purged).
 """
@@ -95,7 +95,7 @@ class ExecBench:
                 raise SystemExit(f"ssh to {name} failed ({proc.returncode}): {err.decode()[-2000:]}")
 
     def cli_floor(self) -> None:
-        checked([sys.executable, "-c", "import paramiko, flinger.cli.app"], self.env)
+        checked([sys.executable, "-c", "import flinger.cli.app"], self.env)
 
 
 def measure(bench: ExecBench, sizes: list[int], repeat: int) -> dict[int, dict[str, float]]:
@@ -154,7 +154,7 @@ def print_table(results: dict[int, dict[str, float]], floor: float) -> None:
             f"| x{r['flinger'] / results[first]['flinger']:.2f} | x{r['baseline'] / results[first]['baseline']:.2f} "
             f"| {r['slowest_server']:.2f} |"
         )
-    print(f"\nCLI floor (interpreter + `import paramiko, flinger.cli.app`, no network): median {floor:.2f} s")
+    print(f"\nCLI floor (interpreter + `import flinger.cli.app`, no network): median {floor:.2f} s")
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The hosts of a run: what the engine needs of a host, and the one place host pools are made.
 
 A `HostPool` hands out a `Transport` per server (run a command line, put bytes or a file,
-make a directory and rename over the file channel), checks that a server may be trusted
+make a directory, rename a file), checks that a server may be trusted
 before anything connects, and declares what else its transport can do:
 - `keys`: the hosts' keys as the client verified them (SSH; None where there are none);
 - `bulk`: bulk copies with rsync, from this machine to a host and from one host to another
@@ -47,9 +47,9 @@ class Transport(Protocol):
 
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None: ...
 
-    def sftp_mkdir(self, remote_path: str, mode: int = 0o700) -> None: ...
+    def make_dir(self, remote_path: str, mode: int = 0o700) -> None: ...
 
-    def sftp_rename(self, source: str, dest: str) -> None: ...
+    def rename(self, source: str, dest: str) -> None: ...
 
     def close(self) -> None: ...
 

@@ -125,7 +125,7 @@ class Install:
             report.details["packages_sent"] = result.need
             if result.need:  # the lock is held: deliver what this server lacks, then install
                 report.step("push")
-                session.conn.sftp_mkdir(remote.staging_dir, 0o700)
+                session.conn.make_dir(remote.staging_dir, 0o700)
                 stats = run.store.deliver(server, remote.staging_dir, result.need, report)
                 report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
                 report.step("install")

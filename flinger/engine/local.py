@@ -77,11 +77,11 @@ class LocalTransport:
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None:
         self.put_bytes(local.read_bytes(), remote_path, mode)
 
-    def sftp_mkdir(self, remote_path: str, mode: int = 0o700) -> None:
+    def make_dir(self, remote_path: str, mode: int = 0o700) -> None:
         os.mkdir(remote_path, mode)
         os.chmod(remote_path, mode)
 
-    def sftp_rename(self, source: str, dest: str) -> None:
+    def rename(self, source: str, dest: str) -> None:
         os.replace(source, dest)
 
     def close(self) -> None:

@@ -64,7 +64,7 @@ def resolve_remote_path(conn: Transport, path: str) -> str:
 
 
 def upload_tool(conn: Transport, topology: Topology, directory: str, dirs: tuple[str, ...] = ()) -> str:
-    """Put the tool into `directory` (made 0700, with `dirs` below it) over SFTP; returns its
+    """Put the tool into `directory` (made 0700, with `dirs` below it); returns its
     remote path.
 
     The same tool already there is left alone (one round trip in all); a different one is
@@ -81,7 +81,7 @@ def upload_tool(conn: Transport, topology: Topology, directory: str, dirs: tuple
     if have != [digest]:
         tmp = f"{remote}.{secrets.token_hex(6)}.tmp"
         conn.put_file(local, tmp, mode=0o600)
-        conn.sftp_rename(tmp, remote)
+        conn.rename(tmp, remote)
     return remote
 
 

@@ -76,6 +76,7 @@ class Resolved:
     proxy_jump: tuple[str, ...]
     proxy_command: str | None
     hash_known_hosts: bool
+    server_alive: tuple[int, int] = (SERVER_ALIVE_INTERVAL, SERVER_ALIVE_COUNT)  # interval, count
 
     @property
     def lookup_name(self) -> str:
@@ -112,7 +113,12 @@ def parse_g(text: str) -> Resolved:
         proxy_jump=tuple(h for h in jump.split(",") if h) if jump != "none" else (),
         proxy_command=command if command != "none" else None,
         hash_known_hosts=values.get("hashknownhosts", "no") == "yes",
+        server_alive=(_int(values.get("serveraliveinterval"), 0), _int(values.get("serveralivecountmax"), 3)),
     )
+
+
+def _int(value: str | None, default: int) -> int:
+    return int(value) if value is not None and value.isdigit() else default
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,9 @@ class SshConfig:
         options = ["-o", f"ProxyJump={self.settings.jump}"] if jump and self.settings.jump else []
         argv = [*self.base_argv(), "-G", *options, *hop.argv()]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise FlingerError(f"{hop}: `ssh -G` failed: {exc}") from None
         if proc.returncode != 0:
@@ -237,7 +245,8 @@ def render_config(settings: SshSettings) -> str:
     if settings.known_hosts is not None:
         lines.append(f"UserKnownHostsFile {_config_quote(str(settings.known_hosts))}")
     if settings.use_ssh_config:
-        lines += [f"Include {name}" for name in USER_CONFIGS]
+        names = [str(settings.config)] if settings.config is not None else list(USER_CONFIGS)
+        lines += [f"Include {_config_quote(name)}" for name in names]
     lines += [
         "# flinger's defaults, for what the configuration above does not say",
         f"ConnectTimeout {max(1, int(settings.connect_timeout))}",

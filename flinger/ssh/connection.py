@@ -107,6 +107,7 @@ class Connection:
         self.forward_agent = forward_agent
         self.hop = Hop.of(server)
         self.control: Path = config.control_path()
+        self.master_log = self.control.with_name(self.control.name + ".log")
         self._lock = threading.Lock()
         self.sessions = SessionCap()
         self.leases = 0  # commands ConnectionPool.lease handed this connection, running now
@@ -143,19 +144,24 @@ class Connection:
                 time.sleep(min(0.5 * 2**attempt, 4.0))
 
     def _start_master(self) -> str | None:
-        """None once the master runs (it goes to the background by itself), else ssh's words."""
-        argv = self.argv("-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-N")
+        """None once the master runs (it goes to the background by itself), else ssh's words.
+        The master writes them to its log (-E): there they also say why it ended later."""
+        self.master_log.write_bytes(b"")
+        argv = self.argv(
+            "-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-E", str(self.master_log), "-N"
+        )  # fmt: skip
         limit = max(1.0, self.settings.connect_timeout) * 3 + 30
         with tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=limit
-                )
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=limit,
+                    start_new_session=True,
+                )  # fmt: skip
                 code = proc.returncode
             except subprocess.TimeoutExpired:
                 code = -1
             err.seek(0)
-            text = err.read().decode("utf-8", "replace")
+            text = err.read().decode("utf-8", "replace") + self._master_said()
         if code == 0 and self.control.exists():
             return None
         if code == -1:
@@ -167,8 +173,16 @@ class Connection:
     def _diagnose(self, limit: float) -> str:
         argv = [*self.argv("-o", "ControlPath=none"), "exit 0"]
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            return subprocess.run(argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL).stderr
+            return subprocess.run(
+                argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL, start_new_session=True
+            ).stderr
         return ""
+
+    def _master_said(self) -> str:
+        try:
+            return self.master_log.read_bytes()[-4096:].decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def alive(self) -> bool:
         """The master still runs (`ssh -O check`)."""
@@ -176,7 +190,12 @@ class Connection:
             return False
         argv = self.argv("-O", "check")
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            return subprocess.run(argv, capture_output=True, timeout=10, stdin=subprocess.DEVNULL).returncode == 0
+            return (
+                subprocess.run(
+                    argv, capture_output=True, timeout=10, stdin=subprocess.DEVNULL, start_new_session=True
+                ).returncode
+                == 0
+            )
         return False
 
     def run(
@@ -205,6 +224,7 @@ class Connection:
         if result.exit_code == SSH_FAILED and not self.alive():
             self._opened = False
             said = [*ssh_lines, *(ln for ln in result.stderr.splitlines()[-5:] if is_ssh_line(ln))]
+            said += self._master_said().splitlines()
             raise UnreachableError(f"{self.server.name}: connection lost: {lost_reason(said, self.config, self.hop)}")
         if check and result.exit_code != 0:
             raise RemoteCommandError(command, result.exit_code, result.tail)
@@ -219,10 +239,10 @@ class Connection:
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None:
         self.put_bytes(local.read_bytes(), remote_path, mode)
 
-    def sftp_mkdir(self, remote_path: str, mode: int = 0o700) -> None:
+    def make_dir(self, remote_path: str, mode: int = 0o700) -> None:
         self.run(f"mkdir -m {mode:o} -- {shlex.quote(remote_path)}")
 
-    def sftp_rename(self, source: str, dest: str) -> None:
+    def rename(self, source: str, dest: str) -> None:
         """Rename, replacing `dest` atomically (rename(2) within a directory)."""
         self.run(f"mv -f -- {shlex.quote(source)} {shlex.quote(dest)}")
 
@@ -230,7 +250,13 @@ class Connection:
         """Stop the master (closing a dead connection must not mask the results of the run)."""
         if self.control.exists():
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                subprocess.run(self.argv("-O", "exit"), capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+                subprocess.run(
+                    self.argv("-O", "exit"),
+                    capture_output=True,
+                    timeout=10,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         self._opened = False
 
 
@@ -238,7 +264,11 @@ def _exec(
     argv: list[str], command: str, stdin: bytes | None, on_line: LineSink | None, timeout: float | None
 ) -> tuple[CommandResult, list[str]]:
     """Run one ssh; (the command's result, ssh's own lines from stderr)."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Its own session: a Ctrl-C at the terminal is the brake's (flinger/engine/brake.py), and
+    # the commands at work finish their step; it never reaches ssh.
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b""), daemon=True)
     writer.start()

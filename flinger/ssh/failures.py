@@ -133,7 +133,11 @@ def lost_reason(ssh_lines: list[str], config: SshConfig, hop: Hop) -> str:
     """Why a connection that was up ended under a command."""
     text = "\n".join(ssh_lines)
     if "Timeout, server" in text:
-        return f"no answer for {SERVER_ALIVE_INTERVAL * SERVER_ALIVE_COUNT}s (keepalives unanswered)"
+        try:
+            interval, count = config.resolve(hop).server_alive
+        except FlingerError:
+            interval, count = SERVER_ALIVE_INTERVAL, SERVER_ALIVE_COUNT
+        return f"no answer for {interval * count}s (keepalives unanswered: ServerAliveInterval {interval} x {count})"
     if "closed by remote host" in text:
         return f"{_where(config, hop)} closed the connection"
     if "Broken pipe" in text or "Connection reset" in text or "read header failed" in text:

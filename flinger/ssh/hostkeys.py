@@ -92,7 +92,9 @@ class HostKeyTrust:
         ]  # fmt: skip
         limit = max(1.0, self.config.settings.connect_timeout) * 3 + 30
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL, start_new_session=True
+            )
             code, stderr = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired:
             code, stderr = -1, f"no answer within {limit:.0f}s (timed out)"

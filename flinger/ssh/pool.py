@@ -98,6 +98,7 @@ class ConnectionPool:
                 conn = free[0]
             elif len(conns) < CONNECTIONS_PER_HOST:
                 conn = self._new(first.server)
+                conn.sessions.limit = first.sessions.limit  # what the host allows, learned on the first
                 self._extra[name].append(conn)
             else:
                 conn = min(conns, key=lambda c: c.leases)

@@ -38,7 +38,7 @@ ARTIFACTS_KEYS = (
 )
 BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
 DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold", "keep_releases")
-SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config")
+SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config", "config")
 SYNC_KEYS = ("exclude",)
 SERVER_KEYS = (
     "addr",
@@ -261,7 +261,25 @@ def _ssh(top: Fields, path: Path) -> SshSettings:
         jump=s.checked("jump", jump, jump_problem(jump)) if jump is not None else None,
         retries=s.integer("retries", 3, low=0, high=10),
         use_ssh_config=s.flag("use_ssh_config", True),
+        config=_ssh_config_file(s, path),
     )
+
+
+def _ssh_config_file(s: Fields, path: Path) -> Path | None:
+    """[ssh] config: an ssh_config file that must exist (an Include of nothing says nothing)."""
+    value = s.opt_str("config")
+    if value is None:
+        return None
+    local = _local_path(value, path)
+    if not local.is_file():
+        raise s.error("config", f"no ssh_config file at {local}")
+    return local
+
+
+def _local_path(value: str | None, path: Path) -> Path:
+    """A path on the client: ~ and $VARS expanded, relative to deploy.toml's directory."""
+    expanded = Path(os.path.expandvars(os.path.expanduser(value or "")))
+    return expanded if expanded.is_absolute() else path.parent / expanded
 
 
 def _top_level(top: Fields, path: Path) -> tuple[Path, str, str, tuple[str, ...]]:

@@ -60,6 +60,7 @@ class SshSettings:
     jump: str | None = None
     retries: int = 3
     use_ssh_config: bool = True
+    config: Path | None = None  # the ssh_config read instead of ~/.ssh/config + /etc/ssh/ssh_config (as ssh -F)
 
 
 @dataclass(frozen=True)
