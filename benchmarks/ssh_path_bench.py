@@ -11,6 +11,8 @@ forwarded agent, a no-change check), so the ratio is what that costs. Both sides
 the sandbox's `deploy` user with `sudo -n` (the sandbox refuses root logins, as a stock
 Debian host does). Per repetition (the order alternates): flinger fresh, flinger again
 (nothing changed: `changed: false` everywhere), floor fresh; untimed removal between rounds.
+flinger also installs each server's overlay (its share of the deployment secret, its TLS key
+and certificate: a few KiB), which the floor does not.
 Medians, and flinger's own per-step medians (where the rest goes).
 """
 
@@ -81,7 +83,7 @@ class Bench:
         return harness.checked([sys.executable, "-m", "flinger", "-c", str(self.config), *argv], self.env)
 
     def prepare(self) -> None:
-        for step in (["trust"], ["sync"], ["build", "package"]):
+        for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
             self.flinger(*step)
         addr, port = self.state.hosts["build1"]
         built = f"deploy@{addr}:{_builder_out(self.config)}/packages/blob.tar.gz"

@@ -137,8 +137,8 @@ def test_agent_forwarded_to_the_builder_reaches_another_host(sandbox: SandboxSta
     plain = ConnectionPool(topo.servers, topo.ssh)
     try:
         builder = pool.get("build1")
-        builder.put_file(topo.ssh.known_hosts, "/home/deploy/kh-test", mode=0o600)
         assert topo.ssh.known_hosts is not None and node.port is not None
+        builder.put_file(topo.ssh.known_hosts, "/home/deploy/kh-test", mode=0o600)
         hop = [*strict_argv(topo.ssh, "/home/deploy/kh-test", node.port, "deploy"), node.addr, "uname", "-n"]
         import shlex
 

@@ -332,3 +332,18 @@ def test_a_silent_peer_is_found_by_its_keepalives(bed: Bed) -> None:
     result = json.loads(out)["servers"][0]
     assert "connection lost" in result["message"] and "keepalives unanswered" in result["message"]
     assert took < 30, took  # the user's ServerAliveInterval 2 x 3, not the command timeout
+
+
+def test_the_deploy_pre_check_looks_where_openssh_looks(bed: Bed) -> None:
+    """`deploy status` checks trust before connecting: under the alias's HostName and Port,
+    in the UserKnownHostsFile the config names (not port 22 of the raw addr)."""
+    (bed.ssh_dir / "known_hosts").write_text("")
+    config = bed.deploy_toml({"aliased": {"addr": "bastion"}})
+    refused = flinger(bed, config, "--json", "deploy", "status")
+    assert refused.returncode == 4
+    message = str(one(refused)["message"])
+    assert f"nothing for [{bed_addr(1)}]:{PORT} in {bed.ssh_dir}/known_hosts" in message
+    assert "flinger trust --servers aliased" in message
+    assert flinger(bed, config, "trust").returncode == 0
+    status = flinger(bed, config, "--json", "deploy", "status")
+    assert "unknown host key" not in status.stdout and one(status)["step"] != "connect", status.stdout
