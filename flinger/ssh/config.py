@@ -17,6 +17,8 @@ line, where they win over the config as they do for `ssh -l/-p/-J`.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shlex
 import shutil
 import subprocess
@@ -44,7 +46,18 @@ STRICT = (
     "ControlMaster no",
     "ControlPath none",
 )
-USER_CONFIGS = ("~/.ssh/config", "/etc/ssh/ssh_config")
+SYSTEM_CONFIG = "/etc/ssh/ssh_config"
+
+
+def user_config() -> str:
+    """The user's ssh_config where ssh looks for it: the login's home directory from the
+    password database (not $HOME), as ssh itself does."""
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = os.path.expanduser("~")
+    return f"{home}/.ssh/config"
+
 
 # The helper OpenSSH runs as KnownHostsCommand: `record FILE` writes down the key a host showed
 # (what `trust` records, under the name OpenSSH looked up) and prints nothing; `pin SHA256:...`
@@ -173,7 +186,9 @@ class SshConfig:
 
     def __post_init__(self) -> None:
         # Short: a control socket's path must fit in 104 bytes with ssh's own suffix.
-        self.directory = Path(tempfile.mkdtemp(prefix="flinger-ssh-", dir=_short_temp_dir()))
+        parent = _short_temp_dir()
+        _sweep(Path(parent))
+        self.directory = Path(tempfile.mkdtemp(prefix=f"flinger-ssh-{os.getpid()}-", dir=parent))
         self.path = self.directory / "config"
         self.path.write_text(render_config(self.settings))
         self.helper = self.directory / "hostkey.py"
@@ -232,7 +247,22 @@ class SshConfig:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _short_temp_dir() -> str | None:
+def _sweep(parent: Path) -> None:
+    """Remove what runs killed before their end left (their private dirs; a master of theirs
+    still running ends by itself after ControlPersist)."""
+    for directory in parent.glob("flinger-ssh-*-*"):
+        pid = directory.name.split("-")[2]
+        if not pid.isdigit() or directory.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def _short_temp_dir() -> str:
     """The temp dir, unless its path is too long for control sockets (then /tmp)."""
     default = tempfile.gettempdir()
     return default if len(default) <= 40 else "/tmp"  # noqa: S108 - mkdtemp makes a private dir there
@@ -245,7 +275,7 @@ def render_config(settings: SshSettings) -> str:
     if settings.known_hosts is not None:
         lines.append(f"UserKnownHostsFile {_config_quote(str(settings.known_hosts))}")
     if settings.use_ssh_config:
-        names = [str(settings.config)] if settings.config is not None else list(USER_CONFIGS)
+        names = [str(settings.config)] if settings.config is not None else [user_config(), SYSTEM_CONFIG]
         lines += [f"Include {_config_quote(name)}" for name in names]
     lines += [
         "# flinger's defaults, for what the configuration above does not say",

@@ -103,9 +103,14 @@ class Bed:
         """A deploy.toml whose servers are `servers` (name -> table); the first is the builder."""
         src = self.directory / "src"
         src.mkdir(exist_ok=True)
+        (src / "blob.txt").write_text("bed\n")
+        (src / "manifest.toml").write_text(
+            '[packages.blob]\nroles = ["node"]\n[packages.blob.source]\ntype = "local"\n'
+            'paths = [{ from = "blob.txt", to = "blob.txt" }]\n'
+        )
         names = list(servers)
         lines = [
-            'name = "bed"', f'source_dir = "{src}"',
+            'name = "bed"', f'source_dir = "{src}"', 'manifest = "manifest.toml"',
             "[builder]", f'server = "{names[0]}"', 'source_dir = "$HOME/bed-src"',
             "[deployment]", f"servers = {names!r}".replace("'", '"'), 'install_dir = "/tmp/bed-install"',
             "threshold = 1", "[ssh]", f'config = "{self.ssh_dir}/config"', "connect_timeout = 3", "retries = 0",
@@ -191,5 +196,10 @@ def stop(bed: Bed) -> None:
     if "SSH_AGENT_PID" in bed.agent:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(bed.agent["SSH_AGENT_PID"]), signal.SIGTERM)
+    # what the bed's user still runs (commands whose connection a test cut), then the user
+    subprocess.run(["pkill", "-KILL", "-u", USER], check=False, capture_output=True)
     if bed.made_user:
-        subprocess.run(["userdel", USER], check=False, capture_output=True)
+        for _ in range(50):
+            if subprocess.run(["userdel", USER], check=False, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)

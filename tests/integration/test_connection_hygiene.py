@@ -103,8 +103,9 @@ def test_an_ssh_config_proxycommand_is_honoured(sandbox: SandboxState, tmp_path:
     )
     node1 = sandbox.hosts["node1"][0]
     (home / ".ssh" / "config").write_text(f"Host {node1}\n  ProxyCommand {proxy}\n")
-    config = derived_config(sandbox, tmp_path, {"ssh.use_ssh_config": True})
-    proc = run_flinger("-c", str(config), "exec", "--servers", "node1", "uname -n", env={"HOME": str(home)})
+    edits = {"ssh.use_ssh_config": True, "ssh.config": str(home / ".ssh" / "config")}
+    config = derived_config(sandbox, tmp_path, edits)
+    proc = run_flinger("-c", str(config), "exec", "--servers", "node1", "uname -n")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[node1] node1" in proc.stdout
     assert mark.exists()

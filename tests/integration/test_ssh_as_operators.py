@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from flinger_helpers import run_flinger
-from ssh_bed import PORT, USER, Bed, keygen, sign, start_agent, start_host, stop
+from ssh_bed import PORT, USER, Bed, BedHost, keygen, sign, start_agent, start_host, stop
 
 pytestmark = pytest.mark.integration
 
@@ -280,19 +280,24 @@ def test_a_silent_host_times_out_in_connect_timeout(bed: Bed) -> None:
         listener.close()
 
 
-def test_a_connection_lost_under_a_command_is_unreachable(bed: Bed) -> None:
-    _trust_all(bed)
-    config = bed.deploy_toml({"bastion": {"addr": "bastion"}})
-    args = ["-c", str(config), "--json", "exec", "echo started; sleep 30"]
+def _exec_on_bastion(bed: Bed, config: Path, command: str) -> tuple[subprocess.Popen[str], BedHost]:
+    """`flinger exec COMMAND` started in the background, once its connection to the bastion is up."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flinger", *args],
+        [sys.executable, "-m", "flinger", "-c", str(config), "--json", "exec", command],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **bed.env()},
     )  # fmt: skip
     host = bed.hosts["bastion"]
     deadline = time.monotonic() + 20
-    while not host.children() and time.monotonic() < deadline:
+    while not host.connection_processes() and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the command runs
+    return proc, host
+
+
+def test_a_connection_lost_under_a_command_is_unreachable(bed: Bed) -> None:
+    _trust_all(bed)
+    config = bed.deploy_toml({"bastion": {"addr": "bastion"}})
+    proc, host = _exec_on_bastion(bed, config, "echo started; sleep 30")
     for pid in host.connection_processes():  # sshd's processes for the connection die
         os.kill(pid, 9)
     out, err = proc.communicate(timeout=60)
@@ -307,15 +312,7 @@ def test_a_silent_peer_is_found_by_its_keepalives(bed: Bed) -> None:
         (bed.ssh_dir / "known_hosts").read_text() + f"quick-alive {bed.hosts['bastion'].host_pub}\n"
     )
     config = bed.deploy_toml({"bastion": {"addr": "quick-alive"}})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flinger", "-c", str(config), "--json", "exec", "sleep 120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **bed.env()},
-    )  # fmt: skip
-    host = bed.hosts["bastion"]
-    deadline = time.monotonic() + 20
-    while not host.connection_processes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1)
+    proc, host = _exec_on_bastion(bed, config, "sleep 120")
     stopped = host.connection_processes()
     started = time.monotonic()
     for pid in stopped:  # the host stops answering; TCP stays up

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flinger.errors import HostKeyError, UnreachableError
-from flinger.ssh.config import Hop, SshConfig, parse_g, render_config
+from flinger.ssh.config import Hop, SshConfig, parse_g, render_config, user_config
 from flinger.ssh.failures import connect_error, is_transient, lost_reason, session_refused
 from flinger.topology.model import Server, SshSettings
 
@@ -29,7 +29,7 @@ proxycommand none
 def test_render_config_puts_the_strict_options_before_the_users_config() -> None:
     text = render_config(SshSettings(known_hosts=Path("/k h/known"), connect_timeout=7, use_ssh_config=True))
     lines = text.splitlines()
-    first_include = lines.index("Include ~/.ssh/config")
+    first_include = lines.index(f"Include {user_config()}")
     for strict in ("StrictHostKeyChecking yes", "BatchMode yes", "UpdateHostKeys no", "ForwardAgent no"):
         assert lines.index(strict) < first_include
     assert lines.index('UserKnownHostsFile "/k h/known"') < first_include
