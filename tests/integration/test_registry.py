@@ -29,6 +29,7 @@ import flinger_sandbox as sb
 from flinger.topology import load_topology
 from flinger_sandbox import SandboxState
 from flinger_sandbox.net import is_listening
+from tests.remote_helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,9 @@ def reg_sandbox(sandbox_prerequisites: None, tmp_path_factory: pytest.TempPathFa
         sb.down(directory)
     url = state.registry_url or ""
     host, port = url.removeprefix("https://").rsplit(":", 1)
-    assert not is_listening(host, int(port)), f"the registry still listens on {url} after down"
+    # down waits for the registry's process; its listening socket may close a moment later
+    gone = eventually(lambda: not is_listening(host, int(port)), seconds=15)
+    assert gone, f"the registry still listens on {url} 15 s after down"
 
 
 def _flinger(state: SandboxState, *args: str, config: Path | None = None) -> tuple[int, dict[str, Any]]:
