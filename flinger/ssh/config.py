@@ -216,6 +216,10 @@ class SshConfig:
             ]  # fmt: skip
         return out
 
+    def jumps(self, resolved: Resolved) -> list[str]:
+        """The jump hosts on the way to a host, in order: deploy.toml's, else ssh_config's."""
+        return [self.settings.jump] if self.settings.jump else list(resolved.proxy_jump)
+
     def helper_command(self, mode: str, arg: str) -> str:
         argv = [sys.executable, "-I", str(self.helper), mode, arg]
         return " ".join(shlex.quote(a).replace("%", "%%") for a in argv) + " %I %H %t %K"

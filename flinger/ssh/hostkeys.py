@@ -115,7 +115,7 @@ class HostKeyTrust:
         probe = self.probe(target, options)
         done: list[Trusted] = []
         if self._hop_unknown(probe, resolved):
-            jumps = self._jumps(resolved)
+            jumps = self.config.jumps(resolved)
             for index, jump in enumerate(jumps):
                 before = ["-o", f"ProxyJump={','.join(jumps[:index])}"] if index else []
                 hop = Hop.parse(jump)
@@ -131,11 +131,6 @@ class HostKeyTrust:
                 f"{server.name}: host key {settled.fingerprint} does not match the pinned host_key {server.host_key}"
             )
         return [*done, settled]
-
-    def _jumps(self, resolved: Resolved) -> list[str]:
-        if self.config.settings.jump:
-            return [self.config.settings.jump]
-        return list(resolved.proxy_jump)
 
     def _hop_unknown(self, probe: Probe, resolved: Resolved) -> bool:
         unknown = UNKNOWN_KEY.search(probe.stderr)

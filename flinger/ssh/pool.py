@@ -67,8 +67,7 @@ class ConnectionPool:
                 f"{server.name}: unknown host key: nothing for {resolved.lookup_name} in {files} (no key, no "
                 f"@cert-authority); if the host is right, run: flinger trust --servers {server.name}"
             )
-        jumps = [self.settings.jump] if self.settings.jump else list(resolved.proxy_jump)
-        for jump in jumps:
+        for jump in self.config.jumps(resolved):
             hop = self.config.resolve(Hop.parse(jump), jump=False)
             if not known_hosts.read(*hop.known_hosts_files).knows(hop.lookup_name):
                 raise HostKeyError(
@@ -132,11 +131,11 @@ class SshHostKeys:
         the client does: only the keys and authorities the client trusts, under the names
         that host will look up (it connects to the address and port OpenSSH resolved here)."""
         config = self.pool.config
-        targets = [(config.resolve(Hop.of(s)), None) for s in servers]
+        targets = [config.resolve(Hop.of(s)) for s in servers]
         if self.pool.settings.jump:
-            targets.insert(0, (config.resolve(Hop.parse(self.pool.settings.jump), jump=False), None))
+            targets.insert(0, config.resolve(Hop.parse(self.pool.settings.jump), jump=False))
         lines: list[str] = []
-        for resolved, _ in targets:
+        for resolved in targets:
             known = known_hosts.read(*resolved.known_hosts_files)
             there = known_hosts.host_pattern(resolved.hostname, resolved.port)
             for kind, blob in known.keys_for(resolved.lookup_name).items():
