@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from flinger.cli.env import Env
 from flinger.engine.results import ServerResult, exit_status
 from flinger.errors import ExitStatus
 from flinger.progress import Info
+from flinger.secrets.sealing import IDENTITY_ENV
 from flinger.ui import UI
 
 app = typer.Typer(
@@ -53,7 +55,17 @@ def _global(
     version: Annotated[
         bool, typer.Option("--version", is_eager=True, callback=_print_version, help="print flinger's version")
     ] = False,
+    identity: Annotated[
+        Path | None,
+        typer.Option(
+            "--identity",
+            help="the key that opens the deployment's sealed state (default $FLINGER_IDENTITY, "
+            "else ~/.ssh/id_ed25519 and ~/.config/flinger/identity.txt)",
+        ),
+    ] = None,
 ) -> None:
+    if identity is not None:
+        os.environ[IDENTITY_ENV] = str(identity)
     ctx.obj = Env(
         config=config, parallel=parallel, json=json_, verbose=verbose, ui=UI(json_mode=json_, verbose=verbose)
     )

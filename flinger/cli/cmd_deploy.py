@@ -62,6 +62,14 @@ def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[Se
     return plans
 
 
+def _open_overlays(env: Env, plans: list[ServerPlan]) -> dict[str, dict[str, bytes]]:
+    """Each planned server's overlay, decrypted in memory from the sealed state."""
+    if not any(p.overlay_files for p in plans):
+        return {}  # nothing to open: each server says "run flinger overlay first"
+    state = env.state()
+    return {p.server: files for p in plans if p.overlay_files and (files := state.overlay(p.server)) is not None}
+
+
 def _other_plan(env: Env, action: str, chosen: list[Server]) -> list[dict[str, Any]]:
     """What a dry run of uninstall, clean or status would do on each server."""
     deployment = env.topology().deployment
@@ -227,8 +235,9 @@ def install(
     chosen = env.select_servers(servers)
     plans = _checked_plans(env, chosen, allow_empty)
     check_artifacts(env.topology())  # the registry's password files and CA: exit 2 before any server
-    return _run(env, Install(plans), chosen, strategy=BatchRollout(policy), fail_fast=fail_fast, lock_wait=lock_wait,
-                confirm_within=confirm_timeout)  # fmt: skip
+    overlays = _open_overlays(env, plans)  # every one opened (identity, integrity) before any server
+    return _run(env, Install(plans, overlays), chosen, strategy=BatchRollout(policy), fail_fast=fail_fast,
+                lock_wait=lock_wait, confirm_within=confirm_timeout)  # fmt: skip
 
 
 @deploy_app.command("uninstall")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flinger.errors import UsageError
 from flinger.manifest import Manifest, load_manifest
@@ -13,6 +14,9 @@ from flinger.topology import Topology, find_config, load_topology
 from flinger.topology.loader import config_error
 from flinger.topology.model import Server
 from flinger.ui import UI
+
+if TYPE_CHECKING:
+    from flinger.overlay.store import StateStore
 
 
 @dataclass
@@ -24,6 +28,7 @@ class Env:
     ui: UI
     _topology: Topology | None = field(default=None, repr=False)
     _manifest: Manifest | None = field(default=None, repr=False)
+    _state: StateStore | None = field(default=None, repr=False)
 
     def topology(self) -> Topology:
         if self._topology is None:
@@ -42,6 +47,18 @@ class Env:
                 raise config_error(topology, "manifest", f"no manifest file at {topology.manifest_path}")
             self._manifest = load_manifest(topology.manifest_path)
         return self._manifest
+
+    def state(self) -> StateStore:
+        """The deployment's sealed state, opened with the operator's identity (migrated or
+        re-encrypted first when it must be; what was done said as notes)."""
+        if self._state is None:
+            from flinger.overlay.store import open_state
+
+            self._state = open_state(self.topology())
+            for note in self._state.notes:
+                self.ui.note(note)
+            self._state.notes.clear()
+        return self._state
 
     def select_servers(self, names: str | None, *, include_builder: bool = False) -> list[Server]:
         """The deployment servers (plus the builder if asked), or those named in `--servers a,b`."""

@@ -28,7 +28,7 @@ from flinger.engine import ledger
 from flinger.engine.results import ServerResult, Status
 from flinger.manifest.model import Manifest
 from flinger.overlay.generation import Generations, load_generations
-from flinger.overlay.state import StatePaths
+from flinger.overlay.store import reader
 from flinger.protocol.results import BuiltPackage, HistoryResult, SelfRollback
 from flinger.topology.model import Topology
 
@@ -89,7 +89,7 @@ class InstallRecord:
             return self.release
 
     def _decide(self, run: Run) -> str:
-        generation = load_generations(StatePaths(run.topology.state_dir)).generation
+        generation = load_generations(reader(run.topology.state_dir)).generation
         content, packages = content_of(run.topology, run.manifest, run.store.built(), generation)
         with ledger.locked(self.state_dir) as known:
             self.previous = {s: known.running.get(s) for s in self.chosen}

@@ -28,7 +28,7 @@ from flinger.engine.session import Session, open_session, release_lock
 from flinger.engine.stores import staged_tarball
 from flinger.errors import FlingerError, RemoteCommandError
 from flinger.overlay.generation import load_generations
-from flinger.overlay.state import StatePaths
+from flinger.overlay.store import reader
 from flinger.protocol.plans import ConfirmPlan, InstallPlan, PackageRef
 from flinger.protocol.results import ConfirmResult, InstallResult, SelfRollback
 from flinger.topology.model import Server
@@ -43,8 +43,9 @@ class Install:
 
     name = "install"
 
-    def __init__(self, plans: list[ServerPlan]) -> None:
+    def __init__(self, plans: list[ServerPlan], overlays: dict[str, dict[str, bytes]] | None = None) -> None:
         self.plans = {p.server: p for p in plans}
+        self.overlays = overlays or {}  # each server's overlay, opened from the sealed state before the run
         self.record: InstallRecord | None = None  # the run's part in the fleet ledger, from start()
         self.ready: dict[str, _Ready] = {}  # servers prepared, waiting for their switch (or abort)
 
@@ -70,7 +71,7 @@ class Install:
         deployment = run.topology.deployment_servers()
         view = fleet_view(run.topology, {s.name: known.running.get(s.name) for s in deployment})
         extra: dict[str, Any] = {"fleet_release": self.record.release, "release_state": state, "fleet": view.as_json()}
-        generations = load_generations(StatePaths(state_dir))
+        generations = load_generations(reader(state_dir))
         before, todo = to_forget(known, generations, self.record.release, [s.name for s in deployment])
         if todo and not run.brake.pulled:
             extra.update(_forget(run, before, [run.topology.servers[n] for n in todo]))
@@ -111,7 +112,7 @@ class Install:
 
     def _install_on(self, run: Run, server: Server, report: Reporter, phase: str) -> dict[str, Any]:
         plan = self.plans[server.name]
-        if not plan.overlay_files:
+        if not plan.overlay_files or server.name not in self.overlays:
             raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
         session = open_session(run, server, report, step="lock", stages=True)
         remote = replace(self._remote_plan(run, server, plan, session, report), phase=phase)
@@ -193,9 +194,7 @@ class Install:
             lock_holder=run.holder,
             packages=[PackageRef(p, built[p].sha256, staged_tarball(built, p)) for p in plan.packages],
             services=plan.services,
-            overlay_files={
-                rel: base64.b64encode((plan.overlay_dir / rel).read_bytes()).decode() for rel in plan.overlay_files
-            },
+            overlay_files={rel: base64.b64encode(data).decode() for rel, data in self.overlays[server.name].items()},
             overlay_owner=plan.overlay_owner,
             staging_runs=session.runs,
             acquire=True,

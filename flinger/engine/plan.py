@@ -7,12 +7,12 @@ secret (overlay files by name only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Package
+from flinger.overlay.store import overlay_names
 from flinger.protocol import graph
 from flinger.protocol.codec import encode
 from flinger.protocol.plans import Owner, ServiceSpec
@@ -32,7 +32,6 @@ class ServerPlan:
     services: list[ServiceSpec]
     staging_dir: str
     install_dir: str
-    overlay_dir: Path
     overlay_owner: Owner | None = None
     registry: str | None = None  # "URL/REPOSITORY" when the server pulls its packages from there
     notes: list[str] = field(default_factory=list)
@@ -198,15 +197,10 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
     packages = {s.name: manifest.packages_for(s.roles) for s in servers}
     waves = _waves(manifest, packages)
     plans = []
-    overlay_root = topology.state_dir / "overlay"
+    stored = overlay_names(topology.state_dir)  # names only, from the state's index: no identity needed
     art = topology.artifacts
     for server in servers:
-        overlay_dir = overlay_root / server.name
-        overlay_files = (
-            sorted(str(p.relative_to(overlay_dir)) for p in overlay_dir.rglob("*") if p.is_file())
-            if overlay_dir.is_dir()
-            else []
-        )
+        overlay_files = list(stored.get(server.name, []))
         services = []
         for pkg in packages[server.name]:
             if pkg.service is None:
@@ -224,7 +218,6 @@ def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -
             services=services,
             staging_dir=topology.deployment.staging_dir,
             install_dir=topology.deployment.install_dir,
-            overlay_dir=overlay_dir,
             overlay_owner=_overlay_owner(packages[server.name]),
             registry=f"{art.url}/{art.repository}" if art.registry else None,
         )

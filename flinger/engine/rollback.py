@@ -23,7 +23,7 @@ from flinger.engine.operations import Rollback
 from flinger.engine.results import ServerResult, Status
 from flinger.errors import ExitStatus, FlingerError, UsageError
 from flinger.overlay.generation import Generations, load_generations
-from flinger.overlay.state import StatePaths
+from flinger.overlay.store import reader
 from flinger.protocol.codec import decode
 from flinger.protocol.results import HistoryResult, ReleaseInfo
 from flinger.topology.model import Server
@@ -182,7 +182,7 @@ class FleetRollback(Rollback):
             )  # fmt: skip
         histories = {r.server: decode(HistoryResult, r.details, "history", strict=False) for r in asked}
         known = ledger.read_ledger(run.topology.state_dir)
-        generations = load_generations(StatePaths(run.topology.state_dir))
+        generations = load_generations(reader(run.topology.state_dir))
         self.choice = choose_rollback(known, histories, self.to, generations, restore_rotated=self.restore_rotated)
         self.targets, self.fleet_release = self.choice.targets, self.choice.release
         ledger.append(run.topology.state_dir, {

@@ -52,7 +52,7 @@ SERVICE_KEYS = (
 )
 HEALTH_KEYS = ("url", "command", "timeout", "interval", "ca")
 OVERLAY_KEYS = ("template", "to", "roles", "mode")
-SECRET_KEYS = ("roles", "visible_to", "bytes", "scope")
+SECRET_KEYS = ("roles", "visible_to", "bytes", "scope", "given")
 PREREQ_KEYS = ("apt", "pkg", "sysctl", "users", "groups", "dirs", "script")
 USER_KEYS = ("name", "group", "home", "system", "shell")
 DIR_KEYS = ("path", "owner", "group", "mode")
@@ -287,6 +287,7 @@ def _secret(file: TomlFile, name: str, table: Any) -> SecretSpec:
         visible_to=_roles(s, "visible_to", ()),
         nbytes=s.integer("bytes", 32, low=16, high=1024),
         scope=s.choice("scope", ("server", "deployment"), "server"),
+        given=s.flag("given", False),
     )
 
 

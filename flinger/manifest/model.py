@@ -82,13 +82,16 @@ class SecretSpec:
     """A secret (a random token) for each server with one of `roles`: its own per server
     (`scope = "server"`; the templates of servers with a role in `visible_to` may see every
     server's value), or one value they all share (`scope = "deployment"`: the same on every
-    such server, kept when roles move, changed only by `overlay --rotate`)."""
+    such server, kept when roles move, changed only by `overlay --rotate`). A `given` secret is
+    not made by flinger: its value is issued elsewhere and set with `flinger secret set`
+    (kept by `--rotate`)."""
 
     name: str
     roles: tuple[str, ...]
     visible_to: tuple[str, ...] = ()
     nbytes: int = 32
     scope: str = "server"  # server | deployment
+    given: bool = False
 
 
 @dataclass(frozen=True)

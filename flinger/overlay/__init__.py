@@ -1,6 +1,6 @@
 """`flinger overlay`: make each deployment server's private overlay on the client.
 
-For every deployment server, under `.flinger/<deployment>/overlay/<server>/`: its threshold
+For every deployment server, sealed in `.flinger/<deployment>/overlay/<server>.age`: its threshold
 share of the deployment secret (`share.json`), its TLS key and certificate signed by the
 deployment CA (`tls/`), its per-server secrets (`secrets/<name>`) and its rendered config
 templates (`files/<dest>`); with a registry store, the registry's pull credential
@@ -9,9 +9,9 @@ templates (`files/<dest>`); with a registry store, the registry's pull credentia
 A pipeline: the stored state is loaded (state.py); pure planners decide the CA, the
 certificates, the secrets and the split (planners.py); every server's files are rendered in
 memory from one context object each (render.py, with templates.py's sandboxed jinja2); then,
-and only if all of that worked, everything is written (write.py): 0600 files in 0700
-directories, atomically, and files no longer planned removed. Any error leaves the disk as
-it was.
+and only if all of that worked, the whole new state is committed to the store (store.py):
+sealed to the deployment's recipients, only what changed written, atomically, and what is
+no longer planned removed. Any error leaves the disk as it was; no clear copy is written.
 
 Re-running keeps the CA, certificates, secrets and shares; `rotate` replaces them all. A
 change of the deployment servers or of the threshold re-splits the same deployment secret
@@ -25,15 +25,27 @@ from pathlib import Path
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import Manifest
-from flinger.overlay.generation import advance, generation_file
-from flinger.overlay.planners import plan_ca, plan_certs, plan_secrets, plan_split
+from flinger.overlay.generation import advance
+from flinger.overlay.planners import SecretValues, Split, plan_ca, plan_certs, plan_secrets, plan_split
 from flinger.overlay.render import common_parts, render_all
 from flinger.overlay.report import OverlayReport, ServerOverlay
-from flinger.overlay.state import StatePaths, secret_to_bytes, secrets_to_bytes
+from flinger.overlay.state import (
+    CA_CERT,
+    CA_KEY,
+    GENERATION,
+    SECRET,
+    SECRETS,
+    SPLIT,
+    VERIFIER,
+    secret_to_bytes,
+    secrets_to_bytes,
+    server_cert,
+    server_key,
+)
+from flinger.overlay.store import StateStore, open_state
 from flinger.overlay.templates import make_environment
-from flinger.overlay.write import remove_stale, write_overlays, write_state
 from flinger.secrets import registry_credentials
-from flinger.secrets.ca import cert_fingerprint
+from flinger.secrets.ca import CertifiedKey, cert_fingerprint
 from flinger.topology.model import Topology
 
 __all__ = ["OverlayReport", "ServerOverlay", "make_overlay"]
@@ -50,6 +62,28 @@ def _check_threshold(topology: Topology) -> None:
         )
 
 
+def _state_files(
+    ca: CertifiedKey,
+    certs: dict[str, CertifiedKey],
+    secrets: SecretValues,
+    split: Split,
+    kept_secret: int | None,
+    verifier: bytes | None,
+) -> dict[str, bytes]:
+    """Every state file the planned overlay keeps, by logical name."""
+    stored = {CA_KEY: ca.key_pem, CA_CERT: ca.cert_pem, SECRETS: secrets_to_bytes(secrets.stored)}
+    for name, pair in certs.items():
+        stored[server_key(name)] = pair.key_pem
+        stored[server_cert(name)] = pair.cert_pem
+    if split.state is not None:
+        stored[SPLIT] = split.state.to_bytes()
+    if kept_secret is not None:
+        stored[SECRET] = secret_to_bytes(kept_secret)
+    if verifier:
+        stored[VERIFIER] = verifier
+    return stored
+
+
 def make_overlay(
     topology: Topology,
     manifest: Manifest,
@@ -57,20 +91,22 @@ def make_overlay(
     rotate: bool = False,
     keep_secret: bool = False,
     template_root: Path | None = None,
+    state: StateStore | None = None,
 ) -> OverlayReport:
-    """Make (or bring up to date) every deployment server's overlay under
-    `topology.state_dir`; see the module docstring."""
+    """Make (or bring up to date) every deployment server's overlay in the deployment's state
+    (`state`, else the state opened here); see the module docstring."""
     _check_threshold(topology)
     deploy = topology.deployment_servers()
     names = tuple(s.name for s in deploy)
-    paths = StatePaths(topology.state_dir)
-    messages: list[str] = []
+    if state is None:
+        state = open_state(topology)
+    messages: list[str] = list(state.notes)
 
     # plan: what every piece is to be (nothing is written before the whole plan worked)
-    ca = plan_ca(topology, paths, rotate=rotate, messages=messages)
-    certs = plan_certs(topology, paths, ca, deploy, rotate=rotate, messages=messages)
-    secrets = plan_secrets(manifest, paths, deploy, rotate=rotate)
-    split = plan_split(topology, paths, names, rotate=rotate)
+    ca = plan_ca(topology, state, rotate=rotate, messages=messages)
+    certs = plan_certs(topology, state, ca, deploy, rotate=rotate, messages=messages)
+    secrets = plan_secrets(manifest, state, deploy, rotate=rotate)
+    split = plan_split(topology, state, names, rotate=rotate)
     messages.extend(split.messages)
     if split.state is not None and split.state.threshold == 1 and len(names) > 1:
         messages.append("threshold 1: each share alone is the whole deployment secret")
@@ -94,32 +130,23 @@ def make_overlay(
             server_files[registry_credentials.PULL_CREDENTIAL_FILE] = pull
 
     # the generation: one more when any server's overlay changes, naming what it rotated out
-    generations, rotated = advance(paths, plan, ca, certs, secrets, split)
-    writes: dict[Path, bytes] = {generation_file(paths): generations.to_bytes()}
+    generations, rotated = advance(state, plan, ca, certs, secrets, split)
+    stored: dict[str, bytes] = {GENERATION: generations.to_bytes()}
     if rotated:
         messages.append(f"generation {generations.generation} rotates out: {', '.join(rotated)}")
 
-    # write: the state first (it is what a re-run keeps), then the overlays
-    writes.update({paths.ca_key: ca.key_pem, paths.ca_cert: ca.cert_pem})
-    for name, pair in certs.items():
-        writes[paths.server_key(name)] = pair.key_pem
-        writes[paths.server_cert(name)] = pair.cert_pem
-    writes[paths.secrets_file] = secrets_to_bytes(secrets.stored)
-    if split.state is not None:
-        writes[paths.split_file] = split.state.to_bytes()
-    if keep_secret and secret is not None:
-        writes[paths.secret_file] = secret_to_bytes(secret)
-    if common.verifier_file:
-        writes[paths.verifier_file] = common.verifier_file
-    write_state(paths, writes, keep_secret=keep_secret, servers=set(certs))
-    wrote = write_overlays(paths, plan)
-    removed = remove_stale(paths.overlay_dir, plan)
+    # commit: the whole new state at once (sealed where secret), only what changed written
+    stored.update(_state_files(ca, certs, secrets, split, secret if keep_secret else None, common.verifier_file))
+    before = state.overlay_names()
+    removed = [s for s in sorted(before) if s not in plan]
+    removed += [f"{s}/{rel}" for s in sorted(plan) for rel in before.get(s, []) if rel not in plan[s]]
+    wrote = state.commit(stored, plan)
 
     servers = tuple(
         ServerOverlay(
             server=s.name,
             files=tuple(sorted(plan[s.name])),
-            written=tuple(sorted(rel for rel in plan[s.name] if paths.overlay_dir / s.name / rel in wrote)),
+            written=tuple(wrote[s.name]),
             cert_sha256=cert_fingerprint(certs[s.name].cert),
             share_index=shared.index_of(s.name) if shared is not None else None,
         )
@@ -127,7 +154,7 @@ def make_overlay(
     )
     return OverlayReport(
         deployment=topology.name,
-        overlay_dir=paths.overlay_dir,
+        overlay_dir=state.root / "overlay",
         total=len(names),
         threshold=topology.deployment.threshold if shared is not None else None,
         secret_fingerprint=shared.fingerprint if shared is not None else None,

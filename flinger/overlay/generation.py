@@ -1,7 +1,7 @@
 """The overlay's generation: a number that grows each time `flinger overlay` changes what any
 server would get, and what each generation rotated out.
 
-`state/generation.json` (0600): `{"version": 1, "generation": N, "rotated": {"N": [...]}}`,
+`state/generation.json` (in clear: it names no value): `{"version": 1, "generation": N, "rotated": {"N": [...]}}`,
 where a rotated entry names a secret whose value that generation replaced ("secret
 redis_password", "the deployment secret", "the deployment CA key", "the TLS keys of node1,
 node2"): names only, never a value. A fleet release records the generation its overlays come
@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from flinger.errors import FlingerError
 from flinger.overlay.planners import SecretValues, Split, names_of
-from flinger.overlay.state import StatePaths, load_ca, load_secrets, load_server_cert, load_split
+from flinger.overlay.state import GENERATION, load_ca, load_secrets, load_server_cert, load_split
 from flinger.secrets.ca import CertifiedKey
-from flinger.secrets.private_files import unchanged
+
+if TYPE_CHECKING:
+    from flinger.overlay.store import StateStore
 
 VERSION = 1
 T = TypeVar("T")
@@ -54,47 +55,32 @@ class Generations:
         return (json.dumps(doc, indent=1) + "\n").encode()
 
 
-def generation_file(paths: StatePaths) -> Path:
-    return paths.state_dir / "generation.json"
-
-
-def load_generations(paths: StatePaths) -> Generations:
+def load_generations(state: StateStore) -> Generations:
     """The stored generations (none yet: generation 0)."""
-    path = generation_file(paths)
-    if not path.exists():
+    data = state.read(GENERATION)
+    if data is None:
         return Generations()
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(data.decode("utf-8"))
         if doc["version"] != VERSION:
             raise ValueError(doc["version"])
         rotated = {int(k): tuple(str(w) for w in v) for k, v in doc["rotated"].items()}
         return Generations(int(doc["generation"]), rotated)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise FlingerError(
-            f"{path}: unreadable or malformed; restore it from a backup (it names no secret value)"
+            f"{state.where(GENERATION)}: malformed; restore it (git checkout) (it names no secret value)"
         ) from None
 
 
-def overlays_differ(paths: StatePaths, plan: dict[str, dict[str, bytes]]) -> bool:
+def overlays_differ(state: StateStore, plan: dict[str, dict[str, bytes]]) -> bool:
     """Whether writing `plan` would change any server's overlay (a file new, changed or gone)."""
-    for server, files in plan.items():
-        for rel, data in files.items():
-            if not unchanged(paths.overlay_dir / server / rel, data):
-                return True
-    if not paths.overlay_dir.is_dir():
-        return bool(plan)
-    for entry in paths.overlay_dir.iterdir():
-        if entry.name not in plan:
-            return True
-        planned = plan[entry.name]
-        for found in entry.rglob("*"):
-            if found.is_file() and found.relative_to(entry).as_posix() not in planned:
-                return True
-    return False
+    if set(state.overlay_names()) != set(plan):
+        return True
+    return any(state.overlay(server) != files for server, files in plan.items())
 
 
 def advance(
-    paths: StatePaths,
+    state: StateStore,
     plan: dict[str, dict[str, bytes]],
     ca: CertifiedKey,
     certs: dict[str, CertifiedKey],
@@ -103,28 +89,28 @@ def advance(
 ) -> tuple[Generations, list[str]]:
     """The generations once `plan` is written: one more when it changes any server's overlay
     (with what it rotates out), else as they are."""
-    generations = load_generations(paths)
-    if not overlays_differ(paths, plan):
+    generations = load_generations(state)
+    if not overlays_differ(state, plan):
         return generations, []
-    rotated = rotated_out(paths, ca, certs, secrets, split)
+    rotated = rotated_out(state, ca, certs, secrets, split)
     return generations.next(rotated), rotated
 
 
 def rotated_out(
-    paths: StatePaths, ca: CertifiedKey, certs: dict[str, CertifiedKey], secrets: SecretValues, split: Split
+    state: StateStore, ca: CertifiedKey, certs: dict[str, CertifiedKey], secrets: SecretValues, split: Split
 ) -> list[str]:
     """The secrets whose stored value the planned overlay replaces (names only)."""
     found: list[str] = []
-    old_ca = _quietly(lambda: load_ca(paths))
+    old_ca = _quietly(lambda: load_ca(state))
     if old_ca is not None and old_ca.key_pem != ca.key_pem:
         found.append("the deployment CA key")
-    new_keys = [name for name, pair in certs.items() if _key_changed(paths, name, pair)]
+    new_keys = [name for name, pair in certs.items() if _key_changed(state, name, pair)]
     if new_keys:
         found.append(f"the TLS keys of {names_of(sorted(new_keys))}")
-    old_split = _quietly(lambda: load_split(paths.split_file))
+    old_split = _quietly(lambda: load_split(state))
     if old_split is not None and split.state is not None and old_split.fingerprint != split.state.fingerprint:
         found.append("the deployment secret")
-    old_values = _quietly(lambda: load_secrets(paths.secrets_file)) or {}
+    old_values = _quietly(lambda: load_secrets(state)) or {}
     for name, stored in sorted(secrets.stored.items()):
         before = old_values.get(name, {})
         if any(key in stored and stored[key] != value for key, value in before.items()):
@@ -132,8 +118,8 @@ def rotated_out(
     return found
 
 
-def _key_changed(paths: StatePaths, server: str, pair: CertifiedKey) -> bool:
-    old = load_server_cert(paths, server)
+def _key_changed(state: StateStore, server: str, pair: CertifiedKey) -> bool:
+    old = load_server_cert(state, server)
     return old is not None and old.key_pem != pair.key_pem
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from flinger.manifest.model import Manifest
+from flinger.errors import UsageError
+from flinger.manifest.model import Manifest, SecretSpec
 from flinger.overlay.state import (
+    SECRET,
     SplitState,
-    StatePaths,
+    StateReader,
     load_ca,
     load_kept_secret,
     load_secrets,
@@ -48,8 +50,8 @@ def names_of(names: list[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def plan_ca(topology: Topology, paths: StatePaths, *, rotate: bool, messages: list[str]) -> CertifiedKey:
-    ca = None if rotate else load_ca(paths)
+def plan_ca(topology: Topology, state: StateReader, *, rotate: bool, messages: list[str]) -> CertifiedKey:
+    ca = None if rotate else load_ca(state)
     if ca is None:
         ca = create_ca(topology.name)
         messages.append(
@@ -62,7 +64,7 @@ def plan_ca(topology: Topology, paths: StatePaths, *, rotate: bool, messages: li
 
 def plan_certs(
     topology: Topology,
-    paths: StatePaths,
+    state: StateReader,
     ca: CertifiedKey,
     servers: list[Server],
     *,
@@ -72,7 +74,7 @@ def plan_certs(
     certs: dict[str, CertifiedKey] = {}
     reissued: list[str] = []
     for s in servers:
-        pair = None if rotate else load_server_cert(paths, s.name)
+        pair = None if rotate else load_server_cert(state, s.name)
         reason = None if pair is None else reissue_reason(pair, ca.cert, s.name, s.addr)
         if pair is None or reason is not None:
             if reason is not None:
@@ -96,24 +98,50 @@ class SecretValues:
         return [v for per in self.stored.values() for v in per.values()]
 
 
-def plan_secrets(manifest: Manifest, paths: StatePaths, servers: list[Server], *, rotate: bool) -> SecretValues:
-    old_values = {} if rotate else load_secrets(paths.secrets_file)
+def plan_secrets(manifest: Manifest, state: StateReader, servers: list[Server], *, rotate: bool) -> SecretValues:
+    stored = load_secrets(state)
+    old_values = {} if rotate else stored
     planned = SecretValues()
     for spec in manifest.secrets.values():
-        old = old_values.get(spec.name, {})
-        values: dict[str, str] = {}
-        one_value = old.get(SHARED) if spec.scope == "deployment" else None
-        if spec.scope == "deployment" and (one_value is None or len(one_value) != 2 * spec.nbytes):
-            one_value = _new_token(spec.nbytes)
-        for s in servers:
-            if s.has_any_role(spec.roles):
-                value = one_value or old.get(s.name)
-                if value is None or len(value) != 2 * spec.nbytes:
-                    value = _new_token(spec.nbytes)
-                values[s.name] = value
+        if spec.given:
+            values, kept = _given(spec, stored.get(spec.name, {}), servers)
+        else:
+            values, kept = _made(spec, old_values.get(spec.name, {}), servers)
         planned.values[spec.name] = values
-        planned.stored[spec.name] = {SHARED: one_value} if one_value is not None else values
+        planned.stored[spec.name] = kept
     return planned
+
+
+def _made(spec: SecretSpec, old: dict[str, str], servers: list[Server]) -> tuple[dict[str, str], dict[str, str]]:
+    """A secret flinger makes: each server's value (kept, or new), and what the state keeps."""
+    values: dict[str, str] = {}
+    one_value = old.get(SHARED) if spec.scope == "deployment" else None
+    if spec.scope == "deployment" and (one_value is None or len(one_value) != 2 * spec.nbytes):
+        one_value = _new_token(spec.nbytes)
+    for s in servers:
+        if s.has_any_role(spec.roles):
+            value = one_value or old.get(s.name)
+            if value is None or len(value) != 2 * spec.nbytes:
+                value = _new_token(spec.nbytes)
+            values[s.name] = value
+    return values, ({SHARED: one_value} if one_value is not None else values)
+
+
+def _given(spec: SecretSpec, old: dict[str, str], servers: list[Server]) -> tuple[dict[str, str], dict[str, str]]:
+    """A secret issued elsewhere (`flinger secret set`): its value for each server that needs it."""
+    values: dict[str, str] = {}
+    for s in servers:
+        if s.has_any_role(spec.roles):
+            value = old.get(s.name, old.get(SHARED))
+            if value is None:
+                raise UsageError(
+                    f"secret {spec.name} is given from outside and has no value"
+                    + (f" for {s.name}" if old else "")
+                    + f": run `flinger secret set {spec.name}`"
+                    + (f" --server {s.name}" if spec.scope == "server" and old else "")
+                )
+            values[s.name] = value
+    return values, dict(old)
 
 
 @dataclass
@@ -123,18 +151,18 @@ class Split:
     messages: list[str] = field(default_factory=list)
 
 
-def plan_split(topology: Topology, paths: StatePaths, names: tuple[str, ...], *, rotate: bool) -> Split:
+def plan_split(topology: Topology, state: StateReader, names: tuple[str, ...], *, rotate: bool) -> Split:
     """Keep the current split, re-split the same secret, or make a new one."""
     n, t = len(names), topology.deployment.threshold
-    old = None if rotate else load_split(paths.split_file)
-    kept = None if rotate else load_kept_secret(paths.secret_file)
+    old = None if rotate else load_split(state)
+    kept = None if rotate else load_kept_secret(state)
     if n == 1:
         message = (
             f"only one deployment server ({names[0]}): no secret shares were made, since a "
             "threshold secret needs at least two servers to hold shares"
         )
         if old is not None:
-            message += "; the previous split stays in state/ for when servers are added back"
+            message += "; the previous split stays in the state for when servers are added back"
             return Split(old, old.recover(), [message])
         return Split(None, kept, [message])
     if old is not None and old.servers == names and old.threshold == t and set(old.shares) == set(names):
@@ -148,7 +176,7 @@ def plan_split(topology: Topology, paths: StatePaths, names: tuple[str, ...], *,
         plan.messages.append("the stored shares do not recover the committed secret: made a new deployment secret")
     if secret is None and kept is not None:
         secret = kept
-        plan.messages.append("split the deployment secret kept in state/secret")
+        plan.messages.append(f"split the deployment secret kept in {state.where(SECRET)}")
     if secret is None:
         secret = _new_deployment_secret()
         what = "rotated: a new" if rotate else "made a new"

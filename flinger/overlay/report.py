@@ -38,7 +38,7 @@ class OverlayReport:
     threshold: int | None  # None when no shares were made (a single deployment server)
     secret_fingerprint: str | None
     servers: tuple[ServerOverlay, ...]
-    removed: tuple[str, ...] = ()  # paths relative to the overlay dir
+    removed: tuple[str, ...] = ()  # servers whose overlay was removed, and SERVER/FILE no longer in one
     messages: tuple[str, ...] = ()
     generation: int = 0  # the overlay generation now (generation.py)
     rotated: tuple[str, ...] = ()  # what this run rotated out (names, never values)

@@ -1,5 +1,5 @@
-"""The client-side secret state of a deployment (`.flinger/<name>/`): where each piece lives,
-and reading/serialising it.
+"""The pieces of a deployment's secret state, by logical name, and reading/serialising
+them. Where and how each is stored (sealed or clear) is the store's (store.py).
 
     ca/ca.key, ca/ca.pem              the deployment CA (the key never leaves the client)
     state/tls/<server>/key.pem|cert.pem   each server's key and certificate
@@ -7,73 +7,45 @@ and reading/serialising it.
     state/split.json                  the current split: servers (share index order),
                                       threshold, commitments, each server's share
     state/secret                      the deployment secret itself, only with keep_secret
-    overlay/<server>/                 what is sent to each server (derived from the above)
+    state/verifier.json               the deployment-wide verifier (public)
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flinger.errors import FlingerError
 from flinger.remote import shamir
-from flinger.secrets.ca import CertifiedKey, load_certified_key
+from flinger.secrets.ca import CertifiedKey, certified_key_from
 
 STATE_VERSION = 1
 
 
-@dataclass(frozen=True)
-class StatePaths:
-    root: Path  # .flinger/<deployment>/
+CA_KEY = "ca/ca.key"
+CA_CERT = "ca/ca.pem"
+SECRETS = "state/secrets.json"
+SPLIT = "state/split.json"
+SECRET = "state/secret"  # noqa: S105 (a file name)
+VERIFIER = "state/" + shamir.VERIFIER_FILE
+GENERATION = "state/generation.json"
 
-    @property
-    def ca_dir(self) -> Path:
-        return self.root / "ca"
 
-    @property
-    def ca_key(self) -> Path:
-        return self.ca_dir / "ca.key"
+def server_key(server: str) -> str:
+    return f"state/tls/{server}/key.pem"
 
-    @property
-    def ca_cert(self) -> Path:
-        return self.ca_dir / "ca.pem"
 
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
+def server_cert(server: str) -> str:
+    return f"state/tls/{server}/cert.pem"
 
-    @property
-    def tls_dir(self) -> Path:
-        return self.state_dir / "tls"
 
-    def server_key(self, server: str) -> Path:
-        return self.tls_dir / server / "key.pem"
+class StateReader(Protocol):
+    """What the loaders read from: the store (store.py), or a test's dict."""
 
-    def server_cert(self, server: str) -> Path:
-        return self.tls_dir / server / "cert.pem"
+    def read(self, rel: str) -> bytes | None: ...
 
-    @property
-    def secrets_file(self) -> Path:
-        return self.state_dir / "secrets.json"
-
-    @property
-    def split_file(self) -> Path:
-        return self.state_dir / "split.json"
-
-    @property
-    def verifier_file(self) -> Path:
-        """The deployment-wide verifier (public): every overlay's verifier.json is this file."""
-        return self.state_dir / shamir.VERIFIER_FILE
-
-    @property
-    def secret_file(self) -> Path:
-        return self.state_dir / "secret"
-
-    @property
-    def overlay_dir(self) -> Path:
-        return self.root / "overlay"
+    def where(self, rel: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -112,30 +84,32 @@ class SplitState:
         return (json.dumps(doc, indent=1) + "\n").encode()
 
 
-def _unreadable(path: Path, why: str) -> FlingerError:
+def _unreadable(where: str, why: str) -> FlingerError:
     return FlingerError(
-        f"{path}: {why}; restore it from a backup, or run `flinger overlay --rotate` "
+        f"{where}: {why}; restore it (git checkout) from the last good state, or run `flinger overlay --rotate` "
         "to make new secrets for every server"
     )
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(state: StateReader, rel: str) -> Any:
+    data = state.read(rel)
+    if data is None:
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise _unreadable(path, f"cannot read ({e.strerror})") from None
+        return json.loads(data.decode("utf-8"))
     except ValueError:
         # The message of json's error quotes no content, but the file holds secrets: say less.
-        raise _unreadable(path, "not valid JSON") from None
+        raise _unreadable(state.where(rel), "not valid JSON") from None
 
 
-def load_split(path: Path) -> SplitState | None:
-    if not path.exists():
+def load_split(state: StateReader) -> SplitState | None:
+    doc = _read_json(state, SPLIT)
+    if doc is None:
         return None
-    doc = _read_json(path)
+    where = state.where(SPLIT)
     try:
         if doc["version"] != STATE_VERSION:
-            raise _unreadable(path, f"unknown version (expected {STATE_VERSION})")
+            raise _unreadable(where, f"unknown version (expected {STATE_VERSION})")
         servers = tuple(str(s) for s in doc["servers"])
         return SplitState(
             deployment=str(doc["deployment"]),
@@ -146,19 +120,19 @@ def load_split(path: Path) -> SplitState | None:
             fingerprint=str(doc.get("fingerprint", "")),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise _unreadable(path, "malformed") from None
+        raise _unreadable(where, "malformed") from None
 
 
-def load_secrets(path: Path) -> dict[str, dict[str, str]]:
+def load_secrets(state: StateReader) -> dict[str, dict[str, str]]:
     """{secret name: {server: token}}."""
-    if not path.exists():
+    doc = _read_json(state, SECRETS)
+    if doc is None:
         return {}
-    doc = _read_json(path)
     values = doc.get("secrets") if isinstance(doc, dict) else None
     if not isinstance(values, dict) or not all(
         isinstance(per, dict) and all(isinstance(v, str) for v in per.values()) for per in values.values()
     ):
-        raise _unreadable(path, "malformed")
+        raise _unreadable(state.where(SECRETS), "malformed")
     return {str(name): {str(s): v for s, v in per.items()} for name, per in values.items()}
 
 
@@ -167,16 +141,17 @@ def secrets_to_bytes(values: dict[str, dict[str, str]]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def load_kept_secret(path: Path) -> int | None:
+def load_kept_secret(state: StateReader) -> int | None:
     """The deployment secret kept by an earlier `keep_secret` run, if any."""
-    if not path.exists():
+    data = state.read(SECRET)
+    if data is None:
         return None
     try:
-        value = int(path.read_text(encoding="ascii").strip(), 16)
-    except (OSError, ValueError):
-        raise _unreadable(path, "not a hexadecimal secret") from None
+        value = int(data.decode("ascii").strip(), 16)
+    except (UnicodeDecodeError, ValueError):
+        raise _unreadable(state.where(SECRET), "not a hexadecimal secret") from None
     if not 0 <= value < shamir.Q:
-        raise _unreadable(path, "out of range")
+        raise _unreadable(state.where(SECRET), "out of range")
     return value
 
 
@@ -184,22 +159,26 @@ def secret_to_bytes(secret: int) -> bytes:
     return (format(secret, "064x") + "\n").encode()
 
 
-def load_ca(paths: StatePaths) -> CertifiedKey | None:
+def load_ca(state: StateReader) -> CertifiedKey | None:
     """The deployment CA; None when there is none yet (FlingerError if it is damaged)."""
-    if not paths.ca_key.exists() and not paths.ca_cert.exists():
+    key, cert = state.read(CA_KEY), state.read(CA_CERT)
+    if key is None and cert is None:
         return None
+    where = state.where(CA_KEY)
+    if key is None or cert is None:
+        raise _unreadable(where, "the deployment CA is incomplete")
     try:
-        return load_certified_key(paths.ca_key, paths.ca_cert)
+        return certified_key_from(key, cert, key_what=where, cert_what=state.where(CA_CERT))
     except FlingerError as e:
-        raise _unreadable(paths.ca_dir, f"the deployment CA is unusable ({e.message})") from None
+        raise _unreadable(where, f"the deployment CA is unusable ({e.message})") from None
 
 
-def load_server_cert(paths: StatePaths, server: str) -> CertifiedKey | None:
+def load_server_cert(state: StateReader, server: str) -> CertifiedKey | None:
     """A server's stored key + certificate, or None if absent or unusable (it is re-issued)."""
-    key, cert = paths.server_key(server), paths.server_cert(server)
-    if not key.exists() or not cert.exists():
+    key, cert = state.read(server_key(server)), state.read(server_cert(server))
+    if key is None or cert is None:
         return None
     try:
-        return load_certified_key(key, cert)
+        return certified_key_from(key, cert, key_what=server_key(server), cert_what=server_cert(server))
     except FlingerError:
         return None

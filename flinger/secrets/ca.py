@@ -200,9 +200,14 @@ def load_certified_key(key_path: Path, cert_path: Path) -> CertifiedKey:
         cert_data = cert_path.read_bytes()
     except OSError as e:
         raise FlingerError(f"cannot read {e.filename}: {e.strerror}") from None
-    pair = CertifiedKey(load_key_pem(key_data, what=str(key_path)), load_cert_pem(cert_data, what=str(cert_path)))
+    return certified_key_from(key_data, cert_data, key_what=str(key_path), cert_what=str(cert_path))
+
+
+def certified_key_from(key_data: bytes, cert_data: bytes, *, key_what: str, cert_what: str) -> CertifiedKey:
+    """A key + certificate pair from their PEM bytes; FlingerError if they do not match."""
+    pair = CertifiedKey(load_key_pem(key_data, what=key_what), load_cert_pem(cert_data, what=cert_what))
     if not key_matches_cert(pair.key, pair.cert):
-        raise FlingerError(f"{key_path} does not match the certificate {cert_path}")
+        raise FlingerError(f"{key_what} does not match the certificate {cert_what}")
     return pair
 
 

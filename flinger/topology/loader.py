@@ -20,11 +20,12 @@ from flinger.topology.model import (
     Deployment,
     Server,
     SshSettings,
+    StateSettings,
     Topology,
 )
 from flinger.values import host_problem, jump_problem, name_problem, remote_path_problem, user_problem
 
-TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers", "artifacts")
+TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers", "artifacts", "state")
 ARTIFACTS_KEYS = (
     "store",
     "url",
@@ -40,6 +41,7 @@ BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
 DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold", "keep_releases")
 SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config", "config")
 SYNC_KEYS = ("exclude",)
+STATE_KEYS = ("recipients",)
 SERVER_KEYS = (
     "addr",
     "user",
@@ -265,6 +267,28 @@ def _ssh(top: Fields, path: Path) -> SshSettings:
     )
 
 
+def _state(top: Fields) -> StateSettings:
+    """[state] recipients: who the deployment's sealed state is encrypted to."""
+    from flinger.secrets.sealing import parse_recipient
+
+    s = top.sub("state", STATE_KEYS)
+    if not s.has("recipients"):
+        return StateSettings()
+    texts = s.str_list("recipients")
+    if not texts:
+        raise s.error("recipients", "is empty: name at least one recipient, or leave [state] out (your own identity)")
+    seen: set[str] = set()
+    for i, text in enumerate(texts, 1):
+        try:
+            recipient = parse_recipient(text)
+        except ValueError as e:
+            raise s.error("recipients", f"entry {i}: {e}") from None
+        if recipient.canonical in seen:
+            raise s.error("recipients", f"entry {i}: the same key twice")
+        seen.add(recipient.canonical)
+    return StateSettings(recipients=texts)
+
+
 def _ssh_config_file(s: Fields, path: Path) -> Path | None:
     """[ssh] config: an ssh_config file that must exist (an Include of nothing says nothing)."""
     value = s.opt_str("config")
@@ -306,8 +330,10 @@ def load_topology(path: Path) -> Topology:
     deployment = errors.attempt(functools.partial(_deployment, top, names_known))
     ssh = errors.attempt(functools.partial(_ssh, top, path))
     rest = errors.attempt(functools.partial(_top_level, top, path))
+    state = errors.attempt(functools.partial(_state, top))
     errors.raise_any()
     assert builder is not None and deployment is not None and ssh is not None and rest is not None
+    assert state is not None
     assert artifacts is not None
     source, manifest, name, exclude = rest
     return Topology(
@@ -321,6 +347,7 @@ def load_topology(path: Path) -> Topology:
         servers=servers,
         sync_exclude=exclude,
         artifacts=artifacts,
+        state=state,
         lines=file.lines,
     )
 

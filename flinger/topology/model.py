@@ -92,6 +92,14 @@ class Artifacts:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """[state]: the recipients the deployment's sealed state is encrypted to (public keys, as
+    written: "ssh-ed25519 AAAA… alice" or "age1…"); none: the operator's own flinger identity."""
+
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Topology:
     """A whole deploy.toml: where the client tree is, the builder, and the servers."""
 
@@ -105,6 +113,7 @@ class Topology:
     servers: dict[str, Server]
     sync_exclude: tuple[str, ...] = ()
     artifacts: Artifacts = field(default_factory=Artifacts)
+    state: StateSettings = field(default_factory=StateSettings)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property

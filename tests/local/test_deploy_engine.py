@@ -41,6 +41,7 @@ from flinger.protocol.plans import PullSpec
 from flinger.protocol.results import BuiltPackage
 from flinger.remote import files, tarball
 from flinger.topology.model import Artifacts, Server, Topology
+from tests.state_helpers import overlays
 from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 NODES = ("node1", "node2", "node3")
@@ -127,7 +128,7 @@ class Fleet:
         self, policy: RolloutPolicy | None = None, sink: Sink = nowhere, only: tuple[str, ...] = NODES
     ) -> dict[str, ServerResult]:
         plans = plan_deploy(self.topology, self.manifest, [self.topology.servers[n] for n in only])
-        results = self.run(Install(plans), policy or RolloutPolicy(), sink, only)
+        results = self.run(Install(plans, overlays(self.topology)), policy or RolloutPolicy(), sink, only)
         return {r.server: r for r in results}
 
     def rollback(

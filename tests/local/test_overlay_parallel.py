@@ -4,7 +4,6 @@ for the first server in order that has it."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from flinger.errors import ConfigError
 from flinger.manifest.model import OverlayFile
 from flinger.overlay import make_overlay
 from flinger.overlay import render as overlay_render
+from tests.state_helpers import overlays
 from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,13 +28,12 @@ def test_forked_workers_render_the_same_bytes_as_one_process(tmp_path: Path, mon
     topology = make_topology(tmp_path, nodes(COUNT))
     manifest = make_manifest(tmp_path, overlay=[OverlayFile("t/config.json.j2", "quorum/config.json", ("node",))])
     make_overlay(topology, manifest)  # in workers: more servers than PARALLEL_FROM
-    overlay = topology.state_dir / "overlay"
-    forked = tree(overlay)
-    assert len([p for p in forked if p.endswith("config.json")]) == COUNT
-    shutil.rmtree(overlay)  # the state stays: the same keys, shares and secrets
-    monkeypatch.setattr(overlay_render, "PARALLEL_FROM", 10**9)
-    make_overlay(topology, manifest)
-    assert tree(overlay) == forked
+    forked = overlays(topology)
+    assert len([rel for files in forked.values() for rel in files if rel.endswith("config.json")]) == COUNT
+    monkeypatch.setattr(overlay_render, "PARALLEL_FROM", 10**9)  # the same state, rendered in one process
+    again = make_overlay(topology, manifest)
+    assert all(s.written == () for s in again.servers)  # not one byte differs
+    assert overlays(topology) == forked
 
 
 def test_a_template_error_in_a_worker_names_the_first_server_that_has_it(tmp_path: Path) -> None:

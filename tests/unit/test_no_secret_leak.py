@@ -21,6 +21,7 @@ from flinger.overlay import planners as overlay_mod
 from flinger.remote import shamir
 from flinger.secrets.secret import Secret
 from flinger.topology.model import Topology
+from tests.state_helpers import edit_overlay, export_shares, overlay_of, share_of, state_of
 from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
 
 KNOWN_SECRET = int("c0ffee" * 10 + "beef", 16)  # 256 bits
@@ -72,16 +73,17 @@ def test_overlay_verify_combine_leak_nothing(
     topology, manifest = _setup(tmp_path)
     report = make_overlay(topology, manifest)  # type: ignore[arg-type]
     assert len(known) == 4 and report.secret_fingerprint == shamir.fingerprint(KNOWN_SECRET)
-    shares = [json.loads(p.read_text())["share"] for p in sorted(topology.state_dir.rglob("share.json"))]
+    names = list(topology.deployment.servers)
+    shares = [str(share_of(topology, s)["share"]) for s in names]
     assert len(shares) == 4
     secret_forms = _secret_forms(KNOWN_SECRET)
     sensitive = secret_forms + known + shares
 
     texts = [json.dumps(report.to_json()), repr(report)]
-    checks = verify_shares(topology)
+    checks = verify_shares(topology, state_of(topology))
     assert all(c.valid for c in checks)
     texts += [repr(checks), json.dumps([c.to_json() for c in checks])]
-    files = sorted(topology.state_dir.rglob("share.json"))[:3]
+    files = export_shares(topology, names[:3], tmp_path / "exported")
     hidden = combine_share_files(files, reveal=False)
     revealed = combine_share_files(files, reveal=True)
     assert revealed.secret is not None and revealed.secret.reveal() == format(KNOWN_SECRET, "064x")
@@ -99,7 +101,7 @@ def test_overlay_verify_combine_leak_nothing(
         with pytest.raises(FlingerError) as info:
             attempt()
         texts.append(str(info.value))
-    texts.append(repr(verify_shares(topology)))
+    texts.append(repr(verify_shares(topology, state_of(topology))))
     for template in (
         "{{ {}[secrets.api_key] }}",
         "{{ server[peer_secrets.api_key.node2] }}",
@@ -127,7 +129,7 @@ def test_overlay_verify_combine_leak_nothing(
             _assert_clean(data.decode("latin-1"), secret_forms)
 
 
-def test_keep_secret_puts_it_in_state_secret_only(tmp_path: Path, known: list[str]) -> None:
+def test_keep_secret_puts_it_in_state_secret_only_sealed(tmp_path: Path, known: list[str]) -> None:
     topology, manifest = _setup(tmp_path)
     make_overlay(topology, manifest, keep_secret=True)  # type: ignore[arg-type]
     holders = [
@@ -135,7 +137,9 @@ def test_keep_secret_puts_it_in_state_secret_only(tmp_path: Path, known: list[st
         for p in tmp_path.rglob("*")
         if p.is_file() and format(KNOWN_SECRET, "064x").encode() in p.read_bytes()
     ]
-    assert holders == ["state/secret"]
+    assert holders == []  # in no file in clear
+    assert (topology.state_dir / "state" / "secret.age").is_file()
+    assert state_of(topology).read("state/secret") == (format(KNOWN_SECRET, "064x") + "\n").encode()
 
 
 def test_a_servers_token_reaches_only_servers_allowed_to_see_it(tmp_path: Path, known: list[str]) -> None:
@@ -149,11 +153,7 @@ def test_a_servers_token_reaches_only_servers_allowed_to_see_it(tmp_path: Path, 
     )
     make_overlay(topology, manifest)
     a1_token, a2_token = known
-    overlay = topology.state_dir / "overlay"
-    seen = {
-        server: b"".join(p.read_bytes() for p in (overlay / server).rglob("*") if p.is_file())
-        for server in ("coord", "a1", "a2")
-    }
+    seen = {server: b"".join(overlay_of(topology, server).values()) for server in ("coord", "a1", "a2")}
     assert a1_token.encode() in seen["a1"] and a1_token.encode() not in seen["a2"]
     assert a2_token.encode() in seen["a2"] and a2_token.encode() not in seen["a1"]
     assert a1_token.encode() in seen["coord"] and a2_token.encode() in seen["coord"]
@@ -222,7 +222,7 @@ def test_cli_overlay_and_secret_commands_leak_nothing(
         result = runner.invoke(app, ["-c", str(config), *args])
         assert result.exit_code == 0, result.output
         outputs.append(result.output)
-    shares = sorted((tmp_path / ".flinger" / "demo" / "overlay").rglob("share.json"))
+    shares = export_shares(tmp_path / ".flinger" / "demo", ["node1", "node2", "node3"], tmp_path / "exported")
     assert len(shares) == 3
     share_values = [json.loads(p.read_text())["share"] for p in shares]
     result = runner.invoke(app, ["-c", str(config), "secret", "combine", *map(str, shares[:2])])
@@ -235,6 +235,7 @@ def test_cli_overlay_and_secret_commands_leak_nothing(
     doc = json.loads(shares[1].read_text())
     doc["share"] = format(int(doc["share"], 16) ^ 0xFF, "x")
     shares[1].write_text(json.dumps(doc))
+    edit_overlay(tmp_path / ".flinger" / "demo", "node2", "share.json", json.dumps(doc).encode())
     share_values.append(doc["share"])
     # failures go through the real error boundary (flinger.cli.run): exit status + message
     from flinger.cli import run

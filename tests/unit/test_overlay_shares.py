@@ -16,6 +16,7 @@ from flinger.overlay import make_overlay
 from flinger.overlay import planners as overlay_mod
 from flinger.remote import shamir
 from flinger.topology.model import Topology
+from tests.state_helpers import edit_overlay, state_of, view
 from tests.unit.overlay_helpers import make_manifest, make_topology, nodes
 
 KNOWN = int("5e" * 32, 16)
@@ -28,7 +29,8 @@ def _deploy(tmp_path: Path, count: int = 5, name: str = "demo") -> Topology:
 
 
 def _share_path(topology: Topology, server: str) -> Path:
-    return topology.state_dir / "overlay" / server / "share.json"
+    """The server's share as a plain file (with the verifier beside it), opened from the state."""
+    return view(topology) / "overlay" / server / "share.json"
 
 
 def _tamper_one_byte(path: Path) -> None:
@@ -41,37 +43,39 @@ def _tamper_one_byte(path: Path) -> None:
 
 def test_verify_all_shares(tmp_path: Path) -> None:
     topology = _deploy(tmp_path)
-    checks = verify_shares(topology)
+    checks = verify_shares(topology, state_of(topology))
     assert [c.server for c in checks] == [f"node{i}" for i in range(1, 6)]
     assert all(c.valid for c in checks) and [c.index for c in checks] == [1, 2, 3, 4, 5]
-    assert [c.server for c in verify_shares(topology, "node3")] == ["node3"]
+    assert [c.server for c in verify_shares(topology, state_of(topology), "node3")] == ["node3"]
     with pytest.raises(UsageError):
-        verify_shares(topology, "node9")
+        verify_shares(topology, state_of(topology), "node9")
 
 
 def test_verify_reports_a_tampered_or_missing_share(tmp_path: Path) -> None:
     topology = _deploy(tmp_path)
-    _tamper_one_byte(_share_path(topology, "node2"))
-    _share_path(topology, "node4").unlink()
-    checks = {c.server: c for c in verify_shares(topology)}
+    tampered = _share_path(topology, "node2")
+    _tamper_one_byte(tampered)
+    edit_overlay(topology, "node2", "share.json", tampered.read_bytes())
+    edit_overlay(topology, "node4", "share.json", None)
+    checks = {c.server: c for c in verify_shares(topology, state_of(topology))}
     assert not checks["node2"].valid and "commitments" in (checks["node2"].reason or "")
-    assert not checks["node4"].valid and "no share file" in (checks["node4"].reason or "")
+    assert not checks["node4"].valid and "no share" in (checks["node4"].reason or "")
     assert checks["node1"].valid and checks["node3"].valid
 
 
 def test_verify_notices_a_share_from_an_older_split(tmp_path: Path) -> None:
     topology = _deploy(tmp_path)
-    old = _share_path(topology, "node1").read_text()
+    old = _share_path(topology, "node1").read_bytes()
     make_overlay(topology, make_manifest(tmp_path / "demo"), rotate=True)
-    _share_path(topology, "node1").write_text(old)
-    checks = {c.server: c for c in verify_shares(topology)}
+    edit_overlay(topology, "node1", "share.json", old)
+    checks = {c.server: c for c in verify_shares(topology, state_of(topology))}
     assert not checks["node1"].valid and "not the verifier this share was made with" in (checks["node1"].reason or "")
 
 
 def test_single_server_has_nothing_to_verify(tmp_path: Path) -> None:
     topology = _deploy(tmp_path, count=1)
     with pytest.raises(FlingerError, match="single server"):
-        verify_shares(topology)
+        verify_shares(topology, state_of(topology))
 
 
 def test_combine_threshold_shares(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
