@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 import flinger_sandbox as sandbox  # noqa: E402
 from flinger.engine.plan import plan_deploy  # noqa: E402
 from flinger.manifest import load_manifest  # noqa: E402
+from flinger.overlay.store import reader  # noqa: E402
 from flinger.topology import load_topology  # noqa: E402
 from flinger_sandbox import SandboxState  # noqa: E402
 
@@ -168,8 +169,11 @@ class Bench:
         addr, port = self.state.hosts["build1"]
         built = f"deploy@{addr}:src/out/packages/quorum.tar.gz"
         checked(["scp", "-q", *self.ssh_options(), "-P", str(port), built, str(self.work / "quorum.tar.gz")], self.env)
-        overlay = self.config.parent / ".flinger" / "sandbox" / "overlay"
-        shutil.copytree(overlay, self.work / "overlay")
+        state = reader(self.config.parent / ".flinger" / "sandbox")  # the sealed overlays, opened for the floor's scp
+        for server in state.overlay_names():
+            for rel, data in (state.overlay(server) or {}).items():
+                (self.work / "overlay" / server / rel).parent.mkdir(parents=True, exist_ok=True)
+                (self.work / "overlay" / server / rel).write_bytes(data)
         topology = load_topology(self.config)
         plans = plan_deploy(topology, load_manifest(topology.manifest_path), topology.deployment_servers())
         (service,) = [s for s in plans[0].services if s.name == "quorum"]

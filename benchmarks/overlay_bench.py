@@ -12,10 +12,11 @@ Per size it measures, best of --repeat:
   verify    verifying every share alone against the commitments (verify_share each)
   batch     verifying all of them in one randomised check (verify_shares_batch, what
             `flinger secret verify` uses for 4 shares or more)
-  write     writing the same files (same sizes, 0600, atomic, one sync for all, as the
-            overlay writes them) without any crypto (baseline);
-            a file the overlay links into every server's dir (verifier.json) is written once
-            and linked, as the overlay does; MB counts each file once
+  write     writing the same content in clear as files (the layout before the state was
+            sealed: every state file and every server's overlay files, 0600, atomic, one
+            sync for all), without any crypto (baseline); the one verifier written once
+            and linked into every server's dir
+  MB        the sealed state on disk (index, sealed files, one sealed bundle per server)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from overlay_helpers import make_manifest, make_topology, nodes, write_template 
 
 from flinger.manifest.model import OverlayFile, SecretSpec  # noqa: E402
 from flinger.overlay import make_overlay  # noqa: E402
+from flinger.overlay.store import reader  # noqa: E402
 from flinger.remote import shamir  # noqa: E402
 from flinger.secrets.ca import create_ca, issue_server_cert  # noqa: E402
 from flinger.secrets.private_files import write_private_all  # noqa: E402
@@ -107,15 +109,19 @@ def measure(n: int, repeat: int, work: Path, template: str, verify: bool) -> dic
     )
     results["batch"] = best_of(repeat, lambda: shamir.verify_shares_batch(shares, commitments))
 
-    # Each file once per inode, as on disk: every overlay's verifier.json is one file, linked.
+    # The baseline writes the same content in clear, as files (the layout before sealing: the
+    # state's files, then each server's overlay files, the one verifier written once and linked).
+    opened = reader(state)
+    assert opened.index is not None
     files: list[tuple[Path, bytes | Path]] = []
-    first_of: dict[tuple[int, int], Path] = {}
-    for p in sorted(state.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            key = (st.st_dev, st.st_ino)
-            files.append((p.relative_to(state), first_of[key] if key in first_of else p.read_bytes()))
-            first_of.setdefault(key, p.relative_to(state))
+    for name in sorted(opened.index.files):
+        if not name.startswith("overlay/"):
+            rel = name.removesuffix(".age")
+            files.append((Path(rel), opened.read(rel) or b""))
+    for server in sorted(opened.overlay_names()):
+        for rel, data in sorted((opened.overlay(server) or {}).items()):
+            is_verifier = rel == shamir.VERIFIER_FILE
+            files.append((Path("overlay", server, rel), Path("state", rel) if is_verifier else data))
     copy = work / f"copy{n}"
 
     def write_all() -> None:
@@ -126,7 +132,7 @@ def measure(n: int, repeat: int, work: Path, template: str, verify: bool) -> dic
 
     results["write"] = best_of(repeat, write_all, lambda: shutil.rmtree(copy, ignore_errors=True))
     results["files"] = float(len(files))
-    results["mb"] = sum(len(data) for _, data in files if isinstance(data, bytes)) / 1e6
+    results["mb"] = sum(p.stat().st_size for p in state.rglob("*") if p.is_file()) / 1e6  # the sealed state on disk
     clean()
     shutil.rmtree(copy, ignore_errors=True)
     return results
@@ -160,6 +166,7 @@ def main() -> int:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     with tempfile.TemporaryDirectory(prefix="flinger-bench-") as tmp:
+        os.environ["XDG_CONFIG_HOME"] = str(Path(tmp) / "config")  # the bench's own age identity
         for n in sizes:
             repeat = args.repeat if n < 1000 else max(1, args.repeat // 3)
             r = measure(n, repeat, Path(tmp), args.template, not args.no_verify_each)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
+
+from flinger.secrets.private_files import private_dir
 
 
 @dataclass(frozen=True)
@@ -106,18 +110,26 @@ def nowhere(_event: Event) -> None:
     """The sink of a run that nobody watches."""
 
 
+def _private_append(path: Path) -> TextIO:
+    """`path` opened for appending, made 0600 if it is new."""
+    return open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8")
+
+
 class RunLog:
     """Keeps a run's events: `<name>.log` per server (steps, states and output, timestamped,
-    for people) and `events.jsonl` (every event, for machines), in a 0700 directory."""
+    for people) and `events.jsonl` (every event, for machines): 0600 files in 0700 directories
+    (`.flinger/`, the deployment's, `logs/` and the run's own)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if directory.parent.name == "logs":
+            private_dir(directory.parent)
+        private_dir(directory)
 
     def __call__(self, event: Event) -> None:
         wall = dt.datetime.now(dt.UTC)
         record = as_record(event)
-        with open(self.directory / "events.jsonl", "a", encoding="utf-8") as fh:
+        with _private_append(self.directory / "events.jsonl") as fh:
             fh.write(json.dumps({"time": wall.isoformat(timespec="milliseconds"), **record}) + "\n")
         text = {
             "started": "state: running",
@@ -126,7 +138,7 @@ class RunLog:
         }.get(record["event"], record.get("text", ""))
         if record["event"] == "info":
             return  # a passing note (progress figures): events.jsonl has it
-        with open(self.directory / f"{event.name}.log", "a", encoding="utf-8") as fh:
+        with _private_append(self.directory / f"{event.name}.log") as fh:
             fh.write(f"{wall.strftime('%H:%M:%S')} {text}\n")
 
 

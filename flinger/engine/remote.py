@@ -23,6 +23,7 @@ from flinger.progress import Finished, Info, Output, Started, Step
 from flinger.protocol.codec import ProtocolError
 from flinger.protocol.messages import COMMANDS, Event, parse_line, plan_line
 from flinger.protocol.results import Outcome
+from flinger.secrets.private_files import private_dir
 from flinger.ssh.connection import privileged
 from flinger.topology.model import Topology
 
@@ -45,7 +46,7 @@ def local_zipapp(topology: Topology) -> tuple[Path, str]:
     dest = topology.state_dir / "tool" / ZIPAPP_NAME
     with _build_lock:
         if dest not in _built:
-            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(dest.parent)  # and .flinger/ above it, if new: 0700
             digest = build_remote_zipapp(dest)
             _built[dest] = (dest, digest)
         return _built[dest]

@@ -22,6 +22,7 @@ from flinger.engine.stores import STORES, ArtifactStore
 from flinger.errors import UsageError
 from flinger.manifest.model import Manifest
 from flinger.progress import Events, RunLog, Sink, nowhere
+from flinger.secrets.private_files import private_dir
 from flinger.topology.model import Topology
 
 
@@ -84,6 +85,8 @@ def open_run(
     hosts = open_hosts(topology, transport=transport, agent_for=agent_for)
     run_id = new_run_id()
     log_dir = topology.state_dir / "logs" / run_id
+    private_dir(topology.state_dir.parent)  # .flinger/ and the deployment's dir: 0700 (the logs' own: RunLog)
+    private_dir(topology.state_dir)
     return Run(
         topology=topology,
         manifest=manifest,

@@ -276,6 +276,7 @@ class StateStore:
         return seal(data, self.recipients) if is_sealed(rel) else data
 
     def _write(self, writes: dict[str, bytes], index: Index) -> None:
+        private_dir(self.root.parent)  # .flinger/
         private_dir(self.root)
         for sub in ("ca", "state", "overlay"):
             private_dir(self.root / sub)

@@ -10,6 +10,7 @@ import pytest
 from flinger_helpers import derived_config, run_flinger
 
 from flinger_sandbox import SandboxState
+from tests.state_helpers import overlay_of
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +105,9 @@ def test_dry_run_contacts_nobody_and_shows_no_secret(sandbox: SandboxState, tmp_
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert [s["server"] for s in plan["servers"]] == ["node1", "node2", "node3"]
-    overlay = tmp_path / ".flinger" / "sandbox" / "overlay"
     for server in ("node1", "node2", "node3"):
-        share = json.loads((overlay / server / "share.json").read_text())["share"]
-        key = (overlay / server / "tls" / "key.pem").read_text().splitlines()[1]
+        files = overlay_of(tmp_path / ".flinger" / "sandbox", server)
+        share = json.loads(files["share.json"])["share"]
+        key = files["tls/key.pem"].decode().splitlines()[1]
         assert share not in proc.stdout and key not in proc.stdout
     assert "share.json" in proc.stdout  # files are named, never shown

@@ -22,6 +22,7 @@ from flinger.secrets.ca import cert_sans, chains_to
 from flinger.topology import load_topology
 from flinger_sandbox import SandboxState
 from tests.remote_helpers import envelope, eventually
+from tests.state_helpers import overlay_of
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +79,11 @@ def test_builder_got_no_overlay_and_no_server_got_another_ones(
     )
     assert found.stdout.strip() == "", f"overlay files on the builder: {found.stdout}"
     for name in NODES:
-        local = (topo.state_dir / "overlay" / name / "tls" / "cert.pem").read_text()
+        local = overlay_of(topo, name)  # the sealed overlay, opened
         remote = ssh_run(sandbox, name, "cat", "/opt/quorum/current/overlay/tls/cert.pem")
-        assert remote.stdout == local
+        assert remote.stdout == local["tls/cert.pem"].decode()
         share = json.loads(ssh_run(sandbox, name, "cat", "/opt/quorum/current/overlay/share.json").stdout)
-        assert share["index"] == json.loads((topo.state_dir / "overlay" / name / "share.json").read_text())["index"]
+        assert share["index"] == json.loads(local["share.json"])["index"]
         indexes = ssh_run(
             sandbox,
             name,

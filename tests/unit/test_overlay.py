@@ -410,9 +410,7 @@ def test_template_root_may_be_given(tmp_path: Path) -> None:
     (other / "tmpl").mkdir(parents=True)
     (other / "tmpl" / "app.conf.j2").write_text("from elsewhere {{ deployment.name }}\n")
     make_overlay(topology, manifest, template_root=other)
-    assert (
-        view(topology) / "overlay" / "node3" / "files" / "app" / "app.conf"
-    ).read_text() == "from elsewhere demo\n"
+    assert (view(topology) / "overlay" / "node3" / "files" / "app" / "app.conf").read_text() == "from elsewhere demo\n"
 
 
 def test_builder_and_server_context(tmp_path: Path) -> None:
@@ -483,6 +481,7 @@ def test_a_deployment_scoped_secret_is_one_value_kept_when_roles_move(tmp_path: 
     spec = SecretSpec(name="redis_pw", roles=("primary", "replica"), scope="deployment")
     manifest = make_manifest(tmp_path, secrets=[spec])
     make_overlay(topology, manifest)
+
     def value(server: str) -> bytes:
         return overlay_of(topology, server)["secrets/redis_pw"]
 
