@@ -20,6 +20,7 @@ from flinger.errors import FlingerError
 from flinger.overlay.planners import SecretValues, Split, names_of
 from flinger.overlay.state import GENERATION, load_ca, load_secrets, load_server_cert, load_split
 from flinger.secrets.ca import CertifiedKey
+from flinger.secrets.sealing import DamagedState
 
 if TYPE_CHECKING:
     from flinger.overlay.store import StateStore
@@ -76,7 +77,10 @@ def overlays_differ(state: StateStore, plan: dict[str, dict[str, bytes]]) -> boo
     """Whether writing `plan` would change any server's overlay (a file new, changed or gone)."""
     if set(state.overlay_names()) != set(plan):
         return True
-    return any(state.overlay(server) != files for server, files in plan.items())
+    try:
+        return any(state.overlay(server) != files for server, files in plan.items())
+    except DamagedState:
+        return True  # a damaged overlay is made again: a change
 
 
 def advance(

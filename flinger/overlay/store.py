@@ -235,7 +235,7 @@ class StateStore:
         writes = {stored_name(rel): self._stored_form(rel, data) for rel, data in state.items()}
         written: dict[str, list[str]] = {}
         for server, files in overlays.items():
-            old = self.overlay(server) if self._has_overlay(server) else None
+            old = self._old_overlay(server)
             written[server] = sorted(rel for rel, data in files.items() if old is None or old.get(rel) != data)
             kept = self._stored(overlay_name(server)) if old == files else None
             writes[overlay_name(server)] = kept or seal(encode_bundle(files, verifier), self.recipients)
@@ -263,6 +263,14 @@ class StateStore:
 
     def _has_overlay(self, server: str) -> bool:
         return self.index is not None and overlay_name(server) in self.index.files
+
+    def _old_overlay(self, server: str) -> dict[str, bytes] | None:
+        """What a server's stored overlay holds; None when it has none or it is damaged (it is
+        made again from the state)."""
+        try:
+            return self.overlay(server) if self._has_overlay(server) else None
+        except DamagedState:
+            return None
 
     def _stored_form(self, rel: str, data: bytes) -> bytes:
         """What goes on disk for `rel`: the bytes already there when the clear content is the same."""

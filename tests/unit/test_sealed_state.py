@@ -275,6 +275,9 @@ def test_merge_conflicts_and_damaged_files_are_refused_with_nothing_touched(
     err = capsys.readouterr().err
     assert "node2.age" in err and "altered or truncated" in err
     assert stored(state_dir) == before
+    # an overlay is made from the state: `overlay` makes the damaged one again
+    assert flinger(config, "overlay", identity=keys["alice"][0]) == 0
+    assert flinger(config, "secret", "verify", identity=keys["alice"][0]) == 0
 
 
 def test_secret_set_reads_stdin_and_a_given_secret_is_needed_before_an_overlay(
