@@ -1,16 +1,23 @@
-"""Health checks run after a service (re)starts: an http(s) GET answering 2xx, or a command
-exiting 0, retried every `interval` seconds until it passes or `timeout` runs out."""
+"""Health checks run after a service (re)starts: the service manager says it runs (and keeps
+the same process) AND its probe (an http(s) GET answering 2xx, or a command exiting 0)
+passes, both for the whole settle window, retried until `timeout` runs out. A unit the
+manager says stopped, failed or is waiting to be restarted, or whose process changed (it
+was restarted), fails at once: the probe alone could be answered by another process."""
 
 import http.client
 import ssl
 import subprocess
 import time
 import urllib.parse
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from flinger.protocol.plans import HealthSpec
+from flinger.remote.services import UnitView
 
 _REQUEST_TIMEOUT = 5.0
+SETTLE = 1.0  # seconds the unit must keep running (same process) with its probe passing
+_LOOK_EVERY = 0.25  # seconds between two looks at the unit
+UNIT_TIMEOUT = 20.0  # a service without a health check: seconds it may take to run
 
 
 def _http_once(health: HealthSpec, timeout: float) -> Tuple[bool, str]:
@@ -60,17 +67,81 @@ def check_once(health: HealthSpec, timeout: float = _REQUEST_TIMEOUT) -> Tuple[b
     return True, "no check"
 
 
-def wait_healthy(health: Optional[HealthSpec]) -> Tuple[bool, str]:
-    """Retry the check until it passes or its timeout runs out."""
-    if health is None:
+class _Wait:
+    """One wait for a service to be healthy: what was seen so far."""
+
+    def __init__(self, health: Optional[HealthSpec], unit: Optional[Callable[[], UnitView]]) -> None:
+        self.health = health
+        self.unit = unit
+        self.start = time.monotonic()
+        self.timeout = float(health.timeout) if health is not None else UNIT_TIMEOUT
+        self.interval = max(float(health.interval), 0.05) if health is not None else _LOOK_EVERY
+        self.pid: Optional[int] = None
+        self.ok_since: Optional[float] = None
+        self.next_probe = self.start
+        self.seen = "not checked yet"
+
+    def unit_problem(self) -> Optional[str]:
+        """Why the unit cannot be healthy any more (stopped, failed, restarted); None while
+        it runs or is still starting."""
+        if self.unit is None:
+            self._probe()
+            return None
+        view = self.unit()
+        if view.broken:
+            return "the service manager says it is not running: %s" % view.what
+        if view.pid is not None and self.pid is not None and view.pid != self.pid:
+            return "it was restarted (process %d, then %d): it keeps exiting" % (self.pid, view.pid)
+        self.pid = view.pid if view.pid is not None else self.pid
+        if not view.running:
+            self.ok_since = None
+            self.seen = "the service manager says %s" % view.what
+            return None
+        self._probe()
+        return None
+
+    def _probe(self) -> None:
+        now = time.monotonic()
+        if self.health is None:
+            self.seen = "running"
+            self.ok_since = self.ok_since if self.ok_since is not None else now
+            return
+        if now >= self.next_probe:
+            remaining = self.start + self.timeout - now
+            passed, self.seen = check_once(self.health, min(_REQUEST_TIMEOUT, max(remaining, 0.1)))
+            self.next_probe = time.monotonic() + self.interval
+            if not passed:
+                self.ok_since = None
+            elif self.ok_since is None:
+                self.ok_since = now
+
+    def settled(self) -> bool:
+        settle = SETTLE if self.unit is not None else 0.0
+        return self.ok_since is not None and time.monotonic() - self.ok_since >= settle
+
+
+def wait_healthy(
+    health: Optional[HealthSpec],
+    unit: Optional[Callable[[], UnitView]] = None,
+    say: Optional[Callable[[str], None]] = None,
+) -> Tuple[bool, str]:
+    """Wait until the service is healthy (see the module docstring): (healthy, what was seen).
+    `unit` tells what the service manager says of it; `say` hears "waiting, 4 s of 20 s"."""
+    if health is None and unit is None:
         return True, "no health check"
-    deadline = time.monotonic() + float(health.timeout)
-    interval = max(float(health.interval), 0.05)
+    wait = _Wait(health, unit)
+    said = 0
     while True:
-        remaining = deadline - time.monotonic()
-        passed, seen = check_once(health, min(_REQUEST_TIMEOUT, max(remaining, 0.1)))
-        if passed:
-            return True, seen
-        if time.monotonic() + interval > deadline:
-            return False, seen
-        time.sleep(interval)
+        problem = wait.unit_problem()
+        if problem is not None:
+            return False, problem
+        if wait.settled():
+            return True, wait.seen
+        waited = time.monotonic() - wait.start
+        if waited >= wait.timeout:
+            return False, wait.seen
+        if say is not None and int(waited) > said:
+            said = int(waited)
+            say("waiting, %d s of %d s" % (said, int(wait.timeout)))
+        step = _LOOK_EVERY if unit is not None else wait.interval
+        time.sleep(max(0.01, min(step, wait.start + wait.timeout - time.monotonic())))

@@ -7,8 +7,10 @@ only if empty, e.g. /etc/sv when flinger created it), so uninstall removes exact
 The roots (/etc/systemd/system, /var/svc/manifest/site, /etc/sv, /etc/service) come from the
 plan so tests and sandboxes can point them elsewhere.
 
-A new manager is one class here (activate, deactivate, state, log_tail), one entry in
-MANAGERS, and its renderer in flinger/service_render.py.
+A new manager is one class here (activate, deactivate, state, view, log_tail), one entry in
+MANAGERS, and its renderer in flinger/service_render.py. `view` is what the health wait
+watches: whether the manager says the service runs, whether it says it has stopped or is
+restarting (a crash), and the process that runs it (a new one is a restart).
 """
 
 import collections
@@ -17,7 +19,7 @@ import functools
 import os
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Union
 
 from flinger.protocol.plans import PathRecord, ServiceRoots, ServiceSpec
 from flinger.remote import files
@@ -31,6 +33,46 @@ RUNNING_STATES = ("active", "run", "online")
 
 class ServiceError(Exception):
     """A service manager command failed."""
+
+
+class UnitView(NamedTuple):
+    """What a service manager says of a service at one moment."""
+
+    running: bool  # it says the service runs
+    broken: bool  # it says the service stopped, failed or waits to be restarted
+    pid: Optional[int]  # the process (systemd, runit) or contract (SMF) running it
+    what: str  # its words, for a report: "activating (auto-restart)", "finish", ...
+
+
+def systemd_view(text: str) -> UnitView:
+    """`systemctl show -p ActiveState,SubState,MainPID` output as a UnitView."""
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    active, sub = fields.get("ActiveState", "unknown"), fields.get("SubState", "")
+    pid = int(fields["MainPID"]) if fields.get("MainPID", "").isdigit() and fields["MainPID"] != "0" else None
+    broken = active in ("failed", "inactive", "deactivating") or sub in ("auto-restart", "failed", "dead")
+    return UnitView(active == "active" and not broken, broken, pid, "%s (%s)" % (active, sub) if sub else active)
+
+
+def runit_view(text: str) -> UnitView:
+    """`sv status DIR` output ("run: /etc/sv/x: (pid 12) 3s; run: log: ...") as a UnitView."""
+    own = text.split(";", 1)[0].strip()
+    state = own.split(":", 1)[0] if ":" in own else "unknown"
+    pid = None
+    if "(pid " in own:
+        digits = own.split("(pid ", 1)[1].split(")", 1)[0]
+        pid = int(digits) if digits.isdigit() else None
+    # "down ... want up": runsv was told to start it and has not yet; "finish": it exited
+    broken = state == "finish" or (state == "down" and "want up" not in own)
+    return UnitView(state == "run", broken, pid, own.split(": ", 2)[-1] if state != "unknown" else own)
+
+
+def smf_view(text: str) -> UnitView:
+    """`svcs -H -o state,ctid FMRI` output ("online 123") as a UnitView."""
+    parts = text.split()
+    state = parts[0] if parts else "unknown"
+    ctid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    broken = state in ("maintenance", "disabled", "degraded", "uninitialized")
+    return UnitView(state == "online", broken, ctid, state)
 
 
 def run(argv: List[str], check: bool = True) -> str:
@@ -143,6 +185,10 @@ class Systemd:
     def state(self, service: ServiceSpec) -> str:
         return run(["systemctl", "is-active", service.name + ".service"], check=False) or "unknown"
 
+    def view(self, service: ServiceSpec) -> UnitView:
+        unit = service.name + ".service"
+        return systemd_view(run(["systemctl", "show", "-p", "ActiveState,SubState,MainPID", unit], check=False))
+
     def log_tail(self, service: ServiceSpec, lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The unit's journal (its stdout and stderr, and systemd's own lines about it),
         from `since` (a time.time()) on when given."""
@@ -189,6 +235,9 @@ class Smf:
 
     def state(self, service: ServiceSpec) -> str:
         return run(["svcs", "-H", "-o", "state", self.fmri(service.name)], check=False) or "unknown"
+
+    def view(self, service: ServiceSpec) -> UnitView:
+        return smf_view(run(["svcs", "-H", "-o", "state,ctid", self.fmri(service.name)], check=False))
 
     def log_tail(self, service: ServiceSpec, lines: int = LOG_LINES, since: Optional[float] = None) -> List[str]:
         """The service's log_file, else the log SMF keeps for it (svcs -L)."""
@@ -301,6 +350,12 @@ class Runit:
             return "unsupervised"
         output = run(["sv", "status", directory], check=False)
         return output.split(":", 1)[0] if output else "unknown"
+
+    def view(self, service: ServiceSpec) -> UnitView:
+        directory = os.path.join(self.sv_dir, service.name)
+        if not runsv_ready(directory):
+            return UnitView(False, True, None, "no runsv supervises it")
+        return runit_view(run(["sv", "status", directory], check=False))
 
 
 Manager = Union[Systemd, Smf, Runit]

@@ -62,8 +62,20 @@ def _health() -> Any:
     return health
 
 
-def wait_healthy(service: ServiceSpec) -> None:
-    passed, seen = _health().wait_healthy(service.health)
+def _healthy(service: ServiceSpec, roots: ServiceRoots) -> Any:
+    """Wait for the service to be healthy: its manager says it runs (same process) and its
+    probe passes; the board hears how long it has waited. (passed, what was seen)."""
+    manager = services.manager_for(service, roots)
+    events.step("health: %s" % service.name)
+    return _health().wait_healthy(
+        service.health,
+        unit=lambda: manager.view(service),
+        say=lambda text: events.note(text),
+    )
+
+
+def wait_healthy(service: ServiceSpec, roots: ServiceRoots) -> None:
+    passed, seen = _healthy(service, roots)
     events.line("health of %s: %s (%s)" % (service.name, "ok" if passed else "failing", seen))
     if not passed:
         raise StepFailed("health:" + service.name, "%s is not healthy: %s" % (service.name, seen))
@@ -84,7 +96,7 @@ def start_stopped(state: Receipt) -> List[str]:
             continue
         events.step("service: %s (not running)" % service.name)
         activate_service(service, state.service_roots)
-        wait_healthy(service)
+        wait_healthy(service, state.service_roots)
         started.append(service.name)
     return started
 
@@ -148,7 +160,10 @@ def restored_health(previous: Receipt) -> Dict[str, Health]:
     checked: Dict[str, Health] = {}
     for service in previous.services:
         if service.health is not None:
-            passed, detail = _health().wait_healthy(service.health)
+            try:
+                passed, detail = _healthy(service, previous.service_roots)
+            except (services.ServiceError, OSError) as exc:
+                passed, detail = False, str(exc)
             events.line("health of %s, restored: %s (%s)" % (service.name, "ok" if passed else "failing", detail))
             checked[service.name] = Health(passed, detail)
     return checked
@@ -189,7 +204,7 @@ def switch_services(
             touched.append(service)
             paths = activate_service(service, roots)
             service.paths = merge_paths(before[service.name].paths if service.name in before else [], paths)
-            wait_healthy(service)
+            wait_healthy(service, roots)
     except (StepFailed, services.ServiceError, OSError) as exc:
         step = exc.step if isinstance(exc, StepFailed) else "services"
         # The failing service's own words, read before the rollback restarts it.

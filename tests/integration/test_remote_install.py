@@ -250,6 +250,38 @@ def test_first_install_failing_leaves_no_service(env: Fixture) -> None:
     assert not (env.install_dir / ".flinger" / "lock").exists()  # given up, failure or not
 
 
+def test_a_crash_looping_service_answered_by_a_neighbours_port_fails_the_install(env: Fixture, tmp_path: Path) -> None:
+    # Another process already serves the health URL: the new service cannot bind its port
+    # (EADDRINUSE) and keeps exiting, while every probe of the URL passes.
+    served = tmp_path / "neighbour"
+    served.mkdir()
+    (served / "index.html").write_text("v1")
+    neighbour = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(env.port), "--directory", str(served)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert eventually(lambda: _answers(env.url()))
+        answer = env.install(env.plan("r1", "v1", health=HealthSpec(url=env.url(), timeout=30, interval=0.2)))
+        assert answer.status == 1, answer.stdout
+        result = answer.result
+        assert result.step == f"health:{env.name}" and result.rolled_back, answer.stdout
+        assert "not running" in result.error or "restarted" in result.error, result.error
+        assert not os.path.lexists(env.install_dir / "current")
+        assert get(env.url()) == "v1" and neighbour.poll() is None  # the neighbour was never touched
+    finally:
+        neighbour.terminate()
+        neighbour.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return get(url) == "v1"
+    except OSError:
+        return False
+
+
 def test_bad_digest_touches_nothing(env: Fixture) -> None:
     plan = env.plan("r1", "v1")
     real = plan.packages[0]
