@@ -10,6 +10,7 @@ from flinger.engine.plan import plan_deploy
 from flinger.errors import ConfigError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Package
+from flinger.overlay.sample import render_sample
 from flinger.secrets import registry_credentials
 from flinger.tomlfile import Collector
 from flinger.topology.model import Server, Topology
@@ -74,7 +75,8 @@ class CheckReport:
 
 
 def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
-    """Cross-check: paths exist, templates exist, every role a package names is held by a server."""
+    """Cross-check: paths exist, templates exist and render (services and overlays), every role
+    a package names is held by a server."""
     report = CheckReport(
         name=topology.name,
         config=str(topology.config_path),
@@ -112,6 +114,7 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
             )
         )
     _render_every_service(topology, manifest, deploy)
+    render_sample(topology, manifest)  # the overlay templates, with throwaway secrets: nothing read or written
     report.artifacts = check_artifacts(topology)
     for spec in manifest.secrets.values():
         for role in (*spec.roles, *spec.visible_to):
@@ -161,7 +164,7 @@ def _render_every_service(topology: Topology, manifest: Manifest, deploy: list[S
     seen: set[tuple[str | None, str]] = set()
     for server in deploy:
         try:
-            plan_deploy(topology, manifest, [server])
+            plan_deploy(topology, manifest, [server], stored={})  # the services only
         except ConfigError as exc:
             what = (exc.key, exc.reason.split(" (rendering it for server")[0])
             if what not in seen:

@@ -192,12 +192,16 @@ def _in_manifest(manifest: Manifest, package: str, server: str, exc: ConfigError
     return manifest_error(manifest, key, f"{exc.reason} (rendering it for server {server})")
 
 
-def plan_deploy(topology: Topology, manifest: Manifest, servers: list[Server]) -> list[ServerPlan]:
-    """Per-server plans, in wave order then topology order."""
+def plan_deploy(
+    topology: Topology, manifest: Manifest, servers: list[Server], stored: dict[str, list[str]] | None = None
+) -> list[ServerPlan]:
+    """Per-server plans, in wave order then topology order; `stored`: each server's overlay
+    file names (default: the state's index)."""
     packages = {s.name: manifest.packages_for(s.roles) for s in servers}
     waves = _waves(manifest, packages)
     plans = []
-    stored = overlay_names(topology.state_dir)  # names only, from the state's index: no identity needed
+    if stored is None:
+        stored = overlay_names(topology.state_dir)  # names only, from the state's index: no identity needed
     art = topology.artifacts
     for server in servers:
         overlay_files = list(stored.get(server.name, []))

@@ -113,6 +113,8 @@ def status(ctx: typer.Context, directory: DirOpt = DEFAULT_DIRECTORY) -> int:
     registry = sandbox.registry_status(directory.resolve())
     if ui.json_mode:
         ui.emit_json([vars(r) for r in rows])
+    elif not rows:
+        ui.note(f"no sandbox running in {directory} (start one: flinger-sandbox up --dir {directory})")
     else:
         ui.table(
             "sandbox",

@@ -504,3 +504,15 @@ def test_a_deployment_scoped_secret_is_one_value_kept_when_roles_move(tmp_path: 
     assert len(rotated) == 1 and rotated != {values["r1"]}
     state = json.loads(state_of(topology).read("state/secrets.json") or b"")
     assert list(state["secrets"]["redis_pw"]) == ["*"]
+
+
+def test_check_renders_every_overlay_template_without_touching_the_state(tmp_path: Path) -> None:
+    from flinger.overlay.sample import render_sample
+
+    topology, manifest = _setup(tmp_path)
+    assert render_sample(topology, manifest) == 1  # one server per set of roles: all three are "node"
+    write_template(tmp_path, "tmpl/app.conf.j2", "a = 1\nb = {{ server.prot }}\n")
+    with pytest.raises(ConfigError) as info:
+        render_sample(topology, manifest)
+    assert info.value.line == 2 and "server.prot" in str(info.value)
+    assert not topology.state_dir.exists()  # no state read or made, no identity needed
