@@ -181,16 +181,19 @@ def exec_(
 @app.command()
 def sync(ctx: typer.Context) -> int:
     """Copy the source tree to the builder with rsync (delta, --delete, excludes)."""
+    from flinger.actions.provenance import record_sync, tree_fingerprint
     from flinger.actions.sync import plan_sync, run_sync
 
     env = env_of(ctx)
     plan = plan_sync(env.topology())
+    tree = tree_fingerprint(env.topology())  # what is sent: a deploy of an older build is refused
     env.ui.note(plan.describe())
     board = env.ui.board([env.topology().builder.server], "sync")
     with board.running():
         result = run_sync(
             plan, env.topology(), on_progress=lambda line: board(Info(env.topology().builder.server, line))
         )
+    record_sync(env.topology(), tree)
     stats = result.stats
     if env.json:
         env.ui.emit_json(

@@ -26,6 +26,10 @@ def _build(env: Env, *, check_only: bool, no_cache: bool) -> int:
     with board.running():
         outcome = run_build(env.topology(), manifest, check_only=check_only, no_cache=no_cache, events=board)
     status = ExitStatus.OK if outcome.ok else ExitStatus.FAILED
+    if outcome.ok and not check_only:
+        from flinger.actions.provenance import record_build
+
+        record_build(env.topology(), manifest)  # what this build was made from (deploy install checks it)
     if env.json:
         env.ui.emit_json(
             {

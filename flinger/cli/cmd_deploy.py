@@ -22,6 +22,10 @@ app.add_typer(deploy_app, name="deploy")
 DryRun = Annotated[bool, typer.Option("--dry-run", help="print the per-server plan; contact no host")]
 FailFast = Annotated[bool, typer.Option("--fail-fast", help="start no new server once one has failed")]
 LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="seconds to wait for another deploy's lock")]
+AllowStale = Annotated[
+    bool,
+    typer.Option("--allow-stale", help="install even a build or overlay older than what it was made from"),
+]
 AllowEmpty = Annotated[
     bool, typer.Option("--allow-empty", help="install even to servers that get no package (their services stop)")
 ]
@@ -62,6 +66,23 @@ def _checked_plans(env: Env, chosen: list[Server], allow_empty: bool) -> list[Se
     return plans
 
 
+def _stale(env: Env) -> list[str]:
+    from flinger.actions.provenance import stale_steps
+    from flinger.overlay.store import read_index
+
+    index = read_index(env.topology().state_dir)
+    return stale_steps(env.topology(), env.manifest(), index.made_from if index is not None else None)
+
+
+def _refuse_stale(env: Env, allow_stale: bool) -> None:
+    """A build or overlay older than what it was made from is not installed unless asked."""
+    stale = _stale(env)
+    if stale and not allow_stale:
+        raise UsageError("not installing stale bits: " + "; ".join(stale) + " (or pass --allow-stale)")
+    for what in stale:
+        env.ui.warn(f"--allow-stale: {what}")
+
+
 def _open_overlays(env: Env, plans: list[ServerPlan]) -> dict[str, dict[str, bytes]]:
     """Each planned server's overlay, decrypted in memory from the sealed state."""
     if not any(p.overlay_files for p in plans):
@@ -99,6 +120,8 @@ def _dry_run(
         from flinger.engine.install import Install
 
         plans = _checked_plans(env, chosen, allow_empty)
+        for what in _stale(env):
+            env.ui.warn(f"stale: {what}")
         batches = BatchRollout(rollout or RolloutPolicy()).batches(Install(plans).waves(chosen))
         batch_of = {name: b for b in batches for name in b.servers}
         document = [
@@ -198,6 +221,7 @@ def install(
     fail_fast: FailFast = False,
     lock_wait: LockWait = 0.0,
     allow_empty: AllowEmpty = False,
+    allow_stale: AllowStale = False,
     batch: Annotated[
         str | None,
         typer.Option("--batch", help="servers per batch, N or P% (default: a whole wave at once)"),
@@ -234,6 +258,7 @@ def install(
         return _dry_run(env, "install", servers, allow_empty=allow_empty, rollout=policy)
     chosen = env.select_servers(servers)
     plans = _checked_plans(env, chosen, allow_empty)
+    _refuse_stale(env, allow_stale)
     check_artifacts(env.topology())  # the registry's password files and CA: exit 2 before any server
     overlays = _open_overlays(env, plans)  # every one opened (identity, integrity) before any server
     return _run(env, Install(plans, overlays), chosen, strategy=BatchRollout(policy), fail_fast=fail_fast,

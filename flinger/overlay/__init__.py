@@ -26,6 +26,7 @@ from pathlib import Path
 from flinger.errors import ConfigError
 from flinger.manifest.model import Manifest
 from flinger.overlay.generation import advance
+from flinger.overlay.inputs import overlay_inputs
 from flinger.overlay.planners import SecretValues, Split, plan_ca, plan_certs, plan_secrets, plan_split
 from flinger.overlay.render import common_parts, render_all
 from flinger.overlay.report import OverlayReport, ServerOverlay
@@ -140,7 +141,7 @@ def make_overlay(
     before = state.overlay_names()
     removed = [s for s in sorted(before) if s not in plan]
     removed += [f"{s}/{rel}" for s in sorted(plan) for rel in before.get(s, []) if rel not in plan[s]]
-    wrote = state.commit(stored, plan)
+    wrote = state.commit(stored, plan, made_from=overlay_inputs(topology, manifest))
 
     servers = tuple(
         ServerOverlay(

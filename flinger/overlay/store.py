@@ -44,7 +44,7 @@ NEXT = "state/index.next.json"
 VERIFIER = "state/" + shamir.VERIFIER_FILE
 _SEALED_NAMES = {"ca/ca.key", "state/secrets.json", "state/split.json", "state/secret"}
 _VERIFIER_REF = -1  # a bundle entry that is the deployment's one verifier (stored once)
-_IGNORED = "logs/\nreleases/\ntool/\nlocal-hosts/\n"  # per client, never committed
+_IGNORED = "logs/\nreleases/\ntool/\nlocal-hosts/\nmade/\n"  # per client, never committed
 
 
 def is_sealed(rel: str) -> bool:
@@ -65,12 +65,14 @@ class Index:
     recipients: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # stored name: sha256 of its bytes
     overlays: dict[str, list[str]] = field(default_factory=dict)
+    made_from: str | None = None  # the digest of what the overlays were rendered from (provenance)
 
     def to_bytes(self) -> bytes:
         doc = {
             "version": VERSION,
             "serial": self.serial,
             "write": secrets.token_hex(8),  # two independent writes always conflict in git
+            "made_from": self.made_from,
             "recipients": self.recipients,
             "files": dict(sorted(self.files.items())),
             "overlays": dict(sorted(self.overlays.items())),
@@ -97,6 +99,7 @@ def _parse_index(path: Path) -> Index:
             recipients=[str(r) for r in doc["recipients"]],
             files={str(k): str(v) for k, v in doc["files"].items()},
             overlays={str(k): [str(r) for r in v] for k, v in doc["overlays"].items()},
+            made_from=str(doc["made_from"]) if doc.get("made_from") else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         raise DamagedState(f"{path}: malformed; restore it (git checkout) from the last good state") from None
@@ -228,9 +231,12 @@ class StateStore:
 
     # writing
 
-    def commit(self, state: dict[str, bytes], overlays: dict[str, dict[str, bytes]]) -> dict[str, list[str]]:
+    def commit(
+        self, state: dict[str, bytes], overlays: dict[str, dict[str, bytes]], made_from: str | None = None
+    ) -> dict[str, list[str]]:
         """Make `state` (every state file, by logical name) and `overlays` (every server's) the
-        whole stored state; returns, per server, the overlay files that are new or changed."""
+        whole stored state (`made_from`: what the overlays were rendered from, else as
+        recorded); returns, per server, the overlay files that are new or changed."""
         verifier = state.get(VERIFIER)
         writes = {stored_name(rel): self._stored_form(rel, data) for rel, data in state.items()}
         written: dict[str, list[str]] = {}
@@ -240,7 +246,13 @@ class StateStore:
             kept = self._stored(overlay_name(server)) if old == files else None
             writes[overlay_name(server)] = kept or seal(encode_bundle(files, verifier), self.recipients)
         index = self._index_for(writes, overlays)
-        if self.index is None or (self.index.files, self.index.overlays) != (index.files, index.overlays):
+        if made_from is not None:
+            index.made_from = made_from
+        if self.index is None or (self.index.files, self.index.overlays, self.index.made_from) != (
+            index.files,
+            index.overlays,
+            index.made_from,
+        ):
             self._write(writes, index)
         self._clear = {rel: state.get(rel) for rel in set(self._clear) | set(state)}
         self._overlays = dict(overlays)
@@ -252,6 +264,7 @@ class StateStore:
             recipients=[r.text for r in self.recipients],
             files={name: hashlib.sha256(data).hexdigest() for name, data in writes.items()},
             overlays={s: sorted(f) for s, f in overlays.items()},
+            made_from=self.index.made_from if self.index is not None else None,
         )
 
     def replace(self, rel: str, data: bytes) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def test_on_systemd_skew_fails_status_an_unconfirmed_switch_goes_back_and_rollba
     before = set(logs.iterdir())
     argv = [sys.executable, "-m", "flinger", "-c", str(config), "--json", "deploy", "install", "--servers", "node2",
             "--confirm-timeout", "5"]  # fmt: skip
-    client = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    client = subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     switching = False
     deadline = time.monotonic() + 120

@@ -19,7 +19,7 @@ from flinger.cli import run
 from flinger.secrets.ca import create_ca
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES_A_FILE = re.compile(r"^flinger: error: /[^\n]*?\.(toml|j2)(:\d+)?: \S")  # file[:line]: ... (a template check renders)
+NAMES_A_FILE = re.compile(r"^flinger: error: /[^\n]*?\.(toml|j2)(:\d+)?: \S")  # file[:line]: ...
 MUTANTS_PER_EXAMPLE = int(os.environ.get("FLINGER_FUZZ_MUTANTS", "1000"))
 
 VALUES = [
