@@ -24,6 +24,9 @@ MAX_ERRORS = 20  # reported for one file; the rest are counted
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
 class LineIndex(dict[str, int]):
     """Dotted key (and table) -> the 1-based line where it is written; `duplicates` holds the
     line of each key written a second time in the same table."""
@@ -416,6 +419,29 @@ class Fields:
                 raise self.error(f"{name}.{i}", f"expected a string, got {_kind(item)}")
             self.check_text(f"{name}.{i}", item)
         return tuple(value)
+
+    def variables(self, name: str) -> dict[str, Any]:
+        """A table of template variables: names a template can write as `vars.NAME`, values
+        strings, numbers, booleans or arrays of them."""
+        value = self._get(name, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(name, f"expected a table of variables, got {_kind(value)}")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not _IDENTIFIER.match(key):
+                raise self.error(f"{name}.{key}", "a variable name is letters, digits and _, not starting with a digit")
+            items = item if isinstance(item, list) else [item]
+            for one in items:
+                if isinstance(one, dict | list) or not isinstance(one, str | int | float | bool):
+                    raise self.error(
+                        f"{name}.{key}", f"expected a string, number, boolean or array of them, got {_kind(one)}"
+                    )
+                if isinstance(one, str):
+                    self.check_text(f"{name}.{key}", one)
+            out[str(key)] = list(item) if isinstance(item, list) else (str(item) if isinstance(item, str) else item)
+        return out
 
     def str_map(self, name: str) -> dict[str, str]:
         value = self._get(name, False)

@@ -114,6 +114,7 @@ def template_context(topology: Topology, server: Server, package: Package | None
             "roles": list(server.roles),
             "port": server.port,
             "user": server.user,
+            "vars": dict(server.vars),
         },
         "servers": [{"name": s.name, "addr": s.addr, "roles": list(s.roles)} for s in topology.deployment_servers()],
         "deployment": {

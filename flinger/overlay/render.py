@@ -153,6 +153,7 @@ def _context(common: Common, server: Server, cert: CertifiedKey, own: SecretView
             "roles": list(server.roles),
             "port": server.port or 22,
             "user": server.user,
+            "vars": Namespace("server.vars", dict(server.vars)),
         },
     )
     context["overlay"] = Namespace(

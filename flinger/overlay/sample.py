@@ -1,4 +1,5 @@
-"""`check`'s look at the overlay templates: one server of each set of roles rendered in
+"""`check`'s look at the overlay templates: one server of each set of roles (and of `vars`
+names) rendered in
 memory, with throwaway secrets, a throwaway CA and a made-up split (nothing is read from or
 written to the state, so no identity is needed). A template error is then found by `check`,
 with its file and line, and not first by `overlay` (or, worse, never, while `deploy
@@ -19,10 +20,11 @@ from flinger.topology.model import Server, Topology
 
 
 def _one_per_role_set(servers: list[Server]) -> list[Server]:
-    seen: set[tuple[str, ...]] = set()
+    """One server of each set of roles and of variable names (what decides what renders)."""
+    seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     sample = []
     for server in servers:
-        key = tuple(sorted(server.roles))
+        key = (tuple(sorted(server.roles)), tuple(sorted(server.vars)))
         if key not in seen:
             seen.add(key)
             sample.append(server)

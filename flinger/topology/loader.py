@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -38,7 +39,7 @@ ARTIFACTS_KEYS = (
     "plain_http",
 )
 BUILDER_KEYS = ("server", "source_dir", "artifacts_dir")
-DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold", "keep_releases")
+DEPLOYMENT_KEYS = ("servers", "staging_dir", "install_dir", "threshold", "keep_releases", "vars")
 SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "jump", "retries", "use_ssh_config", "config")
 SYNC_KEYS = ("exclude",)
 STATE_KEYS = ("recipients",)
@@ -51,6 +52,7 @@ SERVER_KEYS = (
     "service_manager",
     "host_key",
     "python",
+    "vars",
 )
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
@@ -103,6 +105,7 @@ def _server(file: TomlFile, name: str, table: object) -> Server:
         service_manager=f.choice("service_manager", SERVICE_MANAGERS, "systemd"),
         host_key=host_key,
         python=python,
+        vars=f.variables("vars"),
     )
 
 
@@ -247,6 +250,7 @@ def _deployment(top: Fields, names_known: list[str]) -> Deployment:
         install_dir=_remote_path(d, "install_dir"),
         threshold=threshold,
         keep_releases=d.integer("keep_releases", 3, low=1, high=100),
+        vars=d.variables("vars"),
     )
 
 
@@ -336,6 +340,8 @@ def load_topology(path: Path) -> Topology:
     assert state is not None
     assert artifacts is not None
     source, manifest, name, exclude = rest
+    if deployment.vars:  # the deployment's vars are every server's defaults
+        servers = {n: dataclasses.replace(s, vars={**deployment.vars, **s.vars}) for n, s in servers.items()}
     return Topology(
         config_path=path.resolve(),
         name=name,

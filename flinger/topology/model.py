@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flinger.remote.services import MANAGERS
 
@@ -23,6 +24,8 @@ class Server:
     service_manager: str = "systemd"
     host_key: str | None = None  # "SHA256:..." pin
     python: str = "python3"
+    # templates' `server.vars.NAME`: [deployment] vars, then this server's own over them
+    vars: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def has_any_role(self, roles: tuple[str, ...] | list[str]) -> bool:
         """True when `roles` contains "*" or one of this server's roles."""
@@ -50,6 +53,7 @@ class Deployment:
     install_dir: str
     threshold: int
     keep_releases: int = 3  # releases (and their packages) kept on each server for rollback
+    vars: dict[str, Any] = field(default_factory=dict, hash=False)  # every server's default vars
 
 
 @dataclass(frozen=True)

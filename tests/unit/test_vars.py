@@ -1,0 +1,100 @@
+"""Per-server values: `vars` on a server (and on the deployment, for every server's defaults)
+reach overlay templates and service fields as `server.vars.NAME`; `check` refuses bad names
+and values with file, line and key, and a template asking for a variable a server lacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flinger.cli import run
+from flinger.errors import ExitStatus
+from flinger.overlay import make_overlay
+from flinger.topology import load_topology
+from tests.state_helpers import overlay_of
+
+
+def project(root: Path, servers_vars: dict[str, str], deployment_vars: str = "") -> Path:
+    src = root / "src"
+    (src / "packaging").mkdir(parents=True)
+    (src / "t").mkdir()
+    (src / "t" / "hello.conf.j2").write_text(
+        "greeting = {{ server.vars.greeting }}\nworkers = {{ server.vars.workers }}\n"
+    )
+    (src / "packaging" / "package-manifest.toml").write_text(
+        '[packages.hello]\nservice_name = "hello"\nroles = ["web"]\n'
+        '[packages.hello.source]\ntype = "local"\nbuild = ["true"]\n'
+        '[packages.hello.service]\ncommand = "/usr/bin/hello --greeting {{ server.vars.greeting }}"\n'
+        '[[packages.hello.overlay]]\ntemplate = "t/hello.conf.j2"\nto = "hello.conf"\n'
+    )
+    servers = "".join(
+        f'[servers.web{i}]\naddr = "10.0.0.{i}"\nuser = "deploy"\nroles = ["web"]\n{servers_vars.get(f"web{i}", "")}'
+        for i in (1, 2)
+    )
+    config = root / "deploy.toml"
+    config.write_text(
+        f'name = "hello"\nsource_dir = "{src}"\n'
+        '[builder]\nserver = "web1"\nsource_dir = "$HOME/src"\n'
+        '[deployment]\nservers = ["web1", "web2"]\ninstall_dir = "/opt/hello"\n'
+        + deployment_vars
+        + f'[ssh]\nknown_hosts = "{root / "known_hosts"}"\n'
+        + servers
+    )
+    return config
+
+
+def test_a_servers_vars_override_the_deployments_and_reach_templates_and_services(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = project(
+        tmp_path,
+        {"web2": 'vars = { greeting = "hej" }\n'},
+        deployment_vars='vars = { greeting = "hello", workers = 4 }\n',
+    )
+    topology = load_topology(config)
+    assert topology.servers["web1"].vars == {"greeting": "hello", "workers": 4}
+    assert topology.servers["web2"].vars == {"greeting": "hej", "workers": 4}
+    assert run(["-c", str(config), "check"]) == 0
+    from flinger.engine.plan import plan_deploy
+    from flinger.manifest import load_manifest
+
+    plans = {
+        p.server: p
+        for p in plan_deploy(topology, load_manifest(topology.manifest_path), list(topology.servers.values()))
+    }
+    assert "--greeting hej" in plans["web2"].services[0].files["unit"]
+    assert "--greeting hello" in plans["web1"].services[0].files["unit"]
+    make_overlay(topology, load_manifest(topology.manifest_path))
+    assert overlay_of(topology, "web2")["files/hello.conf"] == b"greeting = hej\nworkers = 4\n"
+    assert overlay_of(topology, "web1")["files/hello.conf"] == b"greeting = hello\nworkers = 4\n"
+
+
+def test_a_variable_a_server_lacks_is_found_by_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = project(
+        tmp_path,
+        {"web1": 'vars = { greeting = "hi", workers = 2 }\n', "web2": 'vars = { greeting = "hej" }\n'},
+    )
+    assert run(["-c", str(config), "check"]) == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    assert "hello.conf.j2:2" in err and "server.vars.workers" in err and "web2" in err
+    assert not (tmp_path / ".flinger").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('vars = { "1st" = "x" }', "a variable name is letters"),
+        ("vars = { greeting = { nested = 1 } }", "expected a string, number"),
+        ('vars = "greeting"', "expected a table of variables"),
+        ('vars = { greeting = "a\\u0007b" }', "control"),
+    ],
+)
+def test_bad_vars_name_the_file_line_and_key(
+    tmp_path: Path, line: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = project(tmp_path, {"web1": line + "\n"})
+    assert run(["-c", str(config), "check"]) == ExitStatus.USAGE
+    err = capsys.readouterr().err.strip()
+    assert f"{config}:" in err and "servers.web1.vars" in err and why in err, err
+    assert len(err.splitlines()) == 1
