@@ -12,7 +12,7 @@ import traceback
 
 import typer
 
-from flinger.cli import cmd_build, cmd_deploy, cmd_overlay, cmd_prereqs, cmd_up  # noqa: F401 - they register their commands
+from flinger.cli import cmd_build, cmd_deploy, cmd_logs, cmd_overlay, cmd_prereqs, cmd_up  # noqa: F401 - they register their commands
 from flinger.cli.app import app
 from flinger.errors import ConfigErrors, ExitStatus, FlingerError
 

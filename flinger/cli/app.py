@@ -168,14 +168,14 @@ def exec_(
     chosen = env.select_servers(servers)
     board = env.ui.board([s.name for s in chosen], f"exec: {command}")
     with board.running():
-        results = run_exec(
+        results, stopped = run_exec(
             env.topology(), chosen, command, parallel=env.parallel, events=board, use_privilege=privileged
         )
     if not env.json:  # the lines were shown as they came; --json keeps stdout and stderr apart
         for r in results:
             r.details.pop("stdout", None)
             r.details.pop("stderr", None)
-    return finish(env, "exec", results)
+    return finish(env, "exec", results, stopped=stopped)
 
 
 @app.command()

@@ -32,6 +32,11 @@ class Brake:
     def pulled(self) -> bool:
         return self._pulled.is_set()
 
+    @property
+    def event(self) -> threading.Event:
+        """Set once the brake is pulled: what a command that can stop at once watches (exec, logs)."""
+        return self._pulled
+
     def pull(self, why: str) -> None:
         if not self._pulled.is_set():
             self.by = why

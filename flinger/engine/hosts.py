@@ -14,6 +14,7 @@ with its pool and one entry here.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -41,6 +42,7 @@ class Transport(Protocol):
         on_line: LineSink | None = None,
         check: bool = True,
         timeout: float | None = None,
+        stop: threading.Event | None = None,
     ) -> CommandResult: ...
 
     def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None: ...

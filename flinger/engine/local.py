@@ -12,6 +12,7 @@ import contextlib
 import os
 import shlex
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class LocalTransport:
         on_line: LineSink | None = None,
         check: bool = True,
         timeout: float | None = None,
+        stop: threading.Event | None = None,  # this transport's commands run to their end
     ) -> CommandResult:
         self.open()
         done = subprocess.run(

@@ -206,8 +206,12 @@ class Connection:
         on_line: LineSink | None = None,
         check: bool = True,
         timeout: float | None = None,
+        stop: threading.Event | None = None,
     ) -> CommandResult:
         """Run a command line (already quoted by the caller) and collect its output.
+
+        With `stop`, the command's stdin stays open while it runs, and closes (and ssh ends)
+        as soon as `stop` is set: a command wrapped by `stoppable` then ends on the server too.
 
         At most the session cap of commands run at once on one connection; more wait. One
         that runs longer than `timeout` (default: [ssh] command_timeout) is abandoned with a
@@ -217,10 +221,12 @@ class Connection:
         self.open()
         with self.sessions as active:
             result, ssh_lines = _exec(
-                [*self.argv(), command], command, stdin, on_line, timeout or self.settings.command_timeout
+                [*self.argv(), command], command, stdin, on_line, timeout or self.settings.command_timeout, stop
             )
         if session_refused(ssh_lines):
             self.sessions.refused(active)
+        if stop is not None and stop.is_set():
+            return result  # stopped on purpose: whatever it said so far
         if result.exit_code == SSH_FAILED and not self.alive():
             self._opened = False
             said = [*ssh_lines, *(ln for ln in result.stderr.splitlines()[-5:] if is_ssh_line(ln))]
@@ -260,8 +266,36 @@ class Connection:
         self._opened = False
 
 
+_STOPPABLE = """import os, signal, subprocess, sys, threading
+p = subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], stdin=subprocess.DEVNULL, start_new_session=True)
+def watch():
+    while sys.stdin.buffer.read(65536):
+        pass
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except OSError:
+        pass
+threading.Thread(target=watch, daemon=True).start()
+code = p.wait()
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def stoppable(command: str, python: str = "python3") -> str:
+    """`command` as a line that ends, with every process it started, when its ssh's stdin
+    closes (the Ctrl-C of `exec` and `logs`: Connection.run's `stop`). A small python3
+    program (every server has one: the remote tool needs it) runs it in a process group of
+    its own and kills that group at EOF; its exit status is the command's."""
+    return shlex.join([python, "-c", _STOPPABLE, command])
+
+
 def _exec(
-    argv: list[str], command: str, stdin: bytes | None, on_line: LineSink | None, timeout: float | None
+    argv: list[str],
+    command: str,
+    stdin: bytes | None,
+    on_line: LineSink | None,
+    timeout: float | None,
+    stop: threading.Event | None = None,
 ) -> tuple[CommandResult, list[str]]:
     """Run one ssh; (the command's result, ssh's own lines from stderr)."""
     # Its own session: a Ctrl-C at the terminal is the brake's (flinger/engine/brake.py), and
@@ -270,7 +304,7 @@ def _exec(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b""), daemon=True)
+    writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b"", stop is None), daemon=True)
     writer.start()
     collected = _Collected(on_line)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -278,6 +312,9 @@ def _exec(
         selector.register(proc.stdout, selectors.EVENT_READ, "out")
         selector.register(proc.stderr, selectors.EVENT_READ, "err")
         while selector.get_map():
+            if stop is not None and stop.is_set():
+                _stop(proc)
+                break
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 proc.kill()
@@ -285,7 +322,8 @@ def _exec(
                 error = RemoteCommandError(command, TIMED_OUT, list(collected.tail))
                 error.message = f"`{command}` did not finish within {timeout:.0f}s (no exit status; stopped waiting)"
                 raise error
-            for key, _ in selector.select(timeout=min(left, 1.0) if left is not None else 1.0):
+            look = 0.2 if stop is not None else 1.0  # a stop is seen within that
+            for key, _ in selector.select(timeout=min(left, look) if left is not None else look):
                 data = os.read(key.fd, 65536)
                 if not data:
                     selector.unregister(key.fileobj)
@@ -297,11 +335,24 @@ def _exec(
     return collected.result(command, code), collected.ssh_lines
 
 
-def _feed_stdin(pipe: object, data: bytes) -> None:
+def _feed_stdin(pipe: object, data: bytes, close: bool = True) -> None:
     with contextlib.suppress(OSError):
         pipe.write(data)  # type: ignore[attr-defined]
+        pipe.flush()  # type: ignore[attr-defined]
+    if close:
+        with contextlib.suppress(OSError):
+            pipe.close()  # type: ignore[attr-defined]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Close the command's stdin (a `stoppable` command ends on the server), then end ssh."""
     with contextlib.suppress(OSError):
-        pipe.close()  # type: ignore[attr-defined]
+        assert proc.stdin is not None
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 class _Collected:

@@ -1,0 +1,85 @@
+"""`flinger logs` and `flinger exec` on the sandbox: the services' own logs through sudo, each
+line naming its server; one Ctrl-C ends a follow (and a long exec) at once, exit 130, with
+nothing left running on the servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from flinger_helpers import by_server, flinger_json, run_flinger
+
+from flinger_sandbox import SandboxState
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node1", "node2", "node3")
+
+
+@pytest.fixture(scope="module")
+def installed(sandbox: SandboxState) -> SandboxState:
+    for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
+        proc = run_flinger("-c", str(sandbox.config_path), *step)
+        assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+    assert code == 0, json.dumps(doc, indent=1)
+    return sandbox
+
+
+def _left(pattern: str) -> list[str]:
+    """Processes on this machine (the sandbox hosts share its process table) that match."""
+    out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def _interrupted(args: list[str], config: Any, wait_for: str) -> tuple[int, str]:
+    """Start `flinger ARGS`, wait until `wait_for` is running on the hosts, send one SIGINT:
+    (exit status, stderr); the command must end within a minute of it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flinger", "-c", str(config), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 60
+    while len(_left(wait_for)) < len(NODES) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    assert len(_left(wait_for)) >= len(NODES), _left(wait_for)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_logs_show_each_servers_service_log_through_sudo(installed: SandboxState) -> None:
+    code, doc = flinger_json(installed.config_path, "logs", "quorum", "-n", "5")
+    assert code == 0, doc
+    results = by_server(doc)
+    assert set(results) == set(NODES)
+    for name, result in results.items():
+        assert result["status"] == "ok", result
+        assert result["details"]["stdout"].strip(), f"no log lines from {name}"
+    code, doc = flinger_json(installed.config_path, "logs", "nosuch")
+    assert code == 2 and "quorum" in json.dumps(doc)
+
+
+def test_one_ctrl_c_ends_a_follow_and_a_long_exec_on_every_server(installed: SandboxState) -> None:
+    config = installed.config_path
+    follow = "tail -n 2 -F /etc/sv/quorum/log/main/current"
+    code, err = _interrupted(["logs", "quorum", "-n", "2", "-f"], config, follow)
+    assert code == 130, err  # it ended (a follow never ends by itself): the Ctrl-C ended it
+    time.sleep(1)
+    assert _left(follow) == []
+    code, err = _interrupted(["exec", "sleep 317"], config, "sleep 317")
+    assert code == 130, err  # and did not wait for the command
+    time.sleep(1)
+    assert _left("sleep 317") == []
