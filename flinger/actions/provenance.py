@@ -43,7 +43,9 @@ def made_dir(topology: Topology) -> Path:
 def tree_fingerprint(topology: Topology) -> str:
     """The source tree as `sync` sends it: rsync's listing with sync's own filters, hashed."""
     from flinger.actions.sync import plan_sync
+    from flinger.ssh.openssh import require_local
 
+    require_local("rsync", "ssh")  # what sync itself needs, said as sync says it
     plan = plan_sync(topology)
     options = [o for o in plan.options if o in _LISTING_KEEPS]
     pairs = plan.options
@@ -117,11 +119,14 @@ def stale_steps(topology: Topology, manifest: Manifest, overlay_made_from: str |
     if build is None:
         return found
     synced = _read(made_dir(topology) / "sync.json") or {}
-    tree = tree_fingerprint(topology)
+    try:
+        tree: str | None = tree_fingerprint(topology)
+    except FlingerError:
+        tree = None  # no local rsync (a deploy does not need one here): the tree cannot be compared
     if build.get("packages") != packages_digest(manifest):
         found.append("the manifest's packages changed since the last `build package`: run `flinger build package`")
     elif synced.get("tree") != build.get("tree"):
         found.append("the tree was synced since the last successful `build package`: run `flinger build package`")
-    if synced.get("tree") is not None and synced.get("tree") != tree:
+    if tree is not None and synced.get("tree") is not None and synced.get("tree") != tree:
         found.append("the source tree changed since the last `sync`: run `flinger sync` and `flinger build package`")
     return found

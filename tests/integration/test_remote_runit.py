@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def activate(service: ServiceSpec, roots: ServiceRoots) -> list[PathRecord]:
     """What an install does with each service: write it, (re)start it, wait for its health."""
     paths = switch.activate_service(service, roots)
-    switch.wait_healthy(service)
+    switch.wait_healthy(service, roots)
     return paths
 
 
