@@ -5,9 +5,11 @@ with nothing touched."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,23 @@ def flinger(config: Path, *args: str, identity: Path | None = None) -> int:
         os.environ.pop(IDENTITY_ENV, None)
 
 
+@contextlib.contextmanager
+def as_identity(path: Path) -> Iterator[None]:
+    """FLINGER_IDENTITY set to `path` for what this process reads of a state."""
+    os.environ[IDENTITY_ENV] = str(path)
+    try:
+        yield
+    finally:
+        del os.environ[IDENTITY_ENV]
+
+
+def made_by_alice(tmp_path: Path, keys: dict[str, tuple[Path, str]]) -> tuple[Path, Path]:
+    """A deployment sealed to alice and bob, its overlay made by alice: (deploy.toml, state dir)."""
+    config = project(tmp_path / "p", [keys["alice"][1], keys["bob"][1]])
+    assert flinger(config, "overlay", identity=keys["alice"][0]) == 0
+    return config, tmp_path / "p" / ".flinger" / "demo"
+
+
 def stored(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under root: content and mtime (to see that nothing was rewritten)."""
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
@@ -102,16 +121,11 @@ def keys(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 def test_two_recipients_open_it_nothing_is_in_clear_and_a_rerun_rewrites_nothing(
     tmp_path: Path, keys: dict[str, tuple[Path, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = project(tmp_path / "p", [keys["alice"][1], keys["bob"][1]])
-    assert flinger(config, "overlay", identity=keys["alice"][0]) == 0
-    state_dir = tmp_path / "p" / ".flinger" / "demo"
-    os.environ[IDENTITY_ENV] = str(keys["bob"][0])
-    try:
+    config, state_dir = made_by_alice(tmp_path, keys)
+    with as_identity(keys["bob"][0]):
         opened = overlays(state_dir)  # bob opens what alice made
         split = reader(state_dir).read("state/split.json")
         ca_key = reader(state_dir).read("ca/ca.key")
-    finally:
-        del os.environ[IDENTITY_ENV]
     assert sorted(opened) == ["node1", "node2", "node3"] and split is not None and ca_key is not None
     values = [json.loads(f["share.json"])["share"] for f in opened.values()]
     values += [f["secrets/api_key"].decode() for f in opened.values()]
@@ -136,9 +150,7 @@ def test_two_recipients_open_it_nothing_is_in_clear_and_a_rerun_rewrites_nothing
 def test_a_stranger_gets_exit_2_naming_the_recipients_and_nothing_changes(
     tmp_path: Path, keys: dict[str, tuple[Path, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = project(tmp_path / "p", [keys["alice"][1], keys["bob"][1]])
-    assert flinger(config, "overlay", identity=keys["alice"][0]) == 0
-    state_dir = tmp_path / "p" / ".flinger" / "demo"
+    config, state_dir = made_by_alice(tmp_path, keys)
     before = stored(state_dir)
     capsys.readouterr()
     for args in (["overlay"], ["overlay", "--rotate"], ["secret", "verify"], ["deploy", "install"]):
@@ -214,12 +226,9 @@ def test_a_clear_state_of_an_older_flinger_is_migrated_and_the_clear_files_remov
     config = project(tmp_path / "p", [keys["alice"][1]])
     assert flinger(config, "overlay", identity=keys["alice"][0]) == 0
     state_dir = tmp_path / "p" / ".flinger" / "demo"
-    os.environ[IDENTITY_ENV] = str(keys["alice"][0])
-    try:
+    with as_identity(keys["alice"][0]):
         clear = view(state_dir)  # the same state in the layout of flinger before sealing
         before = overlays(state_dir)
-    finally:
-        del os.environ[IDENTITY_ENV]
     for path in list(state_dir.iterdir()):
         _remove(path)
     for path in clear.iterdir():
@@ -231,11 +240,8 @@ def test_a_clear_state_of_an_older_flinger_is_migrated_and_the_clear_files_remov
     assert "migrated the clear state" in err
     assert not (state_dir / "ca" / "ca.key").exists() and not (state_dir / "overlay" / "node1").exists()
     assert not list(state_dir.rglob("key.pem")) and not list(state_dir.rglob("share.json"))
-    os.environ[IDENTITY_ENV] = str(keys["alice"][0])
-    try:
+    with as_identity(keys["alice"][0]):
         assert overlays(state_dir) == before  # the same shares, keys and secrets, now sealed
-    finally:
-        del os.environ[IDENTITY_ENV]
 
 
 def _remove(path: Path) -> None:
@@ -296,19 +302,13 @@ def test_secret_set_reads_stdin_and_a_given_secret_is_needed_before_an_overlay(
     assert "correct horse" not in "".join(capsys.readouterr())
     assert flinger(config, "overlay", identity=keys["alice"][0]) == 0
     state_dir = tmp_path / "p" / ".flinger" / "demo"
-    os.environ[IDENTITY_ENV] = str(keys["alice"][0])
-    try:
+    with as_identity(keys["alice"][0]):
         files = overlays(state_dir)
-    finally:
-        del os.environ[IDENTITY_ENV]
     assert all(b"db = correct horse battery staple\n" in f["files/app.conf"] for f in files.values())
     assert not any(b"correct horse" in p.read_bytes() for p in (tmp_path / "p").rglob("*") if p.is_file())
     assert flinger(config, "overlay", "--rotate", identity=keys["alice"][0]) == 0  # a given secret is kept
-    os.environ[IDENTITY_ENV] = str(keys["alice"][0])
-    try:
+    with as_identity(keys["alice"][0]):
         assert b"correct horse" in overlays(state_dir)["node1"]["files/app.conf"]
-    finally:
-        del os.environ[IDENTITY_ENV]
     monkeypatch.setattr("sys.stdin", io.StringIO("x"))
     assert flinger(config, "secret", "set", "api_key", identity=keys["alice"][0]) == ExitStatus.USAGE
     assert "given = true" in capsys.readouterr().err
