@@ -269,7 +269,10 @@ class Connection:
 _STOPPABLE = """import os, signal, subprocess, sys, threading
 p = subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], stdin=subprocess.DEVNULL, start_new_session=True)
 def watch():
-    while sys.stdin.buffer.read(65536):
+    try:
+        while os.read(0, 65536):
+            pass
+    except OSError:
         pass
     try:
         os.killpg(p.pid, signal.SIGTERM)
@@ -277,7 +280,7 @@ def watch():
         pass
 threading.Thread(target=watch, daemon=True).start()
 code = p.wait()
-sys.exit(code if code >= 0 else 128 - code)
+os._exit(code if code >= 0 else 128 - code)
 """
 
 
