@@ -7,6 +7,7 @@ output, which go to stdout; with --json, stdout carries nothing but one JSON doc
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -122,6 +123,18 @@ class LiveBoard:
             yield self
 
 
+_UNWRAPPED = 100_000  # columns of a console that is no terminal: a line is as long as it is
+
+
+def _console(file: TextIO) -> Console:
+    """A console for `file`; without a terminal (a pipe, a file, CI) nothing is wrapped, so a
+    fingerprint, a release id or a URL is never cut in two (a table is as wide as its cells)."""
+    console = Console(file=file, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(file=file, highlight=False, soft_wrap=True, width=_UNWRAPPED)
+    return console
+
+
 class UI:
     def __init__(
         self,
@@ -133,8 +146,8 @@ class UI:
     ) -> None:
         self.json_mode = json_mode
         self.verbose = verbose
-        self.out = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=True)
-        self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
+        self.out = _console(stdout or sys.stdout)
+        self.err = _console(stderr or sys.stderr)
 
     @property
     def live_enabled(self) -> bool:

@@ -167,3 +167,21 @@ def test_json_mode_prints_no_progress_lines() -> None:
 def test_as_record_refuses_what_is_not_an_event() -> None:
     with pytest.raises(TypeError):
         as_record("step")  # type: ignore[arg-type]
+
+
+def test_without_a_terminal_no_line_is_wrapped_and_no_token_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from flinger.engine.results import ServerResult, Status
+    from flinger.ui import UI
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()
+    ui = UI(stdout=out, stderr=io.StringIO())
+    fingerprint = "SHA256:" + "A" * 43
+    url = "https://registry.example.net:5000/v2/quorum/manifests/" + "f" * 64
+    ui.table("keys", ("server", "fingerprint", "url"), [("node1", fingerprint, url)])
+    ui.summary("deploy install", [ServerResult("node1", Status.FAILED, message=f"could not reach {url}")])
+    text = out.getvalue()
+    assert fingerprint in text and url in text
+    assert all(url in line for line in text.splitlines() if "manifests" in line)
