@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,9 @@ class TomlFile:
 def load_toml(path: Path) -> TomlFile:
     """Parse `path`; any bytes at all give a TomlFile or a ConfigError (exit 2), nothing else."""
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a FIFO or a device would block or never end
+            raise ConfigError("not a regular file (a pipe, socket or device)", file=path)
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("file not found", file=path) from None

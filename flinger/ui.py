@@ -218,7 +218,8 @@ class UI:
                 message = r.message.removeprefix(f"{r.server}: ")  # most already name the server
                 self.out.print(Text.assemble((f"{r.server}: ", "bold"), message), soft_wrap=True)
         for r in results:
-            if r.status is Status.FAILED and r.tail:
+            said = [line for line in r.tail[-10:] if line.strip()]
+            if r.status is Status.FAILED and said:  # no header over nothing
                 self.out.print(Text(f"last lines from {r.server}:", style="bold"))
-                for line in r.tail[-10:]:
+                for line in said:
                     self.out.print(Text.assemble((f"  [{r.server}] ", "dim"), line), highlight=False)

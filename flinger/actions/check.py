@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flinger.engine.plan import plan_deploy
@@ -136,12 +137,20 @@ def _check_package_files(topology: Topology, manifest: Manifest, pkg: Package) -
                     f'"{mapping.src}" matches nothing under {topology.source_dir}',
                 )
     for i, overlay in enumerate(pkg.overlay):
-        if not (topology.source_dir / overlay.template).is_file():
+        if not _is_file(topology.source_dir / overlay.template):
             raise manifest_error(
                 manifest,
                 f"packages.{pkg.name}.overlay.{i}.template",
                 f'template "{overlay.template}" not found under {topology.source_dir}',
             )
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a file; False, not an exception, for a name too long or unreadable."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def check_artifacts(topology: Topology) -> StoreInfo:

@@ -42,7 +42,11 @@ class Env:
     def manifest(self) -> Manifest:
         if self._manifest is None:
             topology = self.topology()
-            if not topology.manifest_path.is_file():
+            try:
+                present = topology.manifest_path.is_file()
+            except OSError as exc:  # a name too long, a loop of links: said as bad input
+                raise config_error(topology, "source_dir", f"cannot look under it: {exc.strerror or exc}") from None
+            if not present:
                 # Say where it was named (deploy.toml's `manifest`, relative to source_dir).
                 raise config_error(topology, "manifest", f"no manifest file at {topology.manifest_path}")
             self._manifest = load_manifest(topology.manifest_path)

@@ -210,3 +210,22 @@ def test_templates_cannot_reach_python_internals(tmp_path: Path) -> None:
     (tmp_path / "t.j2").write_text("{{ ''.__class__.__mro__ }}\n")
     with pytest.raises(ConfigError, match="unsafe"):
         render(make_environment(tmp_path), "t.j2", {}, server="n1")
+
+
+def test_a_name_too_long_for_the_file_system_is_bad_input_not_a_crash(project: Path) -> None:
+    deploy = project / "deploy.toml"
+    text = deploy.read_text()
+    deploy.write_text(text.replace('source_dir = ".', 'source_dir = "./' + "y" * 300, 1))
+    code, lines = check(project)
+    assert code == 2 and errors(lines) and "source_dir" in errors(lines)[0] and "too long" in errors(lines)[0]
+
+
+def test_a_config_that_is_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "deploy.toml"
+    os.mkfifo(fifo)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert run(["-c", str(fifo), "check"]) == 2  # no reader waits for a writer that never comes
+    assert "not a regular file" in err.getvalue()
