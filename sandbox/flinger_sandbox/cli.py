@@ -93,12 +93,18 @@ def up(
 
 
 @app.command("down")
-def down(ctx: typer.Context, directory: DirOpt = DEFAULT_DIRECTORY) -> int:
-    """Stop every process the sandbox started (by pid)."""
+def down(
+    ctx: typer.Context,
+    directory: DirOpt = DEFAULT_DIRECTORY,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="also remove the hosts' files, keys and state: the next up starts fresh")
+    ] = False,
+) -> int:
+    """Stop every process the sandbox started (by pid); keys and host files stay unless --purge."""
     import flinger_sandbox as sandbox
 
-    stopped = sandbox.down(directory.resolve())
-    _ui(ctx).note(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    stopped = sandbox.down(directory.resolve(), purge=purge)
+    _ui(ctx).note(f"stopped: {', '.join(stopped) or 'nothing was running'}" + ("; purged" if purge else ""))
     return 0
 
 

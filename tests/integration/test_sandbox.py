@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flinger_helpers import run_sandbox_cli
 
 from flinger.errors import FlingerError
 from flinger.topology import load_topology
@@ -264,13 +265,16 @@ def test_down_stops_every_recorded_process_and_its_services(
         assert not is_listening(host_addr, port)
     assert not state.agent_socket.exists()
     assert status(directory) == []
+    said = run_sandbox_cli("status", "--dir", str(directory))
+    assert said.returncode == 4 and "no sandbox running" in said.stderr, said
     # Keys stay for the next up, until a purge.
     again = up(directory, 2)
     try:
         assert (directory / "hosts" / "node1" / "ssh_host_ed25519_key.pub").read_text() == host_key
         assert ssh_run(again, "node1", "true").returncode == 0
     finally:
-        down(directory, purge=True)
+        purged = run_sandbox_cli("down", "--purge", "--dir", str(directory))
+    assert purged.returncode == 0 and "purged" in purged.stderr, purged
     assert not directory.exists()
 
 
