@@ -76,8 +76,30 @@ def env_of(ctx: typer.Context) -> Env:
     return ctx.obj
 
 
+def complete_servers(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of --servers: the names in deploy.toml (-c, ./deploy.toml or
+    $FLINGER_CONFIG), after those already given (a,b,...)."""
+    from flinger.errors import FlingerError
+    from flinger.topology import find_config, load_topology
+
+    root = ctx.find_root()
+    try:
+        topology = load_topology(find_config(root.params.get("config")))
+    except (FlingerError, OSError):
+        return []
+    given, _, last = incomplete.rpartition(",")
+    taken = set(given.split(",")) if given else set()
+    prefix = f"{given}," if given else ""
+    return [prefix + name for name in topology.servers if name.startswith(last) and name not in taken]
+
+
 ServersOpt = Annotated[
-    str | None, typer.Option("--servers", help="comma-separated server names (default: the deployment servers)")
+    str | None,
+    typer.Option(
+        "--servers",
+        help="comma-separated server names (default: the deployment servers)",
+        autocompletion=complete_servers,
+    ),
 ]
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from flinger.cli import run_app
-from flinger.errors import ExitStatus
+from flinger.errors import ExitStatus, FlingerError
 from flinger.ui import UI
 from flinger_sandbox.paths import DEFAULT_DIRECTORY
 
@@ -22,7 +22,7 @@ app = typer.Typer(
     name="flinger-sandbox",
     help="A local multi-host test bed for flinger: real sshd hosts on loopback addresses.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion: commands, and --example names
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -145,6 +145,15 @@ def env(directory: DirOpt = DEFAULT_DIRECTORY) -> int:
     return 0
 
 
+def _example_names() -> list[str]:
+    from flinger_sandbox.demo import examples
+
+    try:
+        return examples()
+    except FlingerError:  # not run from a source tree: no examples to offer
+        return []
+
+
 @app.command()
 def demo(
     ctx: typer.Context,
@@ -155,7 +164,10 @@ def demo(
     example: Annotated[
         str | None,
         typer.Option(
-            "--example", help="deploy this seed example (examples/NAME; default: quorum, the system in packaging/)"
+            "--example",
+            help="deploy this seed example (examples/NAME; default: quorum, the system in packaging/): "
+            + ", ".join(_example_names()),
+            autocompletion=lambda incomplete: [n for n in _example_names() if n.startswith(incomplete)],
         ),
     ] = None,
     parallel: Annotated[

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from flinger.topology import load_topology
 from tests.unit.test_artifacts_config import REGISTRY
 from tests.unit.test_artifacts_config import write as write_with_artifacts
 from tests.unit.test_manifest import MANIFEST, project
@@ -148,3 +150,28 @@ def test_shell_completion_completes_commands() -> None:
     env = {**os.environ, "_FLINGER_COMPLETE": "complete_bash", "COMP_WORDS": "flinger deploy in", "COMP_CWORD": "2"}
     done = subprocess.run([sys.executable, "-m", "flinger"], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stdout.split() == ["install"], done.stderr
+
+
+def _complete(program: str, words: str, cwd: Path | None = None) -> list[str]:
+    import os
+
+    var = "_FLINGER_SANDBOX_COMPLETE" if program == "flinger_sandbox" else "_FLINGER_COMPLETE"
+    cword = str(len(words.split()) - (0 if words.endswith(" ") else 1))
+    env = {**os.environ, var: "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+    env.pop("FLINGER_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", program], env=env, capture_output=True, text=True, check=False, cwd=cwd
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_completion_offers_server_names_and_example_names(example_copy: Callable[[str], Path]) -> None:
+    config = example_copy("orion")
+    names = sorted(load_topology(config).servers)
+    assert _complete("flinger", f"flinger -c {config} deploy install --servers ") == names
+    first = names[0]
+    assert _complete("flinger", f"flinger deploy status --servers {first},", cwd=config.parent) == [
+        f"{first},{n}" for n in names[1:]
+    ]
+    assert _complete("flinger_sandbox", "flinger-sandbox demo --example gi") == ["gitmirror"]
