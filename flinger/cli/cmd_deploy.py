@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 deploy_app = typer.Typer(help="Install to, or remove from, every deployment server in parallel.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
 
-DryRun = Annotated[bool, typer.Option("--dry-run", help="print the per-server plan; contact no host")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="print the per-server plan; change nothing")]
+Offline = Annotated[
+    bool, typer.Option("--offline", help="with --dry-run: the plan alone, without asking the servers what they run")
+]
 FailFast = Annotated[bool, typer.Option("--fail-fast", help="start no new server once one has failed")]
 LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="seconds to wait for another deploy's lock")]
 AllowStale = Annotated[
@@ -110,7 +113,13 @@ def _other_plan(env: Env, action: str, chosen: list[Server]) -> list[dict[str, A
 
 
 def _dry_run(
-    env: Env, action: str, servers: ServersOpt, *, allow_empty: bool = False, rollout: RolloutPolicy | None = None
+    env: Env,
+    action: str,
+    servers: ServersOpt,
+    *,
+    allow_empty: bool = False,
+    rollout: RolloutPolicy | None = None,
+    offline: bool = True,
 ) -> int:
     from flinger.engine.strategy import BatchRollout, RolloutPolicy
 
@@ -127,11 +136,33 @@ def _dry_run(
         document = [
             {**p.as_json(), "batch": batch_of[p.server].number, "canary": batch_of[p.server].canary} for p in plans
         ]
+        if not offline:
+            return _preview(env, chosen, plans, document)
     else:
         document = _other_plan(env, action, chosen)
     if env.json:
         env.ui.emit_json({"command": f"deploy {action}", "dry_run": True, "servers": document})
         return 0
+    _print_plan(env, document)
+    return 0
+
+
+def _preview(env: Env, chosen: list[Server], plans: list[ServerPlan], document: list[dict[str, Any]]) -> int:
+    """The plan, then what it would change on each server (each asked what it runs)."""
+    from flinger.engine.preview import Preview
+    from flinger.secrets.sealing import SealError
+
+    try:
+        overlays: dict[str, dict[str, bytes]] | None = _open_overlays(env, plans)
+    except SealError as exc:  # the rest is compared all the same
+        env.ui.warn(f"overlay files not compared: {exc.message}")
+        overlays = None
+    if not env.json:
+        _print_plan(env, document)
+    return _run(env, Preview(plans, overlays), chosen, extra={"plan": document})
+
+
+def _print_plan(env: Env, document: list[dict[str, Any]]) -> None:
     for entry in document:
         env.ui.out.print(
             f"[bold]{entry['server']}[/bold] ({entry['addr']})"
@@ -142,7 +173,6 @@ def _dry_run(
             name = step["step"]
             rest = ", ".join(f"{k}={v}" for k, v in step.items() if k != "step" and v not in (None, [], ""))
             env.ui.out.print(f"  {name}: {rest}", markup=False)
-    return 0
 
 
 def _run(
@@ -154,8 +184,10 @@ def _run(
     fail_fast: bool = False,
     lock_wait: float = 0.0,
     confirm_within: float = 30.0,
+    extra: dict[str, Any] | None = None,
 ) -> int:
-    """Run a deploy operation on the chosen servers, with the live board; the summary."""
+    """Run a deploy operation on the chosen servers, with the live board; the summary
+    (`extra`: more for --json)."""
     from flinger.engine.execute import execute
     from flinger.engine.run import Settings, open_run
 
@@ -165,21 +197,21 @@ def _run(
     with open_run(env.topology(), env.manifest(), sink=board, settings=settings) as run, run.brake.held():
         with board.running():
             results = execute(run, operation, chosen, strategy)
-        extra: dict[str, Any] = {"log_dir": str(run.log_dir), "stopped_by": run.brake.by}
-        extra.update(operation.finish(run, results))
+        said: dict[str, Any] = {"log_dir": str(run.log_dir), "stopped_by": run.brake.by, **(extra or {})}
+        said.update(operation.finish(run, results))
         if operation.name == "install":
             sent = run.store.report()
-            extra["artifacts"] = vars(sent)
+            said["artifacts"] = vars(sent)
             if not env.json:
                 where = "published to the registry" if sent.store == "registry" else "pushed to servers"
                 env.ui.note(f"the builder sent {sent.builder_bytes_sent:,} bytes ({where})")
         if not env.json:
-            _say_fleet(env, extra)
+            _say_fleet(env, said)
         if run.brake.pulled and not env.json:
             stopped = [r.server for r in results if r.status.value == "interrupted"]
             env.ui.warn(f"stopped by {run.brake.by}: {', '.join(stopped) or 'no server'} not started; the others "
                         "finished their step (below)")  # fmt: skip
-        status = finish(env, title, results, extra, stopped=run.brake.pulled)
+        status = finish(env, title, results, said, stopped=run.brake.pulled)
     if not env.json:
         env.ui.note(f"logs: {run.log_dir}")
     return status
@@ -187,7 +219,10 @@ def _run(
 
 def _say_fleet(env: Env, extra: dict[str, Any]) -> None:
     """What the run's end says of the fleet: its releases (history), the release this run
-    installed and where the fleet stands (install), servers of one role apart (status)."""
+    installed and where the fleet stands (install), servers of one role apart (status),
+    the servers a dry run would not change."""
+    if extra.get("dry_run"):
+        env.ui.note(f"no change: {', '.join(extra['unchanged']) or 'none'}")
     rows = extra.get("fleet_releases")
     if rows:
         env.ui.table("fleet releases, newest first", ("release", "state", "created", "running on", "kept on"), [
@@ -222,6 +257,7 @@ def install(
     lock_wait: LockWait = 0.0,
     allow_empty: AllowEmpty = False,
     allow_stale: AllowStale = False,
+    offline: Offline = False,
     batch: Annotated[
         str | None,
         typer.Option("--batch", help="servers per batch, N or P% (default: a whole wave at once)"),
@@ -255,7 +291,7 @@ def install(
     env = env_of(ctx)
     policy = _rollout_policy(batch, max_failures, canary=canary, canary_wait=canary_wait, rollback=not no_rollback)
     if dry_run:
-        return _dry_run(env, "install", servers, allow_empty=allow_empty, rollout=policy)
+        return _dry_run(env, "install", servers, allow_empty=allow_empty, rollout=policy, offline=offline)
     chosen = env.select_servers(servers)
     plans = _checked_plans(env, chosen, allow_empty)
     _refuse_stale(env, allow_stale)

@@ -145,9 +145,12 @@ class InstallPlan:
 
 @dataclass
 class InventoryPlan:
-    """`status` and `history`: what is installed in `install_dir` (no lock needed)."""
+    """`status` and `history`: what is installed in `install_dir` (no lock needed); with
+    `compare`, status also says the digest of each file of the running overlay and of each
+    service's definition (what `deploy install --dry-run` compares with its plan)."""
 
     install_dir: str
+    compare: bool = False
 
 
 @dataclass

@@ -5,6 +5,8 @@ Every command ends with one line `{"event": "result", "version": V, ...}`: an `O
 objects; the client decodes the same classes. Standard library only, Python 3.9.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -123,6 +125,11 @@ class ServiceState:
     healthy: Optional[bool] = None
 
 
+def definition_digest(files: Dict[str, str]) -> str:
+    """One digest of a service's rendered definition files (the same on client and server)."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class StatusResult(Outcome):
     installed: bool = False
@@ -134,6 +141,8 @@ class StatusResult(Outcome):
     services: List[ServiceState] = field(default_factory=list)
     fleet_release: Optional[str] = None  # the fleet release it runs (see receipt.fleet_releases)
     self_rollback: Optional[SelfRollback] = None  # the last switch it undid itself, unconfirmed
+    overlay: Optional[Dict[str, str]] = None  # with compare: sha256 of each running overlay file
+    definitions: Dict[str, str] = field(default_factory=dict)  # with compare: service -> definition_digest
 
 
 @dataclass

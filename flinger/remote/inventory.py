@@ -8,10 +8,17 @@ dir), under the deploy lock.
 """
 
 import os
-from typing import List
+from typing import Dict, List
 
 from flinger.protocol.plans import InventoryPlan, UninstallPlan
-from flinger.protocol.results import HistoryResult, ReleaseInfo, ServiceState, StatusResult, UninstallResult
+from flinger.protocol.results import (
+    HistoryResult,
+    ReleaseInfo,
+    ServiceState,
+    StatusResult,
+    UninstallResult,
+    definition_digest,
+)
 from flinger.remote import confirm, events, files, health, layout, lock, receipt, services, switch
 from flinger.remote.install import install_dir_of
 
@@ -29,7 +36,7 @@ def status(plan: InventoryPlan) -> StatusResult:
             run_state = "unknown (%s)" % exc
         healthy = health.check_once(service.health)[0] if service.health is not None else None
         report.append(ServiceState(service.name, service.manager, run_state, service.package, healthy))
-    return StatusResult(
+    result = StatusResult(
         installed=True,
         release=state.release,
         current=switch.current_release(install_dir),
@@ -40,6 +47,20 @@ def status(plan: InventoryPlan) -> StatusResult:
         fleet_release=state.fleet,
         self_rollback=confirm.read_record(install_dir),
     )
+    if plan.compare:
+        result.overlay = _overlay_digests(os.path.join(install_dir, "current", "overlay"))
+        result.definitions = {s.name: definition_digest(s.files) for s in state.services}
+    return result
+
+
+def _overlay_digests(top: str) -> Dict[str, str]:
+    """sha256 of each file of the running overlay (digests only: never its content)."""
+    found: Dict[str, str] = {}
+    for dirpath, _dirnames, filenames in os.walk(top):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, top)] = files.sha256_file(path)
+    return found
 
 
 def history(plan: InventoryPlan) -> HistoryResult:

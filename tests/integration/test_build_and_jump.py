@@ -101,7 +101,7 @@ def test_dry_run_contacts_nobody_and_shows_no_secret(sandbox: SandboxState, tmp_
     # Addresses nobody listens on: a dry run must not need them.
     config = derived_config(sandbox, tmp_path, {f"servers.node{i}.addr": f"127.0.0.{200 + i}" for i in (1, 2, 3)})
     assert run_flinger("-c", str(config), "overlay").returncode == 0
-    proc = run_flinger("-c", str(config), "--json", "deploy", "install", "--dry-run")
+    proc = run_flinger("-c", str(config), "--json", "deploy", "install", "--dry-run", "--offline")
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert [s["server"] for s in plan["servers"]] == ["node1", "node2", "node3"]

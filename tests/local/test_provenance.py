@@ -80,7 +80,7 @@ def test_a_skipped_overlay_after_a_template_change_is_refused(
     err = capsys.readouterr().err
     assert "not installing stale bits" in err and "run `flinger overlay`" in err and "--allow-stale" in err
     assert len(err.strip().splitlines()) == 1
-    assert run(["-c", str(config), "deploy", "install", "--dry-run"]) == 0
+    assert run(["-c", str(config), "deploy", "install", "--dry-run", "--offline"]) == 0
     assert "stale: the overlay" in capsys.readouterr().err
     assert run(["-c", str(config), "overlay"]) == 0
     assert _stale(config) == []

@@ -179,7 +179,7 @@ def test_no_identity_says_where_it_looked(
     # what needs no secret works without one
     assert flinger(config, "check") == 0
     capsys.readouterr()
-    assert flinger(config, "--json", "deploy", "install", "--dry-run") == 0
+    assert flinger(config, "--json", "deploy", "install", "--dry-run", "--offline") == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["dry_run"] is True and "share.json" in plan["servers"][0]["steps"][2]["files"]
 
