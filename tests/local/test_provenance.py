@@ -84,3 +84,13 @@ def test_a_skipped_overlay_after_a_template_change_is_refused(
     assert "stale: the overlay" in capsys.readouterr().err
     assert run(["-c", str(config), "overlay"]) == 0
     assert _stale(config) == []
+
+
+def test_up_stops_before_anything_when_check_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = project(tmp_path / "p")
+    template = tmp_path / "p" / "src" / "t" / "app.conf.j2"
+    template.write_text("name = {{ server.nmae }}\n")
+    assert run(["-c", str(config), "up"]) == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    assert "app.conf.j2:1" in err and "server.nmae" in err
+    assert not (tmp_path / "p" / ".flinger").exists()  # no sync, build, overlay or install began
