@@ -94,6 +94,12 @@ class HostKeyError(UnreachableError):
     """A host key that is unknown or does not match what was recorded: not safely reachable."""
 
 
+class StoppedError(FlingerError):
+    """A command the operator stopped (Ctrl-C, SIGTERM) while it ran: the server is `interrupted`."""
+
+    exit_status = ExitStatus.INTERRUPTED
+
+
 class RemoteCommandError(FlingerError):
     """A remote command exited non-zero."""
 

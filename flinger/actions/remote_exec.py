@@ -10,7 +10,7 @@ from flinger.engine.brake import Brake
 from flinger.engine.fanout import Reporter, fan_out
 from flinger.engine.hosts import open_hosts
 from flinger.engine.results import ServerResult
-from flinger.errors import RemoteCommandError
+from flinger.errors import RemoteCommandError, StoppedError
 from flinger.progress import Sink, nowhere
 from flinger.ssh.connection import privileged, stoppable
 from flinger.topology.model import Server, Topology
@@ -41,7 +41,7 @@ def run_exec(
         result = conn.run(line, on_line=lambda _stream, out: report.line(out), check=False, stop=brake.event)
         if brake.pulled:
             report.details["stopped"] = brake.by
-            return dict(report.details)
+            raise StoppedError(f"stopped by {brake.by} while it ran: the command was ended there")
         report.details.update(exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr)
         if result.exit_code != 0:  # failed, with its output kept apart in --json
             raise RemoteCommandError(text, result.exit_code, result.tail)

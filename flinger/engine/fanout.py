@@ -17,7 +17,7 @@ from typing import Any
 
 from flinger.engine.brake import Brake
 from flinger.engine.results import ServerResult, Status, Switch
-from flinger.errors import FlingerError, RemoteCommandError, UnreachableError
+from flinger.errors import FlingerError, RemoteCommandError, StoppedError, UnreachableError
 from flinger.progress import Event, Finished, Info, Output, Sink, Started, Step, Timeline, nowhere
 from flinger.topology.model import Server
 
@@ -67,6 +67,8 @@ def _run_one(server: Server, work: Work, emit: Sink) -> ServerResult:
         status, code, message = Status.OK, 0, None
     except UnreachableError as exc:
         details, status, code, message = reporter.details, Status.UNREACHABLE, None, exc.message
+    except StoppedError as exc:
+        details, status, code, message = reporter.details, Status.INTERRUPTED, None, exc.message
     except RemoteCommandError as exc:
         details, status, code = reporter.details, Status.FAILED, exc.exit_code
         message, tail = exc.message, exc.tail or list(reporter.tail)

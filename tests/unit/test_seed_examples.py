@@ -353,7 +353,7 @@ def test_dry_run_plans_every_server(
     if missing is not None:
         pytest.skip(missing)
     config = example_copy(name)
-    status = run(["-c", str(config), "--json", "deploy", "install", "--dry-run"])
+    status = run(["-c", str(config), "--json", "deploy", "install", "--dry-run", "--offline"])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     document = json.loads(captured.out)
