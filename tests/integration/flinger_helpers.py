@@ -150,3 +150,16 @@ def run_ssh(
     argv += [f"{LOGIN_USER}@{addr}", line]
     env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def deploy_everything(state: SandboxState) -> dict[str, Any]:
+    """trust, sync, build package, overlay and deploy install of the sandbox's deploy.toml,
+    each asserted to succeed; the install's --json report."""
+    import json
+
+    for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
+        proc = run_flinger("-c", str(state.config_path), *step)
+        assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
+    code, doc = flinger_json(state.config_path, "deploy", "install")
+    assert code == 0, json.dumps(doc, indent=1)
+    return doc

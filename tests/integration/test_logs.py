@@ -4,7 +4,6 @@ nothing left running on the servers."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from flinger_helpers import by_server, flinger_json, run_flinger
+from flinger_helpers import by_server, deploy_everything, flinger_json, run_flinger
 
 from flinger_sandbox import SandboxState
 
@@ -24,11 +23,7 @@ NODES = ("node1", "node2", "node3")
 
 @pytest.fixture(scope="module")
 def installed(sandbox: SandboxState) -> SandboxState:
-    for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
-        proc = run_flinger("-c", str(sandbox.config_path), *step)
-        assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
-    code, doc = flinger_json(sandbox.config_path, "deploy", "install")
-    assert code == 0, json.dumps(doc, indent=1)
+    deploy_everything(sandbox)
     return sandbox
 
 
