@@ -40,4 +40,4 @@ def test_example_deploys_on_systemd_hosts(
             assert f"demo complete: the {example} example is deployed, its services active and healthy" in out
         assert "deploy status" in out
     finally:
-        sb.down(directory)
+        sb.down(directory, purge=True)  # the hosts' files too: the suite leaves no GBs in the temp dir
