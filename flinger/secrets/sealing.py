@@ -99,10 +99,17 @@ class Identity:
     path: Path
     load: Callable[[bool], Any] = field(repr=False)
     _key: Any = field(default=None, repr=False)
+    _locked: bool = False  # seen to need a passphrase not asked for yet
 
     def key(self, *, ask: bool = True) -> Any:
         if self._key is None:
-            self._key = self.load(ask)
+            if self._locked and not ask:
+                raise _Locked
+            try:
+                self._key = self.load(ask)
+            except _Locked:
+                self._locked = True
+                raise
         return self._key
 
 
@@ -178,6 +185,7 @@ class Keyring:
     def __init__(self, explicit: str | None = None) -> None:
         self.explicit = explicit if explicit is not None else os.environ.get(IDENTITY_ENV) or None
         self.notes: list[str] = []
+        self._found: list[Identity] | None = None  # once: a key read (a passphrase asked) once a run
 
     def places(self) -> list[Path]:
         if self.explicit:
@@ -185,12 +193,15 @@ class Keyring:
         return [Path.home() / ".ssh" / "id_ed25519", own_identity_path()]
 
     def identities(self) -> list[Identity]:
-        if self.explicit:
-            path = self.places()[0]
-            if not path.is_file():
-                raise SealError(f"{IDENTITY_ENV}={self.explicit}: no such identity file")
-            return [identity_at(path)]
-        return [identity_at(p) for p in self.places() if p.is_file()]
+        if self._found is None:
+            if self.explicit:
+                path = self.places()[0]
+                if not path.is_file():
+                    raise SealError(f"{IDENTITY_ENV}={self.explicit}: no such identity file")
+                self._found = [identity_at(path)]
+            else:
+                self._found = [identity_at(p) for p in self.places() if p.is_file()]
+        return self._found
 
     def own_recipient(self) -> Recipient:
         """The recipient of this operator's flinger age identity, made (0600) on first use."""
@@ -200,6 +211,7 @@ class Keyring:
             ident = x25519.Identity.generate()
             public = str(ident.to_public())
             write_private(path, f"# flinger identity\n# public key: {public}\n{ident}\n".encode())
+            self._found = None  # a new identity among them
             self.notes.append(
                 f"made an age identity for you in {path} (0600); the state is encrypted to it. To share the "
                 f"deployment with teammates, list their public keys and yours ({public}) in [state] recipients"

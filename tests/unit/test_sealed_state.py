@@ -325,6 +325,19 @@ def test_a_passphrase_key_without_a_terminal_says_so(tmp_path: Path) -> None:
     assert Keyring(str(tmp_path / "other.txt")).unseal(data, "x", []) == b"hello"
 
 
+def test_a_passphrase_is_asked_once_for_every_file_of_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flinger.secrets import sealing
+
+    public = ssh_key(tmp_path / "locked", "carol", passphrase=b"pw")
+    asked: list[str] = []
+    monkeypatch.setattr(sealing.sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sealing.getpass, "getpass", lambda prompt: asked.append(prompt) or "pw")
+    keyring = Keyring(str(tmp_path / "locked"))
+    blobs = [sealing.seal(f"file {i}".encode(), [parse_recipient(public)]) for i in range(5)]
+    assert [keyring.unseal(b, "x", []) for b in blobs] == [f"file {i}".encode() for i in range(5)]
+    assert len(asked) == 1
+
+
 @pytest.mark.parametrize(
     ("entry", "why"),
     [("ssh-ed25519 AAAAnotbase64", "not a valid"), ("ssh-dss AAAA x", "expected an SSH"), ("age1xyz", "not a valid")],
