@@ -111,15 +111,10 @@ def measure(n: int, repeat: int, work: Path, template: str, verify: bool) -> dic
 
     # The baseline writes the same content in clear, as files (the layout before sealing: the
     # state's files, then each server's overlay files, the one verifier written once and linked).
-    opened = reader(state)
-    assert opened.index is not None
-    files: list[tuple[Path, bytes | Path]] = []
-    for name in sorted(opened.index.files):
-        if not name.startswith("overlay/"):
-            rel = name.removesuffix(".age")
-            files.append((Path(rel), opened.read(rel) or b""))
-    for server in sorted(opened.overlay_names()):
-        for rel, data in sorted((opened.overlay(server) or {}).items()):
+    stored, overlays = reader(state).contents()
+    files: list[tuple[Path, bytes | Path]] = [(Path(rel), data) for rel, data in sorted(stored.items())]
+    for server in sorted(overlays):
+        for rel, data in sorted(overlays[server].items()):
             is_verifier = rel == shamir.VERIFIER_FILE
             files.append((Path("overlay", server, rel), Path("state", rel) if is_verifier else data))
     copy = work / f"copy{n}"

@@ -51,13 +51,13 @@ def edit_overlay(where: Topology | Path, server: str, rel: str, data: bytes | No
     state = state_of(where)
     assert state.index is not None
     state.recipients = [parse_recipient(t) for t in state.index.recipients]
-    files = {s: dict(state.overlay(s) or {}) for s in state.overlay_names()}
+    stored, overlays = state.contents()
+    files = {s: dict(f) for s, f in overlays.items()}
     if data is None:
         del files[server][rel]
     else:
         files[server][rel] = data
-    logical = [n.removesuffix(".age") for n in state.index.files if not n.startswith("overlay/")]
-    state.commit({n: d for n in logical if (d := state.read(n)) is not None}, files)
+    state.commit(stored, files)
 
 
 def view(where: Topology | Path) -> Path:
@@ -68,17 +68,10 @@ def view(where: Topology | Path) -> Path:
     n = 0
     while (dest := root.parent.parent / f"view-{n}").exists():
         n += 1
-    if state.index is not None:
-        for name in state.index.files:
-            if not name.startswith("overlay/"):
-                rel = name.removesuffix(".age")
-                data = state.read(rel)
-                assert data is not None
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                (dest / rel).write_bytes(data)
-        for server in state.overlay_names():
-            for rel, data in (state.overlay(server) or {}).items():
-                (dest / "overlay" / server / rel).parent.mkdir(parents=True, exist_ok=True)
-                (dest / "overlay" / server / rel).write_bytes(data)
+    stored, overlays = state.contents()
+    opened = {**stored, **{f"overlay/{s}/{rel}": d for s, files in overlays.items() for rel, d in files.items()}}
+    for rel, data in opened.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
     dest.mkdir(parents=True, exist_ok=True)
     return dest

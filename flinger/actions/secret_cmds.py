@@ -18,6 +18,7 @@ from flinger.errors import FlingerError, UsageError
 from flinger.manifest.model import Manifest
 from flinger.overlay.planners import SHARED
 from flinger.overlay.state import SECRETS, SplitState, load_secrets, load_split, secrets_to_bytes
+from flinger.overlay.store import overlay_name
 from flinger.remote import shamir
 from flinger.remote.shamir import ParsedShare
 from flinger.secrets.secret import Secret
@@ -125,7 +126,7 @@ def verify_shares(topology: Topology, state: StateStore, server: str | None = No
     checks: dict[str, ShareCheck] = {}
     groups: dict[tuple[int, ...], list[tuple[str, Path, ParsedShare]]] = {}
     for name in names:
-        where = state.root / "overlay" / f"{name}.age"
+        where = state.root / overlay_name(name)
         found = _static_check(name, where, state.overlay(name), topology.name, expected)
         if isinstance(found, ShareCheck):
             checks[name] = found

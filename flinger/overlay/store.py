@@ -267,12 +267,19 @@ class StateStore:
             made_from=self.index.made_from if self.index is not None else None,
         )
 
+    def contents(self) -> tuple[dict[str, bytes], dict[str, dict[str, bytes]]]:
+        """Everything stored, opened: every state file by logical name, every server's overlay."""
+        if self.index is None:
+            return {}, {}
+        logical = [n.removesuffix(".age") for n in self.index.files if not n.startswith("overlay/")]
+        state = {rel: data for rel in logical if (data := self.read(rel)) is not None}
+        overlays = {s: files for s in self.index.overlays if (files := self.overlay(s)) is not None}
+        return state, overlays
+
     def replace(self, rel: str, data: bytes) -> None:
         """Change one state file, keeping everything else (overlays included) as it is."""
-        state = {r: d for r in self._logical_names() if (d := self.read(r)) is not None} if self.index else {}
-        overlays = {s: f for s in self.overlay_names() if (f := self.overlay(s)) is not None}
-        state[rel] = data
-        self.commit(state, overlays)
+        state, overlays = self.contents()
+        self.commit({**state, rel: data}, overlays)
 
     def _has_overlay(self, server: str) -> bool:
         return self.index is not None and overlay_name(server) in self.index.files
@@ -320,12 +327,11 @@ class StateStore:
         on record; notes saying who was added and removed."""
         if self.index is None:
             return []
-        before = {_canonical(t): t for t in self.index.recipients}
+        before = {_recipient(t).canonical: t for t in self.index.recipients}
         after = {r.canonical: r.text for r in self.recipients}
         if set(before) == set(after):
             return []
-        state = {rel: data for rel in self._logical_names() if (data := self.read(rel)) is not None}
-        overlays = {s: files for s in self.index.overlays if (files := self.overlay(s)) is not None}
+        state, overlays = self.contents()
         verifier = state.get(VERIFIER)
         writes = {stored_name(rel): seal(d, self.recipients) if is_sealed(rel) else d for rel, d in state.items()}
         for server, files in overlays.items():
@@ -338,11 +344,6 @@ class StateStore:
         if removed:
             note += " (they may keep copies of what they could read: run flinger overlay --rotate)"
         return [note]
-
-    def _logical_names(self) -> list[str]:
-        assert self.index is not None
-        names = [n.removesuffix(".age") if n.endswith(".age") else n for n in self.index.files]
-        return [n for n in names if not n.startswith("overlay/")]
 
     def describe(self) -> dict[str, Any]:
         index = self.index or Index()
@@ -362,16 +363,17 @@ def _prune_empty(top: Path) -> None:
             d.rmdir()
 
 
-def _canonical(text: str) -> str:
-    parts = text.split()
-    return " ".join(parts[:2]) if parts and parts[0].startswith("ssh-") else (parts[0] if parts else "")
+def _recipient(text: str) -> Recipient:
+    """A recipient on record; one that does not parse (an edited index) stands as its text."""
+    try:
+        return parse_recipient(text)
+    except ValueError:
+        return Recipient(text, None)
 
 
 def _label_of(text: str) -> str:
-    try:
-        return parse_recipient(text).label
-    except ValueError:
-        return text[:40]
+    recipient = _recipient(text)
+    return recipient.label if recipient.key is not None else text[:40]
 
 
 def reader(root: Path) -> StateStore:

@@ -62,7 +62,7 @@ class Recipient:
     @property
     def canonical(self) -> str:
         """The key without its comment: what identifies a recipient."""
-        parts = self.text.split()
+        parts = self.text.split() or [""]
         return " ".join(parts[:2]) if parts[0] in _SSH_TYPES else parts[0]
 
 
