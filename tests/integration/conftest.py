@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from flinger_helpers import SshRun, run_ssh
+from flinger_helpers import SshRun, deploy_everything, run_flinger, run_ssh
 
 from flinger_sandbox import SandboxState, down, missing_tools, up
 from flinger_sandbox.rootfs import missing_tools as rootfs_missing_tools
@@ -81,3 +81,13 @@ def systemd_sandbox(sandbox_prerequisites: None, tmp_path_factory: pytest.TempPa
 def ssh_run() -> SshRun:
     """`ssh_run(state, "node1", "cat", "/opt/x")` -> CompletedProcess (see run_ssh)."""
     return run_ssh
+
+
+@pytest.fixture(scope="module")
+def installed_sandbox(sandbox: SandboxState) -> Iterator[SandboxState]:
+    """The session sandbox with the quorum system deployed (trust, sync, build, overlay,
+    install) for one module, and uninstalled after it: the next module finds it as it was."""
+    deploy_everything(sandbox)
+    yield sandbox
+    done = run_flinger("-c", str(sandbox.config_path), "deploy", "uninstall")
+    assert done.returncode == 0, done.stdout + done.stderr

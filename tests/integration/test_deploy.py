@@ -42,16 +42,11 @@ def tree(ssh_run: Any, state: SandboxState, host: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def deployed(sandbox: SandboxState) -> dict[str, Any]:
-    from flinger_helpers import run_ssh
+    from flinger_helpers import deploy_everything, run_ssh
 
-    config = sandbox.config_path
     before = {h: tree(run_ssh, sandbox, h) for h in NODES}
-    for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
-        proc = run_flinger("-c", str(config), *step)
-        assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
-    code, doc = flinger_json(config, "deploy", "install")
-    assert code == 0, json.dumps(doc, indent=1)
-    return {"before": before, "install": doc, "topology": load_topology(config)}
+    doc = deploy_everything(sandbox)
+    return {"before": before, "install": doc, "topology": load_topology(sandbox.config_path)}
 
 
 def test_install_runs_the_service_on_each_server_with_its_own_certificate(deployed: dict[str, Any]) -> None:

@@ -12,19 +12,13 @@ import time
 from typing import Any
 
 import pytest
-from flinger_helpers import by_server, deploy_everything, flinger_json, run_flinger
+from flinger_helpers import by_server, flinger_json, run_flinger
 
 from flinger_sandbox import SandboxState
 
 pytestmark = pytest.mark.integration
 
 NODES = ("node1", "node2", "node3")
-
-
-@pytest.fixture(scope="module")
-def installed(sandbox: SandboxState) -> SandboxState:
-    deploy_everything(sandbox)
-    return sandbox
 
 
 def _left(pattern: str) -> list[str]:
@@ -55,20 +49,20 @@ def _interrupted(args: list[str], config: Any, wait_for: str) -> tuple[int, str]
     return proc.returncode, err
 
 
-def test_logs_show_each_servers_service_log_through_sudo(installed: SandboxState) -> None:
-    code, doc = flinger_json(installed.config_path, "logs", "quorum", "-n", "5")
+def test_logs_show_each_servers_service_log_through_sudo(installed_sandbox: SandboxState) -> None:
+    code, doc = flinger_json(installed_sandbox.config_path, "logs", "quorum", "-n", "5")
     assert code == 0, doc
     results = by_server(doc)
     assert set(results) == set(NODES)
     for name, result in results.items():
         assert result["status"] == "ok", result
         assert result["details"]["stdout"].strip(), f"no log lines from {name}"
-    refused = run_flinger("-c", str(installed.config_path), "logs", "nosuch")
+    refused = run_flinger("-c", str(installed_sandbox.config_path), "logs", "nosuch")
     assert refused.returncode == 2 and 'no chosen server runs service "nosuch" (services: quorum)' in refused.stderr
 
 
-def test_one_ctrl_c_ends_a_follow_and_a_long_exec_on_every_server(installed: SandboxState) -> None:
-    config = installed.config_path
+def test_one_ctrl_c_ends_a_follow_and_a_long_exec_on_every_server(installed_sandbox: SandboxState) -> None:
+    config = installed_sandbox.config_path
     follow = "tail -n 2 -F /etc/sv/quorum/log/main/current"
     code, err = _interrupted(["logs", "quorum", "-n", "2", "-f"], config, follow)
     assert code == 130, err  # it ended (a follow never ends by itself): the Ctrl-C ended it
