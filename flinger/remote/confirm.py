@@ -114,6 +114,18 @@ def confirm(plan: ConfirmPlan) -> ConfirmResult:
     return ConfirmResult(confirmed=True, lock_released=released, error=refused)
 
 
+def awaiting(install_dir: str, holder: str) -> Optional[str]:
+    """Why `holder`'s lock is live when its switch here waits for a confirmation that its
+    client, gone, may never send: until when, and what happens then."""
+    pending = load_pending(install_dir)
+    if pending is None or pending.holder != holder or pending.settled_at is None:
+        return None
+    left = max(0.0, pending.settled_at + pending.confirm_within - time.time())
+    return ("its switch to %s waits for its client's confirmation: without it, this server goes back "
+            "to %s in %d s (run again then, or with --lock-wait)" % (pending.release, pending.previous,
+                                                                     int(left + 0.999)))  # fmt: skip
+
+
 def read_record(install_dir: str) -> Optional[SelfRollback]:
     return _read(_record_path(install_dir), SelfRollback)
 

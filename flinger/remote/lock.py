@@ -121,7 +121,7 @@ def alive(ref: Optional[ProcessRef]) -> bool:
     return fields is not None and len(fields) >= 20 and fields[0] != "Z" and int(fields[19]) == ref.start
 
 
-def why_live(record: LockRecord) -> Optional[str]:
+def why_live(record: LockRecord, install_dir: Optional[str] = None) -> Optional[str]:
     """Why the holder may still be working here, or None when the lock is stale."""
     if record.session is None and record.worker is None:
         return "it names no process (an older flinger wrote it)"  # never judged stale
@@ -129,7 +129,10 @@ def why_live(record: LockRecord) -> Optional[str]:
         return None  # the server rebooted since: none of its processes survive that
     for key, ref in (("worker", record.worker), ("session", record.session)):
         if ref is not None and alive(ref):
-            return "its %s (pid %s) is still running here" % (ref.what or key, ref.pid)
+            from flinger.remote import confirm  # imports this module
+
+            waiting = confirm.awaiting(install_dir, record.holder) if install_dir else None
+            return waiting or "its %s (pid %s) is still running here" % (ref.what or key, ref.pid)
     return None
 
 
@@ -240,7 +243,7 @@ def _judge(install_dir: str, holder: str) -> Tuple[Optional[LockResult], Optiona
         current = read_holder(install_dir) or LockRecord("nobody")
         if current.holder == holder:
             return LockResult(holder=holder), None, None
-        live = why_live(current) if not current.unreadable else None
+        live = why_live(current, install_dir) if not current.unreadable else None
         if live is not None:
             return None, current, live
         # Nobody works for that holder here any more: say so, break it, take it.

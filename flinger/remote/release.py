@@ -106,7 +106,13 @@ def _owner_ids(owner: Optional[Owner]) -> Tuple[int, int]:
 
 def _copy_overlay(source: str, dest: str, owner: Optional[Owner]) -> None:
     """Copy the overlay with 0700 dirs and owner-only files, owned by the service user."""
-    shutil.copytree(source, dest, symlinks=False)
+    try:
+        shutil.copytree(source, dest, symlinks=False)
+    except shutil.Error as exc:  # one (source, dest, why) per file that failed
+        failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        first = failures[0][2] if failures and len(failures[0]) == 3 else str(exc)
+        more = " (and %d more)" % (len(failures) - 1) if len(failures) > 1 else ""
+        raise StepFailed("release", "copying the overlay into the release: %s%s" % (first, more)) from None
     uid, gid = _owner_ids(owner)
     for dirpath, dirnames, filenames in os.walk(dest):
         os.chmod(dirpath, 0o700)

@@ -240,7 +240,9 @@ class Connection:
         """Write a file (created private, then given `mode`); the caller makes its directory
         private first."""
         path = shlex.quote(remote_path)
-        self.run(f"umask 077 && cat > {path} && chmod {mode:o} {path}", stdin=data)
+        # A write that fails (a full disk) leaves no partial file behind.
+        written = f"cat > {path} && chmod {mode:o} {path}"
+        self.run(f"umask 077 && {{ {written}; }} || {{ rm -f -- {path}; exit 1; }}", stdin=data)
 
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None:
         self.put_bytes(local.read_bytes(), remote_path, mode)

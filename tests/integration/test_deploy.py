@@ -273,7 +273,9 @@ def test_server_cut_off_mid_run_is_reported_and_a_rerun_completes_it(
             assert results[node]["details"]["switched"] is True
             assert f"rolled back to {results[node]['details']['previous_release']}, healthy" in results[node]["message"]
 
-    code, doc = flinger_json(sandbox.config_path, "deploy", "install")
+    # Cut off in its switch, node2 keeps its lock until it has switched itself back (no
+    # confirmation can come): the re-run waits for it (--lock-wait) and finishes the job.
+    code, doc = flinger_json(sandbox.config_path, "deploy", "install", "--lock-wait", "90")
     assert code == 0, why(doc)
     results = by_server(doc)
     assert results["node1"]["details"]["changed"] is True and results["node3"]["details"]["changed"] is True

@@ -175,3 +175,24 @@ def test_lock_acquire_wait_release_break(tmp_path: Path) -> None:
     answer = run_remote("lock", LockPlan("release", install_dir, "bob"))
     assert answer.status == 0 and answer.result.released is True
     assert not Path(install_dir, ".flinger", "lock").exists()
+
+
+def test_a_switch_waiting_for_a_lost_clients_confirmation_says_until_when(
+    tmp_path: Path, live_process: subprocess.Popen[bytes]
+) -> None:
+    from flinger.remote import confirm
+
+    # A server cut off in its switch: its watcher holds the lock until it switches back.
+    watcher = lock.process_ref(live_process.pid, "install")
+    write_record(tmp_path, {"holder": "alice run 1", "since": "then", "boot_id": lock._boot_id(), "worker": watcher})
+    pending = confirm.Pending("t0k3n", "r2", "r1", "alice run 1", 30.0, settled_at=time.time() - 10)
+    confirm._save(str(tmp_path), pending)
+    result = lock.take(str(tmp_path), "bob run 2", wait=0)
+    assert not result.ok and result.step == "lock"
+    assert "its switch to r2 waits for its client's confirmation" in str(result.error)
+    assert "goes back to r1 in 20 s" in str(result.error) or "goes back to r1 in 21 s" in str(result.error)
+    assert "--lock-wait" in str(result.error)
+    # another run's pending switch is not this holder's: the plain reason
+    write_record(tmp_path, {"holder": "carol run 3", "since": "then", "boot_id": lock._boot_id(), "worker": watcher})
+    other = lock.take(str(tmp_path), "bob run 2", wait=0)
+    assert f"its install (pid {live_process.pid}) is still running here" in str(other.error)
