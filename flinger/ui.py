@@ -7,6 +7,7 @@ output, which go to stdout; with --json, stdout carries nothing but one JSON doc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -93,6 +94,9 @@ class LiveBoard:
                 row.end = event.at
             elif isinstance(event, Step):
                 row.step = event.step
+                if self._live is None and self.ui.verbose and not self.ui.json_mode:
+                    since = "" if row.start is None else f" (at {event.at - row.start:.2f} s)"
+                    self.ui.debug(f"[{event.name}] step: {event.step}{since}")
             elif isinstance(event, Info):
                 row.info = event.text
             if self._live is not None:
@@ -135,6 +139,17 @@ def _console(file: TextIO) -> Console:
     return console
 
 
+class _Trace(logging.Handler):
+    """Records of flinger's loggers (what -v traces: commands, paths) as the UI's debug lines."""
+
+    def __init__(self, ui: UI) -> None:
+        super().__init__(logging.DEBUG)
+        self.ui = ui
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.ui.debug(record.getMessage())
+
+
 class UI:
     def __init__(
         self,
@@ -148,6 +163,16 @@ class UI:
         self.verbose = verbose
         self.out = _console(stdout or sys.stdout)
         self.err = _console(stderr or sys.stderr)
+
+    def trace(self) -> None:
+        """With -v, show what flinger's loggers trace (each SSH command, rsync, the paths in
+        use) on this UI; without, nothing (a previous command's tracing ends)."""
+        root = logging.getLogger("flinger")
+        for handler in [h for h in root.handlers if isinstance(h, _Trace)]:
+            root.removeHandler(handler)
+        if self.verbose:
+            root.addHandler(_Trace(self))
+        root.setLevel(logging.DEBUG if self.verbose else logging.NOTSET)
 
     @property
     def live_enabled(self) -> bool:
@@ -223,3 +248,7 @@ class UI:
                 self.out.print(Text(f"last lines from {r.server}:", style="bold"))
                 for line in said:
                     self.out.print(Text.assemble((f"  [{r.server}] ", "dim"), line), highlight=False)
+        for r in results if self.verbose else ():
+            if r.steps:  # -v: where each server's time went, step by step
+                spent = ", ".join(f"{s['step']} {float(str(s['seconds'])):.2f} s" for s in r.steps)
+                self.debug(f"[{r.server}] steps: {spent}")

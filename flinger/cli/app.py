@@ -69,6 +69,7 @@ def _global(
     ctx.obj = Env(
         config=config, parallel=parallel, json=json_, verbose=verbose, ui=UI(json_mode=json_, verbose=verbose)
     )
+    ctx.obj.ui.trace()
 
 
 def env_of(ctx: typer.Context) -> Env:

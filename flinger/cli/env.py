@@ -33,6 +33,7 @@ class Env:
     def topology(self) -> Topology:
         if self._topology is None:
             self._topology = load_topology(find_config(self.config))
+            self.ui.debug(f"config: {self._topology.config_path}; state: {self._topology.state_dir}")
             # Lines of deploy.toml's known_hosts that are not known_hosts lines, said once.
             if self._topology.ssh.known_hosts is not None:
                 for note in known_hosts.read(self._topology.ssh.known_hosts).notes:
@@ -50,6 +51,7 @@ class Env:
                 # Say where it was named (deploy.toml's `manifest`, relative to source_dir).
                 raise config_error(topology, "manifest", f"no manifest file at {topology.manifest_path}")
             self._manifest = load_manifest(topology.manifest_path)
+            self.ui.debug(f"manifest: {topology.manifest_path}")
         return self._manifest
 
     def state(self) -> StateStore:

@@ -9,6 +9,7 @@ RemoteCommandError carrying it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shlex
 import threading
@@ -83,6 +84,7 @@ def upload_tool(conn: Transport, topology: Topology, directory: str, dirs: tuple
         tmp = f"{remote}.{secrets.token_hex(6)}.tmp"
         conn.put_file(local, tmp, mode=0o600)
         conn.rename(tmp, remote)
+    logging.getLogger("flinger.run").debug("[%s] remote tool: %s (sha256 %s)", conn.server.name, remote, digest[:16])
     return remote
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ def open_run(
     log_dir = topology.state_dir / "logs" / run_id
     private_dir(topology.state_dir.parent)  # .flinger/ and the deployment's dir: 0700 (the logs' own: RunLog)
     private_dir(topology.state_dir)
+    logging.getLogger("flinger.run").debug("run %s: its logs in %s", run_id, log_dir)
     return Run(
         topology=topology,
         manifest=manifest,

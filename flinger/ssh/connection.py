@@ -12,6 +12,7 @@ fewer at once), command timeouts, and output streamed by line.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import selectors
 import shlex
@@ -28,6 +29,11 @@ from flinger.errors import RemoteCommandError, UnreachableError
 from flinger.ssh.config import CONTROL_PERSIST, Hop, SshConfig
 from flinger.ssh.failures import connect_error, is_mux_line, is_ssh_line, is_transient, lost_reason, session_refused
 from flinger.topology.model import Server, SshSettings
+
+# What -v shows (flinger/cli/app.py): each command line as it is sent, how it ended, and the
+# ssh that opens each connection. Plans, overlays and files travel on stdin, never in a
+# command line, so what this logs holds no secret; stdin is shown by its size only.
+trace = logging.getLogger("flinger.ssh")
 
 LineSink = Callable[[str, str], None]  # (stream "out" | "err", line)
 TAIL_LINES = 20
@@ -151,6 +157,7 @@ class Connection:
             "-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-E", str(self.master_log), "-N"
         )  # fmt: skip
         limit = max(1.0, self.settings.connect_timeout) * 3 + 30
+        trace.debug("[%s] connecting: %s", self.server.name, shlex.join(argv))
         with tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.run(
@@ -219,10 +226,14 @@ class Connection:
         under a command is an UnreachableError saying "connection lost".
         """
         self.open()
+        fed = f"  (stdin: {len(stdin)} bytes)" if stdin else ""
+        trace.debug("[%s] $ %s%s", self.server.name, command, fed)
+        began = time.monotonic()
         with self.sessions as active:
             result, ssh_lines = _exec(
                 [*self.argv(), command], command, stdin, on_line, timeout or self.settings.command_timeout, stop
             )
+        trace.debug("[%s] exit %d after %.2f s", self.server.name, result.exit_code, time.monotonic() - began)
         if session_refused(ssh_lines):
             self.sessions.refused(active)
         if stop is not None and stop.is_set():

@@ -20,7 +20,7 @@ from pathlib import Path
 from flinger.errors import HostKeyError, RemoteCommandError
 from flinger.ssh import known_hosts
 from flinger.ssh.config import Hop, SshConfig
-from flinger.ssh.connection import CONNECTIONS_PER_HOST, CommandResult, Connection
+from flinger.ssh.connection import CONNECTIONS_PER_HOST, CommandResult, Connection, trace
 from flinger.ssh.hostkeys import HostKeyTrust, Trusted
 from flinger.ssh.openssh import remote_rsync_path, require_local, strict_argv
 from flinger.topology.model import Server, SshSettings
@@ -161,7 +161,9 @@ class OpenSshRsync:
         rsh = shlex.join([*self.pool.config.base_argv(), *conn.options(), *conn.hop.argv()[:-2]])
         host = dest.addr if ":" not in dest.addr else f"[{dest.addr}]"
         target = remote_rsync_path(path).rstrip("/") + "/"
-        return ["rsync", *options, "-e", rsh, "--", f"{source}/", f"{host}:{target}"]
+        argv = ["rsync", *options, "-e", rsh, "--", f"{source}/", f"{host}:{target}"]
+        trace.debug("[%s] rsync: %s", dest.name, shlex.join(argv))
+        return argv
 
     def relay(
         self, via: Server, sources: list[str], dest: Server, dest_dir: str, on_line: Callable[[str], None]

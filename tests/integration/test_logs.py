@@ -72,3 +72,32 @@ def test_one_ctrl_c_ends_a_follow_and_a_long_exec_on_every_server(installed_sand
     assert code == 130, err  # and did not wait for the command
     time.sleep(1)
     assert _left("sleep 317") == []
+
+
+def test_verbose_shows_commands_paths_and_step_timings_and_no_secret(installed_sandbox: SandboxState) -> None:
+    from flinger.topology import load_topology
+    from tests.state_helpers import overlay_of
+
+    config = installed_sandbox.config_path
+    proc = run_flinger("-c", str(config), "-v", "deploy", "install", "--servers", "node1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = proc.stderr
+    topology = load_topology(config)
+    assert f"config: {config}" in said and f"state: {topology.state_dir}" in said
+    assert "its logs in " in said and "[node1] remote tool: " in said
+    commands = [line for line in said.splitlines() if line.startswith("[node1] $ ")]
+    assert any("flinger-remote.pyz install" in line and "(stdin: " in line for line in commands), said
+    assert "[node1] exit 0 after " in said
+    assert "[node1] connecting: ssh " in said  # the ssh that opened the connection, options and all
+    timings = [line for line in said.splitlines() if line.startswith("[node1] steps: ")]
+    assert len(timings) == 1 and " s, " in timings[0], said
+    # nothing secret of node1's: its overlay travels on stdin, never on a command line
+    secrets = [v for k, v in overlay_of(topology, "node1").items() if k.endswith(("key.pem", "share.json"))]
+    assert secrets, "node1's overlay has no key or share to look for"
+    for value in secrets:
+        for line in value.decode().splitlines():
+            if len(line) >= 16 and "-----" not in line:
+                assert line not in said + proc.stdout
+    # without -v, none of it
+    quiet = run_flinger("-c", str(config), "deploy", "install", "--servers", "node1")
+    assert quiet.returncode == 0 and "[node1] $ " not in quiet.stderr and "steps: " not in quiet.stderr
