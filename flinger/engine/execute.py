@@ -18,6 +18,7 @@ from flinger.engine.operations import Operation, Rollback, Status, TwoPhase
 from flinger.engine.results import ServerResult
 from flinger.engine.run import Run
 from flinger.engine.strategy import Strategy, ready_to_switch
+from flinger.errors import HostKeyError
 from flinger.progress import Output
 from flinger.topology.model import Server
 
@@ -26,6 +27,8 @@ def execute(
     run: Run, operation: Operation, servers: list[Server], strategy: Strategy | None = None
 ) -> list[ServerResult]:
     """Run `operation` on `servers`; each server's result, in the servers' order."""
+    if operation.name not in READ_ONLY:
+        require_trusted(run, servers)
     operation.start(run)
     if strategy is None:
         return _fan_out(run, operation, servers, fail_fast=run.settings.fail_fast)
@@ -35,6 +38,27 @@ def execute(
 
 
 Step = Callable[[Run, Server, Reporter], dict[str, Any]]
+
+READ_ONLY = frozenset({"status", "history", "preview"})  # operations that change no server
+
+
+def require_trusted(run: Run, servers: list[Server]) -> None:
+    """An operation that changes servers starts on none of them while one is known to be
+    unreachable safely (nothing in known_hosts for it or a jump host on its way): the others
+    would change, then wait or go back, for nothing. HostKeyError naming every such server."""
+    refused: list[HostKeyError] = []
+    for server in servers:
+        try:
+            run.hosts.check_trusted(server)
+        except HostKeyError as exc:
+            refused.append(exc)
+    if refused:
+        more = f" (and {len(refused) - 1} more: {', '.join(_server_of(e) for e in refused[1:])})" if refused[1:] else ""
+        raise HostKeyError(f"{refused[0].message}{more}; no server was touched")
+
+
+def _server_of(exc: HostKeyError) -> str:
+    return exc.message.split(":", 1)[0]
 
 
 def _fan_out(

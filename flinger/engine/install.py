@@ -114,7 +114,7 @@ class Install:
         plan = self.plans[server.name]
         if not plan.overlay_files or server.name not in self.overlays:
             raise FlingerError(f"no overlay for {server.name}: run flinger overlay first")
-        session = open_session(run, server, report, step="lock", stages=True)
+        session = open_session(run, server, report, step="tool", stages=True)
         remote = replace(self._remote_plan(run, server, plan, session, report), phase=phase)
         if phase == "prepare":  # never wait for a lock while holding others: the batch waits (execute.py)
             remote = replace(remote, acquire_wait=0.0)
@@ -169,12 +169,11 @@ class Install:
     def _remote_plan(
         self, run: Run, server: Server, plan: ServerPlan, session: Session, report: Reporter
     ) -> InstallPlan:
-        wait_step = run.store.wait_step
-        if wait_step is not None:  # the registry's publish, once per run
-            report.step(wait_step)
+        # What was built, read once per run: the registry's publish (its wait_step), else the
+        # builder's manifest. A builder that cannot be reached fails this step, not `lock`.
+        report.step(run.store.wait_step or "builder")
         built = run.store.built()
-        if wait_step is not None:
-            report.step("lock")  # the install takes it first
+        report.step("lock")  # the install takes it first
         missing = [p for p in plan.packages if p not in built]
         if missing:
             raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")

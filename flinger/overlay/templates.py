@@ -213,7 +213,10 @@ def render(
     try:
         template = env.get_template(template_name)
         return template.render(context).encode("utf-8")
-    except jinja2.TemplateNotFound:
+    except jinja2.TemplateNotFound as e:
+        if e.name not in (None, template_name):  # one it includes (imports, extends) is missing
+            file, line = _template_frame(e.__traceback__, root)
+            raise ConfigError(f"{e.name}: no such template under {root}", file=file or display, line=line) from None
         raise ConfigError(
             f"template {template_name} not found under {root}",
             file=manifest_path,

@@ -199,6 +199,28 @@ def test_a_lock_held_by_a_live_run_is_broken_only_by_unlock(deployed: dict[str, 
         holder.wait()
 
 
+def test_a_server_known_to_be_untrusted_stops_the_install_before_any_server(
+    deployed: dict[str, Any], sandbox: SandboxState
+) -> None:
+    known_hosts = Path(str(deployed["topology"].ssh.known_hosts))
+    node3 = sandbox.hosts["node3"]
+    kept = [ln for ln in known_hosts.read_text().splitlines(keepends=True) if not ln.startswith(f"[{node3.addr}]:")]
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir())
+    known_hosts.write_text("".join(kept))
+    try:
+        proc = run_flinger("-c", str(sandbox.config_path), "deploy", "install")
+    finally:
+        sb.refresh_known_hosts(sandbox.directory)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "node3: unknown host key" in said and "flinger trust --servers node3" in said, said
+    assert "no server was touched" in said
+    # nothing was asked of any server: the run's log dir holds no server's log
+    for run in set(logs.iterdir()) - runs_before:
+        assert not list(run.glob("node*.log")), sorted(p.name for p in run.iterdir())
+
+
 def _host_processes(state: SandboxState, name: str) -> list[Any]:
     """The processes of one sandbox host (they share this machine's process table: each host
     is a network namespace, so a process is found by its namespace, never by name alone)."""
@@ -749,7 +771,11 @@ def test_two_concurrent_installs_take_turns_on_every_server(
             text = (run / f"{node}.log").read_text()
             steps = [ln.split("step: ", 1)[1] for ln in text.splitlines() if "step: " in ln]
             # nothing staged before the lock (the run that found nothing to do pushed nothing)
-            assert steps.index("lock") < steps.index("push") if "push" in steps else steps[:2] == ["connect", "lock"]
+            assert (
+                steps.index("lock") < steps.index("push")
+                if "push" in steps
+                else steps[:4] == ["connect", "tool", "builder", "lock"]
+            )
             waited += "waiting for the deploy lock" in text
     assert waited >= 1  # they did meet on at least one server
     for node in NODES:

@@ -32,7 +32,7 @@ from flinger.engine.rollback import FleetRollback
 from flinger.engine.run import Settings, open_run
 from flinger.engine.stores import STORES, StoreKind, StoreReport
 from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy
-from flinger.errors import UsageError
+from flinger.errors import UnreachableError, UsageError
 from flinger.manifest.model import OverlayFile
 from flinger.overlay import make_overlay
 from flinger.progress import Sink, nowhere
@@ -56,6 +56,7 @@ class CopyStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.broken: set[str] = set()
+        self.unreachable = False  # the builder cannot be reached: what was built is unknown
         self.version = ""
         self.delivered: list[str] = []
 
@@ -69,6 +70,8 @@ class CopyStore:
         self.version = version
 
     def built(self) -> dict[str, BuiltPackage]:
+        if self.unreachable:
+            raise UnreachableError("build1: cannot connect: Connection refused")
         pack = self.root / "packages" / "app.tar.gz"
         return {"app": BuiltPackage(sha256=files.sha256_file(str(pack)), file="packages/app.tar.gz")}
 
@@ -204,6 +207,18 @@ def test_one_run_is_one_fleet_release_on_every_server_and_status_fails_on_a_spli
     for node in NODES:  # and the servers' own receipts agree
         receipt = json.loads((fleet.homes / node / "app" / ".flinger" / "state.json").read_text())
         assert receipt["fleet_release"] == second.details["fleet_release"], node
+
+
+def test_a_builder_that_cannot_be_reached_fails_each_server_at_builder_not_lock(fleet: Fleet) -> None:
+    before = {node: fleet.version(node) for node in NODES}
+    fleet.store.build("v2")
+    fleet.store.unreachable = True
+    results = fleet.install()
+    for node in NODES:
+        assert results[node].status is not Status.OK and results[node].step == "builder", results[node]
+        assert "build1" in (results[node].message or ""), results[node]
+        assert fleet.version(node) == before[node]  # nothing switched
+        assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()  # nor kept locked
 
 
 def test_install_locks_stages_per_run_and_cleans_up(fleet: Fleet) -> None:
@@ -397,7 +412,9 @@ def test_one_stream_of_events_feeds_the_watcher_the_run_log_and_the_results(flee
         mine = [as_record(e) for e in seen if e.name == result.server]
         steps = [r["step"] for r in mine if r["event"] == "step"]
         assert mine[0]["event"] == "started" and mine[-1] == {"event": "finished", "name": result.server, "state": "ok"}
-        assert steps[:4] == ["connect", "lock", "push", "install"] and "install: switch" in steps, steps
+        assert steps[:6] == ["connect", "tool", "builder", "lock", "push", "install"] and "install: switch" in steps, (
+            steps
+        )
         assert [s["step"] for s in result.steps] == steps  # --json carries the same steps, timed
 
 

@@ -206,6 +206,19 @@ def test_an_undefined_variable_through_a_filter_is_named_with_its_line(tmp_path:
     assert caught.value.message == expected
 
 
+def test_a_missing_include_is_named_at_the_include_not_blamed_on_the_manifest(tmp_path: Path) -> None:
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "head.j2").write_text("[head]\n")
+    (tmp_path / "t.j2").write_text('{% include "parts/head.j2" %}\nx = 1\n{% include "parts/gone.j2" %}\n')
+    with pytest.raises(ConfigError) as caught:
+        render(make_environment(tmp_path), "t.j2", {}, server="n1", manifest_path="m.toml", manifest_key="k")
+    assert caught.value.message == f"{tmp_path / 't.j2'}:3: parts/gone.j2: no such template under {tmp_path}"
+    # the template itself missing is still the manifest's entry that names it
+    with pytest.raises(ConfigError) as missing:
+        render(make_environment(tmp_path), "nope.j2", {}, server="n1", manifest_path="m.toml", manifest_key="k")
+    assert missing.value.message.startswith("m.toml") and "template nope.j2 not found" in missing.value.message
+
+
 def test_templates_cannot_reach_python_internals(tmp_path: Path) -> None:
     (tmp_path / "t.j2").write_text("{{ ''.__class__.__mro__ }}\n")
     with pytest.raises(ConfigError, match="unsafe"):

@@ -119,6 +119,19 @@ def test_shipped_definition_wins_and_is_rendered(tmp_path: Path) -> None:
     assert "ExecStart=/bin/sleep 1000 --addr 10.0.0.11" in unit
 
 
+def test_an_undefined_variable_in_a_shipped_definition_names_that_file_and_line(tmp_path: Path) -> None:
+    shipped = tmp_path / "smf" / "quorum"
+    shipped.mkdir(parents=True)
+    (shipped / "run").write_text("#!/bin/sh\nexec {{ install_dir }}/bin/q\n")
+    (shipped / "finish").write_text("#!/bin/sh\n\necho {{ server.nosuch }}\n")
+    with pytest.raises(ConfigError) as caught:
+        render_service(quorum_service(tmp_path), "quorum", "runit", CONTEXT, override_dir=shipped)
+    assert caught.value.file == str(shipped / "finish") and caught.value.line == 3, caught.value.message
+    assert (
+        caught.value.message.startswith(f"{shipped / 'finish'}:3: placeholder: ") and "nosuch" in caught.value.message
+    )
+
+
 def test_health_placeholders_rendered(tmp_path: Path) -> None:
     check = render_health(quorum_service(tmp_path), CONTEXT, "quorum")
     assert check is not None
