@@ -86,6 +86,27 @@ def test_a_skipped_overlay_after_a_template_change_is_refused(
     assert _stale(config) == []
 
 
+def test_a_change_in_an_included_template_is_stale_too(tmp_path: Path) -> None:
+    config = project(tmp_path / "p")
+    templates = tmp_path / "p" / "src" / "t"
+    (templates / "parts").mkdir()
+    (templates / "parts" / "tail.j2").write_text("{% include 't/parts/deeper.j2' %}\n")
+    (templates / "parts" / "deeper.j2").write_text("tail = 1\n")
+    app = templates / "app.conf.j2"
+    app.write_text(app.read_text() + "{% include 't/parts/tail.j2' %}\n")
+    assert run(["-c", str(config), "overlay"]) == 0
+    assert _stale(config) == []
+    (templates / "parts" / "deeper.j2").write_text("tail = 2\n")  # two includes down
+    assert any("run `flinger overlay`" in s for s in _stale(config)), _stale(config)
+    assert run(["-c", str(config), "overlay"]) == 0
+    assert _stale(config) == []
+    # a name computed when rendering cannot be followed: every template counts
+    (templates / "app.conf.j2").write_text("{% set part = 't/parts/' ~ 'deeper.j2' %}{% include part %}\n")
+    assert run(["-c", str(config), "overlay"]) == 0
+    (templates / "unrelated.j2").write_text("x\n")
+    assert any("run `flinger overlay`" in s for s in _stale(config)), _stale(config)
+
+
 def test_up_stops_before_anything_when_check_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = project(tmp_path / "p")
     template = tmp_path / "p" / "src" / "t" / "app.conf.j2"
