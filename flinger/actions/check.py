@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import glob
+import ipaddress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flinger.engine.plan import plan_deploy
 from flinger.errors import ConfigError
@@ -115,6 +117,7 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
             )
         )
     _render_every_service(topology, manifest, deploy)
+    report.warnings.extend(_probes_others_may_answer(manifest, deploy))
     render_sample(topology, manifest)  # the overlay templates, with throwaway secrets: nothing read or written
     report.artifacts = check_artifacts(topology)
     for spec in manifest.secrets.values():
@@ -122,6 +125,43 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
             if role != "*" and role not in held:
                 report.warnings.append(f'{manifest.path}: secrets.{spec.name}: no deployment server has role "{role}"')
     return report
+
+
+def _probes_others_may_answer(manifest: Manifest, deploy: list[Server]) -> list[str]:
+    """A health URL naming this machine (localhost, 127.x, ::1) on servers that share one
+    network (the same address, or loopback addresses of one machine, as the sandbox's): a
+    probe on one of them may be answered by another's process."""
+    said = []
+    for pkg in manifest.packages.values():
+        health = pkg.service.health if pkg.service is not None else None
+        host = _probe_host(health.url if health is not None else None)
+        if host is None or (host != "localhost" and not _is_loopback(host)):
+            continue
+        servers = [s for s in deploy if s.has_any_role(pkg.roles)]
+        addrs = [s.addr for s in servers]
+        shared = [s.name for s in servers if _is_loopback(s.addr) or addrs.count(s.addr) > 1]
+        if len(shared) > 1:
+            where = manifest_error(manifest, f"packages.{pkg.name}.service.health.url", "").message.rstrip(": ")
+            said.append(f"{where}: {host} on {', '.join(shared)}, which share one network: another server's "
+                        "process may answer the probe; name the server's own address: {{ server.addr }}")  # fmt: skip
+    return said
+
+
+def _probe_host(url: str | None) -> str | None:
+    """The host an http(s) health URL names as written (None: no URL, or one made by a
+    placeholder, or not a URL at all: rendering it says what is wrong)."""
+    try:
+        host = urlsplit(url).hostname if url else None
+    except ValueError:
+        return None
+    return None if host is None or "{" in host else host
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_package_files(topology: Topology, manifest: Manifest, pkg: Package) -> None:

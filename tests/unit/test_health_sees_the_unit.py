@@ -1,11 +1,13 @@
 """Health sees the unit: what each service manager says is read as running, broken or still
 starting, and the health wait fails at once when the unit stops or restarts, even while its
 probe passes (another process may answer it); it passes only after the unit has run, with
-its probe passing, for the whole settle window. A fake clock: no process, no sleep."""
+its probe passing, for the whole settle window. A fake clock: no process, no sleep. And
+`check` warns of a probe that another server may answer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,31 @@ def test_a_probe_that_fails_during_the_settle_window_starts_it_again(monkeypatch
     monkeypatch.setattr(health, "check_once", lambda *_: next(probes))
     passed, _ = health.wait_healthy(PROBE, unit=lambda: RUN)
     assert passed and clock.waited() >= health.SETTLE + PROBE.interval
+
+
+def test_check_warns_of_a_localhost_probe_on_servers_that_share_one_network(tmp_path: Path) -> None:
+    from flinger.actions.check import run_check
+    from flinger.manifest import load_manifest
+    from flinger.topology import load_topology
+    from tests.unit.test_sealed_state import project
+
+    config = project(tmp_path)
+    manifest = tmp_path / "src" / "packaging" / "package-manifest.toml"
+    service = '[packages.app.service]\ncommand = "/bin/app"\n[packages.app.service.health]\nurl = "URL"\n'
+    for url, addrs, warned in [
+        ("http://localhost:8080/health", "127.77.0.", True),  # the sandbox: one machine's loopbacks
+        ("http://127.0.0.1:8080/health", "127.77.0.", True),
+        ("http://{{ server.addr }}:8080/health", "127.77.0.", False),
+        ("http://localhost:8080/health", "10.0.0.", False),  # real servers: localhost is each one's own
+    ]:
+        manifest.write_text(manifest.read_text().split("[packages.app.service]")[0] + service.replace("URL", url))
+        config.write_text(config.read_text().replace('addr = "10.0.0.', f'addr = "{addrs}'))
+        topology = load_topology(config)
+        warnings = run_check(topology, load_manifest(topology.manifest_path)).warnings
+        config.write_text(config.read_text().replace(f'addr = "{addrs}', 'addr = "10.0.0.'))
+        if warned:
+            assert len(warnings) == 1, (url, warnings)
+            assert "packages.app.service.health.url" in warnings[0] and "node1, node2, node3" in warnings[0]
+            assert "{{ server.addr }}" in warnings[0]
+        else:
+            assert warnings == [], (url, addrs, warnings)
