@@ -9,6 +9,7 @@ import re
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from flinger.errors import ConfigError, UsageError
 from flinger.tomlfile import Collector, Fields, TomlFile, load_toml, locate, suggest
@@ -26,7 +27,10 @@ from flinger.topology.model import (
 )
 from flinger.values import host_problem, jump_problem, name_problem, remote_path_problem, user_problem
 
-TOP_KEYS = ("name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers", "artifacts", "state")
+TOP_KEYS = (
+    "name", "source_dir", "manifest", "builder", "deployment", "ssh", "sync", "servers", "artifacts", "state", "roles",
+)  # fmt: skip
+ROLE_KEYS = ("vars",)
 ARTIFACTS_KEYS = (
     "store",
     "url",
@@ -322,6 +326,35 @@ def _top_level(top: Fields, path: Path) -> tuple[Path, str, str, tuple[str, ...]
     return source, manifest, name, sync.str_list("exclude")
 
 
+def _role_vars(file: TomlFile, top: Fields, servers: dict[str, Server]) -> dict[str, dict[str, Any]]:
+    """[roles.NAME] tables: each role's vars (a role no server holds is a typo: refused)."""
+    held = sorted({role for s in servers.values() for role in s.roles})
+    out: dict[str, dict[str, Any]] = {}
+    for role, table in top.tables("roles").items():
+        if role not in held:
+            raise file.error(f"roles.{role}", f"no server has this role (roles: {', '.join(held) or 'none'})")
+        out[role] = file.table(f"roles.{role}", table, ROLE_KEYS).variables("vars")
+    return out
+
+
+def _vars_of_roles(file: TomlFile, server: Server, by_role: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The vars `server` gets from its roles; two of its roles giving one name two values is
+    refused (no order among a server's roles decides it)."""
+    merged: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for role in server.roles:
+        for name, value in by_role.get(role, {}).items():
+            if name in merged and merged[name] != value and name not in server.vars:
+                raise file.error(
+                    f"roles.{role}.vars.{name}",
+                    f"server {server.name} has roles {source[name]} and {role}, which give it two values: "
+                    f"set it under [servers.{server.name}] vars",
+                )
+            merged.setdefault(name, value)
+            source.setdefault(name, role)
+    return merged
+
+
 def load_topology(path: Path) -> Topology:
     """Read and validate `path`; every problem is a ConfigError naming file, line and key (all
     of them, up to a limit, as ConfigErrors)."""
@@ -340,8 +373,12 @@ def load_topology(path: Path) -> Topology:
     assert state is not None
     assert artifacts is not None
     source, manifest, name, exclude = rest
-    if deployment.vars:  # the deployment's vars are every server's defaults
-        servers = {n: dataclasses.replace(s, vars={**deployment.vars, **s.vars}) for n, s in servers.items()}
+    by_role = _role_vars(file, top, servers)
+    # a server's vars: the deployment's defaults, then its roles', then its own
+    servers = {
+        n: dataclasses.replace(s, vars={**deployment.vars, **_vars_of_roles(file, s, by_role), **s.vars})
+        for n, s in servers.items()
+    }
     return Topology(
         config_path=path.resolve(),
         name=name,

@@ -98,3 +98,52 @@ def test_bad_vars_name_the_file_line_and_key(
     err = capsys.readouterr().err.strip()
     assert f"{config}:" in err and "servers.web1.vars" in err and why in err, err
     assert len(err.splitlines()) == 1
+
+
+def test_a_roles_vars_sit_between_the_deployments_and_the_servers_own(tmp_path: Path) -> None:
+    config = project(
+        tmp_path,
+        {"web2": 'vars = { greeting = "hej" }\n'},
+        deployment_vars='vars = { greeting = "hello", workers = 4 }\n',
+    )
+    config.write_text(config.read_text() + '[roles.web]\nvars = { workers = 8, greeting = "hi" }\n')
+    topology = load_topology(config)
+    assert topology.servers["web1"].vars == {"greeting": "hi", "workers": 8}  # the role's over the deployment's
+    assert topology.servers["web2"].vars == {"greeting": "hej", "workers": 8}  # the server's own over its role's
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "why"),
+    [
+        ("[roles.webb]\nvars = { workers = 8 }\n", "roles.webb", "no server has this role (roles: web)"),
+        ("[roles.web]\nvars = { workers = 8 }\nport = 80\n", "roles.web.port", "unknown key"),
+        ('[roles.web]\nvars = { "2x" = 8 }\n', "roles.web.vars.2x", "a variable name is letters"),
+    ],
+)
+def test_bad_role_vars_name_the_file_line_and_key(
+    tmp_path: Path, extra: str, key: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = project(tmp_path, {})
+    config.write_text(config.read_text() + extra)
+    assert run(["-c", str(config), "check"]) == ExitStatus.USAGE
+    err = capsys.readouterr().err.strip()
+    assert f"{config}:" in err and key in err and why in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_two_roles_of_one_server_giving_one_var_two_values_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = project(tmp_path, {})
+    web2 = '[servers.web2]\naddr = "10.0.0.2"\nuser = "deploy"\nroles = ["web"]\n'
+    text = config.read_text().replace(web2, web2.replace('["web"]', '["web", "edge"]'))
+    config.write_text(text + "[roles.web]\nvars = { workers = 8 }\n[roles.edge]\nvars = { workers = 2 }\n")
+    assert run(["-c", str(config), "check"]) == ExitStatus.USAGE
+    err = capsys.readouterr().err.strip()
+    assert "roles.edge.vars.workers" in err and "web2 has roles web and edge" in err, err
+    # the server saying it itself settles it
+    config.write_text(
+        config.read_text().replace('roles = ["web", "edge"]\n', 'roles = ["web", "edge"]\nvars = { workers = 3 }\n')
+    )
+    assert load_topology(config).servers["web2"].vars == {"workers": 3}
+    assert load_topology(config).servers["web1"].vars == {"workers": 8}
