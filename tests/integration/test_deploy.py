@@ -135,7 +135,9 @@ TOOL = "/home/deploy/flinger-staging/flinger-remote.pyz"
 
 
 def _hold_lock(sandbox: SandboxState, host: str, holder: str) -> Any:
-    """Another run holding `host`'s deploy lock: an SSH session that took it and stays open."""
+    """Another run holding `host`'s deploy lock: an SSH session that took it and stays open
+    until the returned ssh is killed (its remote side then reads the end of its input and
+    goes: nothing is left running on the host)."""
     import subprocess
 
     addr, port = sandbox.hosts[host]
@@ -144,9 +146,9 @@ def _hold_lock(sandbox: SandboxState, host: str, holder: str) -> Any:
     argv = [
         "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={sandbox.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-        "-p", str(port), f"deploy@{addr}", f"sudo -n sh -c {shlex.quote(line + ' && sleep 300')}",
+        "-p", str(port), f"deploy@{addr}", f"sudo -n sh -c {shlex.quote(line + ' && cat > /dev/null')}",
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.PIPE)
     assert proc.stdout is not None
     first = json.loads(proc.stdout.readline())
     assert first.get("event") == "result" and first.get("ok") is True, first
@@ -187,6 +189,8 @@ def test_a_held_lock_refuses_a_second_deploy_before_anything_is_staged(
 
 
 def test_a_lock_held_by_a_live_run_is_broken_only_by_unlock(deployed: dict[str, Any], sandbox: SandboxState) -> None:
+    import time
+
     holder = _hold_lock(sandbox, "node1", "someone-else")
     try:
         code, doc = flinger_json(sandbox.config_path, "deploy", "unlock", "--servers", "node1")
@@ -197,6 +201,24 @@ def test_a_lock_held_by_a_live_run_is_broken_only_by_unlock(deployed: dict[str, 
     finally:
         holder.kill()
         holder.wait()
+    # the holder's remote side went with its session: nothing of it is left on node1
+    deadline = time.monotonic() + 20
+    while _holder_left(sandbox, "node1") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _holder_left(sandbox, "node1") == []
+
+
+def _holder_left(sandbox: SandboxState, host: str) -> list[str]:
+    """The command lines of what _hold_lock started on `host` that still run."""
+    found = []
+    for ref in _host_processes(sandbox, host):
+        try:
+            cmdline = Path(f"/proc/{ref.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "someone-else" in cmdline:
+            found.append(cmdline)
+    return found
 
 
 def test_a_server_known_to_be_untrusted_stops_the_install_before_any_server(
@@ -791,17 +813,27 @@ def _stop_mid_run(
     config: Path, logs: Path, args: list[str], node: str, cue: str, signals: int = 1
 ) -> tuple[int, dict[str, Any], str, float]:
     """Run `flinger --json ARGS` in a session of its own; once `node`'s run log shows `cue`,
-    send SIGINT to its process group (what a terminal's Ctrl-C does), `signals` times 0.2 s
-    apart. (exit status, report, stderr, seconds from the first signal to the exit)."""
+    send SIGINT to its process group (what a terminal's Ctrl-C does), `signals` times, each
+    after flinger said it heard the one before (two signals at once are one to a process).
+    (exit status, report, stderr, seconds from the first signal to the exit)."""
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     runs_before = set(logs.iterdir()) if logs.exists() else set()
     argv = [sys.executable, "-m", "flinger", "-c", str(config), "--json", *args]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    said: list[str] = []
+    printed: list[str] = []
+    readers = [
+        threading.Thread(target=lambda: said.extend(iter(proc.stderr.readline, "")), daemon=True),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: printed.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
+    ]
+    for reader in readers:
+        reader.start()
     sent_at = None
     try:
         deadline = time.monotonic() + 180
@@ -811,15 +843,20 @@ def _stop_mid_run(
             if log is not None and log.exists() and cue in log.read_text():
                 sent_at = time.monotonic()
                 for n in range(signals):
-                    time.sleep(0.2 if n else 0)
+                    heard = time.monotonic() + 10
+                    while n and sum("SIGINT" in line for line in said) < n and time.monotonic() < heard:
+                        time.sleep(0.01)
                     assert proc.poll() is None, f"flinger ended before signal {n + 1}"
                     os.killpg(proc.pid, signal.SIGINT)
             time.sleep(0.01)
-        out, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        for reader in readers:
+            reader.join(timeout=10)
+        out, err = "".join(printed), "".join(said)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert sent_at is not None, f"the run ended before {node} showed {cue!r}: {err}"
+    assert sent_at is not None, f"the run ended before {node} showed {cue!r}: {''.join(said)}"
     took = time.monotonic() - sent_at
     try:
         return proc.returncode, json.loads(out), err, took
@@ -890,7 +927,7 @@ def test_ctrl_c_twice_mid_deploy_finishes_the_running_servers_and_reports_them(
     is given up whole: its new releases removed, its locks given back)."""
     assert run_flinger("-c", str(sandbox.config_path), "overlay", "--rotate").returncode == 0  # a change everywhere
     logs = deployed["topology"].state_dir / "logs"
-    code, doc, err, _ = _stop_mid_run(sandbox.config_path, logs, ["deploy", "install"], "node1", "step: lock", 2)
+    code, doc, err, _ = _stop_mid_run(sandbox.config_path, logs, ["deploy", "install"], "node1", "step: tool", 2)
     assert code == 130, (doc, err)
     assert "already stopping" in err, err
     results = by_server(doc)
