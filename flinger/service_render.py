@@ -19,7 +19,6 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import jinja2
@@ -67,28 +66,20 @@ _ENV = _environment()
 _XML_ENV = _environment(trim=True)  # the manifest's block tags sit on lines of their own
 
 
-def _line_in(tb: TracebackType | None) -> int | None:
-    """The line of a string template that failed (jinja2 names its frames `<template>`)."""
-    line = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def _render_text(text: str, context: dict[str, Any], key: str, file: Path | None = None) -> str:
-    """A manifest value (named by `key`) or a shipped definition file (`file`) rendered."""
+def _render_text(text: str, context: dict[str, Any], key: str | None = None, file: Path | None = None) -> str:
+    """A manifest value (named by `key`) or a shipped definition file (`file`) rendered; an
+    error names the one it is (and, for a file, the line in it)."""
     try:
         return _ENV.from_string(text).render(context)
     except jinja2.UndefinedError as exc:
+        line = None
         if file is not None:
-            raise ConfigError(f"placeholder: {exc.message}", file=file, line=_line_in(exc.__traceback__)) from None
-        raise ConfigError(f"placeholder: {exc.message}", key=key) from None
+            from flinger.overlay.templates import template_frame
+
+            line = template_frame(exc.__traceback__, "<template>".__eq__)[1]
+        raise ConfigError(f"placeholder: {exc.message}", file=file, line=line, key=key) from None
     except jinja2.TemplateSyntaxError as exc:
-        if file is not None:
-            raise ConfigError(f"template syntax: {exc.message}", file=file, line=exc.lineno) from None
-        raise ConfigError(f"template syntax: {exc.message}", key=key, line=exc.lineno) from None
+        raise ConfigError(f"template syntax: {exc.message}", file=file, line=exc.lineno, key=key) from None
 
 
 def _seconds(value: float) -> str:
@@ -233,11 +224,11 @@ def _render_override(
     if not path.is_file():
         return None
     extra = renderer.override_extra
-    files = {key: _render_text(path.read_text(encoding="utf-8"), context, str(path), file=path)}
+    files = {key: _render_text(path.read_text(encoding="utf-8"), context, file=path)}
     for name, extra_key in extra:
         shipped = override_dir / name
         if shipped.is_file():
-            files[extra_key] = _render_text(shipped.read_text(encoding="utf-8"), context, str(shipped), file=shipped)
+            files[extra_key] = _render_text(shipped.read_text(encoding="utf-8"), context, file=shipped)
     return files
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,8 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
     for pkg in manifest.packages.values():
         for i, role in enumerate(pkg.roles):
             if role != "*" and role not in held:
-                where = manifest_error(manifest, f"packages.{pkg.name}.roles.{i}", "").message.rstrip(": ")
-                report.warnings.append(f'{where}: no deployment server has role "{role}"')
+                key = f"packages.{pkg.name}.roles.{i}"
+                report.warnings.append(manifest_error(manifest, key, f'no deployment server has role "{role}"').message)
         _check_package_files(topology, manifest, pkg)
         getting = [s.name for s in deploy if s.has_any_role(pkg.roles)]
         report.package_rows.append(
@@ -138,12 +139,12 @@ def _probes_others_may_answer(manifest: Manifest, deploy: list[Server]) -> list[
         if host is None or (host != "localhost" and not _is_loopback(host)):
             continue
         servers = [s for s in deploy if s.has_any_role(pkg.roles)]
-        addrs = [s.addr for s in servers]
-        shared = [s.name for s in servers if _is_loopback(s.addr) or addrs.count(s.addr) > 1]
+        addrs = Counter(s.addr for s in servers)
+        shared = [s.name for s in servers if _is_loopback(s.addr) or addrs[s.addr] > 1]
         if len(shared) > 1:
-            where = manifest_error(manifest, f"packages.{pkg.name}.service.health.url", "").message.rstrip(": ")
-            said.append(f"{where}: {host} on {', '.join(shared)}, which share one network: another server's "
-                        "process may answer the probe; name the server's own address: {{ server.addr }}")  # fmt: skip
+            why = (f"{host} on {', '.join(shared)}, which share one network: another server's process may "
+                   "answer the probe; name the server's own address: {{ server.addr }}")  # fmt: skip
+            said.append(manifest_error(manifest, f"packages.{pkg.name}.service.health.url", why).message)
     return said
 
 

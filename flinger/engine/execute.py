@@ -27,7 +27,7 @@ def execute(
     run: Run, operation: Operation, servers: list[Server], strategy: Strategy | None = None
 ) -> list[ServerResult]:
     """Run `operation` on `servers`; each server's result, in the servers' order."""
-    if operation.name not in READ_ONLY:
+    if operation.changes_servers:
         require_trusted(run, servers)
     operation.start(run)
     if strategy is None:
@@ -39,26 +39,21 @@ def execute(
 
 Step = Callable[[Run, Server, Reporter], dict[str, Any]]
 
-READ_ONLY = frozenset({"status", "history", "preview"})  # operations that change no server
-
 
 def require_trusted(run: Run, servers: list[Server]) -> None:
     """An operation that changes servers starts on none of them while one is known to be
     unreachable safely (nothing in known_hosts for it or a jump host on its way): the others
     would change, then wait or go back, for nothing. HostKeyError naming every such server."""
-    refused: list[HostKeyError] = []
+    refused: list[tuple[str, HostKeyError]] = []
     for server in servers:
         try:
             run.hosts.check_trusted(server)
         except HostKeyError as exc:
-            refused.append(exc)
+            refused.append((server.name, exc))
     if refused:
-        more = f" (and {len(refused) - 1} more: {', '.join(_server_of(e) for e in refused[1:])})" if refused[1:] else ""
-        raise HostKeyError(f"{refused[0].message}{more}; no server was touched")
-
-
-def _server_of(exc: HostKeyError) -> str:
-    return exc.message.split(":", 1)[0]
+        others = [name for name, _ in refused[1:]]
+        more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
+        raise HostKeyError(f"{refused[0][1].message}{more}; no server was touched")
 
 
 def _fan_out(

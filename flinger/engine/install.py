@@ -42,6 +42,7 @@ class Install:
     """The install operation: each server's plan (plan.py), made once for the whole run."""
 
     name = "install"
+    changes_servers = True
 
     def __init__(self, plans: list[ServerPlan], overlays: dict[str, dict[str, bytes]] | None = None) -> None:
         self.plans = {p.server: p for p in plans}

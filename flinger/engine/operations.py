@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 class Operation(Protocol):
     name: str
+    # False for an operation that only asks (status, history, the dry run): one that changes
+    # servers starts on none while a chosen server is known to be untrusted (execute.py).
+    changes_servers: bool
 
     def waves(self, servers: list[Server]) -> list[list[str]]:
         """The servers in the order a rollout takes them (their services' dependencies)."""
@@ -75,6 +78,8 @@ class TwoPhase(Operation, Protocol):
 class OnEveryServer:
     """What most operations do besides their own step: all servers in one wave, no start."""
 
+    changes_servers = True
+
     def waves(self, servers: list[Server]) -> list[list[str]]:
         return [[s.name for s in servers]]
 
@@ -99,6 +104,7 @@ class Status(OnEveryServer):
     """`deploy status`: what each server runs; a service not running or unhealthy fails it."""
 
     name = "status"
+    changes_servers = False
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         result = _inventory(run, server, report, "status", StatusResult)
@@ -126,6 +132,7 @@ class History(OnEveryServer):
     ledger's, with where each runs and is kept)."""
 
     name = "history"
+    changes_servers = False
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         result = _inventory(run, server, report, "history", HistoryResult)

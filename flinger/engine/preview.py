@@ -91,6 +91,7 @@ class Preview(OnEveryServer):
     """The dry run of `deploy install`, asked of every server (nothing is changed there)."""
 
     name = "preview"
+    changes_servers = False
 
     def __init__(self, plans: list[ServerPlan], overlays: dict[str, dict[str, bytes]] | None) -> None:
         self.plans = {p.server: p for p in plans}

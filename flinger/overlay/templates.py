@@ -8,7 +8,7 @@ a mistake in a template must not hand one server another server's secret.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -176,17 +176,23 @@ def _strict_filter(original: Any) -> Any:
     return strict_with
 
 
-def _template_frame(tb: TracebackType | None, root: Path) -> tuple[str | None, int | None]:
-    """The innermost traceback frame inside a template file under `root` (jinja2 rewrites
-    tracebacks so that template frames carry the template's file name and line)."""
+def template_frame(tb: TracebackType | None, in_template: Callable[[str], bool]) -> tuple[str | None, int | None]:
+    """The innermost traceback frame whose file name `in_template` accepts: (file, line).
+    jinja2 rewrites tracebacks so that template frames carry the template's file name (a
+    string template's is `<template>`) and line."""
     where: tuple[str | None, int | None] = (None, None)
-    prefix = str(root.resolve())
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if filename.startswith(prefix):
+        if in_template(filename):
             where = (filename, tb.tb_lineno)
         tb = tb.tb_next
     return where
+
+
+def _template_frame(tb: TracebackType | None, root: Path) -> tuple[str | None, int | None]:
+    """The innermost frame inside a template file under `root`."""
+    prefix = str(root.resolve())
+    return template_frame(tb, lambda filename: filename.startswith(prefix))
 
 
 def _scrub(text: str, sensitive: Iterable[str]) -> str:

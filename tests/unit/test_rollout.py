@@ -303,3 +303,31 @@ def test_a_batch_of_one_goes_in_one_step() -> None:
     fleet = TwoPhaseFleet()
     fleet.run(NODES, ONE)
     assert fleet.prepared == [] and fleet.installed == [["a"], ["b"], ["c"]]
+
+
+def test_an_operation_that_changes_servers_starts_on_none_while_one_is_untrusted() -> None:
+    from types import SimpleNamespace
+
+    from flinger.engine.execute import execute
+    from flinger.engine.operations import Status
+    from flinger.errors import HostKeyError
+    from flinger.topology.model import Server
+
+    class Hosts:
+        def check_trusted(self, server: Server) -> None:
+            if server.name != "a":
+                raise HostKeyError(f"{server.name}: unknown host key; run: flinger trust --servers {server.name}")
+
+    class Changes(Status):
+        changes_servers = True
+
+        def start(self, run: object) -> None:
+            raise AssertionError("started although a server is untrusted")
+
+    run = SimpleNamespace(hosts=Hosts())
+    servers = [Server(name=n, addr=f"10.0.0.{i}") for i, n in enumerate("abc", 1)]
+    with pytest.raises(HostKeyError) as refused:
+        execute(run, Changes(), servers)  # type: ignore[arg-type]
+    assert refused.value.message == (
+        "b: unknown host key; run: flinger trust --servers b (and 1 more: c); no server was touched"
+    )
