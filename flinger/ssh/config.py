@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flinger.errors import FlingerError
+from flinger.ssh import detached
 from flinger.topology.model import Server, SshSettings
 
 SERVER_ALIVE_INTERVAL = 15  # a silent peer is given up after interval x count seconds
@@ -232,9 +233,7 @@ class SshConfig:
         options = ["-o", f"ProxyJump={self.settings.jump}"] if jump and self.settings.jump else []
         argv = [*self.base_argv(), "-G", *options, *hop.argv()]
         try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+            proc = detached.run(argv, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise FlingerError(f"{hop}: `ssh -G` failed: {exc}") from None
         if proc.returncode != 0:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flinger.errors import RemoteCommandError, UnreachableError
+from flinger.ssh import detached
 from flinger.ssh.config import CONTROL_PERSIST, Hop, SshConfig
 from flinger.ssh.failures import connect_error, is_mux_line, is_ssh_line, is_transient, lost_reason, session_refused
 from flinger.topology.model import Server, SshSettings
@@ -160,10 +161,7 @@ class Connection:
         trace.debug("[%s] connecting: %s", self.server.name, shlex.join(argv))
         with tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=limit,
-                    start_new_session=True,
-                )  # fmt: skip
+                proc = detached.run(argv, stdout=subprocess.DEVNULL, stderr=err, timeout=limit)
                 code = proc.returncode
             except subprocess.TimeoutExpired:
                 code = -1
@@ -180,9 +178,7 @@ class Connection:
     def _diagnose(self, limit: float) -> str:
         argv = [*self.argv("-o", "ControlPath=none"), "exit 0"]
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            return subprocess.run(
-                argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL, start_new_session=True
-            ).stderr
+            return str(detached.run(argv, capture_output=True, text=True, timeout=limit).stderr)
         return ""
 
     def _master_said(self) -> str:
@@ -197,12 +193,7 @@ class Connection:
             return False
         argv = self.argv("-O", "check")
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            return (
-                subprocess.run(
-                    argv, capture_output=True, timeout=10, stdin=subprocess.DEVNULL, start_new_session=True
-                ).returncode
-                == 0
-            )
+            return detached.run(argv, capture_output=True, timeout=10).returncode == 0
         return False
 
     def run(
@@ -269,13 +260,7 @@ class Connection:
         """Stop the master (closing a dead connection must not mask the results of the run)."""
         if self.control.exists():
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                subprocess.run(
-                    self.argv("-O", "exit"),
-                    capture_output=True,
-                    timeout=10,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+                detached.run(self.argv("-O", "exit"), capture_output=True, timeout=10)
         self._opened = False
 
 
@@ -316,9 +301,7 @@ def _exec(
     """Run one ssh; (the command's result, ssh's own lines from stderr)."""
     # Its own session: a Ctrl-C at the terminal is the brake's (flinger/engine/brake.py), and
     # the commands at work finish their step; it never reaches ssh.
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
+    proc = detached.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b"", stop is None), daemon=True)
     writer.start()

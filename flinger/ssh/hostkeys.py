@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flinger.errors import HostKeyError, UnreachableError
-from flinger.ssh import known_hosts
+from flinger.ssh import detached, known_hosts
 from flinger.ssh.config import Hop, Resolved, SshConfig
 from flinger.ssh.failures import CHANGED_FOR, REVOKED, UNKNOWN_KEY, unreachable_reason
 from flinger.topology.model import Server
@@ -92,9 +92,7 @@ class HostKeyTrust:
         ]  # fmt: skip
         limit = max(1.0, self.config.settings.connect_timeout) * 3 + 30
         try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+            proc = detached.run(argv, capture_output=True, text=True, timeout=limit)
             code, stderr = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired:
             code, stderr = -1, f"no answer within {limit:.0f}s (timed out)"
