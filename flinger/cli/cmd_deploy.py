@@ -14,6 +14,7 @@ from flinger.topology.model import Server
 if TYPE_CHECKING:
     from flinger.engine.operations import Operation
     from flinger.engine.plan import ServerPlan
+    from flinger.engine.results import ServerResult
     from flinger.engine.strategy import RolloutPolicy, Strategy
 
 deploy_app = typer.Typer(help="Install to, or remove from, every deployment server in parallel.", no_args_is_help=True)
@@ -207,6 +208,8 @@ def _run(
                 env.ui.note(f"the builder sent {sent.builder_bytes_sent:,} bytes ({where})")
         if not env.json:
             _say_fleet(env, said)
+            if said.get("dry_run"):
+                _show_diffs(env, results)
         if run.brake.pulled and not env.json:
             stopped = [r.server for r in results if r.status.value == "interrupted"]
             env.ui.warn(f"stopped by {run.brake.by}: {', '.join(stopped) or 'no server'} not started; the others "
@@ -238,6 +241,23 @@ def _say_fleet(env: Env, extra: dict[str, Any]) -> None:
                     + "; ".join(f"{r} on {', '.join(s)}" for r, s in sorted(releases.items())))  # fmt: skip
     if extra.get("fleet_problem"):
         env.ui.error(extra["fleet_problem"])
+
+
+def _show_diffs(env: Env, results: list[ServerResult]) -> None:
+    """Each server's overlay diffs (a dry run's, printed once the run is over: each headed by
+    its server and file), and the changed files not shown, with why."""
+
+    def say(text: str) -> None:
+        env.ui.out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    for r in results:
+        overlay = r.details.get("diff", {}).get("overlay", {})
+        for rel, text in overlay.get("diffs", {}).items():
+            say(f"{r.server}: {rel}:")
+            for line in text.splitlines():
+                say(f"  {line}")
+        for rel, why in overlay.get("not_shown", {}).items():
+            say(f"{r.server}: {rel}: not shown: {why}")
 
 
 Canary = Annotated[

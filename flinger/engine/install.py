@@ -196,6 +196,7 @@ class Install:
             services=plan.services,
             overlay_files={rel: base64.b64encode(data).decode() for rel, data in self.overlays[server.name].items()},
             overlay_owner=plan.overlay_owner,
+            overlay_public=plan.overlay_public,
             staging_runs=session.runs,
             acquire=True,
             acquire_wait=run.settings.lock_wait,

@@ -12,6 +12,7 @@ from typing import Any
 from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Package
+from flinger.overlay.public import stored_free_of_secrets
 from flinger.overlay.store import overlay_names
 from flinger.protocol import graph
 from flinger.protocol.codec import encode
@@ -33,6 +34,7 @@ class ServerPlan:
     staging_dir: str
     install_dir: str
     overlay_owner: Owner | None = None
+    overlay_public: list[str] = field(default_factory=list)  # of overlay_files, those that hold no secret
     registry: str | None = None  # "URL/REPOSITORY" when the server pulls its packages from there
     notes: list[str] = field(default_factory=list)
 
@@ -201,8 +203,10 @@ def plan_deploy(
     packages = {s.name: manifest.packages_for(s.roles) for s in servers}
     waves = _waves(manifest, packages)
     plans = []
+    public: dict[str, list[str]] = {}
     if stored is None:
         stored = overlay_names(topology.state_dir)  # names only, from the state's index: no identity needed
+        public = stored_free_of_secrets(topology, manifest, servers)
     art = topology.artifacts
     for server in servers:
         overlay_files = list(stored.get(server.name, []))
@@ -224,6 +228,7 @@ def plan_deploy(
             staging_dir=topology.deployment.staging_dir,
             install_dir=topology.deployment.install_dir,
             overlay_owner=_overlay_owner(packages[server.name]),
+            overlay_public=sorted(set(public.get(server.name, [])) & set(overlay_files)),
             registry=f"{art.url}/{art.repository}" if art.registry else None,
         )
         if not overlay_files:

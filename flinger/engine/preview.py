@@ -2,12 +2,17 @@
 `status`, with the digest of every running overlay file and service definition: one
 read-only round trip, no lock), and the answer is compared with what an install would put
 there: packages whose digest changes (old -> new, from the builder's build), overlay files
-added, changed or removed (by name: an overlay file is shown by name only, since an old one
-may hold a secret the client no longer knows), services that would restart or start.
+added, changed or removed, services that would restart or start.
+
+An overlay file added or changed is shown as a unified diff when it holds no secret on both
+sides: the client's templates say so of the new one (flinger/overlay/public.py), and the
+server's receipt of the running one (an old file may hold a secret the client no longer
+knows, such as a rotated password). Any other file is named only.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +44,12 @@ def server_diff(
     packages += [{"name": n, "from": old[n], "to": None} for n in sorted(old) if n not in plan.packages]
     new = {rel: hashlib.sha256(data).hexdigest() for rel, data in (overlay or {}).items()}
     was = (status.overlay or {}) if overlay is not None else {}
-    files = {
+    files: dict[str, Any] = {
         "added": sorted(set(new) - set(was)),
         "changed": sorted(rel for rel in new if rel in was and was[rel] != new[rel]),
         "removed": sorted(set(was) - set(new)),
     }
+    files["diffs"], files["not_shown"] = file_diffs(plan, overlay or {}, files, status.overlay_text)
     definitions = {s.name: definition_digest(s.files) for s in plan.services}
     redefined = sorted(n for n, d in definitions.items() if status.definitions.get(n) != d)
     changes = bool(packages or any(files.values()) or redefined or not status.installed)
@@ -61,6 +67,45 @@ def server_diff(
         "change": changes or any(n not in running for n in planned),
         "overlay_compared": overlay is not None,
     }
+
+
+TEXT_LIMIT = 64 * 1024  # as the server's (flinger/remote/inventory.py)
+NO_NEWLINE = "\\ No newline at end of file"  # as diff(1) says it
+
+
+def file_diffs(
+    plan: ServerPlan, overlay: dict[str, bytes], files: dict[str, Any], running: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """A unified diff of each overlay file added or changed that holds no secret on both
+    sides; why each other one is not shown."""
+    public = set(plan.overlay_public)
+    diffs: dict[str, str] = {}
+    not_shown: dict[str, str] = {}
+    for rel in sorted([*files["added"], *files["changed"]]):
+        new = _text(overlay[rel]) if rel in public else None
+        old = "" if rel in files["added"] else running.get(rel)
+        if rel not in public:
+            not_shown[rel] = "it may hold a secret"
+        elif new is None:
+            not_shown[rel] = f"not UTF-8 text of at most {TEXT_LIMIT // 1024} KiB"
+        elif old is None:
+            not_shown[rel] = "the running file may hold a secret (or is not text, or is long)"
+        else:
+            before = "/dev/null" if rel in files["added"] else f"{plan.server}:{rel} (running)"
+            lines = difflib.unified_diff(
+                old.splitlines(keepends=True), new.splitlines(keepends=True), before, f"{plan.server}:{rel} (install)"
+            )
+            diffs[rel] = "".join(line if line.endswith("\n") else f"{line}\n{NO_NEWLINE}\n" for line in lines)
+    return diffs, not_shown
+
+
+def _text(data: bytes) -> str | None:
+    if len(data) > TEXT_LIMIT:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def diff_line(diff: dict[str, Any]) -> str:
@@ -99,7 +144,11 @@ class Preview(OnEveryServer):
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         session = open_session(run, server, report, step="status")
-        plan = InventoryPlan(session.install_dir, compare=True)
+        mine = self.plans[server.name]
+        overlay = None if self.overlays is None else self.overlays.get(server.name, {})
+        sent = overlay or {}
+        texts = {rel: hashlib.sha256(sent[rel]).hexdigest() for rel in mine.overlay_public if rel in sent}
+        plan = InventoryPlan(session.install_dir, compare=True, texts=texts)
         status = run_tool(session.conn, session.tool, "status", plan, StatusResult, on_event=into_report(report))
         report.step("compare")
         try:
@@ -107,8 +156,7 @@ class Preview(OnEveryServer):
         except FlingerError as exc:  # nothing built yet, or the builder unreachable: said, not fatal
             report.info(f"packages not compared: {exc.message}")
             built = {}
-        overlay = None if self.overlays is None else self.overlays.get(server.name, {})
-        diff = server_diff(self.plans[server.name], overlay, built, status)
+        diff = server_diff(mine, overlay, built, status)
         return {"diff": diff, "summary": diff_line(diff)}
 
     def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:

@@ -120,6 +120,9 @@ class InstallPlan:
     packages: List[PackageRef] = field(default_factory=list)
     services: List[ServiceSpec] = field(default_factory=list)
     overlay_files: Dict[str, str] = field(default_factory=dict)  # relative path -> base64
+    # the overlay files that hold no secret (flinger/overlay/public.py): the receipt keeps
+    # them, and a dry run may be shown their text later
+    overlay_public: List[str] = field(default_factory=list)
     overlay_owner: Optional[Owner] = None
     staging_runs: Optional[str] = None  # where earlier runs of this install dir stage
     acquire: bool = False
@@ -151,6 +154,9 @@ class InventoryPlan:
 
     install_dir: str
     compare: bool = False
+    # with compare: overlay files (relative path -> the sha256 an install would put there)
+    # whose running text to send back when it differs, if the receipt says it holds no secret
+    texts: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

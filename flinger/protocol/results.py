@@ -143,6 +143,7 @@ class StatusResult(Outcome):
     self_rollback: Optional[SelfRollback] = None  # the last switch it undid itself, unconfirmed
     overlay: Optional[Dict[str, str]] = None  # with compare: sha256 of each running overlay file
     definitions: Dict[str, str] = field(default_factory=dict)  # with compare: service -> definition_digest
+    overlay_text: Dict[str, str] = field(default_factory=dict)  # with texts: the running text asked for
 
 
 @dataclass

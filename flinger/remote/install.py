@@ -237,11 +237,26 @@ def install(plan: InstallPlan) -> InstallResult:
             shutil.rmtree(own, ignore_errors=True)  # this run's staged packages are unpacked
 
 
-def _unchanged(previous: receipt.Receipt, install_dir: str, fleet_release: Optional[str]) -> InstallResult:
+def _public(plan: InstallPlan, overlay_dir: str) -> List[str]:
+    """The plan's overlay files that hold no secret, of those the release has (regular files)."""
+    return sorted(
+        rel
+        for rel in set(plan.overlay_public)
+        if os.path.isfile(os.path.join(overlay_dir, rel)) and not os.path.islink(os.path.join(overlay_dir, rel))
+    )
+
+
+def _unchanged(previous: receipt.Receipt, install_dir: str, plan: InstallPlan) -> InstallResult:
     """Nothing to install, but the manifest also says the services run: start any that does
     not (stopped by hand, crashed for good) and check its health. The release it has serves
-    the run's fleet release from now on (its receipts say so)."""
+    the run's fleet release from now on (its receipts say so), and its receipt learns which
+    of its overlay files hold no secret if it did not know (a release of an older version)."""
     events.step("compare: no change")
+    fleet_release = plan.fleet_release
+    public = _public(plan, os.path.join(install_dir, "current", "overlay"))
+    if public != previous.overlay_public:
+        previous.overlay_public = public
+        receipt.save(install_dir, previous)
     if fleet_release and previous.fleet != fleet_release:
         _serve(install_dir, previous, fleet_release)
     try:
@@ -270,7 +285,7 @@ def _install(plan: InstallPlan, install_dir: str, svcs: List[ServiceSpec], overl
     roots = plan.roots or ServiceRoots()
     fingerprint = release.fingerprint(plan, svcs, roots, overlay_dir)
     if previous.fingerprint == fingerprint and switch.current_release(install_dir) == previous.release:
-        return _unchanged(previous, install_dir, plan.fleet_release)
+        return _unchanged(previous, install_dir, plan)
     events.step("compare: changed")
     for name in prepared.remove_orphans(install_dir, previous.releases):
         events.line("removed release %s: neither current, kept nor prepared (a run stopped before its switch)" % name)
@@ -346,6 +361,7 @@ def _switch(
         roots=roots,
         overlay_owner=plan.overlay_owner,
         overlay_generation=plan.overlay_generation,
+        overlay_public=_public(plan, os.path.join(install_dir, "releases", made, "overlay")),
     )
     state.serve(plan.fleet_release or made)
     receipt.save(install_dir, state)

@@ -48,9 +48,34 @@ def status(plan: InventoryPlan) -> StatusResult:
         self_rollback=confirm.read_record(install_dir),
     )
     if plan.compare:
-        result.overlay = _overlay_digests(os.path.join(install_dir, "current", "overlay"))
+        top = os.path.join(install_dir, "current", "overlay")
+        result.overlay = _overlay_digests(top)
         result.definitions = {s.name: definition_digest(s.files) for s in state.services}
+        result.overlay_text = _overlay_texts(top, result.overlay, plan.texts, state.overlay_public)
     return result
+
+
+TEXT_LIMIT = 64 * 1024  # a running overlay file sent back for a diff is at most this long
+
+
+def _overlay_texts(top: str, running: Dict[str, str], asked: Dict[str, str], public: List[str]) -> Dict[str, str]:
+    """The running text of each file asked for whose content differs from the client's: only
+    files the receipt says hold no secret (an older one may have, whatever the client's
+    templates say now), as UTF-8 text of at most TEXT_LIMIT bytes."""
+    texts: Dict[str, str] = {}
+    for rel in sorted(set(asked) & set(public) & set(running)):
+        if running[rel] == asked[rel]:
+            continue
+        path = os.path.join(top, rel)
+        if os.path.islink(path) or os.path.getsize(path) > TEXT_LIMIT:
+            continue
+        with open(path, "rb") as f:
+            data = f.read(TEXT_LIMIT + 1)
+        try:
+            texts[rel] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return texts
 
 
 def _overlay_digests(top: str) -> Dict[str, str]:

@@ -39,6 +39,7 @@ class Receipt:
     fleet_release: Optional[str] = None
     fleet_releases: List[str] = field(default_factory=list)
     overlay_generation: Optional[int] = None  # the client's overlay generation of its overlay
+    overlay_public: List[str] = field(default_factory=list)  # its overlay files that hold no secret
     overlay_removed: bool = False  # `forget` removed its overlay: it can no longer run
 
     @property

@@ -10,7 +10,7 @@ import pytest
 from flinger_helpers import by_server, flinger_json, run_flinger
 
 from flinger_sandbox import SandboxState
-from tests.state_helpers import edit_overlay
+from tests.state_helpers import edit_overlay, overlay_of
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,11 @@ def test_the_dry_run_names_exactly_the_changed_files_of_the_changed_server(
     try:
         doc, diffs = _preview(installed_sandbox)
         assert doc["unchanged"] == ["node1", "node3"]
-        assert diffs["node2"]["overlay"] == {"added": ["files/quorum/extra.conf"], "changed": [], "removed": []}
+        files = {k: diffs["node2"]["overlay"][k] for k in ("added", "changed", "removed")}
+        assert files == {"added": ["files/quorum/extra.conf"], "changed": [], "removed": []}, files
+        # no template of the manifest makes it: whatever is in it is not shown
+        assert diffs["node2"]["overlay"]["diffs"] == {}
+        assert diffs["node2"]["overlay"]["not_shown"] == {"files/quorum/extra.conf": "it may hold a secret"}
         assert diffs["node2"]["packages"] == [] and diffs["node2"]["restart"] == ["quorum"]
         text = run_flinger("-c", str(installed_sandbox.config_path), "deploy", "install", "--dry-run")
         assert text.returncode == 0 and "no change: node1, node3" in text.stderr, text.stderr
@@ -43,3 +47,43 @@ def test_the_dry_run_names_exactly_the_changed_files_of_the_changed_server(
     finally:
         edit_overlay(state_dir, "node2", "files/quorum/extra.conf", None)
     assert {n: ssh_run(installed_sandbox, n, "readlink", "/opt/quorum/current").stdout for n in NODES} == releases
+
+
+def test_the_dry_run_shows_a_file_without_secrets_as_a_diff_and_a_secret_one_by_name(
+    installed_sandbox: SandboxState, ssh_run: Any
+) -> None:
+    """node2's config (rendered from a template that reads no secret) and its TLS key change
+    in the stored overlay: the config is shown as a unified diff of the running text, the key
+    only by name (its text in neither version anywhere in the output)."""
+    state_dir = installed_sandbox.config_path.parent / ".flinger" / "sandbox"
+    stored = overlay_of(state_dir, "node2")
+    config, key = stored["files/quorum/config.json"], stored["tls/key.pem"]
+    changed = config.replace(b'"threshold": 2', b'"threshold": 3', 1)
+    assert changed != config
+    other_key = overlay_of(state_dir, "node1")["tls/key.pem"]
+    edit_overlay(state_dir, "node2", "files/quorum/config.json", changed)
+    edit_overlay(state_dir, "node2", "tls/key.pem", other_key)
+    try:
+        doc, diffs = _preview(installed_sandbox)
+        assert doc["unchanged"] == ["node1", "node3"], doc["unchanged"]
+        overlay = diffs["node2"]["overlay"]
+        assert overlay["changed"] == ["files/quorum/config.json", "tls/key.pem"], overlay
+        assert overlay["not_shown"] == {"tls/key.pem": "it may hold a secret"}, overlay["not_shown"]
+        diff = overlay["diffs"]["files/quorum/config.json"].splitlines()
+        assert diff[:2] == [
+            "--- node2:files/quorum/config.json (running)",
+            "+++ node2:files/quorum/config.json (install)",
+        ], diff
+        assert [ln for ln in diff[2:] if ln[:1] in "+-"] == ['-  "threshold": 2,', '+  "threshold": 3,'], diff
+        text = run_flinger("-c", str(installed_sandbox.config_path), "deploy", "install", "--dry-run")
+        assert text.returncode == 0, text.stderr
+        assert "node2: files/quorum/config.json:" in text.stdout and '  +  "threshold": 3,' in text.stdout
+        assert "node2: tls/key.pem: not shown: it may hold a secret" in text.stdout, text.stdout
+        shown = text.stdout + text.stderr + json.dumps(doc)
+        for secret in (key, other_key):
+            lines = secret.decode().splitlines()[1:-1]  # the PEM's base64 lines
+            assert lines and not any(line in shown for line in lines)
+    finally:
+        edit_overlay(state_dir, "node2", "files/quorum/config.json", config)
+        edit_overlay(state_dir, "node2", "tls/key.pem", key)
+    assert _preview(installed_sandbox)[0]["unchanged"] == list(NODES)

@@ -42,7 +42,8 @@ def test_nothing_to_change_is_no_change() -> None:
 def test_a_changed_file_and_package_restart_the_service_and_name_exactly_them() -> None:
     changed = {**FILES, "a.conf": b"x = 2\n", "b.conf": b"new\n"}
     diff = server_diff(plan(["app"]), changed, {"app": "d2"}, running({**FILES, "old.conf": b""}))
-    assert diff["overlay"] == {"added": ["b.conf"], "changed": ["a.conf"], "removed": ["old.conf"]}
+    files = {k: diff["overlay"][k] for k in ("added", "changed", "removed")}
+    assert files == {"added": ["b.conf"], "changed": ["a.conf"], "removed": ["old.conf"]}
     assert diff["packages"] == [{"name": "app", "from": "d1", "to": "d2"}]
     assert diff["restart"] == ["app"] and diff["start"] == []
     line = diff_line(diff)
@@ -59,4 +60,37 @@ def test_a_stopped_service_would_start_and_a_first_install_says_so() -> None:
 
 def test_without_an_identity_the_overlay_is_not_compared() -> None:
     diff = server_diff(plan(["app"]), None, {"app": "d1"}, running(FILES))
-    assert diff["overlay"] == {"added": [], "changed": [], "removed": []} and "overlay not compared" in diff_line(diff)
+    empty = {"added": [], "changed": [], "removed": [], "diffs": {}, "not_shown": {}}
+    assert diff["overlay"] == empty and "overlay not compared" in diff_line(diff)
+
+
+def test_a_file_without_secrets_on_both_sides_is_a_unified_diff_any_other_only_named() -> None:
+    mine = plan(["app"])
+    mine.overlay_files += ["b.conf", "c.conf", "d.conf"]
+    mine.overlay_public = ["a.conf", "b.conf", "c.conf"]  # share.json and d.conf may hold secrets
+    was = {**FILES, "c.conf": b"old c\n", "d.conf": b"pw = old\n"}
+    new = {**FILES, "a.conf": b"x = 2\n", "b.conf": b"added\n", "c.conf": b"new c", "d.conf": b"pw = new\n",
+           "share.json": b'{"v": 2}'}  # fmt: skip
+    status = running(was)
+    status.overlay_text = {"a.conf": "x = 1\n"}  # c.conf's receipt did not say it holds no secret
+    overlay = server_diff(mine, new, {"app": "d1"}, status)["overlay"]
+    assert overlay["changed"] == ["a.conf", "c.conf", "d.conf", "share.json"] and overlay["added"] == ["b.conf"]
+    assert overlay["diffs"] == {
+        "a.conf": "--- node1:a.conf (running)\n+++ node1:a.conf (install)\n@@ -1 +1 @@\n-x = 1\n+x = 2\n",
+        "b.conf": "--- /dev/null\n+++ node1:b.conf (install)\n@@ -0,0 +1 @@\n+added\n",
+    }
+    assert overlay["not_shown"] == {
+        "c.conf": "the running file may hold a secret (or is not text, or is long)",
+        "d.conf": "it may hold a secret",
+        "share.json": "it may hold a secret",
+    }
+    assert "pw = " not in str(overlay) and '"v": 2' not in str(overlay)
+
+
+def test_a_diff_says_when_a_file_ends_without_a_newline() -> None:
+    mine = plan(["app"])
+    mine.overlay_public = ["a.conf"]
+    status = running(FILES)
+    status.overlay_text = {"a.conf": "x = 1\n"}
+    diff = server_diff(mine, {**FILES, "a.conf": b"x = 1\ny = 2"}, {"app": "d1"}, status)["overlay"]["diffs"]["a.conf"]
+    assert diff.endswith("+y = 2\n\\ No newline at end of file\n"), diff
