@@ -116,6 +116,13 @@ def as_progress(event: Event, host: str) -> Progress:
     return kinds[event.event]()
 
 
+def tool_line(python: str, tool_path: str, command: str) -> str:
+    """The command line that runs the remote tool: isolated from the server's Python setup
+    (-I: no PYTHON* variables, no user site, nothing from the current directory; -S: no
+    site-packages, whose .pth files run code), which it does not need, as root or not."""
+    return shlex.join([python, "-I", "-S", tool_path, command])
+
+
 def run_tool(
     conn: Transport,
     tool_path: str,
@@ -134,7 +141,7 @@ def run_tool(
     server = conn.server
     if COMMANDS[command].result is not result_type:
         raise TypeError(f"{command} answers {COMMANDS[command].result.__name__}, not {result_type.__name__}")
-    line = shlex.join([server.python, tool_path, command])
+    line = tool_line(server.python, tool_path, command)
     if as_root:
         line = privileged(line, server.privilege)
     answer: list[Outcome] = []
