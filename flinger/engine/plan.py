@@ -13,7 +13,7 @@ from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Package
 from flinger.overlay.public import stored_free_of_secrets
-from flinger.overlay.store import overlay_names
+from flinger.overlay.store import read_index
 from flinger.protocol import graph
 from flinger.protocol.codec import encode
 from flinger.protocol.plans import Owner, ServiceSpec
@@ -205,8 +205,9 @@ def plan_deploy(
     plans = []
     public: dict[str, list[str]] = {}
     if stored is None:
-        stored = overlay_names(topology.state_dir)  # names only, from the state's index: no identity needed
-        public = stored_free_of_secrets(topology, manifest, servers)
+        index = read_index(topology.state_dir)  # names only: no identity needed
+        stored = index.overlays if index is not None else {}
+        public = stored_free_of_secrets(topology, manifest, servers, index.made_from if index is not None else None)
     art = topology.artifacts
     for server in servers:
         overlay_files = list(stored.get(server.name, []))

@@ -21,7 +21,7 @@ from flinger.engine.remote import into_report, run_tool
 from flinger.engine.session import open_session
 from flinger.errors import FlingerError
 from flinger.protocol.plans import InventoryPlan
-from flinger.protocol.results import StatusResult, definition_digest
+from flinger.protocol.results import OVERLAY_TEXT_LIMIT, StatusResult, definition_digest, overlay_text
 from flinger.remote.services import RUNNING_STATES
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ def server_diff(
     }
 
 
-TEXT_LIMIT = 64 * 1024  # as the server's (flinger/remote/inventory.py)
 NO_NEWLINE = "\\ No newline at end of file"  # as diff(1) says it
 
 
@@ -82,30 +81,22 @@ def file_diffs(
     diffs: dict[str, str] = {}
     not_shown: dict[str, str] = {}
     for rel in sorted([*files["added"], *files["changed"]]):
-        new = _text(overlay[rel]) if rel in public else None
-        old = "" if rel in files["added"] else running.get(rel)
+        added = rel in files["added"]
+        new = overlay_text(overlay[rel]) if rel in public else None
+        old = "" if added else running.get(rel)
         if rel not in public:
             not_shown[rel] = "it may hold a secret"
         elif new is None:
-            not_shown[rel] = f"not UTF-8 text of at most {TEXT_LIMIT // 1024} KiB"
+            not_shown[rel] = f"not UTF-8 text of at most {OVERLAY_TEXT_LIMIT // 1024} KiB"
         elif old is None:
             not_shown[rel] = "the running file may hold a secret (or is not text, or is long)"
         else:
-            before = "/dev/null" if rel in files["added"] else f"{plan.server}:{rel} (running)"
+            before = "/dev/null" if added else f"{plan.server}:{rel} (running)"
             lines = difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True), before, f"{plan.server}:{rel} (install)"
             )
             diffs[rel] = "".join(line if line.endswith("\n") else f"{line}\n{NO_NEWLINE}\n" for line in lines)
     return diffs, not_shown
-
-
-def _text(data: bytes) -> str | None:
-    if len(data) > TEXT_LIMIT:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def diff_line(diff: dict[str, Any]) -> str:

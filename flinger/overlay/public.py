@@ -22,7 +22,6 @@ from jinja2 import meta
 
 from flinger.manifest.model import Manifest
 from flinger.overlay.inputs import overlay_inputs
-from flinger.overlay.store import read_index
 from flinger.overlay.templates import make_environment
 from flinger.remote.shamir import VERIFIER_FILE
 from flinger.topology.model import Server, Topology
@@ -73,10 +72,12 @@ def free_of_secrets(topology: Topology, manifest: Manifest, servers: list[Server
     return found
 
 
-def stored_free_of_secrets(topology: Topology, manifest: Manifest, servers: list[Server]) -> dict[str, list[str]]:
-    """free_of_secrets of the stored overlay: nothing when it was made from other templates
-    (stale, or from a version that did not say what it was made from)."""
-    index = read_index(topology.state_dir)
-    if index is None or index.made_from != overlay_inputs(topology, manifest):
+def stored_free_of_secrets(
+    topology: Topology, manifest: Manifest, servers: list[Server], made_from: str | None
+) -> dict[str, list[str]]:
+    """free_of_secrets of the stored overlay, which the state's index says was `made_from`:
+    nothing when that is not the templates as they are (stale, or from a version that did not
+    say what it was made from)."""
+    if made_from is None or made_from != overlay_inputs(topology, manifest):
         return {}
     return free_of_secrets(topology, manifest, servers)

@@ -130,12 +130,6 @@ def read_index(root: Path) -> Index | None:
     return _parse_index(path) if path.exists() else None
 
 
-def overlay_names(root: Path) -> dict[str, list[str]]:
-    """Each server's overlay file names, from the index alone (no identity needed)."""
-    index = read_index(root)
-    return index.overlays if index is not None else {}
-
-
 def encode_bundle(files: dict[str, bytes], verifier: bytes | None) -> bytes:
     """An overlay as one compressed blob: a JSON header line [[rel, length], ...], then the bytes."""
     header: list[list[Any]] = []

@@ -130,6 +130,20 @@ def definition_digest(files: Dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
+OVERLAY_TEXT_LIMIT = 64 * 1024  # an overlay file shown in a dry run's diff is at most this long
+
+
+def overlay_text(data: bytes) -> Optional[str]:
+    """An overlay file's content as a diff may show it: UTF-8 of at most OVERLAY_TEXT_LIMIT
+    bytes, else None (the same rule on client and server)."""
+    if len(data) > OVERLAY_TEXT_LIMIT:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass
 class StatusResult(Outcome):
     installed: bool = False

@@ -12,12 +12,14 @@ from typing import Dict, List
 
 from flinger.protocol.plans import InventoryPlan, UninstallPlan
 from flinger.protocol.results import (
+    OVERLAY_TEXT_LIMIT,
     HistoryResult,
     ReleaseInfo,
     ServiceState,
     StatusResult,
     UninstallResult,
     definition_digest,
+    overlay_text,
 )
 from flinger.remote import confirm, events, files, health, layout, lock, receipt, services, switch
 from flinger.remote.install import install_dir_of
@@ -55,26 +57,19 @@ def status(plan: InventoryPlan) -> StatusResult:
     return result
 
 
-TEXT_LIMIT = 64 * 1024  # a running overlay file sent back for a diff is at most this long
-
-
 def _overlay_texts(top: str, running: Dict[str, str], asked: Dict[str, str], public: List[str]) -> Dict[str, str]:
     """The running text of each file asked for whose content differs from the client's: only
     files the receipt says hold no secret (an older one may have, whatever the client's
-    templates say now), as UTF-8 text of at most TEXT_LIMIT bytes."""
+    templates say now), and only as overlay_text allows (UTF-8, OVERLAY_TEXT_LIMIT bytes)."""
     texts: Dict[str, str] = {}
     for rel in sorted(set(asked) & set(public) & set(running)):
-        if running[rel] == asked[rel]:
-            continue
         path = os.path.join(top, rel)
-        if os.path.islink(path) or os.path.getsize(path) > TEXT_LIMIT:
+        if running[rel] == asked[rel] or os.path.islink(path):
             continue
         with open(path, "rb") as f:
-            data = f.read(TEXT_LIMIT + 1)
-        try:
-            texts[rel] = data.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
+            text = overlay_text(f.read(OVERLAY_TEXT_LIMIT + 1))
+        if text is not None:
+            texts[rel] = text
     return texts
 
 

@@ -13,6 +13,7 @@ from flinger.manifest import load_manifest
 from flinger.overlay import make_overlay
 from flinger.overlay.public import SecretFreeTemplates
 from flinger.protocol.plans import InstallPlan
+from flinger.protocol.results import OVERLAY_TEXT_LIMIT
 from flinger.remote import install, inventory
 from flinger.topology import load_topology
 from tests.unit.test_vars import project
@@ -62,7 +63,7 @@ def test_the_server_sends_back_only_changed_files_its_receipt_says_hold_no_secre
     texts = {"files/a.conf": "a = 1\n", "files/b.conf": "b = 1\n", "files/pw.conf": "pw = x\n", "same.conf": "s\n"}
     for rel, text in texts.items():
         (top / rel).write_text(text)
-    (top / "files" / "big.conf").write_bytes(b"x" * (inventory.TEXT_LIMIT + 1))
+    (top / "files" / "big.conf").write_bytes(b"x" * (OVERLAY_TEXT_LIMIT + 1))
     (top / "files" / "bin.conf").write_bytes(b"\xff\xfe")
     os.symlink(top / "files" / "a.conf", top / "files" / "link.conf")
     running = {rel: "old" for rel in [*texts, "files/big.conf", "files/bin.conf", "files/link.conf"]}
