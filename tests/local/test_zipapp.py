@@ -51,14 +51,41 @@ def test_zipapp_holds_only_the_remote_tool(pyz: Path) -> None:
         names = archive.namelist()
     assert names == sorted(names)
     assert "__main__.py" in names and "flinger/__init__.py" in names
+    sources = [n for n in names if n.endswith(".py")]
     outside = [
         n
-        for n in names
+        for n in sources
         if n not in ("__main__.py", "flinger/__init__.py")
-        and not (n.startswith(("flinger/remote/", "flinger/protocol/")) and n.endswith(".py") and n.count("/") == 2)
+        and not (n.startswith(("flinger/remote/", "flinger/protocol/")) and n.count("/") == 2)
     ]
     assert outside == []
     assert {f"flinger/{p.parent.name}/{p.name}" for p in SHIPPED} <= set(names)
+    # and nothing else but each module's bytecode beside it
+    assert sorted(n for n in names if n not in sources) == sorted(n + "c" for n in sources)
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_the_bytecode_inside_is_used_by_the_same_python_and_ignored_by_another(pyz: Path, python: str) -> None:
+    """This Python loads the modules from the bytecode beside them (no compiling at each
+    start); python3.9 refuses it (another magic number) and runs the sources."""
+    python = require_python39() if python == "python3.9" else python
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import flinger.remote.install as m; print(m.__file__)"
+    out = subprocess.run([python, "-I", "-S", "-c", probe, str(pyz)], capture_output=True, text=True, check=True)
+    loaded = out.stdout.strip()
+    assert loaded.startswith(str(pyz)), loaded
+    assert loaded.endswith(".pyc" if python == sys.executable else "install.py"), loaded
+
+
+def test_a_kept_zipapp_is_rebuilt_when_it_was_changed_or_its_sources_were(pyz: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "kept.pyz"
+    digest = build_remote_zipapp(dest)
+    made = dest.stat().st_mtime_ns
+    assert build_remote_zipapp(dest) == digest and dest.stat().st_mtime_ns == made  # the same: kept
+    dest.write_bytes(dest.read_bytes() + b"tampered")
+    assert build_remote_zipapp(dest) == digest and dest.read_bytes() == pyz.read_bytes()  # rewritten
+    record = dest.with_name(dest.name + ".made")
+    record.write_text("0" * 64 + " " + digest + "\n")  # as if made from other sources
+    assert build_remote_zipapp(dest) == digest and record.read_text().split()[0] != "0" * 64
 
 
 @pytest.mark.parametrize("python", interpreters())
