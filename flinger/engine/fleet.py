@@ -80,6 +80,8 @@ class InstallRecord:
         self.release: str | None = None
         self.generation = 0  # the overlay generation of the release
         self.previous: dict[str, str | None] = {}  # the release each server ran before, as the ledger knew
+        self.had: dict[str, dict[str, str]] = {}  # that release's packages (name -> sha256), if known
+        self.bare: set[str] = set()  # servers the ledger never saw, or last saw running no release
         self._lock = threading.Lock()
 
     def release_for(self, run: Run) -> str:
@@ -93,6 +95,8 @@ class InstallRecord:
         content, packages = content_of(run.topology, run.manifest, run.store.built(), generation)
         with ledger.locked(self.state_dir) as known:
             self.previous = {s: known.running.get(s) for s in self.chosen}
+            self.had = {s: dict(known.releases[r].packages) for s, r in self.previous.items() if r in known.releases}
+            self.bare = {s for s in self.chosen if s not in known.running or s in known.bare}
             newest = known.newest()
             events: list[dict[str, Any]] = []
             self.generation = generation
@@ -106,6 +110,15 @@ class InstallRecord:
                            "servers": self.chosen, **ledger.this_process()})  # fmt: skip
             ledger.append(self.state_dir, *events, sync=True)
         return release
+
+    def likely_lacks(self, server: str, packages: Mapping[str, str]) -> list[str]:
+        """Of `packages` (name -> sha256), those `server` most likely does not have: all but
+        those of the release the ledger last saw it run; all for a server it never saw or
+        saw running nothing; none when it does not know (a run cut short). A guess, only to
+        deliver ahead; the server's own answer decides."""
+        if server in self.had:
+            return [name for name, digest in packages.items() if self.had[server].get(name) != digest]
+        return list(packages) if server in self.bare else []
 
     def server_ran(self, run: Run, server: str, release: str | None, switched: bool) -> None:
         """A server now runs this run's release (as its `release`), switched or not."""
@@ -154,7 +167,7 @@ def observe(state_dir: Path, run_id: str, seen: Mapping[str, str | None]) -> Non
     events = [
         {"event": "observed", "run": run_id, "server": server, "id": release}
         for server, release in sorted(seen.items())
-        if known.running.get(server, "") != release
+        if known.running.get(server, "") != release or (release is None and server not in known.bare)
     ]
     if events:
         ledger.append(state_dir, *events)

@@ -49,7 +49,9 @@ class Transport(Protocol):
 
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None: ...
 
-    def make_dir(self, remote_path: str, mode: int = 0o700) -> None: ...
+    def make_dir(self, remote_path: str, mode: int = 0o700, *, exist_ok: bool = False) -> None:
+        """Make a directory (its parent must exist); with `exist_ok`, one already there (not
+        a symlink) will do."""
 
     def rename(self, source: str, dest: str) -> None: ...
 

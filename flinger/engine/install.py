@@ -1,11 +1,13 @@
 """`deploy install` on one server, in as few round trips as it takes.
 
 Connect, and run the remote `install` with that server's overlay (and only that one) in its
-plan: it takes the server's deploy lock (nothing is staged before it), and when every
+plan: it takes the server's deploy lock (no secret is staged before it), and when every
 package is already there (a re-run, an overlay change) or the server pulls what it lacks
 from a registry itself, it also installs and gives the lock up, all in one command.
 Otherwise it names the packages it lacks, still holding the lock; the artifact store
-delivers them into this run's staging dir, and a second `install` finishes. Which servers
+delivers them into this run's staging dir, and a second `install` finishes. What the
+ledger says a server lacks (a new build) is delivered ahead, before the first `install`,
+which then does it all: one start of the tool fewer per server. Which servers
 go when, and what is undone when the rollout stops, is the strategy's (strategy.py).
 """
 
@@ -26,7 +28,7 @@ from flinger.engine.remote import into_report, run_tool
 from flinger.engine.results import ServerResult, Status, Switch
 from flinger.engine.session import Session, open_session, release_lock
 from flinger.engine.stores import staged_tarball
-from flinger.errors import FlingerError, RemoteCommandError
+from flinger.errors import FlingerError, RemoteCommandError, StoppedError
 from flinger.overlay.generation import load_generations
 from flinger.overlay.store import reader
 from flinger.protocol.plans import ConfirmPlan, InstallPlan, PackageRef
@@ -119,16 +121,17 @@ class Install:
         remote = replace(self._remote_plan(run, server, plan, session, report), phase=phase)
         if phase == "prepare":  # never wait for a lock while holding others: the batch waits (execute.py)
             remote = replace(remote, acquire_wait=0.0)
+        sent, stats = self._deliver_ahead(run, server, session, remote, report)
+        report.step("lock")  # the install takes it first
         attempt = _Attempt(run, session, report)
         result: InstallResult | None = None
         try:
             result = attempt.install(remote)
-            stats: dict[str, int] = {}
-            report.details["packages_sent"] = result.need
+            report.details["packages_sent"] = [*sent, *result.need]
             if result.need:  # the lock is held: deliver what this server lacks, then install
                 report.step("push")
-                session.conn.make_dir(remote.staging_dir, 0o700)
-                stats = run.store.deliver(server, remote.staging_dir, result.need, report)
+                session.conn.make_dir(remote.staging_dir, 0o700, exist_ok=True)  # made if delivered ahead
+                stats = _added(stats, run.store.deliver(server, remote.staging_dir, result.need, report))
                 report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed")
                 report.step("install")
                 result = attempt.install(replace(remote, acquire=False))
@@ -136,6 +139,8 @@ class Install:
                 report.info(
                     f"{sum(result.pulled.values()):,} bytes pulled from the registry ({', '.join(result.pulled)})"
                 )
+            elif sent:
+                report.info(f"{stats.get('bytes_sent', 0):,} bytes pushed ahead of the lock ({', '.join(sent)})")
             else:
                 report.info("0 bytes pushed (every package already installed)")
         finally:
@@ -167,6 +172,29 @@ class Install:
         self.record.server_ran(run, server.name, result.release, bool(details["switched"]))
         return details
 
+    def _deliver_ahead(
+        self, run: Run, server: Server, session: Session, remote: InstallPlan, report: Reporter
+    ) -> tuple[list[str], dict[str, int]]:
+        """Deliver the packages the ledger says this server lacks into this run's staging dir
+        before the first `install` (packages only: the overlay comes with the install, under
+        the lock); what was sent, and rsync's figures. A guess: a wrong one costs a push, and
+        a delivery that fails here is only noted, since the install then names what it needs
+        and that delivery's failure is the server's."""
+        if remote.pull is not None or self.record is None:
+            return [], {}
+        lacks = self.record.likely_lacks(server.name, {p.name: p.digest for p in remote.packages})
+        if not lacks:
+            return [], {}
+        report.step("push")
+        try:
+            session.conn.make_dir(remote.staging_dir, 0o700)
+            return lacks, run.store.deliver(server, remote.staging_dir, lacks, report)
+        except StoppedError:
+            raise
+        except FlingerError as exc:
+            report.line(f"push ahead of the lock failed, the install will ask again: {exc}")
+            return [], {}
+
     def _remote_plan(
         self, run: Run, server: Server, plan: ServerPlan, session: Session, report: Reporter
     ) -> InstallPlan:
@@ -174,7 +202,6 @@ class Install:
         # builder's manifest. A builder that cannot be reached fails this step, not `lock`.
         report.step(run.store.wait_step or "builder")
         built = run.store.built()
-        report.step("lock")  # the install takes it first
         missing = [p for p in plan.packages if p not in built]
         if missing:
             raise FlingerError(f"not built on the builder: {', '.join(missing)}; run: flinger build package")
@@ -278,6 +305,11 @@ class _Attempt:
         except RemoteCommandError as exc:
             raise explain.explained(exc, report) from None
         self.unlocked = self.unlocked or done.lock_released
+
+
+def _added(one: dict[str, int], other: dict[str, int]) -> dict[str, int]:
+    """Two deliveries' figures, summed."""
+    return {key: one.get(key, 0) + other.get(key, 0) for key in {*one, *other}}
 
 
 def _self_rolled_back(run: Run, server: Server, done: SelfRollback, report: Reporter) -> None:

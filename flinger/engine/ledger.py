@@ -102,6 +102,7 @@ class Ledger:
     running: dict[str, str | None] = field(default_factory=dict)
     runs: dict[str, _RunInfo] = field(default_factory=dict)
     forgot: dict[int, set[str]] = field(default_factory=dict)  # generation -> servers that forgot before it
+    bare: set[str] = field(default_factory=set)  # servers last seen running no release (None there: known)
 
     def newest(self) -> FleetRelease | None:
         return next(reversed(self.releases.values()), None)
@@ -134,6 +135,7 @@ class Ledger:
         for server in info.servers:  # until it says, a chosen server is on an unknown release
             if info.kind == "install":
                 self.running[server] = None
+                self.bare.discard(server)
 
     def _server(self, e: dict[str, Any]) -> None:
         mark = ServerMark(e["state"], e["run"], e.get("release"), e.get("previous"), e.get("at", ""))
@@ -141,6 +143,7 @@ class Ledger:
         if release is not None:
             release.servers[e["server"]] = mark
         self.running[e["server"]] = e["id"] if mark.state in ON_RELEASE else mark.previous
+        self.bare.discard(e["server"])
 
     def _self_rollback(self, e: dict[str, Any]) -> None:
         """A server that switched to the release and, never confirmed, switched itself back
@@ -152,6 +155,10 @@ class Ledger:
 
     def _observed(self, e: dict[str, Any]) -> None:
         self.running[e["server"]] = e.get("id")
+        if e.get("id") is None:
+            self.bare.add(e["server"])
+        else:
+            self.bare.discard(e["server"])
 
     def _end(self, e: dict[str, Any]) -> None:
         info = self.runs.get(e["run"])

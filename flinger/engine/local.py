@@ -79,8 +79,13 @@ class LocalTransport:
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None:
         self.put_bytes(local.read_bytes(), remote_path, mode)
 
-    def make_dir(self, remote_path: str, mode: int = 0o700) -> None:
-        os.mkdir(remote_path, mode)
+    def make_dir(self, remote_path: str, mode: int = 0o700, *, exist_ok: bool = False) -> None:
+        try:
+            os.mkdir(remote_path, mode)
+        except FileExistsError:
+            if not (exist_ok and os.path.isdir(remote_path) and not os.path.islink(remote_path)):
+                raise
+            return
         os.chmod(remote_path, mode)
 
     def rename(self, source: str, dest: str) -> None:

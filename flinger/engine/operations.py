@@ -204,6 +204,11 @@ class Uninstall(OnEveryServer):
                           on_event=into_report(report), on_text=report.line)  # fmt: skip
         return {**encode(result), "summary": f"{self.name} done"}
 
+    def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
+        """The ledger learns that the servers uninstalled run no release now."""
+        observe(run.topology.state_dir, run.run_id, {r.server: None for r in results if r.status is ResultStatus.OK})
+        return {}
+
 
 class Clean(Uninstall):
     """`deploy clean`: uninstall, and remove the staging dir too."""

@@ -1,8 +1,10 @@
 """The `install` command: a server's side of `deploy install`, from the lock to the health checks.
 
-With `acquire` it takes the deploy lock for `lock_holder` first; when a package is not
-unpacked here and nothing pulls it, it answers `need` holding the lock (the client has those
-delivered into this run's staging dir, then runs `install` again). With `pull` it fetches
+With `acquire` it takes the deploy lock for `lock_holder` first; when a package is neither
+unpacked here nor already in this run's staging dir (a client that expects a server to lack
+it delivers it before the first `install`) and nothing pulls it, it answers `need` holding
+the lock and keeping that staging dir (the client has the rest delivered into it, then runs
+`install` again). With `pull` it fetches
 what it lacks from the registry itself. Then: unpack (content addressed under `packages/`),
 assemble `releases/<release>/` (links to the packages + the overlay from the plan), run each
 service's `validate` there, switch `current` atomically, (re)start the services in dependency
@@ -153,7 +155,8 @@ def _let_go(install_dir: str, holder: str, result: InstallResult) -> None:
 def _remove_earlier_runs(runs: Optional[str], own: Optional[str]) -> None:
     """Staging dirs of earlier runs of this install dir (killed, or cut off before their
     install): their overlays hold secrets. Only called while holding the lock, so no run
-    that could still use one exists."""
+    that could still use one exists; a run waiting for the lock that delivered packages
+    ahead finds them gone and is told it `need`s them again."""
     if not runs or os.path.basename(os.path.dirname(runs)) != "runs":
         return
     try:
@@ -187,7 +190,7 @@ def _fetch(plan: InstallPlan, install_dir: str, result: InstallResult) -> Option
         if not taken.ok:
             return InstallResult(ok=False, step="lock", error=taken.error, lock_held_by=taken.holder)
         result.broke_stale = taken.broke_stale
-    need = release.missing_packages(plan, install_dir)
+    need = [n for n in release.missing_packages(plan, install_dir) if not release.staged(plan, n)]
     if need and plan.acquire and plan.pull is None:
         return InstallResult(need=need, broke_stale=result.broke_stale)  # the lock stays: deliver, then install
     if plan.release_lock:
@@ -207,11 +210,13 @@ def install(plan: InstallPlan) -> InstallResult:
     if plan.phase in ("switch", "abort"):
         return _finish_prepared(plan)
     overlay_dir: Optional[str] = None
+    keep_staged = False  # a `need` answer: what was delivered ahead stays for the install to come
     try:
         install_dir, svcs = _checked(plan)
         fetched = InstallResult()
         answer = _fetch(plan, install_dir, fetched)
         if answer is not None:
+            keep_staged = bool(answer.need)
             return answer
         # From here on the server changes: finish (install or rollback) even if the client goes.
         events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
@@ -233,7 +238,7 @@ def install(plan: InstallPlan) -> InstallResult:
         if overlay_dir:
             shutil.rmtree(overlay_dir, ignore_errors=True)  # staged secrets never linger
         own = own_run_dir(plan.staging_dir)
-        if own:
+        if own and not keep_staged:
             shutil.rmtree(own, ignore_errors=True)  # this run's staged packages are unpacked
 
 

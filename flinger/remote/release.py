@@ -37,6 +37,13 @@ def missing_packages(plan: InstallPlan, install_dir: str) -> List[str]:
     ]
 
 
+def staged(plan: InstallPlan, name: str) -> bool:
+    """Package `name`'s tarball is in this run's staging dir (its digest is checked when
+    it is unpacked)."""
+    refs = [p for p in plan.packages if p.name == name]
+    return bool(plan.staging_dir) and any(os.path.isfile(os.path.join(plan.staging_dir, p.tarball)) for p in refs)
+
+
 def unpack_packages(plan: InstallPlan, install_dir: str) -> Dict[str, InstalledPackage]:
     """Unpack each package not here yet from this run's staging dir, its sha256 checked."""
     unpacked: Dict[str, InstalledPackage] = {}

@@ -97,6 +97,18 @@ class SessionCap:
             self.limit = max(1, min(self.limit, active_then - 1))
 
 
+ASK_HOME = 'printf "home=%s\\n" "$HOME"'  # the master's first command
+
+
+def _home_from(said: str) -> str | None:
+    """The absolute path ASK_HOME printed (None: anything else, e.g. from a forced command;
+    it is asked again when needed)."""
+    lines = said.splitlines()
+    if len(lines) == 1 and lines[0].startswith("home=/") and "\x00" not in lines[0]:
+        return lines[0][len("home=") :]
+    return None
+
+
 class Connection:
     """A connection to one server, opened on first use and reused for every step of a run."""
 
@@ -152,22 +164,26 @@ class Connection:
 
     def _start_master(self) -> str | None:
         """None once the master runs (it goes to the background by itself), else ssh's words.
-        The master writes them to its log (-E): there they also say why it ended later."""
+        The master writes them to its log (-E): there they also say why it ended later.
+        Its first session asks for the login's $HOME (`home`), which every operation needs
+        to place its files: no round trip of its own."""
         self.master_log.write_bytes(b"")
-        argv = self.argv(
-            "-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-E", str(self.master_log), "-N"
-        )  # fmt: skip
+        master = ("-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-E", str(self.master_log))
+        argv = [*self.argv(*master), ASK_HOME]
         limit = max(1.0, self.settings.connect_timeout) * 3 + 30
         trace.debug("[%s] connecting: %s", self.server.name, shlex.join(argv))
-        with tempfile.TemporaryFile() as err:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = detached.run(argv, stdout=subprocess.DEVNULL, stderr=err, timeout=limit)
+                proc = detached.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=limit)
                 code = proc.returncode
             except subprocess.TimeoutExpired:
                 code = -1
             err.seek(0)
             text = err.read().decode("utf-8", "replace") + self._master_said()
-        if code == 0 and self.control.exists():
+            out.seek(0)
+            said = out.read(4096).decode("utf-8", "replace")
+        if code != -1 and self.control.exists():  # up, whatever a forced command made of the question
+            self.home = _home_from(said) if code == 0 else None
             return None
         if code == -1:
             return f"{text}\nno answer within {limit:.0f}s (timed out)"
@@ -249,8 +265,10 @@ class Connection:
     def put_file(self, local: Path, remote_path: str, mode: int = 0o600) -> None:
         self.put_bytes(local.read_bytes(), remote_path, mode)
 
-    def make_dir(self, remote_path: str, mode: int = 0o700) -> None:
-        self.run(f"mkdir -m {mode:o} -- {shlex.quote(remote_path)}")
+    def make_dir(self, remote_path: str, mode: int = 0o700, *, exist_ok: bool = False) -> None:
+        path = shlex.quote(remote_path)
+        there = f"test -d {path} && ! test -L {path} || " if exist_ok else ""
+        self.run(f"{there}mkdir -m {mode:o} -- {path}")
 
     def rename(self, source: str, dest: str) -> None:
         """Rename, replacing `dest` atomically (rename(2) within a directory)."""

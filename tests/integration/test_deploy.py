@@ -792,7 +792,8 @@ def test_two_concurrent_installs_take_turns_on_every_server(
         for node in NODES:
             text = (run / f"{node}.log").read_text()
             steps = [ln.split("step: ", 1)[1] for ln in text.splitlines() if "step: " in ln]
-            # nothing staged before the lock (the run that found nothing to do pushed nothing)
+            # nothing staged before the lock (an overlay change: the ledger says every server has
+            # the packages, so nothing is delivered ahead; the run that found nothing to do pushed nothing)
             assert (
                 steps.index("lock") < steps.index("push")
                 if "push" in steps

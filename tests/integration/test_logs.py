@@ -89,6 +89,9 @@ def test_verbose_shows_commands_paths_and_step_timings_and_no_secret(installed_s
     assert any("flinger-remote.pyz install" in line and "(stdin: " in line for line in commands), said
     assert "[node1] exit 0 after " in said
     assert "[node1] connecting: ssh " in said  # the ssh that opened the connection, options and all
+    # whose first command told $HOME: no round trip of its own, and the paths use it
+    assert not any("$HOME" in line for line in commands), commands
+    assert any("/home/deploy/flinger-staging/flinger-remote.pyz" in line for line in commands), commands
     timings = [line for line in said.splitlines() if line.startswith("[node1] steps: ")]
     assert len(timings) == 1 and " s, " in timings[0], said
     # nothing secret of node1's: its overlay travels on stdin, never on a command line

@@ -32,7 +32,7 @@ from flinger.engine.rollback import FleetRollback
 from flinger.engine.run import Settings, open_run
 from flinger.engine.stores import STORES, StoreKind, StoreReport
 from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy
-from flinger.errors import UnreachableError, UsageError
+from flinger.errors import RemoteCommandError, UnreachableError, UsageError
 from flinger.manifest.model import OverlayFile
 from flinger.overlay import make_overlay
 from flinger.progress import Sink, nowhere
@@ -59,6 +59,7 @@ class CopyStore:
         self.unreachable = False  # the builder cannot be reached: what was built is unknown
         self.version = ""
         self.delivered: list[str] = []
+        self.fail_once: set[str] = set()  # servers whose next delivery fails
 
     def build(self, version: str) -> None:
         tree = self.root / f"tree-{version}"
@@ -83,6 +84,9 @@ class CopyStore:
 
     def deliver(self, server: Server, run_dir: str, packages: list[str], report: Reporter) -> dict[str, int]:
         self.delivered.append(server.name)
+        if server.name in self.fail_once:
+            self.fail_once.discard(server.name)
+            raise RemoteCommandError(f"push to {server.name}", 23, ["rsync: connection unexpectedly closed"])
         os.makedirs(f"{run_dir}/packages", 0o700, exist_ok=True)
         data = (self.root / "packages" / "app.tar.gz").read_bytes()
         if server.name in self.broken:
@@ -412,9 +416,9 @@ def test_one_stream_of_events_feeds_the_watcher_the_run_log_and_the_results(flee
         mine = [as_record(e) for e in seen if e.name == result.server]
         steps = [r["step"] for r in mine if r["event"] == "step"]
         assert mine[0]["event"] == "started" and mine[-1] == {"event": "finished", "name": result.server, "state": "ok"}
-        assert steps[:6] == ["connect", "tool", "builder", "lock", "push", "install"] and "install: switch" in steps, (
-            steps
-        )
+        # a new build: delivered ahead (the ledger says the server has v1 only), then one install
+        assert steps[:6] == ["connect", "tool", "builder", "push", "lock", "install: compare: changed"], steps
+        assert "install: switch" in steps, steps
         assert [s["step"] for s in result.steps] == steps  # --json carries the same steps, timed
 
 
@@ -480,14 +484,58 @@ def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
     assert fleet.store.delivered.count("node1") == 1  # the fixture's first install only
 
-    fleet.store.build(
-        "v2"
-    )  # to deliver: lock + need, delivery, install up to ready, its switch, confirm (which unlocks)
+    # a new build, which the ledger says no server has: delivered ahead, then install up to
+    # ready (the lock taken), its switch, confirm (which unlocks)
+    fleet.store.build("v2")
     counting.clear()
     results = list(fleet.install().values())
     assert all(r.status is Status.OK and r.details["packages_sent"] == ["app"] for r in results)
     for node in NODES:
         tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
-        assert len(tool_runs) == 4 and tool_runs[-1].endswith(" confirm"), tool_runs  # the switch stands: confirmed
-        assert all(" install" in c for c in tool_runs[:3]), tool_runs
+        assert len(tool_runs) == 3 and tool_runs[-1].endswith(" confirm"), tool_runs  # the switch stands: confirmed
+        assert all(" install" in c for c in tool_runs[:2]), tool_runs
         assert fleet.version(node) == "v2"
+    assert fleet.store.delivered.count("node1") == 2  # once per build
+
+
+def test_a_server_the_ledger_thinks_has_the_build_but_lacks_it_asks_for_it_under_the_lock(fleet: Fleet) -> None:
+    import shutil
+
+    shutil.rmtree(fleet.homes / "node2" / "app")  # wiped behind flinger's back: the ledger still says v1
+    fleet.store.delivered.clear()
+    results = fleet.install()
+    assert all(r.status is Status.OK for r in results.values()), results
+    assert fleet.store.delivered == ["node2"] and results["node2"].details["packages_sent"] == ["app"]
+    steps = [s["step"] for s in results["node2"].steps]
+    assert steps.index("lock") < steps.index("push") < steps.index("install"), steps  # need, then delivered
+    assert [results[n].details["changed"] for n in NODES] == [False, True, False]
+    assert [fleet.version(n) for n in NODES] == ["v1"] * 3 and fleet.staging_left("node2") == []
+
+
+def test_a_delivery_ahead_that_fails_is_only_noted_and_the_install_asks_again(fleet: Fleet) -> None:
+    fleet.store.build("v2")
+    fleet.store.fail_once.add("node3")
+    fleet.store.delivered.clear()
+    seen: list[Any] = []
+    results = fleet.install(sink=seen.append)
+    assert all(r.status is Status.OK for r in results.values()), results
+    assert fleet.store.delivered.count("node3") == 2 and fleet.version("node3") == "v2"
+    said = [str(getattr(e, "text", "")) for e in seen if getattr(e, "name", "") == "node3"]
+    assert any("push ahead of the lock failed, the install will ask again" in t for t in said), said
+    steps = [s["step"] for s in results["node3"].steps]
+    assert steps[3:5] == ["push", "lock"] and steps.count("push") == 2, steps
+
+
+def test_after_an_uninstall_the_ledger_knows_the_servers_run_nothing_and_delivers_ahead(fleet: Fleet) -> None:
+    from flinger.engine.operations import Uninstall
+
+    results = fleet.run(Uninstall())
+    assert all(r.status is Status.OK for r in results), results
+    assert {n: read_ledger(fleet.topology.state_dir).running.get(n) for n in NODES} == dict.fromkeys(NODES)
+    fleet.store.delivered.clear()
+    again = fleet.install()
+    assert all(r.status is Status.OK and r.details["changed"] for r in again.values()), again
+    for node in NODES:
+        steps = [s["step"] for s in again[node].steps]
+        assert steps.index("push") < steps.index("lock"), steps
+    assert sorted(fleet.store.delivered) == sorted(NODES)

@@ -15,6 +15,7 @@ import pytest
 from flinger.engine import ledger
 from flinger.engine.brake import Brake
 from flinger.engine.fleet import InstallRecord, content_of, fleet_history, fleet_view, server_state
+from flinger.engine.fleet import observe as fleet_observe
 from flinger.engine.results import ServerResult, Status, Switch
 from flinger.protocol.results import BuiltPackage, HistoryResult, ReleaseInfo
 from flinger.topology.model import Topology
@@ -270,3 +271,30 @@ def test_a_rollback_across_a_rotation_is_refused_naming_the_secrets_unless_asked
     choice = choose_rollback(known, histories, None, generations, restore_rotated=True)
     assert choice.release == "A" and choice.rotated == ["secret redis_password", "the deployment secret"]
     assert choose_rollback(known, {"node1": keeps("A", "B")}, "B", generations).rotated == []  # forward: nothing back
+
+
+def _guess(topology: Topology, run_id: str, digest: str) -> dict[str, list[str]]:
+    """What a run of a build with `digest` guesses each server lacks, to deliver it ahead
+    (a run that stops there: its servers are then on an unknown release)."""
+    record = InstallRecord(topology.state_dir, ["node1", "node2", "node3"])
+    record.release_for(fake_run(topology, run_id, digest=digest))
+    return {n: record.likely_lacks(n, {"app": digest}) for n in ("node1", "node2", "node3")}
+
+
+def test_what_a_run_guesses_each_server_lacks_comes_from_the_release_the_ledger_saw_it_run(
+    topology: Topology,
+) -> None:
+    everyone = ("node1", "node2", "node3")
+    assert _guess(topology, "run-0", DIGEST) == {n: ["app"] for n in everyone}  # never seen
+    install(topology, "run-1", [ok(n) for n in everyone])
+    assert _guess(topology, "run-2", DIGEST) == {n: [] for n in everyone}  # they run it
+    install(topology, "run-3", [ok(n) for n in everyone])
+    assert _guess(topology, "run-4", "cd" * 32) == {n: ["app"] for n in everyone}  # a new build
+    # run-4 stopped there: its servers are on an unknown release, and nothing is guessed
+    assert _guess(topology, "run-5", "cd" * 32) == {n: [] for n in everyone}
+    # uninstalled (or seen running nothing): all of it
+    fleet_observe(topology.state_dir, "run-6", {"node2": None})
+    assert ledger.read_ledger(topology.state_dir).bare == {"node2"}
+    assert _guess(topology, "run-7", "cd" * 32) == {"node1": [], "node2": ["app"], "node3": []}
+    fleet_observe(topology.state_dir, "run-8", {"node2": "run-1"})
+    assert ledger.read_ledger(topology.state_dir).bare == set()
