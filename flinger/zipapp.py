@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import os
 import py_compile
 import tempfile
 import zipfile
 from pathlib import Path
 
 import flinger
+from flinger.remote import files
 
 INTERPRETER = "/usr/bin/env python3"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -75,9 +75,7 @@ def build_remote_zipapp(dest: Path) -> str:
     except OSError:
         pass
     digest = _write_zipapp(dest, sources)
-    partial = made.with_name(f".{made.name}.{os.getpid()}")
-    partial.write_text(f"{key} {digest}\n")
-    os.replace(partial, made)
+    files.write_atomic(str(made), f"{key} {digest}\n".encode(), 0o644)
     return digest
 
 
@@ -101,8 +99,5 @@ def _write_zipapp(dest: Path, sources: dict[str, bytes]) -> str:
             info.create_system = 3  # unix, whatever the building host is
             archive.writestr(info, content)
     data = buffer.getvalue()
-    partial = dest.with_name(f".{dest.name}.{os.getpid()}")
-    partial.write_bytes(data)
-    partial.chmod(0o755)
-    os.replace(partial, dest)
+    files.write_atomic(str(dest), data, 0o755)
     return hashlib.sha256(data).hexdigest()

@@ -190,7 +190,7 @@ def _fetch(plan: InstallPlan, install_dir: str, result: InstallResult) -> Option
         if not taken.ok:
             return InstallResult(ok=False, step="lock", error=taken.error, lock_held_by=taken.holder)
         result.broke_stale = taken.broke_stale
-    need = [n for n in release.missing_packages(plan, install_dir) if not release.staged(plan, n)]
+    need = release.lacking(plan, install_dir)
     if need and plan.acquire and plan.pull is None:
         return InstallResult(need=need, broke_stale=result.broke_stale)  # the lock stays: deliver, then install
     if plan.release_lock:

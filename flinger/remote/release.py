@@ -15,7 +15,7 @@ import shutil
 from typing import Dict, List, Optional, Tuple
 
 from flinger.protocol.codec import encode
-from flinger.protocol.plans import InstallPlan, Owner, ServiceRoots, ServiceSpec
+from flinger.protocol.plans import InstallPlan, Owner, PackageRef, ServiceRoots, ServiceSpec
 from flinger.protocol.results import InstalledPackage
 from flinger.remote import events, files, layout, unpack
 from flinger.remote.receipt import service_fingerprint
@@ -30,18 +30,21 @@ def package_dir(name: str, digest: str) -> str:
     return os.path.join("packages", "%s-%s" % (name, digest[:16]))
 
 
-def missing_packages(plan: InstallPlan, install_dir: str) -> List[str]:
-    """The plan's packages not unpacked here yet (by name and digest)."""
+def staged_tarball(plan: InstallPlan, ref: PackageRef) -> str:
+    """Where package `ref`'s tarball is delivered: this run's staging dir (its digest is
+    checked when it is unpacked)."""
+    return os.path.join(plan.staging_dir, ref.tarball)
+
+
+def lacking(plan: InstallPlan, install_dir: str) -> List[str]:
+    """The plan's packages neither unpacked here yet (by name and digest) nor delivered into
+    this run's staging dir."""
     return [
-        p.name for p in plan.packages if not os.path.isdir(os.path.join(install_dir, package_dir(p.name, p.digest)))
+        p.name
+        for p in plan.packages
+        if not os.path.isdir(os.path.join(install_dir, package_dir(p.name, p.digest)))
+        and not (plan.staging_dir and os.path.isfile(staged_tarball(plan, p)))
     ]
-
-
-def staged(plan: InstallPlan, name: str) -> bool:
-    """Package `name`'s tarball is in this run's staging dir (its digest is checked when
-    it is unpacked)."""
-    refs = [p for p in plan.packages if p.name == name]
-    return bool(plan.staging_dir) and any(os.path.isfile(os.path.join(plan.staging_dir, p.tarball)) for p in refs)
 
 
 def unpack_packages(plan: InstallPlan, install_dir: str) -> Dict[str, InstalledPackage]:
@@ -57,7 +60,7 @@ def unpack_packages(plan: InstallPlan, install_dir: str) -> Dict[str, InstalledP
         if os.path.isdir(target):
             continue
         events.step("unpack: %s" % ref.name)  # before: the time is unpack's
-        tarball = os.path.join(plan.staging_dir, ref.tarball)
+        tarball = staged_tarball(plan, ref)
         if not os.path.isfile(tarball):
             raise StepFailed("unpack", "package %s: no tarball at %s" % (ref.name, tarball))
         actual = files.sha256_file(tarball)
