@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from flinger.engine.fanout import Reporter, fan_out
@@ -43,13 +44,20 @@ Step = Callable[[Run, Server, Reporter], dict[str, Any]]
 def require_trusted(run: Run, servers: list[Server]) -> None:
     """An operation that changes servers starts on none of them while one is known to be
     unreachable safely (nothing in known_hosts for it or a jump host on its way): the others
-    would change, then wait or go back, for nothing. HostKeyError naming every such server."""
-    refused: list[tuple[str, HostKeyError]] = []
-    for server in servers:
+    would change, then wait or go back, for nothing. HostKeyError naming every such server.
+    Each check may ask OpenSSH how it resolves the host (`ssh -G`): up to `--parallel` at
+    once, not one server after another."""
+
+    def refusal(server: Server) -> HostKeyError | None:
         try:
             run.hosts.check_trusted(server)
         except HostKeyError as exc:
-            refused.append((server.name, exc))
+            return exc
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(run.settings.parallel, len(servers)))) as pool:
+        found = list(pool.map(refusal, servers))
+    refused = [(server.name, exc) for server, exc in zip(servers, found, strict=True) if exc is not None]
     if refused:
         others = [name for name, _ in refused[1:]]
         more = f" (and {len(others)} more: {', '.join(others)})" if others else ""

@@ -324,7 +324,7 @@ def test_an_operation_that_changes_servers_starts_on_none_while_one_is_untrusted
         def start(self, run: object) -> None:
             raise AssertionError("started although a server is untrusted")
 
-    run = SimpleNamespace(hosts=Hosts())
+    run = SimpleNamespace(hosts=Hosts(), settings=SimpleNamespace(parallel=16))
     servers = [Server(name=n, addr=f"10.0.0.{i}") for i, n in enumerate("abc", 1)]
     with pytest.raises(HostKeyError) as refused:
         execute(run, Changes(), servers)  # type: ignore[arg-type]
