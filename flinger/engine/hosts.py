@@ -24,7 +24,7 @@ from flinger.errors import UsageError
 from flinger.topology.model import Server, Topology
 
 if TYPE_CHECKING:
-    from flinger.ssh.connection import CommandResult, LineSink
+    from flinger.ssh.connection import CommandResult, Feed, LineSink
     from flinger.ssh.hostkeys import Trusted
 
 
@@ -43,7 +43,10 @@ class Transport(Protocol):
         check: bool = True,
         timeout: float | None = None,
         stop: threading.Event | None = None,
-    ) -> CommandResult: ...
+        feed: Feed | None = None,
+    ) -> CommandResult:
+        """Run a command line; with `feed`, its stdin stays open for what is put there
+        (None closes it)."""
 
     def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None: ...
 

@@ -7,8 +7,12 @@ from a registry itself, it also installs and gives the lock up, all in one comma
 Otherwise it names the packages it lacks, still holding the lock; the artifact store
 delivers them into this run's staging dir, and a second `install` finishes. What the
 ledger says a server lacks (a new build) is delivered ahead, before the first `install`,
-which then does it all: one start of the tool fewer per server. Which servers
-go when, and what is undone when the rollout stops, is the strategy's (strategy.py).
+which then does it all: one start of the tool fewer per server. An install that gets a
+release ready (a batch's first phase) or switches to one awaiting confirmation does not
+end there: it waits for this client's word on its stdin (switch or abort; confirm), so a
+new release is one start of the tool per server (remote/hold.py, `Conversation` in
+remote.py), and a client lost meanwhile is an abort on every server still waiting. Which
+servers go when, and what is undone when the rollout stops, is the strategy's (strategy.py).
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import base64
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flinger.engine import ledger
 from flinger.engine import report as explain
 from flinger.engine.fleet import InstallRecord, fleet_view, record_self_rollbacks, to_forget
 from flinger.engine.ledger import read_ledger
 from flinger.engine.plan import ServerPlan
-from flinger.engine.remote import into_report, run_tool
+from flinger.engine.remote import Conversation, into_report, run_tool
 from flinger.engine.results import ServerResult, Status, Switch
 from flinger.engine.session import Session, open_session, release_lock
 from flinger.engine.stores import staged_tarball
@@ -38,6 +42,11 @@ from flinger.topology.model import Server
 if TYPE_CHECKING:
     from flinger.engine.fanout import Reporter
     from flinger.engine.run import Run
+
+# A server ready to switch waits in the install that made it ready (remote/hold.py): told
+# every HOLD_BEAT seconds that the client is there, it gives up after HOLD_WITHIN of silence.
+HOLD_BEAT = 15.0
+HOLD_WITHIN = 90.0
 
 
 class Install:
@@ -86,7 +95,8 @@ class Install:
 
     def prepare_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
         """Everything up to the switch (lock, push or pull, unpack, release, validate), the
-        lock kept: `prepared` names the release ready to switch (none: nothing to switch)."""
+        lock kept by the install, which waits for the word: `prepared` names the release
+        ready to switch (none: nothing to switch)."""
         return self._install_on(run, server, report, "prepare")
 
     def commit_on(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
@@ -104,11 +114,10 @@ class Install:
         return {"release": result.release, "switched": False, "prepared": ready.release}
 
     def _finish(self, run: Run, ready: _Ready, report: Reporter, phase: str) -> InstallResult:
+        """The word to the install that holds the release ready (remote/hold.py)."""
         attempt = _Attempt(run, ready.session, report)
         try:
-            return attempt.install(
-                replace(ready.plan, phase=phase, release=ready.release, overlay_files={}, acquire=False)
-            )
+            return attempt.decide(ready.held, ready.plan, phase)
         finally:
             if not attempt.unlocked:
                 release_lock(run, ready.session, report)
@@ -147,8 +156,9 @@ class Install:
             if not attempt.unlocked and not (result is not None and result.prepared):
                 release_lock(run, session, report)
         assert result is not None
-        if result.prepared:  # the lock is kept for the switch
-            self.ready[server.name] = _Ready(session, remote, result.prepared, stats, result.pulled)
+        if result.prepared:  # the lock is kept for the switch, by the install that waits for its word
+            assert attempt.held is not None
+            self.ready[server.name] = _Ready(session, remote, result.prepared, stats, result.pulled, attempt.held)
             report.info(f"release {result.prepared} ready to switch")
             return {"prepared": result.prepared, "switched": False, "release": result.previous_release,
                     "summary": f"release {result.prepared} ready, not switched"}  # fmt: skip
@@ -231,6 +241,7 @@ class Install:
             keep_releases=deployment.keep_releases,
             pull=pull,
             confirm_within=run.settings.confirm_within,
+            hold_within=HOLD_WITHIN,  # a release ready, or a switch to confirm: the word in the same tool run
         )
 
     @staticmethod
@@ -266,6 +277,7 @@ class _Ready:
     release: str
     stats: dict[str, int]
     pulled: dict[str, int]
+    held: Conversation  # the install that made it, waiting for the word: switch or abort
 
 
 class _Attempt:
@@ -276,35 +288,70 @@ class _Attempt:
         self.report = report
         self.unlocked = False
         self.server = session.conn.server.name
+        self.held: Conversation | None = None  # an install in phase prepare that holds its release ready
 
     def install(self, plan: InstallPlan) -> InstallResult:
+        """One `install`; in phase prepare with `hold_within`, its first answer (the tool
+        then waits for the word, `decide`)."""
         session, report = self.session, self.report
         try:
-            result = run_tool(session.conn, session.tool, "install", plan, InstallResult,
-                              on_event=into_report(report, "install: "), on_text=report.line)  # fmt: skip
+            if plan.hold_within > 0:
+                self.held = Conversation(session.conn, session.tool, "install", plan, report, prefix="install: ",
+                                         beat=HOLD_BEAT)  # fmt: skip
+                result = cast(InstallResult, self.held.first(_held))
+            else:
+                result = run_tool(session.conn, session.tool, "install", plan, InstallResult,
+                                  on_event=into_report(report, "install: "), on_text=report.line)  # fmt: skip
         except RemoteCommandError as exc:
-            failed = exc.result
-            if isinstance(failed, InstallResult):
-                self.unlocked = self.unlocked or failed.lock_released
-                if failed.step == "lock" and failed.service_log is None:
-                    if failed.lock_held_by:  # the batch may give its locks back and try again (execute.py)
-                        report.details["lock_held_by"] = failed.lock_held_by
-                    raise FlingerError(f"{self.server}: {exc.message}") from None
-            raise explain.explained(exc, report) from None
+            raise self._failed(exc) from None
+        return self._answered(plan, result)
+
+    def decide(self, held: Conversation, plan: InstallPlan, word: str) -> InstallResult:
+        """Say `word` (switch, abort) to the install holding a release ready; what it did."""
+        self.held = held
+        try:
+            result = cast(InstallResult, held.say(word, self.report, _held))
+        except RemoteCommandError as exc:
+            raise self._failed(exc) from None
+        return self._answered(plan, result)
+
+    def _answered(self, plan: InstallPlan, result: InstallResult) -> InstallResult:
         self.unlocked = self.unlocked or result.lock_released
         if result.awaiting_confirmation:  # the switch stands once this client says so, in time
             self._confirm(plan, result.awaiting_confirmation)
         return result
 
+    def _failed(self, exc: RemoteCommandError) -> FlingerError:
+        """A failed install as the error this server's report shows."""
+        failed = exc.result
+        if isinstance(failed, InstallResult):
+            self.unlocked = self.unlocked or failed.lock_released
+            if failed.step == "lock" and failed.service_log is None:
+                if failed.lock_held_by:  # the batch may give its locks back and try again (execute.py)
+                    self.report.details["lock_held_by"] = failed.lock_held_by
+                return FlingerError(f"{self.server}: {exc.message}")
+        return explain.explained(exc, self.report)
+
     def _confirm(self, plan: InstallPlan, token: str) -> None:
+        """Confirm the switch: to the install that made it, still waiting for the word, else
+        (it ended after its answer) with the tool's `confirm`."""
         session, report = self.session, self.report
         report.step("confirm")
         try:
-            done = run_tool(session.conn, session.tool, "confirm",
-                            ConfirmPlan(plan.install_dir, plan.lock_holder, token), ConfirmResult)  # fmt: skip
+            if self.held is not None and self.held.holding:
+                done: InstallResult | ConfirmResult = cast(InstallResult, self.held.say("confirm", report))
+            else:
+                done = run_tool(session.conn, session.tool, "confirm",
+                                ConfirmPlan(plan.install_dir, plan.lock_holder, token), ConfirmResult)  # fmt: skip
         except RemoteCommandError as exc:
             raise explain.explained(exc, report) from None
         self.unlocked = self.unlocked or done.lock_released
+
+
+def _held(answer: object) -> bool:
+    """An install's answer after which it waits for the client's word (remote/hold.py): a
+    release ready to switch, or a switch awaiting its confirmation."""
+    return isinstance(answer, InstallResult) and answer.ok and bool(answer.prepared or answer.awaiting_confirmation)
 
 
 def _added(one: dict[str, int], other: dict[str, int]) -> dict[str, int]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flinger.errors import RemoteCommandError
-from flinger.ssh.connection import CommandResult, LineSink
+from flinger.ssh.connection import CommandResult, Feed, LineSink, run_process
 from flinger.ssh.openssh import remote_rsync_path
 from flinger.topology.model import Server
 
@@ -41,31 +40,15 @@ class LocalTransport:
         on_line: LineSink | None = None,
         check: bool = True,
         timeout: float | None = None,
-        stop: threading.Event | None = None,  # this transport's commands run to their end
+        stop: threading.Event | None = None,
+        feed: Feed | None = None,
     ) -> CommandResult:
+        """As the SSH transport runs it (flinger/ssh/connection.py): output by line as it
+        comes, `stop` and `feed` on its stdin, a timeout a RemoteCommandError."""
         self.open()
-        done = subprocess.run(
-            ["/bin/sh", "-c", command],
-            input=stdin if stdin is not None else b"",
-            capture_output=True,
-            env={**os.environ, "HOME": str(self.home_dir)},
-            cwd=self.home_dir,
-            timeout=timeout,
-            check=False,
-        )
-        tail: list[str] = []
-        for stream, data in (("out", done.stdout), ("err", done.stderr)):
-            for line in data.decode("utf-8", "replace").splitlines():
-                tail.append(line)
-                if on_line is not None:
-                    on_line(stream, line)
-        result = CommandResult(
-            command=command,
-            exit_code=done.returncode,
-            stdout=done.stdout.decode("utf-8", "replace"),
-            stderr=done.stderr.decode("utf-8", "replace"),
-            tail=tail[-20:],
-        )
+        env = {**os.environ, "HOME": str(self.home_dir)}
+        result, _ = run_process(["/bin/sh", "-c", command], command, stdin, on_line, timeout, stop, feed,
+                          env=env, cwd=self.home_dir)  # fmt: skip
         if check and result.exit_code != 0:
             raise RemoteCommandError(command, result.exit_code, result.tail)
         return result

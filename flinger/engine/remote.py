@@ -10,6 +10,7 @@ RemoteCommandError carrying it.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import shlex
 import threading
@@ -25,7 +26,7 @@ from flinger.protocol.codec import ProtocolError
 from flinger.protocol.messages import COMMANDS, Event, parse_line, plan_line
 from flinger.protocol.results import Outcome
 from flinger.secrets.private_files import private_dir
-from flinger.ssh.connection import privileged
+from flinger.ssh.connection import Feed, privileged
 from flinger.topology.model import Topology
 
 if TYPE_CHECKING:
@@ -133,40 +134,26 @@ def run_tool(
     as_root: bool = True,
     on_event: EventSink | None = None,
     on_text: Callable[[str], None] | None = None,
+    feed: Feed | None = None,
+    on_result: Callable[[Outcome], None] | None = None,
 ) -> R:
     """Run `python3 TOOL COMMAND` (through the server's privilege tool), the plan on stdin.
 
-    Returns the command's result; a result that says it failed, or a tool that exits
-    without one, raises RemoteCommandError with the last lines it wrote (and the result)."""
+    Returns the command's (last) result; a result that says it failed, or a tool that exits
+    without one, raises RemoteCommandError with the last lines it wrote (and the result).
+    With `feed`, stdin stays open for more (see `Conversation`); `on_result` hears each
+    result as it comes."""
     server = conn.server
     if COMMANDS[command].result is not result_type:
         raise TypeError(f"{command} answers {COMMANDS[command].result.__name__}, not {result_type.__name__}")
     line = tool_line(server.python, tool_path, command)
     if as_root:
         line = privileged(line, server.privilege)
-    answer: list[Outcome] = []
-    refused: list[str] = []
-    tail: deque[str] = deque(maxlen=20)
-
-    def sink(stream: str, text: str) -> None:
-        try:
-            message = parse_line(command, text) if stream == "out" else None
-        except ProtocolError as exc:
-            refused.append(str(exc))
-            return
-        if isinstance(message, Outcome):
-            answer.append(message)
-        elif message is not None:
-            if on_event is not None:
-                on_event(message)
-        else:
-            tail.append(text)
-            if on_text is not None:
-                on_text(text)
-
-    outcome = conn.run(line, stdin=plan_line(command, plan), on_line=sink, check=False)
-    if refused:
-        raise FlingerError(f"{server.name}: {command}: {refused[0]}")
+    heard = _Heard(command, on_event, on_text, on_result)
+    outcome = conn.run(line, stdin=plan_line(command, plan), on_line=heard, check=False, feed=feed)
+    if heard.refused:
+        raise FlingerError(f"{server.name}: {command}: {heard.refused[0]}")
+    answer, tail = heard.answers, heard.tail
     if not answer:
         raise RemoteCommandError(f"{command} on {server.name}", outcome.exit_code or 1, list(tail))
     result = answer[-1]
@@ -176,3 +163,126 @@ def run_tool(
         error.message = result.error or error.message
         raise error
     return result
+
+
+class _Heard:
+    """What a tool command writes, line by line: its results, its events, plain text (the
+    last lines kept for a failure), and lines that break the protocol (refused)."""
+
+    def __init__(
+        self,
+        command: str,
+        on_event: EventSink | None,
+        on_text: Callable[[str], None] | None,
+        on_result: Callable[[Outcome], None] | None,
+    ) -> None:
+        self.command = command
+        self.on_event, self.on_text, self.on_result = on_event, on_text, on_result
+        self.answers: list[Outcome] = []
+        self.refused: list[str] = []
+        self.tail: deque[str] = deque(maxlen=20)
+
+    def __call__(self, stream: str, text: str) -> None:
+        try:
+            message = parse_line(self.command, text) if stream == "out" else None
+        except ProtocolError as exc:
+            self.refused.append(str(exc))
+            return
+        if isinstance(message, Outcome):
+            self.answers.append(message)
+            if self.on_result is not None:
+                self.on_result(message)
+        elif message is not None:
+            if self.on_event is not None:
+                self.on_event(message)
+        else:
+            self.tail.append(text)
+            if self.on_text is not None:
+                self.on_text(text)
+
+
+class Conversation:
+    """A tool command that answers more than once: it runs in a thread of its own, its stdin
+    open. `first(waits)` waits for its first result, `say(word, ...)` writes one line to it
+    and waits for its next; a result that `waits` says the command waits after is returned
+    at once, any other is the command's end (flinger/remote/hold.py: an install holding its
+    prepared release, then its switch awaiting confirmation). While it waits for a word it
+    is told every `beat` seconds that the client is still there."""
+
+    def __init__(self, conn: Transport, tool_path: str, command: str, plan: Any, report: Reporter, *,
+                 prefix: str = "", beat: float = 15.0) -> None:  # fmt: skip
+        self.report = report  # whose steps and lines the tool's events become: the phase's at work
+        self.feed: Feed = queue.Queue()
+        self.changed = threading.Condition()
+        self.ended = False
+        self.answers: list[Outcome] = []
+        self.taken = 0  # answers handed out so far
+        self.last: Outcome | None = None
+        self.failure: BaseException | None = None
+        self.beat = beat
+        self.beating = False
+        self.holding = False  # it waits for a word after the answer handed out last
+        self.what = f"{command} on {conn.server.name}"
+
+        def on_event(event: Event) -> None:
+            into_report(self.report, prefix)(event)
+
+        def heard(result: Outcome) -> None:
+            with self.changed:
+                self.answers.append(result)
+                self.changed.notify_all()
+
+        def talk() -> None:
+            try:
+                self.last = run_tool(conn, tool_path, command, plan, COMMANDS[command].result, on_event=on_event,
+                                     on_text=lambda text: self.report.line(text), feed=self.feed,
+                                     on_result=heard)  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits: first() or say()
+                self.failure = exc
+            finally:
+                with self.changed:
+                    self.ended = True
+                    self.changed.notify_all()
+
+        threading.Thread(target=talk, name=f"flinger-{command}-{conn.server.name}", daemon=True).start()
+
+    def first(self, waits: Callable[[Outcome], bool]) -> Outcome:
+        """The first result if `waits(it)` (the command goes on, waiting for a word); else
+        the command's end: its last result, or its error."""
+        return self._next(waits)
+
+    def say(self, word: str, report: Reporter, waits: Callable[[Outcome], bool] = lambda _: False) -> Outcome:
+        """Write `word` as a line to the command, its events now `report`'s; its next result
+        as `first` returns one."""
+        self.report = report
+        self.feed.put(word.encode() + b"\n")
+        return self._next(waits)
+
+    def _next(self, waits: Callable[[Outcome], bool]) -> Outcome:
+        with self.changed:
+            self.holding = False
+            self.changed.wait_for(lambda: len(self.answers) > self.taken or self.ended)
+            unanswered = len(self.answers) <= self.taken
+            if not unanswered:
+                answer = self.answers[self.taken]
+                self.taken += 1
+                self.holding = not self.ended and waits(answer)
+                if self.holding:
+                    if not self.beating:
+                        self.beating = True
+                        threading.Thread(target=self._beat, daemon=True).start()
+                    return answer
+                self.changed.wait_for(lambda: self.ended)
+                self.taken = len(self.answers)
+        if self.failure is not None:
+            raise self.failure
+        if unanswered or self.last is None:  # it ended (killed?) without a word on what it was told
+            error = RemoteCommandError(self.what, 1, [])
+            error.message = f"{self.what} ended without an answer to what it was told"
+            raise error
+        return self.last
+
+    def _beat(self) -> None:
+        with self.changed:
+            while not self.changed.wait_for(lambda: self.ended, timeout=self.beat):
+                self.feed.put(b"wait\n")

@@ -138,6 +138,11 @@ class InstallPlan:
     # all: to the end in one command; prepare: stop when the release is made and validated,
     # keeping the lock (answer `prepared`); switch / abort: of the release `prepare` made
     phase: str = "all"
+    # > 0 with phase prepare: once `prepared` is answered, the same process waits on stdin
+    # for the client's word (`switch`, `abort`; `wait` to keep waiting) and carries it out,
+    # answering a second result; no word within this many seconds, or stdin closed (the
+    # client gone), is an abort: the release is removed, the lock given up (remote/hold.py)
+    hold_within: float = 0.0
     # > 0: after a switch the server waits this many seconds (once the install is over) for
     # `confirm`; without it, a watcher that outlives the install switches it back
     confirm_within: float = 0.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import selectors
 import shlex
 import subprocess
@@ -24,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flinger.errors import RemoteCommandError, UnreachableError
 from flinger.ssh import detached
@@ -37,6 +39,7 @@ from flinger.topology.model import Server, SshSettings
 trace = logging.getLogger("flinger.ssh")
 
 LineSink = Callable[[str, str], None]  # (stream "out" | "err", line)
+Feed = queue.Queue[bytes | None]  # more for a running command's stdin; None closes it
 TAIL_LINES = 20
 TIMED_OUT = 124  # the exit status reported for a command flinger stopped waiting for (as timeout(1))
 # A stock sshd allows 10 sessions per connection (MaxSessions): stay under it. A host that
@@ -221,11 +224,14 @@ class Connection:
         check: bool = True,
         timeout: float | None = None,
         stop: threading.Event | None = None,
+        feed: Feed | None = None,
     ) -> CommandResult:
         """Run a command line (already quoted by the caller) and collect its output.
 
         With `stop`, the command's stdin stays open while it runs, and closes (and ssh ends)
         as soon as `stop` is set: a command wrapped by `stoppable` then ends on the server too.
+        With `feed`, stdin stays open after `stdin` too: what is put into `feed` is written
+        to it as it comes, until None (then it closes).
 
         At most the session cap of commands run at once on one connection; more wait. One
         that runs longer than `timeout` (default: [ssh] command_timeout) is abandoned with a
@@ -237,8 +243,8 @@ class Connection:
         trace.debug("[%s] $ %s%s", self.server.name, command, fed)
         began = time.monotonic()
         with self.sessions as active:
-            result, ssh_lines = _exec(
-                [*self.argv(), command], command, stdin, on_line, timeout or self.settings.command_timeout, stop
+            result, ssh_lines = run_process(
+                [*self.argv(), command], command, stdin, on_line, timeout or self.settings.command_timeout, stop, feed
             )
         trace.debug("[%s] exit %d after %.2f s", self.server.name, result.exit_code, time.monotonic() - began)
         if session_refused(ssh_lines):
@@ -308,21 +314,41 @@ def stoppable(command: str, python: str = "python3") -> str:
     return shlex.join([python, "-c", _STOPPABLE, command])
 
 
-def _exec(
+def run_process(
     argv: list[str],
     command: str,
     stdin: bytes | None,
     on_line: LineSink | None,
     timeout: float | None,
     stop: threading.Event | None = None,
+    feed: Feed | None = None,
+    **popen: Any,
 ) -> tuple[CommandResult, list[str]]:
-    """Run one ssh; (the command's result, ssh's own lines from stderr)."""
+    """Run one ssh (or, with `popen`'s env and cwd, a local command); (the command's
+    result, ssh's own lines from stderr)."""
     # Its own session: a Ctrl-C at the terminal is the brake's (flinger/engine/brake.py), and
     # the commands at work finish their step; it never reaches ssh.
-    proc = detached.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = detached.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b"", stop is None), daemon=True)
+    writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b"", stop is None, feed), daemon=True)
     writer.start()
+    try:
+        return _collect(proc, command, on_line, timeout, stop)
+    finally:
+        if feed is not None:
+            feed.put(None)  # the writer ends with the command
+        writer.join(timeout=5)
+
+
+def _collect(
+    proc: subprocess.Popen[bytes],
+    command: str,
+    on_line: LineSink | None,
+    timeout: float | None,
+    stop: threading.Event | None,
+) -> tuple[CommandResult, list[str]]:
+    """Read a started command's output to its end (or its timeout, or `stop`)."""
+    assert proc.stdout is not None and proc.stderr is not None
     collected = _Collected(on_line)
     deadline = None if timeout is None else time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
@@ -347,16 +373,20 @@ def _exec(
                     continue
                 collected.feed(key.data, data)
     code = proc.wait()
-    writer.join(timeout=5)
     collected.finish()
     return collected.result(command, code), collected.ssh_lines
 
 
-def _feed_stdin(pipe: object, data: bytes, close: bool = True) -> None:
+def _feed_stdin(pipe: object, data: bytes, close: bool = True, feed: Feed | None = None) -> None:
     with contextlib.suppress(OSError):
         pipe.write(data)  # type: ignore[attr-defined]
         pipe.flush()  # type: ignore[attr-defined]
-    if close:
+    if feed is not None:
+        while (more := feed.get()) is not None:
+            with contextlib.suppress(OSError):
+                pipe.write(more)  # type: ignore[attr-defined]
+                pipe.flush()  # type: ignore[attr-defined]
+    if close or feed is not None:
         with contextlib.suppress(OSError):
             pipe.close()  # type: ignore[attr-defined]
 

@@ -484,16 +484,18 @@ def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
     assert fleet.store.delivered.count("node1") == 1  # the fixture's first install only
 
-    # a new build, which the ledger says no server has: delivered ahead, then install up to
-    # ready (the lock taken), its switch, confirm (which unlocks)
+    # a new build, which the ledger says no server has: delivered ahead, then one install up
+    # to ready (the lock taken) that waits for the word, switches, and takes the confirmation
+    # (which unlocks): one start of the tool
     fleet.store.build("v2")
     counting.clear()
     results = list(fleet.install().values())
     assert all(r.status is Status.OK and r.details["packages_sent"] == ["app"] for r in results)
     for node in NODES:
         tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
-        assert len(tool_runs) == 3 and tool_runs[-1].endswith(" confirm"), tool_runs  # the switch stands: confirmed
-        assert all(" install" in c for c in tool_runs[:2]), tool_runs
+        assert len(tool_runs) == 1 and tool_runs[0].endswith(" install"), tool_runs
+        assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()  # confirmed: the lock given up
+        assert not (fleet.homes / node / "app" / ".flinger" / "pending.json").exists()  # no watcher waits
         assert fleet.version(node) == "v2"
     assert fleet.store.delivered.count("node1") == 2  # once per build
 
