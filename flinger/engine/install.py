@@ -28,7 +28,7 @@ from flinger.engine import report as explain
 from flinger.engine.fleet import InstallRecord, fleet_view, record_self_rollbacks, to_forget
 from flinger.engine.ledger import read_ledger
 from flinger.engine.plan import ServerPlan
-from flinger.engine.remote import Conversation, into_report, run_tool
+from flinger.engine.remote import Conversation, run_tool
 from flinger.engine.results import ServerResult, Status, Switch
 from flinger.engine.session import Session, open_session, release_lock
 from flinger.engine.stores import staged_tarball
@@ -291,17 +291,13 @@ class _Attempt:
         self.held: Conversation | None = None  # an install in phase prepare that holds its release ready
 
     def install(self, plan: InstallPlan) -> InstallResult:
-        """One `install`; in phase prepare with `hold_within`, its first answer (the tool
-        then waits for the word, `decide`)."""
+        """One `install`: its answer, or its first one when it then waits for the word (a
+        release ready: `decide`; a switch to confirm: `_confirm`)."""
         session, report = self.session, self.report
+        self.held = Conversation(session.conn, session.tool, "install", plan, report, prefix="install: ",
+                                 beat=HOLD_BEAT)  # fmt: skip
         try:
-            if plan.hold_within > 0:
-                self.held = Conversation(session.conn, session.tool, "install", plan, report, prefix="install: ",
-                                         beat=HOLD_BEAT)  # fmt: skip
-                result = cast(InstallResult, self.held.first(_held))
-            else:
-                result = run_tool(session.conn, session.tool, "install", plan, InstallResult,
-                                  on_event=into_report(report, "install: "), on_text=report.line)  # fmt: skip
+            result = cast(InstallResult, self.held.first(_held))
         except RemoteCommandError as exc:
             raise self._failed(exc) from None
         return self._answered(plan, result)

@@ -37,35 +37,40 @@ class Stdin:
 
     def __init__(self, fd: int = 0) -> None:
         self.fd = fd
-        self.buffer = b""
+        self.buffer = bytearray()
         self.closed = False
 
     @classmethod
     def given(cls, data: bytes) -> "Stdin":
         """Lines from `data`, then closed (a command run in this process: the tests')."""
         stdin = cls(-1)
-        stdin.buffer, stdin.closed = data, True
+        stdin.buffer, stdin.closed = bytearray(data), True
         return stdin
 
     def line(self, timeout: Optional[float] = None) -> Optional[bytes]:
         """The next line, without its newline (a last line without one too); None once the
         pipe is closed. TimeoutError when nothing whole came within `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buffer and not self.closed:
+        end = self.buffer.find(b"\n")
+        while end < 0 and not self.closed:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([self.fd], [], [], left)[0]:
                     raise TimeoutError
-            chunk = os.read(self.fd, 65536)
+            chunk = os.read(self.fd, 1 << 20)
             if chunk:
-                self.buffer += chunk
+                seen = len(self.buffer)
+                self.buffer += chunk  # a plan of many MiB: appended in place, searched once
+                end = self.buffer.find(b"\n", seen)
             else:
                 self.closed = True
-        if b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            return line
-        line, self.buffer = self.buffer, b""
-        return line or None
+        if end < 0:
+            line = bytes(self.buffer)
+            self.buffer.clear()
+            return line or None
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 1]
+        return line
 
 
 def word(stdin: Stdin, within: float, expected: Tuple[str, ...]) -> str:
@@ -89,8 +94,10 @@ def go_on(plan: InstallPlan, result: InstallResult, stdin: Stdin) -> InstallResu
     """An install's last answer. With `hold_within`, an answer the client has more to say
     about (`prepared`: switch or abort; `awaiting_confirmation`: confirm) is written now,
     and the word read and carried out; else `result` itself."""
-    if plan.hold_within <= 0 or not result.ok:
+    if plan.hold_within <= 0 or not result.ok or not (result.prepared or result.awaiting_confirmation):
         return result
+    # the client may go before it reads this answer: what follows goes to the log then
+    events.survive_lost_client(_events_log(plan))
     if result.prepared:
         events.finish(result)  # ready: the client decides
         return go_on(plan, _switch_or_abort(plan, result.prepared, stdin), stdin)
@@ -105,8 +112,6 @@ def _switch_or_abort(plan: InstallPlan, prepared: str, stdin: Stdin) -> InstallR
     from flinger.remote import install  # the command module that made it
 
     said = word(stdin, plan.hold_within, ("switch", "abort"))
-    install_dir = install.install_dir_of(plan.install_dir)
-    events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
     phase = "switch" if said == "switch" else "abort"
     if said != phase:
         events.line("no word from the client (%s): the release %s is not switched" % (_why(said, plan), prepared))
@@ -131,7 +136,6 @@ def _confirmation(plan: InstallPlan, token: str, stdin: Stdin) -> InstallResult:
     from flinger.remote import confirm, install
 
     install_dir = install.install_dir_of(plan.install_dir)
-    events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
     said = word(stdin, plan.hold_within, ("confirm",))
     if said != "confirm":
         return InstallResult(
@@ -142,6 +146,12 @@ def _confirmation(plan: InstallPlan, token: str, stdin: Stdin) -> InstallResult:
         )
     done = confirm.confirm(ConfirmPlan(install_dir, plan.lock_holder, token))
     return InstallResult(ok=done.ok, step=done.step, error=done.error, lock_released=done.lock_released)
+
+
+def _events_log(plan: InstallPlan) -> str:
+    from flinger.remote import install
+
+    return os.path.join(install.install_dir_of(plan.install_dir), ".flinger", "events.log")
 
 
 def _why(said: str, plan: InstallPlan) -> str:

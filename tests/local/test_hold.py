@@ -208,3 +208,28 @@ def eventually_unlocked(host: Host, seconds: float = 30) -> bool:
     while host.locked() and time.monotonic() < deadline:
         time.sleep(0.2)
     return not host.locked()
+
+
+def test_stdin_lines_come_whole_across_reads_a_big_plan_included_and_silence_is_a_timeout() -> None:
+    from flinger.remote.hold import Stdin
+
+    read_end, write_end = os.pipe()
+    try:
+        stdin = Stdin(read_end)
+        with pytest.raises(TimeoutError):
+            stdin.line(0.2)  # nothing yet
+        os.write(write_end, b"swi")
+        with pytest.raises(TimeoutError):
+            stdin.line(0.2)  # half a word is no word
+        os.write(write_end, b"tch\nwait\nab")
+        assert stdin.line(1) == b"switch" and stdin.line(1) == b"wait"
+        os.write(write_end, b"ort\n")
+        assert stdin.line(1) == b"abort"
+    finally:
+        os.close(write_end)
+        assert stdin.line(1) is None  # closed: the client is gone
+        os.close(read_end)
+    big = b'{"plan": "' + b"x" * (5 << 20) + b'"}\nswitch\nlast without newline'
+    given = Stdin.given(big)
+    assert given.line() == big.split(b"\n")[0] and given.line() == b"switch"
+    assert given.line() == b"last without newline" and given.line() is None
