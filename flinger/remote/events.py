@@ -35,6 +35,14 @@ def survive_lost_client(log_path: str) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
+def client_gone() -> None:
+    """The client is known gone (its end of stdin closed): every later line goes to the
+    log of `survive_lost_client`, whether or not stdout still takes it."""
+    global _client_gone
+    if _fallback is not None:
+        _client_gone = True
+
+
 def _write(stream: Any, line: str) -> None:
     """One line to `stream`, or to the fallback log once the client is gone."""
     global _client_gone

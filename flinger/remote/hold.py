@@ -82,6 +82,7 @@ def word(stdin: Stdin, within: float, expected: Tuple[str, ...]) -> str:
         except TimeoutError:
             return "silent"
         if said is None:
+            events.client_gone()  # what this process says from now on goes to its log
             return "gone"
         text = said.decode("utf-8", "replace").strip()
         if text in expected:

@@ -213,6 +213,8 @@ def install(plan: InstallPlan) -> InstallResult:
     keep_staged = False  # a `need` answer: what was delivered ahead stays for the install to come
     try:
         install_dir, svcs = _checked(plan)
+        if plan.hold_within > 0:  # a client lost from here on is an abort (hold.py): never die half-way
+            events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
         fetched = InstallResult()
         answer = _fetch(plan, install_dir, fetched)
         if answer is not None:

@@ -1137,3 +1137,53 @@ def test_uninstall_leaves_every_server_as_it_was(deployed: dict[str, Any], sandb
             sandbox, name, "sh", "-c", f"ss -ltn | grep -c {shlex.quote(sandbox.hosts[name].addr + ':8443')} || true"
         )
         assert listening.stdout.strip() == "0"
+
+
+def test_a_client_killed_while_its_batch_gets_ready_leaves_every_server_as_it_was_and_unlocked(
+    deployed: dict[str, Any], sandbox: SandboxState, ssh_run: Any, tmp_path: Path
+) -> None:
+    """A batch of three: node1 ready and waiting in its install for the word, node3's validate
+    still at work, when the client dies (SIGKILL, no goodbye). Each server removes what it made
+    ready and gives its lock up by itself: those waiting at once (their stdin closed with the
+    client's ssh), node3 once its validate is done. Nothing switched, and the next run finds
+    no stale lock to break."""
+    import signal
+    import subprocess
+    import sys
+
+    assert flinger_json(sandbox.config_path, "deploy", "install")[0] == 0
+    before = {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES}
+    kept = {n: ssh_run(sandbox, n, "ls", "/opt/quorum/releases").stdout.split() for n in NODES}
+    validate = "/usr/bin/python3 -m json.tool overlay/files/quorum/config.json > /dev/null"
+    config = _derived_manifest(sandbox, tmp_path, {validate: f"test $(hostname) != node3 || sleep 8; {validate}"})
+    logs = deployed["topology"].state_dir / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "flinger", "-c", str(config), "--json", "deploy", "install"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        ready = _wait_for_step(killed, logs, runs_before, "node1", "install: ready")
+        if ready:
+            killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert ready and killed.returncode == -signal.SIGKILL, "the run ended before node1 was ready"
+
+    def as_it_was(node: str) -> bool:
+        locked = ssh_run(sandbox, node, "test", "-e", "/opt/quorum/.flinger/lock").returncode == 0
+        releases = ssh_run(sandbox, node, "ls", "/opt/quorum/releases").stdout.split()
+        return not locked and releases == kept[node]
+
+    assert eventually(lambda: all(as_it_was(n) for n in NODES), seconds=60)
+    assert {n: ssh_run(sandbox, n, "readlink", "/opt/quorum/current").stdout.strip() for n in NODES} == before
+    said = ssh_run(sandbox, "node1", "cat", "/opt/quorum/.flinger/events.log").stdout
+    assert "no word from the client (its stdin closed)" in said, said[-2000:]  # at once, not after 90 s of silence
+
+    code, doc = flinger_json(config, "deploy", "install")  # the next run: nothing stale to break
+    assert code == 0, why(doc)
+    for node in NODES:
+        assert "broke_stale_lock" not in by_server(doc)[node]["details"], by_server(doc)[node]
+        assert by_server(doc)[node]["details"]["changed"] is True
