@@ -288,7 +288,7 @@ class _Attempt:
         self.report = report
         self.unlocked = False
         self.server = session.conn.server.name
-        self.held: Conversation | None = None  # an install in phase prepare that holds its release ready
+        self.held: Conversation | None = None  # the install at work, which may wait for a word after an answer
 
     def install(self, plan: InstallPlan) -> InstallResult:
         """One `install`: its answer, or its first one when it then waits for the word (a
