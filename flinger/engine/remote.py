@@ -283,6 +283,9 @@ class Conversation:
         return self.last
 
     def _beat(self) -> None:
+        """While it waits for a word (and only then: the command's timeout counts from the
+        last line it was sent), tell it the client is there."""
         with self.changed:
             while not self.changed.wait_for(lambda: self.ended, timeout=self.beat):
-                self.feed.put(b"wait\n")
+                if self.holding:
+                    self.feed.put(b"wait\n")

@@ -231,7 +231,8 @@ class Connection:
         With `stop`, the command's stdin stays open while it runs, and closes (and ssh ends)
         as soon as `stop` is set: a command wrapped by `stoppable` then ends on the server too.
         With `feed`, stdin stays open after `stdin` too: what is put into `feed` is written
-        to it as it comes, until None (then it closes).
+        to it as it comes, until None (then it closes); such a command's `timeout` counts
+        from the last thing written to it (one that waits for a word is told `wait` meanwhile).
 
         At most the session cap of commands run at once on one connection; more wait. One
         that runs longer than `timeout` (default: [ssh] command_timeout) is abandoned with a
@@ -330,10 +331,11 @@ def run_process(
     # the commands at work finish their step; it never reaches ssh.
     proc = detached.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b"", stop is None, feed), daemon=True)
+    fed = _Fed()
+    writer = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin or b"", stop is None, feed, fed), daemon=True)
     writer.start()
     try:
-        return _collect(proc, command, on_line, timeout, stop)
+        return _collect(proc, command, on_line, timeout, stop, fed)
     finally:
         if feed is not None:
             feed.put(None)  # the writer ends with the command
@@ -346,11 +348,12 @@ def _collect(
     on_line: LineSink | None,
     timeout: float | None,
     stop: threading.Event | None,
+    fed: _Fed,
 ) -> tuple[CommandResult, list[str]]:
-    """Read a started command's output to its end (or its timeout, or `stop`)."""
+    """Read a started command's output to its end (or its timeout after it was last fed,
+    or `stop`)."""
     assert proc.stdout is not None and proc.stderr is not None
     collected = _Collected(on_line)
-    deadline = None if timeout is None else time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ, "out")
         selector.register(proc.stderr, selectors.EVENT_READ, "err")
@@ -358,7 +361,7 @@ def _collect(
             if stop is not None and stop.is_set():
                 _stop(proc)
                 break
-            left = None if deadline is None else deadline - time.monotonic()
+            left = None if timeout is None else fed.at + timeout - time.monotonic()
             if left is not None and left <= 0:
                 proc.kill()
                 proc.wait()
@@ -377,7 +380,16 @@ def _collect(
     return collected.result(command, code), collected.ssh_lines
 
 
-def _feed_stdin(pipe: object, data: bytes, close: bool = True, feed: Feed | None = None) -> None:
+class _Fed:
+    """When a command's stdin was last written to (its timeout counts from then)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+
+def _feed_stdin(
+    pipe: object, data: bytes, close: bool = True, feed: Feed | None = None, fed: _Fed | None = None
+) -> None:
     with contextlib.suppress(OSError):
         pipe.write(data)  # type: ignore[attr-defined]
         pipe.flush()  # type: ignore[attr-defined]
@@ -386,6 +398,8 @@ def _feed_stdin(pipe: object, data: bytes, close: bool = True, feed: Feed | None
             with contextlib.suppress(OSError):
                 pipe.write(more)  # type: ignore[attr-defined]
                 pipe.flush()  # type: ignore[attr-defined]
+            if fed is not None:
+                fed.at = time.monotonic()
     if close or feed is not None:
         with contextlib.suppress(OSError):
             pipe.close()  # type: ignore[attr-defined]

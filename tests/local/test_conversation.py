@@ -98,3 +98,28 @@ def test_an_answer_the_command_does_not_wait_after_is_its_end(tmp_path: Path) ->
     done = talk.first(never)  # not waited after: first() returns the command's end
     closer.join()
     assert ended.is_set() and isinstance(done, InstallResult) and done.changed and not talk.holding
+
+
+def test_a_fed_command_times_out_only_after_it_was_last_fed(tmp_path: Path) -> None:
+    import queue
+
+    from flinger.ssh.connection import TIMED_OUT, run_process
+
+    script = "while read word; do test $word = end && break; done; echo done"
+    feed: queue.Queue[bytes | None] = queue.Queue()
+
+    def keep_feeding() -> None:
+        for _ in range(6):  # 1.8 s in all, never 1 s without a line
+            time.sleep(0.3)
+            feed.put(b"wait\n")
+        feed.put(b"end\n")
+
+    feeder = threading.Thread(target=keep_feeding)
+    feeder.start()
+    result, _ = run_process(["/bin/sh", "-c", script], "fed", b"", None, 1.0, None, feed)
+    feeder.join()
+    assert result.exit_code == 0 and result.stdout == "done\n"
+
+    with pytest.raises(RemoteCommandError) as stopped:  # fed once, then nothing: its timeout runs out
+        run_process(["/bin/sh", "-c", script], "starved", b"wait\n", None, 1.0, None, queue.Queue())
+    assert stopped.value.exit_code == TIMED_OUT
