@@ -71,8 +71,8 @@ def upload_tool(conn: Transport, topology: Topology, directory: str, dirs: tuple
     remote path.
 
     The same tool already there is left alone (one round trip in all); a different one is
-    written beside it and renamed into place, so a run using the old one never reads a torn
-    file.
+    written beside it and renamed into place (one more), so a run using the old one never
+    reads a torn file.
     """
     local, digest = local_zipapp(topology)
     staging = resolve_remote_path(conn, directory)
@@ -81,10 +81,10 @@ def upload_tool(conn: Transport, topology: Topology, directory: str, dirs: tuple
     have = conn.run(
         f"mkdir -p {made} && chmod 700 {made} && (sha256sum {shlex.quote(remote)} 2>/dev/null || true)"
     ).stdout.split()[:1]
-    if have != [digest]:
-        tmp = f"{remote}.{secrets.token_hex(6)}.tmp"
-        conn.put_file(local, tmp, mode=0o600)
-        conn.rename(tmp, remote)
+    if have != [digest]:  # written beside it and renamed into place, in one round trip
+        tmp, final = shlex.quote(f"{remote}.{secrets.token_hex(6)}.tmp"), shlex.quote(remote)
+        written = f"cat > {tmp} && chmod 600 {tmp} && mv -f -- {tmp} {final}"
+        conn.run(f"umask 077 && {{ {written}; }} || {{ rm -f -- {tmp}; exit 1; }}", stdin=local.read_bytes())
     logging.getLogger("flinger.run").debug("[%s] remote tool: %s (sha256 %s)", conn.server.name, remote, digest[:16])
     return remote
 
