@@ -4,7 +4,9 @@
 into a directory of the host, only when the host does not have the same one. `run_tool`
 runs one command there, its plan (flinger/protocol/plans.py) on stdin, and turns the tool's
 JSON lines into progress events (`on_event`) and its typed result; a failed result raises
-RemoteCommandError carrying it.
+RemoteCommandError carrying it. A `Conversation` runs one in a thread of its own, its stdin
+open, for a command that answers, waits for a word, and answers again (an install holding a
+release ready: flinger/remote/hold.py).
 """
 
 from __future__ import annotations
