@@ -345,9 +345,8 @@ class _Attempt:
 
 
 def _held(answer: object) -> bool:
-    """An install's answer after which it waits for the client's word (remote/hold.py): a
-    release ready to switch, or a switch awaiting its confirmation."""
-    return isinstance(answer, InstallResult) and answer.ok and bool(answer.prepared or answer.awaiting_confirmation)
+    """An install's answer after which it waits for the client's word (remote/hold.py)."""
+    return isinstance(answer, InstallResult) and answer.waits_for_word()
 
 
 def _added(one: dict[str, int], other: dict[str, int]) -> dict[str, int]:

@@ -106,6 +106,12 @@ class InstallResult(SwitchResult):
     self_rollback: Optional[SelfRollback] = None  # what an earlier, unconfirmed switch did here
     lock_held_by: Optional[str] = None  # step lock: the other run that holds it
 
+    def waits_for_word(self) -> bool:
+        """After this answer an install told to hold (`hold_within`) waits for the client's
+        word (remote/hold.py): a release ready (switch or abort), or a switch awaiting its
+        confirmation (confirm). Client and server ask this one question."""
+        return self.ok and bool(self.prepared or self.awaiting_confirmation)
+
 
 # -- what a server has ---------------------------------------------------------------------
 

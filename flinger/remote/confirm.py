@@ -163,7 +163,7 @@ def _spawn_watcher(install_dir: str, token: str) -> None:
 
 def _detach(install_dir: str) -> None:
     """No terminal, no client: stdin from /dev/null, its events into .flinger/events.log."""
-    log = os.path.join(layout.state_dir(install_dir), "events.log")
+    log = layout.events_log(install_dir)
     devnull = os.open(os.devnull, os.O_RDONLY)
     out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(devnull, 0)

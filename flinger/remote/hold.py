@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 
 from flinger.protocol.plans import ConfirmPlan, InstallPlan
 from flinger.protocol.results import InstallResult
-from flinger.remote import events
+from flinger.remote import events, layout
 
 
 class Stdin:
@@ -95,17 +95,17 @@ def go_on(plan: InstallPlan, result: InstallResult, stdin: Stdin) -> InstallResu
     """An install's last answer. With `hold_within`, an answer the client has more to say
     about (`prepared`: switch or abort; `awaiting_confirmation`: confirm) is written now,
     and the word read and carried out; else `result` itself."""
-    if plan.hold_within <= 0 or not result.ok or not (result.prepared or result.awaiting_confirmation):
+    from flinger.remote import install  # the command module that answered
+
+    if plan.hold_within <= 0 or not result.waits_for_word():
         return result
     # the client may go before it reads this answer: what follows goes to the log then
-    events.survive_lost_client(_events_log(plan))
-    if result.prepared:
-        events.finish(result)  # ready: the client decides
+    events.survive_lost_client(layout.events_log(install.install_dir_of(plan.install_dir)))
+    events.finish(result)
+    if result.prepared:  # ready: the client decides
         return go_on(plan, _switch_or_abort(plan, result.prepared, stdin), stdin)
-    if result.awaiting_confirmation:
-        events.finish(result)  # switched: the client confirms it here, or this process ends and the watcher waits
-        return _confirmation(plan, result.awaiting_confirmation, stdin)
-    return result
+    assert result.awaiting_confirmation is not None  # switched: confirmed here, or the watcher waits
+    return _confirmation(plan, result.awaiting_confirmation, stdin)
 
 
 def _switch_or_abort(plan: InstallPlan, prepared: str, stdin: Stdin) -> InstallResult:
@@ -134,9 +134,8 @@ def _switch_or_abort(plan: InstallPlan, prepared: str, stdin: Stdin) -> InstallR
 def _confirmation(plan: InstallPlan, token: str, stdin: Stdin) -> InstallResult:
     """The client's `confirm` of the switch just answered (confirm.py), as this install's
     last answer; without it, this process ends and the switch's watcher counts from then."""
-    from flinger.remote import confirm, install
+    from flinger.remote import confirm
 
-    install_dir = install.install_dir_of(plan.install_dir)
     said = word(stdin, plan.hold_within, ("confirm",))
     if said != "confirm":
         return InstallResult(
@@ -145,14 +144,8 @@ def _confirmation(plan: InstallPlan, token: str, stdin: Stdin) -> InstallResult:
             error="no confirmation from the client (%s): this server switches back %g s from now unless a confirm "
             "comes" % (_why(said, plan), plan.confirm_within),
         )
-    done = confirm.confirm(ConfirmPlan(install_dir, plan.lock_holder, token))
+    done = confirm.confirm(ConfirmPlan(plan.install_dir, plan.lock_holder, token))
     return InstallResult(ok=done.ok, step=done.step, error=done.error, lock_released=done.lock_released)
-
-
-def _events_log(plan: InstallPlan) -> str:
-    from flinger.remote import install
-
-    return os.path.join(install.install_dir_of(plan.install_dir), ".flinger", "events.log")
 
 
 def _why(said: str, plan: InstallPlan) -> str:

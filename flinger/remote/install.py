@@ -214,14 +214,14 @@ def install(plan: InstallPlan) -> InstallResult:
     try:
         install_dir, svcs = _checked(plan)
         if plan.hold_within > 0:  # a client lost from here on is an abort (hold.py): never die half-way
-            events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
+            events.survive_lost_client(layout.events_log(install_dir))
         fetched = InstallResult()
         answer = _fetch(plan, install_dir, fetched)
         if answer is not None:
             keep_staged = bool(answer.need)
             return answer
         # From here on the server changes: finish (install or rollback) even if the client goes.
-        events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
+        events.survive_lost_client(layout.events_log(install_dir))
         run_dir = own_run_dir(plan.staging_dir)
         if plan.overlay_files:
             if run_dir is None:
@@ -335,7 +335,7 @@ def _finish_prepared(plan: InstallPlan) -> InstallResult:
         prepared.discard(install_dir, ready, previous.releases)
         return InstallResult(release=previous.release)
     # From here on the server changes: finish (install or rollback) even if the client goes.
-    events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
+    events.survive_lost_client(layout.events_log(install_dir))
     prepared.forget(install_dir)
     return _switch(plan, install_dir, svcs, previous, ready)
 

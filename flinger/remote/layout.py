@@ -18,6 +18,11 @@ def state_dir(install_dir: str) -> str:
     return os.path.join(install_dir, STATE_DIR)
 
 
+def events_log(install_dir: str) -> str:
+    """Where a command says what it does once its client is gone (events.survive_lost_client)."""
+    return os.path.join(state_dir(install_dir), "events.log")
+
+
 def state_file(install_dir: str) -> str:
     return os.path.join(state_dir(install_dir), "state.json")
 

@@ -14,7 +14,7 @@ from typing import List
 from flinger.protocol import names
 from flinger.protocol.plans import RollbackPlan, ServiceSpec
 from flinger.protocol.results import SwitchResult
-from flinger.remote import confirm, events, lock, receipt, switch
+from flinger.remote import confirm, events, layout, lock, receipt, switch
 from flinger.remote.install import claim_lock, install_dir_of, utc_now
 
 
@@ -26,7 +26,7 @@ def rollback(plan: RollbackPlan) -> SwitchResult:
             return SwitchResult(ok=False, step="lock", error=taken.error)
         events.before_result(lambda result: _let_go(install_dir, plan.lock_holder, result))
     # From here on the server changes: finish the switch (or its undoing) even if the client goes.
-    events.survive_lost_client(os.path.join(install_dir, ".flinger", "events.log"))
+    events.survive_lost_client(layout.events_log(install_dir))
     refused = claim_lock(plan.lock_holder, install_dir)
     if refused:
         return SwitchResult(ok=False, step="lock", error=refused)
