@@ -169,13 +169,19 @@ def start_host(
     ]  # fmt: skip
     (directory / "sshd_config").write_text("\n".join(config) + "\n")
     subprocess.run(["/usr/sbin/sshd", "-f", str(directory / "sshd_config"), "-E", str(directory / "log")], check=True)
-    for _ in range(100):
-        if (directory / "sshd.pid").exists():
-            break
-        time.sleep(0.05)
-    host.pid = int((directory / "sshd.pid").read_text())
+    host.pid = _pid_written(directory / "sshd.pid")
     bed.hosts[name] = host
     return host
+
+
+def _pid_written(path: Path) -> int:
+    """The pid sshd writes once it has daemonised: the file appears before its line does."""
+    for _ in range(200):
+        text = path.read_text() if path.exists() else ""
+        if text.endswith("\n") and text.strip().isdigit():
+            return int(text)
+        time.sleep(0.05)
+    raise RuntimeError(f"sshd wrote no pid to {path} within 10 s")
 
 
 def start_agent(bed: Bed) -> None:
