@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests" / "unit"))
 from overlay_helpers import make_manifest, make_topology, nodes, write_template  # noqa: E402
 
 from flinger.manifest.model import OverlayFile, SecretSpec  # noqa: E402
-from flinger.overlay import make_overlay  # noqa: E402
+from flinger.overlay.make import make_overlay  # noqa: E402
 from flinger.overlay.store import reader  # noqa: E402
 from flinger.remote import shamir  # noqa: E402
 from flinger.secrets.ca import create_ca, issue_server_cert  # noqa: E402

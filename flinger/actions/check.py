@@ -14,7 +14,6 @@ from flinger.engine.plan import plan_deploy
 from flinger.errors import ConfigError
 from flinger.manifest.loader import manifest_error
 from flinger.manifest.model import Manifest, Package
-from flinger.overlay.sample import render_sample
 from flinger.secrets import registry_credentials
 from flinger.tomlfile import Collector
 from flinger.topology.model import Server, Topology
@@ -119,7 +118,11 @@ def run_check(topology: Topology, manifest: Manifest) -> CheckReport:
         )
     _render_every_service(topology, manifest, deploy)
     report.warnings.extend(_probes_others_may_answer(manifest, deploy))
-    render_sample(topology, manifest)  # the overlay templates, with throwaway secrets: nothing read or written
+    # the overlay templates, with throwaway secrets: nothing read or written (imported here:
+    # the CA's x509 it needs is no cost for the commands that only import this module)
+    from flinger.overlay.sample import render_sample
+
+    render_sample(topology, manifest)
     report.artifacts = check_artifacts(topology)
     for spec in manifest.secrets.values():
         for role in (*spec.roles, *spec.visible_to):

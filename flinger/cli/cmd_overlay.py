@@ -29,7 +29,7 @@ def overlay(
     ] = False,
 ) -> int:
     """Make each server's overlay: a threshold share, a key + certificate, rendered configs."""
-    from flinger.overlay import make_overlay
+    from flinger.overlay.make import make_overlay
 
     env = env_of(ctx)
     report = make_overlay(env.topology(), env.manifest(), rotate=rotate, keep_secret=keep_secret, state=env.state())

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from flinger.errors import FlingerError
-from flinger.overlay.planners import SecretValues, Split, names_of
 from flinger.overlay.state import GENERATION, load_ca, load_secrets, load_server_cert, load_split
-from flinger.secrets.ca import CertifiedKey
 from flinger.secrets.sealing import DamagedState
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the planners and the CA's x509: only for making an overlay, not reading one
+    from flinger.overlay.planners import SecretValues, Split
     from flinger.overlay.store import StateStore
+    from flinger.secrets.ca import CertifiedKey
 
 VERSION = 1
 T = TypeVar("T")
@@ -104,6 +104,8 @@ def rotated_out(
     state: StateStore, ca: CertifiedKey, certs: dict[str, CertifiedKey], secrets: SecretValues, split: Split
 ) -> list[str]:
     """The secrets whose stored value the planned overlay replaces (names only)."""
+    from flinger.overlay.planners import names_of
+
     found: list[str] = []
     old_ca = _quietly(lambda: load_ca(state))
     if old_ca is not None and old_ca.key_pem != ca.key_pem:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flinger.errors import FlingerError
 from flinger.remote import shamir
-from flinger.secrets.ca import CertifiedKey, certified_key_from
+
+if TYPE_CHECKING:  # the CA's x509, loaded only when a certificate is read
+    from flinger.secrets.ca import CertifiedKey
 
 STATE_VERSION = 1
 
@@ -161,6 +163,8 @@ def secret_to_bytes(secret: int) -> bytes:
 
 def load_ca(state: StateReader) -> CertifiedKey | None:
     """The deployment CA; None when there is none yet (FlingerError if it is damaged)."""
+    from flinger.secrets.ca import certified_key_from
+
     key, cert = state.read(CA_KEY), state.read(CA_CERT)
     if key is None and cert is None:
         return None
@@ -175,6 +179,8 @@ def load_ca(state: StateReader) -> CertifiedKey | None:
 
 def load_server_cert(state: StateReader, server: str) -> CertifiedKey | None:
     """A server's stored key + certificate, or None if absent or unusable (it is re-issued)."""
+    from flinger.secrets.ca import certified_key_from
+
     key, cert = state.read(server_key(server)), state.read(server_cert(server))
     if key is None or cert is None:
         return None

@@ -11,8 +11,6 @@ import json
 import stat
 from pathlib import Path
 
-from cryptography import x509
-
 from flinger.errors import ConfigError
 from flinger.protocol.codec import encode
 from flinger.protocol.plans import Credential
@@ -77,6 +75,8 @@ def ca_pem(topology: Topology) -> str | None:
         data = path.read_bytes()
     except OSError as exc:
         raise config_error(topology, "artifacts.ca", f"cannot read {path}: {exc.strerror}") from None
+    from cryptography import x509  # its loading is no cost for the runs with no registry
+
     try:
         x509.load_pem_x509_certificates(data)
     except ValueError:

@@ -34,7 +34,7 @@ from flinger.engine.stores import STORES, StoreKind, StoreReport
 from flinger.engine.strategy import Amount, BatchRollout, RolloutPolicy
 from flinger.errors import RemoteCommandError, UnreachableError, UsageError
 from flinger.manifest.model import OverlayFile
-from flinger.overlay import make_overlay
+from flinger.overlay.make import make_overlay
 from flinger.progress import Sink, nowhere
 from flinger.protocol.codec import encode
 from flinger.protocol.plans import PullSpec

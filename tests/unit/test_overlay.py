@@ -14,7 +14,7 @@ from cryptography import x509
 
 from flinger.errors import ConfigError, FlingerError
 from flinger.manifest.model import Manifest, OverlayFile, Package, SecretSpec, Source
-from flinger.overlay import OverlayReport, make_overlay
+from flinger.overlay.make import OverlayReport, make_overlay
 from flinger.remote import shamir
 from flinger.secrets import ca as calib
 from flinger.topology.model import Topology

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flinger.engine.plan import plan_deploy
 from flinger.manifest import load_manifest
-from flinger.overlay import make_overlay
+from flinger.overlay.make import make_overlay
 from flinger.overlay.public import SecretFreeTemplates
 from flinger.protocol.plans import InstallPlan
 from flinger.protocol.results import OVERLAY_TEXT_LIMIT

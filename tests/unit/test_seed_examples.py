@@ -40,9 +40,9 @@ def packages_of(topology: Topology, manifest: Manifest) -> dict[str, set[str]]:
 
 
 def make_overlay_or_skip() -> Callable[..., Any]:
-    """flinger.overlay.make_overlay, or a skip naming what is missing."""
+    """flinger.overlay.make.make_overlay, or a skip naming what is missing."""
     try:
-        module = importlib.import_module("flinger.overlay")
+        module = importlib.import_module("flinger.overlay.make")
     except ImportError:
         pytest.skip("flinger.overlay is not there yet")
     make = getattr(module, "make_overlay", None)

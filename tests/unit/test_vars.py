@@ -10,7 +10,7 @@ import pytest
 
 from flinger.cli import run
 from flinger.errors import ExitStatus
-from flinger.overlay import make_overlay
+from flinger.overlay.make import make_overlay
 from flinger.topology import load_topology
 from tests.state_helpers import overlay_of
 
