@@ -10,8 +10,8 @@ import pytest
 
 from flinger.errors import ConfigError
 from flinger.manifest.model import OverlayFile
-from flinger.overlay.make import make_overlay
 from flinger.overlay import render as overlay_render
+from flinger.overlay.make import make_overlay
 from tests.state_helpers import overlays
 from tests.unit.overlay_helpers import make_manifest, make_topology, nodes, write_template
 

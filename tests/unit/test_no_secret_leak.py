@@ -16,8 +16,8 @@ import pytest
 from flinger.actions.secret_cmds import combine_share_files, verify_shares
 from flinger.errors import FlingerError
 from flinger.manifest.model import OverlayFile, SecretSpec
-from flinger.overlay.make import make_overlay
 from flinger.overlay import planners as overlay_mod
+from flinger.overlay.make import make_overlay
 from flinger.remote import shamir
 from flinger.secrets.secret import Secret
 from flinger.topology.model import Topology

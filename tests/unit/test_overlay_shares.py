@@ -12,8 +12,8 @@ import pytest
 
 from flinger.actions.secret_cmds import combine_share_files, verify_shares
 from flinger.errors import FlingerError, UsageError
-from flinger.overlay.make import make_overlay
 from flinger.overlay import planners as overlay_mod
+from flinger.overlay.make import make_overlay
 from flinger.remote import shamir
 from flinger.topology.model import Topology
 from tests.state_helpers import edit_overlay, state_of, view
