@@ -30,11 +30,13 @@ def execute(
     """Run `operation` on `servers`; each server's result, in the servers' order."""
     if operation.changes_servers:
         require_trusted(run, servers)
-    operation.start(run)
     if strategy is None:
+        operation.start(run, min(run.settings.parallel, len(servers)))
         return _fan_out(run, operation, servers, fail_fast=run.settings.fail_fast)
+    batches = strategy.batches(operation.waves(servers))
+    operation.start(run, min(run.settings.parallel, max((len(b.servers) for b in batches), default=0)))
     effects = _Effects(run, operation, {s.name: s for s in servers})
-    results = strategy.run(strategy.batches(operation.waves(servers)), effects)
+    results = strategy.run(batches, effects)
     return [results[s.name] for s in servers]
 
 

@@ -32,7 +32,9 @@ class Transport(Protocol):
     server: Server
     home: str | None  # the login user's $HOME there, once asked
 
-    def open(self) -> None: ...
+    def open(self, first: str = "") -> str | None:
+        """Connect (once); `first`, a command to run with the connection's start: its
+        output if it ran then and ended with status 0, else None (the caller runs it)."""
 
     def run(
         self,
@@ -106,6 +108,11 @@ class HostPool(Protocol):
     def lease(self, name: str) -> AbstractContextManager[Transport]:
         """A transport to `name` for one more command while others run to it (the builder's
         pushes): another connection when one is full."""
+        ...
+
+    def reserve(self, name: str, commands: int) -> None:
+        """Up to `commands` will run to `name` at the same time (through `lease`): open the
+        connections they need now, in the background."""
         ...
 
     def check_trusted(self, server: Server) -> None:

@@ -65,10 +65,12 @@ class Install:
         waves = sorted({self.plans[s.name].wave for s in servers})
         return [[s.name for s in servers if self.plans[s.name].wave == wave] for wave in waves]
 
-    def start(self, run: Run) -> None:
+    def start(self, run: Run, at_once: int) -> None:
         """Read what was built at once, beside the servers' first steps: every server needs
-        it, and it need not wait for the first of them to ask."""
+        it, and it need not wait for the first of them to ask; and the store gets ready to
+        deliver to `at_once` servers at the same time."""
         self.record = InstallRecord(run.topology.state_dir, list(self.plans))
+        run.store.expect(at_once)
         _prefetch(run.store.built)
 
     def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:
@@ -196,8 +198,7 @@ class Install:
         if not lacks:
             return [], {}
         report.step("push")
-        try:
-            session.conn.make_dir(remote.staging_dir, 0o700)
+        try:  # into the run's staging dir, made with the session
             return lacks, run.store.deliver(server, remote.staging_dir, lacks, report)
         except StoppedError:
             raise
@@ -223,7 +224,7 @@ class Install:
         release = self.record.release_for(run)
         return InstallPlan(
             install_dir=session.install_dir,
-            staging_dir=f"{session.runs}/{run.run_id}",
+            staging_dir=session.run_dir,
             release=release,
             fleet_release=release,
             overlay_generation=self.record.generation,

@@ -28,9 +28,18 @@ class LocalTransport:
         self.server = server
         self.home: str | None = None
         self.home_dir = home
+        self._opened = False
 
-    def open(self) -> None:
+    def open(self, first: str = "") -> str | None:
+        """As the SSH transport: $HOME known from the first open, and `first` run with it,
+        its output kept if it ended with status 0."""
         self.home_dir.mkdir(parents=True, exist_ok=True)
+        self.home = str(self.home_dir)
+        opened, self._opened = self._opened, True
+        if opened or not first:
+            return None
+        result = self.run(first, check=False)
+        return result.stdout if result.exit_code == 0 else None
 
     def run(
         self,
@@ -45,7 +54,7 @@ class LocalTransport:
     ) -> CommandResult:
         """As the SSH transport runs it (flinger/ssh/connection.py): output by line as it
         comes, `stop` and `feed` on its stdin, a timeout a RemoteCommandError."""
-        self.open()
+        self.home_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HOME": str(self.home_dir)}
         result, _ = run_process(["/bin/sh", "-c", command], command, stdin, on_line, timeout, stop, feed,
                           env=env, cwd=self.home_dir)  # fmt: skip
@@ -97,6 +106,9 @@ class LocalPool:
     @contextlib.contextmanager
     def lease(self, name: str) -> Iterator[LocalTransport]:
         yield self._hosts[name]
+
+    def reserve(self, name: str, commands: int) -> None:
+        """Nothing to open ahead: a local "connection" costs nothing."""
 
     def check_trusted(self, server: Server) -> None:
         pass  # no host keys: this machine

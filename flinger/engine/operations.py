@@ -46,8 +46,9 @@ class Operation(Protocol):
         """The servers in the order a rollout takes them (their services' dependencies)."""
         ...
 
-    def start(self, run: Run) -> None:
-        """What the run does once, before the first server."""
+    def start(self, run: Run, at_once: int) -> None:
+        """What the run does once, before the first server; up to `at_once` servers will
+        run the operation at the same time."""
         ...
 
     def on_server(self, run: Run, server: Server, report: Reporter) -> dict[str, Any]:
@@ -83,7 +84,7 @@ class OnEveryServer:
     def waves(self, servers: list[Server]) -> list[list[str]]:
         return [[s.name for s in servers]]
 
-    def start(self, run: Run) -> None:
+    def start(self, run: Run, at_once: int) -> None:
         pass
 
     def finish(self, run: Run, results: list[ServerResult]) -> dict[str, Any]:

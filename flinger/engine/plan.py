@@ -102,7 +102,8 @@ def staging_key(install_dir: str) -> str:
 
 
 def staging_runs_dir(staging: str, install_dir: str) -> str:
-    """Where runs stage for this install dir: `<staging>/runs/<key>/<run id>/`."""
+    """Where runs stage for this install dir: `<staging>/runs/<key>/<run id>/`, the key from
+    the install dir as deploy.toml spells it (`~/app` -> `home_app`: known before $HOME is)."""
     return f"{staging}/runs/{staging_key(install_dir)}"
 
 

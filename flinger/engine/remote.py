@@ -61,6 +61,8 @@ def resolve_remote_path(conn: Transport, path: str) -> str:
     if not path.startswith(("~", "$HOME")):
         return path
     if conn.home is None:
+        conn.open()  # its first session asks (or another thread's open, waited for)
+    if conn.home is None:
         conn.home = conn.run('printf %s "$HOME"').stdout.strip()
     for prefix in ("$HOME", "~"):
         if path.startswith(prefix):
@@ -68,22 +70,40 @@ def resolve_remote_path(conn: Transport, path: str) -> str:
     return path
 
 
-def upload_tool(conn: Transport, topology: Topology, directory: str, dirs: tuple[str, ...] = ()) -> str:
+def shell_path(path: str) -> str:
+    """`path` as one shell word, a leading ~ or $HOME left to the shell there: what
+    resolve_remote_path makes of it, without knowing $HOME."""
+    for prefix in ("$HOME", "~"):
+        if path.startswith(prefix):
+            rest = path[len(prefix) :]
+            return '"$HOME"' + (shlex.quote(rest) if rest else "")
+    return shlex.quote(path)
+
+
+def tool_check(directory: str, dirs: tuple[str, ...] = ()) -> str:
+    """The command that makes `directory` and `dirs` (0700; paths as in deploy.toml, or
+    below them) and prints the sha256 of the tool there, if any: upload_tool's first round
+    trip, which may ride the connection's start (Transport.open's `first`)."""
+    made = " ".join(shell_path(d) for d in (directory, *dirs))
+    remote = shell_path(f"{directory}/{ZIPAPP_NAME}")
+    return f"mkdir -p -- {made} && chmod 700 -- {made} && (sha256sum -- {remote} 2>/dev/null || true)"
+
+
+def upload_tool(
+    conn: Transport, topology: Topology, directory: str, dirs: tuple[str, ...] = (), checked: str | None = None
+) -> str:
     """Put the tool into `directory` (made 0700, with `dirs` below it); returns its
     remote path.
 
-    The same tool already there is left alone (one round trip in all); a different one is
-    written beside it and renamed into place (one more), so a run using the old one never
-    reads a torn file.
+    The same tool already there is left alone (one round trip in all, none when `checked`
+    holds what tool_check printed already); a different one is written beside it and
+    renamed into place (one more), so a run using the old one never reads a torn file.
     """
     local, digest = local_zipapp(topology)
-    staging = resolve_remote_path(conn, directory)
-    remote = f"{staging}/{ZIPAPP_NAME}"
-    made = " ".join(shlex.quote(d) for d in (staging, *dirs))
-    have = conn.run(
-        f"mkdir -p {made} && chmod 700 {made} && (sha256sum {shlex.quote(remote)} 2>/dev/null || true)"
-    ).stdout.split()[:1]
-    if have != [digest]:  # written beside it and renamed into place, in one round trip
+    remote = f"{resolve_remote_path(conn, directory)}/{ZIPAPP_NAME}"
+    if checked is None:
+        checked = conn.run(tool_check(directory, dirs)).stdout
+    if checked.split()[:1] != [digest]:  # written beside it and renamed into place, in one round trip
         tmp, final = shlex.quote(f"{remote}.{secrets.token_hex(6)}.tmp"), shlex.quote(remote)
         written = f"cat > {tmp} && chmod 600 {tmp} && mv -f -- {tmp} {final}"
         conn.run(f"umask 077 && {{ {written}; }} || {{ rm -f -- {tmp}; exit 1; }}", stdin=local.read_bytes())

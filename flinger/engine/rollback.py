@@ -169,7 +169,7 @@ class FleetRollback(Rollback):
         waves = [[n for n in wave if n in chosen] for wave in self._waves]
         return [w for w in waves if w]
 
-    def start(self, run: Run) -> None:
+    def start(self, run: Run, at_once: int) -> None:
         from flinger.engine.execute import execute
         from flinger.engine.operations import History
 

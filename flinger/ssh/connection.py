@@ -101,15 +101,16 @@ class SessionCap:
 
 
 ASK_HOME = 'printf "home=%s\\n" "$HOME"'  # the master's first command
+FIRST_SAID_LIMIT = 65536  # what the master's first session may print (more: not ours)
 
 
-def _home_from(said: str) -> str | None:
-    """The absolute path ASK_HOME printed (None: anything else, e.g. from a forced command;
-    it is asked again when needed)."""
-    lines = said.splitlines()
-    if len(lines) == 1 and lines[0].startswith("home=/") and "\x00" not in lines[0]:
-        return lines[0][len("home=") :]
-    return None
+def _home_from(said: str) -> tuple[str | None, str]:
+    """The absolute path ASK_HOME printed, and what the command after it printed (None and
+    "": anything else, e.g. from a forced command; $HOME is asked again when needed)."""
+    first, newline, rest = said.partition("\n")
+    if newline and first.startswith("home=/") and "\x00" not in first:
+        return first[len("home=") :], rest
+    return None, ""
 
 
 class Connection:
@@ -135,6 +136,7 @@ class Connection:
         self.leases = 0  # commands ConnectionPool.lease handed this connection, running now
         self.home: str | None = None  # the login user's $HOME there, once asked (remote_tool)
         self._opened = False
+        self._first_said: str | None = None  # what open's `first` printed in the master's first session
 
     def options(self) -> list[str]:
         """What this connection adds to the config: its control socket, the agent (the
@@ -146,33 +148,40 @@ class Connection:
         """`ssh` through this connection's master (a direct connection if it is gone)."""
         return [*self.config.base_argv(), *self.options(), *extra, *self.hop.argv()]
 
-    def open(self) -> None:
+    def open(self, first: str = "") -> str | None:
         """Start the connection master (once), retrying what may pass (a refused or reset
-        connection), never a host key or an authentication failure."""
+        connection), never a host key or an authentication failure.
+
+        `first`, a command for the master's first session (beside the $HOME question, no
+        round trip of its own): its output when it ran there and ended with status 0; None
+        when the master was up already or it did not (run it on its own: its error is
+        then its own)."""
         with self._lock:
             if self._opened and self.control.exists():
-                return
+                return None
             with contextlib.suppress(FileNotFoundError):
                 self.control.unlink()  # a master that died left its socket
             attempts = self.settings.retries + 1
             for attempt in range(attempts):
-                stderr = self._start_master()
+                stderr = self._start_master(first)
                 if stderr is None:
                     self._opened = True
-                    return
+                    return self._first_said
                 error = connect_error(self.server, self.config, stderr)
                 if not is_transient(stderr) or attempt == attempts - 1:
                     raise error
                 time.sleep(min(0.5 * 2**attempt, 4.0))
+            raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _start_master(self) -> str | None:
+    def _start_master(self, first: str) -> str | None:
         """None once the master runs (it goes to the background by itself), else ssh's words.
         The master writes them to its log (-E): there they also say why it ended later.
         Its first session asks for the login's $HOME (`home`), which every operation needs
-        to place its files: no round trip of its own."""
+        to place its files, then runs `first` (`_first_said`): no round trip of their own."""
         self.master_log.write_bytes(b"")
+        self._first_said = None
         master = ("-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-E", str(self.master_log))
-        argv = [*self.argv(*master), ASK_HOME]
+        argv = [*self.argv(*master), f"{ASK_HOME} && {{ {first}\n}}" if first else ASK_HOME]
         limit = max(1.0, self.settings.connect_timeout) * 3 + 30
         trace.debug("[%s] connecting: %s", self.server.name, shlex.join(argv))
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -184,9 +193,11 @@ class Connection:
             err.seek(0)
             text = err.read().decode("utf-8", "replace") + self._master_said()
             out.seek(0)
-            said = out.read(4096).decode("utf-8", "replace")
+            said = out.read(FIRST_SAID_LIMIT + 1).decode("utf-8", "replace")
         if code != -1 and self.control.exists():  # up, whatever a forced command made of the question
-            self.home = _home_from(said) if code == 0 else None
+            home, rest = _home_from(said) if len(said) <= FIRST_SAID_LIMIT else (None, "")
+            self.home = home if code == 0 or first else None
+            self._first_said = rest if code == 0 and home is not None and first else None
             return None
         if code == -1:
             return f"{text}\nno answer within {limit:.0f}s (timed out)"

@@ -51,6 +51,7 @@ class ConnectionPool:
         self.config = SshConfig(settings)
         self._conns: dict[str, Connection] = {}
         self._extra: dict[str, list[Connection]] = {}  # more connections to a busy host
+        self._warming: list[threading.Thread] = []  # connections opened ahead (reserve)
         self._lock = threading.Lock()
         self.keys = SshHostKeys(self)
         self.bulk = OpenSshRsync(self)
@@ -89,7 +90,8 @@ class ConnectionPool:
     def lease(self, name: str) -> Iterator[Connection]:
         """A connection to `name` for one more command while others run on it (the builder's
         pushes): the first with a free session, else a new one (up to CONNECTIONS_PER_HOST),
-        else the least busy, whose next free session the command then waits for."""
+        else the least busy, whose next free session the command then waits for (`reserve`
+        opens them ahead)."""
         first = self.get(name)
         with self._lock:
             conns = [first, *self._extra.setdefault(name, [])]
@@ -97,9 +99,7 @@ class ConnectionPool:
             if free:
                 conn = free[0]
             elif len(conns) < CONNECTIONS_PER_HOST:
-                conn = self._new(first.server)
-                conn.sessions.limit = first.sessions.limit  # what the host allows, learned on the first
-                self._extra[name].append(conn)
+                conn = self._another(name)
             else:
                 conn = min(conns, key=lambda c: c.leases)
             conn.leases += 1
@@ -109,8 +109,43 @@ class ConnectionPool:
             with self._lock:
                 conn.leases -= 1
 
+    def _another(self, name: str) -> Connection:
+        """One more connection to `name` (the caller holds the lock)."""
+        first = self._conns[name]
+        conn = self._new(first.server)
+        conn.sessions.limit = first.sessions.limit  # what the host allows, learned on the first
+        self._extra[name].append(conn)
+        return conn
+
+    def reserve(self, name: str, commands: int) -> None:
+        """Open now, in the background, the connections to `name` that `commands` leased at
+        once will need (up to CONNECTIONS_PER_HOST): otherwise the first command to find the
+        others full waits for a whole connect."""
+        first = self.get(name)
+        with self._lock:
+            conns = [first, *self._extra.setdefault(name, [])]
+            needed = min(CONNECTIONS_PER_HOST, -(-commands // first.sessions.limit))
+            spares = [self._another(name) for _ in range(needed - len(conns))]
+        for conn in spares:
+            self._warm(conn)
+
+    def _warm(self, conn: Connection) -> None:
+        """Open `conn` in the background; a failure is left for the command that uses it
+        (its open tries again and says why)."""
+
+        def open_it() -> None:
+            with contextlib.suppress(Exception):  # said again by the open of its first command
+                conn.open()
+
+        thread = threading.Thread(target=open_it, name=f"warm {conn.server.name}", daemon=True)
+        self._warming.append(thread)
+        thread.start()
+
     def close(self) -> None:
-        """Stop every master, all at once (each is one `ssh -O exit`)."""
+        """Stop every master, all at once (each is one `ssh -O exit`), once none is still
+        being opened ahead."""
+        for thread in self._warming:
+            thread.join()
         conns = [*self._conns.values(), *(c for extra in self._extra.values() for c in extra)]
         if conns:
             with ThreadPoolExecutor(max_workers=min(16, len(conns))) as pool:
@@ -196,9 +231,13 @@ class OpenSshRsync:
 
                 conn = self.pool.get(via.name)
                 directory = resolve_remote_path(conn, f"$HOME/.flinger/{self.pool.deployment}")
-                conn.run(f"mkdir -p {shlex.quote(directory)} && chmod 700 {shlex.quote(directory)}")
                 servers = [s for s in self.pool.servers.values() if s.name != via.name]
                 path = f"{directory}/known_hosts"
-                conn.put_bytes(self.pool.keys.known_hosts_for(servers).encode(), path, mode=0o600)
+                there, file = shlex.quote(directory), shlex.quote(path)
+                # one round trip: the dir made private, then the file (a failed write leaves none)
+                made = f"mkdir -p {there} && chmod 700 {there} && umask 077"
+                written = f"cat > {file} && chmod 600 {file}"
+                stdin = self.pool.keys.known_hosts_for(servers).encode()
+                conn.run(f"{made} && {{ {written}; }} || {{ rm -f -- {file}; exit 1; }}", stdin=stdin)
                 self._known_hosts[via.name] = path
             return self._known_hosts[via.name]

@@ -60,6 +60,7 @@ class CopyStore:
         self.version = ""
         self.delivered: list[str] = []
         self.fail_once: set[str] = set()  # servers whose next delivery fails
+        self.expected: list[int] = []  # what each run said may come at once (expect)
 
     def build(self, version: str) -> None:
         tree = self.root / f"tree-{version}"
@@ -78,6 +79,9 @@ class CopyStore:
 
     def pull_spec(self) -> PullSpec | None:
         return None  # the servers get packages delivered, as from the builder
+
+    def expect(self, deliveries: int) -> None:
+        self.expected.append(deliveries)
 
     def report(self) -> StoreReport:
         return StoreReport("copy")
@@ -452,8 +456,21 @@ class CountingPool(LocalPool):
 
 
 class _Counting(LocalTransport):
+    riding = False  # running the command that rides the connection's start: counted as that
+
+    def open(self, first: str = "") -> str | None:
+        if not first or self._opened:
+            return super().open(first)
+        CountingPool.commands.append((self.server.name, f"(with the connection) {first}"))
+        self.riding = True
+        try:
+            return super().open(first)
+        finally:
+            self.riding = False
+
     def run(self, command: str, **kw: Any) -> Any:
-        CountingPool.commands.append((self.server.name, command))
+        if not self.riding:
+            CountingPool.commands.append((self.server.name, command))
         return super().run(command, **kw)
 
 
@@ -482,6 +499,10 @@ def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(
         tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
         assert len(tool_runs) == 1 and " install" in tool_runs[0], tool_runs  # no lock, no unlock of its own
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()
+        # two round trips: the tool's check (its dirs made) rides the connection's start; the install
+        asked = [c for n, c in counting if n == node]
+        assert len(asked) == 2 and asked[0].startswith("(with the connection) mkdir -p"), asked
+        assert "sha256sum" in asked[0] and asked[1] == tool_runs[0]
     assert fleet.store.delivered.count("node1") == 1  # the fixture's first install only
 
     # a new build, which the ledger says no server has: delivered ahead, then one install up
@@ -494,10 +515,14 @@ def test_a_run_with_nothing_to_deliver_is_one_remote_command_per_server(
     for node in NODES:
         tool_runs = [c for n, c in counting if n == node and "flinger-remote.pyz" in c and "sha256sum" not in c]
         assert len(tool_runs) == 1 and tool_runs[0].endswith(" install"), tool_runs
+        # the run's staging dir came with the connection's start too: no mkdir of its own
+        asked = [c for n, c in counting if n == node]
+        assert len(asked) == 2 and asked[0].startswith("(with the connection) mkdir -p"), asked
         assert not (fleet.homes / node / "app" / ".flinger" / "lock").exists()  # confirmed: the lock given up
         assert not (fleet.homes / node / "app" / ".flinger" / "pending.json").exists()  # no watcher waits
         assert fleet.version(node) == "v2"
     assert fleet.store.delivered.count("node1") == 2  # once per build
+    assert fleet.store.expected[-1] == len(NODES)  # told before the run that all may come at once
 
 
 def test_a_server_the_ledger_thinks_has_the_build_but_lacks_it_asks_for_it_under_the_lock(fleet: Fleet) -> None:

@@ -1,12 +1,21 @@
-"""ConnectionPool.lease and the session cap: more commands at once to one host than its sshd lets
-one connection carry; a command's output by line."""
+"""ConnectionPool.lease, reserve and the session cap: more commands at once to one host than its
+sshd lets one connection carry; a command's output by line; what the master's first session says."""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
-from flinger.ssh.connection import CONNECTIONS_PER_HOST, SESSIONS_PER_CONNECTION, SessionCap, _Collected
+import pytest
+
+from flinger.ssh.connection import (
+    CONNECTIONS_PER_HOST,
+    SESSIONS_PER_CONNECTION,
+    Connection,
+    SessionCap,
+    _Collected,
+    _home_from,
+)
 from flinger.ssh.pool import ConnectionPool
 from flinger.topology.model import Server, SshSettings
 
@@ -71,3 +80,33 @@ def test_output_keeps_the_last_line_without_newline_and_drops_ssh_mux_lines() ->
     assert result.stdout == "one\ntwo" and result.stderr == "real error\n"
     assert seen == [("out", "one"), ("err", "real error"), ("out", "two")]
     assert collected.ssh_lines == ["mux_client_request_session: session request failed: Session open refused by peer"]
+
+
+def test_reserve_opens_ahead_the_connections_that_many_commands_at_once_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[Connection] = []
+    monkeypatch.setattr(Connection, "open", lambda self, first="": opened.append(self))
+    pool = _pool(tmp_path)
+    pool.reserve("b", 2 * SESSIONS_PER_CONNECTION + 1)  # three connections' worth
+    pool.close()  # waits for those opened ahead, then stops them
+    first = pool.get("b")
+    assert len(opened) == 2 and first not in opened  # the first opens with its own first command
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(pool.lease("b")) for _ in range(2 * SESSIONS_PER_CONNECTION + 1)]
+        assert list(dict.fromkeys(held)) == [first, *opened]  # the leases use them, no more are made
+    pool.reserve("b", 1)  # nothing more needed
+    pool.reserve("b", 100 * SESSIONS_PER_CONNECTION)  # never more than CONNECTIONS_PER_HOST
+    pool.close()
+    assert len(opened) == CONNECTIONS_PER_HOST - 1
+
+
+def test_the_masters_first_session_says_home_then_what_the_first_command_printed() -> None:
+    assert _home_from("home=/home/deploy\n") == ("/home/deploy", "")
+    assert _home_from("home=/home/deploy\nabc  /x/flinger-remote.pyz\n") == (
+        "/home/deploy",
+        "abc  /x/flinger-remote.pyz\n",
+    )
+    # a forced command's words, or a torn answer: not ours, asked again
+    for said in ("welcome\nhome=/x\n", "home=relative\n", "home=/x", "", "home=/a\x00b\n"):
+        assert _home_from(said) == (None, ""), said

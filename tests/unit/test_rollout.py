@@ -321,7 +321,7 @@ def test_an_operation_that_changes_servers_starts_on_none_while_one_is_untrusted
     class Changes(Status):
         changes_servers = True
 
-        def start(self, run: object) -> None:
+        def start(self, run: object, at_once: int) -> None:
             raise AssertionError("started although a server is untrusted")
 
     run = SimpleNamespace(hosts=Hosts(), settings=SimpleNamespace(parallel=16))

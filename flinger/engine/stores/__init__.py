@@ -56,6 +56,11 @@ class ArtifactStore(Protocol):
         """Put `packages` into `run_dir`/packages on `server`; transfer statistics."""
         ...
 
+    def expect(self, deliveries: int) -> None:
+        """Up to `deliveries` may come at the same time: get ready for them now (in the
+        background; a failure is the delivery's own)."""
+        ...
+
     def report(self) -> StoreReport: ...
 
 

@@ -71,6 +71,11 @@ class BuilderRsync:
     def pull_spec(self) -> PullSpec | None:
         return None
 
+    def expect(self, deliveries: int) -> None:
+        """Each delivery is a command on the builder: the connections they need are opened
+        now, beside the servers' own connects, not when the first of them finds the others full."""
+        self.hosts.reserve(self.topology.builder.server, deliveries)
+
     def report(self) -> StoreReport:
         return StoreReport("builder", builder_bytes_sent=self._sent)
 

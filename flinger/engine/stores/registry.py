@@ -85,6 +85,9 @@ class RegistryStore:
                 f"publishing the build to {self.topology.artifacts.url} from {builder.name}: {exc.message}"
             ) from None
 
+    def expect(self, deliveries: int) -> None:
+        """Nothing to get ready: the servers pull for themselves."""
+
     def pull_spec(self) -> PullSpec | None:
         if self._failure is not None:  # nothing to pull from: the install says what it lacks
             return None
