@@ -10,9 +10,21 @@ each: one ControlMaster connection, `scp` of the package tarball over it, one `s
 forwarded agent, a no-change check), so the ratio is what that costs. Both sides log in as
 the sandbox's `deploy` user with `sudo -n` (the sandbox refuses root logins, as a stock
 Debian host does). Per repetition (the order alternates): flinger fresh, flinger again
-(nothing changed: `changed: false` everywhere), floor fresh; untimed removal between rounds.
+(nothing changed: `changed: false` everywhere); floor fresh, floor again; design floor;
+untimed removal between rounds.
 flinger also installs each server's overlay (its share of the deployment secret, its TLS key
 and certificate: a few KiB), which the floor does not.
+
+The design's floor is the floor with flinger's shape and none of flinger: the builder pushes
+(one `scp` a server, run on the builder through the client's ControlMaster connections to it,
+8 sessions each as flinger's pool, over the forwarded agent: a connection of its own from the
+builder to each server), and the client unpacks and switches as the floor does. It is what
+the design costs before any of flinger's own work: `flinger / design floor` is flinger's
+share alone.
+
+"floor again" (the report's "floor's check") is the floor's no-change run: a ControlMaster to each server and one `ssh`
+that checks `current` names the release (no Python, no lock, no receipts, no service
+check), the least a re-run that finds nothing to do can cost.
 Medians, and flinger's own per-step medians (where the rest goes).
 """
 
@@ -24,6 +36,7 @@ import os
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +73,32 @@ ssh $opts -p "$port" "deploy@$addr" "sudo -n sh -c 'set -e; r=$INSTALL/releases/
   mv -T $INSTALL/current.new $INSTALL/current'"
 ssh $opts -O exit -p "$port" "deploy@$addr" 2>/dev/null
 """
+CHECK_ONE = r"""
+set -eu
+name=$1 addr=$2 port=$3 release=$4
+sock="$WORK/cm-$name"
+opts="-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes"
+opts="$opts -o UserKnownHostsFile=$KNOWN_HOSTS -o ControlPath=$sock"
+ssh $opts -o ControlMaster=yes -o ControlPersist=60 -fN -p "$port" "deploy@$addr"
+ssh $opts -p "$port" "deploy@$addr" "test \"\$(readlink $INSTALL/current)\" = releases/$release"
+ssh $opts -O exit -p "$port" "deploy@$addr" 2>/dev/null
+"""
+PUSH_ONE = r"""
+set -eu
+name=$1 addr=$2 port=$3 release=$4 via=$5
+sock="$WORK/cm-$name"
+opts="-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes"
+opts="$opts -o UserKnownHostsFile=$KNOWN_HOSTS -o ControlPath=$sock"
+ssh $opts -o ControlMaster=yes -o ControlPersist=60 -fN -p "$port" "deploy@$addr"
+ssh -A -F /dev/null -o BatchMode=yes -o UserKnownHostsFile=$KNOWN_HOSTS -o ControlPath="$WORK/cm-builder-$via" \
+  -p "$BUILDER_PORT" "deploy@$BUILDER" "scp -q -o BatchMode=yes -o StrictHostKeyChecking=yes \
+  -o UserKnownHostsFile=floor-known-hosts -P $port $BUILT deploy@$addr:blob.tar.gz"
+ssh $opts -p "$port" "deploy@$addr" "sudo -n sh -c 'set -e; r=$INSTALL/releases/$release; mkdir -p \$r;
+  tar xzf /home/deploy/blob.tar.gz -C \$r; ln -sfn releases/$release $INSTALL/current.new;
+  mv -T $INSTALL/current.new $INSTALL/current'"
+ssh $opts -O exit -p "$port" "deploy@$addr" 2>/dev/null
+"""
+SESSIONS_PER_BUILDER_CONNECTION = 8  # as flinger's pool (sshd's stock MaxSessions is 10)
 
 
 class Bench:
@@ -76,7 +115,13 @@ class Bench:
         self.config.write_text(tomlkit.dumps(doc))
         self.env = {**os.environ, "SSH_AUTH_SOCK": str(state.agent_socket)}
         self.ssh_opts = ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={state.known_hosts}"]
-        self.times: dict[str, list[float]] = {"flinger fresh": [], "flinger again": [], "floor fresh": []}
+        self.times: dict[str, list[float]] = {
+            "flinger fresh": [],
+            "flinger again": [],
+            "floor fresh": [],
+            "floor again": [],
+            "design floor fresh": [],
+        }
         self.steps: dict[str, dict[str, list[float]]] = {}
 
     def flinger(self, *argv: str) -> str:
@@ -86,9 +131,14 @@ class Bench:
         for step in (["trust"], ["sync"], ["build", "package"], ["overlay"]):
             self.flinger(*step)
         addr, port = self.state.hosts["build1"]
-        built = f"deploy@{addr}:{_builder_out(self.config)}/packages/blob.tar.gz"
+        self.built = f"{_builder_out(self.config)}/packages/blob.tar.gz"
+        built = f"deploy@{addr}:{self.built}"
         harness.checked(["scp", "-q", *self.ssh_opts, "-P", str(port), built, str(self.work / "blob.tar.gz")], self.env)
+        known = f"deploy@{addr}:floor-known-hosts"
+        harness.checked(["scp", "-q", *self.ssh_opts, "-P", str(port), str(self.state.known_hosts), known], self.env)
         (self.work / "floor-one.sh").write_text(FLOOR_ONE)
+        (self.work / "push-one.sh").write_text(PUSH_ONE)
+        (self.work / "check-one.sh").write_text(CHECK_ONE)
 
     def deploy(self, label: str, changed: bool) -> None:
         start = time.perf_counter()
@@ -111,11 +161,55 @@ class Bench:
     def floor_round(self, rep: int) -> None:
         hosts = self.state.hosts
         lines = [f"{n} {hosts[n].addr} {hosts[n].port} floor-{rep}" for n in self.state.nodes]
-        env = {**self.env, "WORK": str(self.work), "KNOWN_HOSTS": str(self.state.known_hosts), "INSTALL": INSTALL_DIR}
         argv = ["xargs", "-P", "16", "-L", "1", "sh", str(self.work / "floor-one.sh")]
         start = time.perf_counter()
-        harness.checked(argv, env, stdin="\n".join(lines) + "\n")
+        harness.checked(argv, self.floor_env(), stdin="\n".join(lines) + "\n")
         self.times["floor fresh"].append(time.perf_counter() - start)
+        check = ["xargs", "-P", "16", "-L", "1", "sh", str(self.work / "check-one.sh")]
+        start = time.perf_counter()
+        harness.checked(check, self.floor_env(), stdin="\n".join(lines) + "\n")
+        self.times["floor again"].append(time.perf_counter() - start)
+        self.floor_remove()
+
+    def design_floor_round(self, rep: int) -> None:
+        hosts, env = self.state.hosts, self.floor_env()
+        nodes = self.state.nodes
+        vias = range(-(-len(nodes) // SESSIONS_PER_BUILDER_CONNECTION))
+        lines = [
+            f"{n} {hosts[n].addr} {hosts[n].port} design-{rep} {i // SESSIONS_PER_BUILDER_CONNECTION}"
+            for i, n in enumerate(nodes)
+        ]
+        push = ["xargs", "-P", "16", "-L", "1", "sh", str(self.work / "push-one.sh")]
+        start = time.perf_counter()
+        opening = [self.builder_master(via, "-o", "ControlMaster=yes", "-fN") for via in vias]
+        masters = [subprocess.Popen(argv, env=env) for argv in opening]
+        if any(master.wait() != 0 for master in masters):
+            raise SystemExit("design floor: a connection to the builder failed")
+        harness.checked(push, env, stdin="\n".join(lines) + "\n")
+        for via in vias:
+            harness.checked(self.builder_master(via, "-O", "exit"), env)
+        self.times["design floor fresh"].append(time.perf_counter() - start)
+        self.floor_remove()
+
+    def builder_master(self, via: int, *argv: str) -> list[str]:
+        addr, port = self.state.hosts["build1"]
+        sock = ["-o", f"ControlPath={self.work}/cm-builder-{via}", "-o", "ControlPersist=60"]
+        return ["ssh", "-A", *self.ssh_opts, *sock, *argv, "-p", str(port), f"deploy@{addr}"]
+
+    def floor_env(self) -> dict[str, str]:
+        addr, port = self.state.hosts["build1"]
+        return {
+            **self.env,
+            "WORK": str(self.work),
+            "KNOWN_HOSTS": str(self.state.known_hosts),
+            "INSTALL": INSTALL_DIR,
+            "BUILDER": addr,
+            "BUILDER_PORT": str(port),
+            "BUILT": self.built,
+        }
+
+    def floor_remove(self) -> None:
+        hosts = self.state.hosts
         remove = f"sudo -n rm -rf {shlex.quote(INSTALL_DIR)} /home/deploy/blob.tar.gz"
         for name in self.state.nodes:
             host = hosts[name]
@@ -124,12 +218,15 @@ class Bench:
     def report(self, servers: int, kb: int, repeat: int) -> None:
         med = {k: statistics.median(v) for k, v in self.times.items()}
         print(f"\nload average after: {os.getloadavg()}")
-        print("| servers | file | reps | flinger fresh (s) | floor (s) | flinger / floor | no-change (s) "
-              "| no-change / fresh |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
-        print(f"| {servers} | {kb} KiB | {repeat} | {med['flinger fresh']:.2f} | {med['floor fresh']:.2f} "
-              f"| {med['flinger fresh'] / med['floor fresh']:.2f} | {med['flinger again']:.2f} "
-              f"| {med['flinger again'] / med['flinger fresh']:.2f} |")  # fmt: skip
+        fresh, floor, design = med["flinger fresh"], med["floor fresh"], med["design floor fresh"]
+        again, floor_again = med["flinger again"], med["floor again"]
+        print("| servers | file | reps | flinger fresh (s) | floor (s) | flinger / floor | design floor (s) "
+              "| design floor / floor | flinger / design floor | no-change (s) | no-change / fresh "
+              "| floor's check (s) | floor's check / floor |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| {servers} | {kb} KiB | {repeat} | {fresh:.2f} | {floor:.2f} | {fresh / floor:.2f} | {design:.2f} "
+              f"| {design / floor:.2f} | {fresh / design:.2f} | {again:.2f} | {again / fresh:.2f} "
+              f"| {floor_again:.2f} | {floor_again / floor:.2f} |")  # fmt: skip
         print("all runs (s): " + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in self.times.items()))
         for label, spent in self.steps.items():
             parts = ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in spent.items())
@@ -151,7 +248,7 @@ def main() -> None:
         bench = Bench(state, args.dir / "bench", args.kb)
         bench.prepare()
         for rep in range(args.repeat):
-            rounds = (bench.flinger_round, bench.floor_round)
+            rounds = (bench.flinger_round, bench.floor_round, bench.design_floor_round)
             for run in rounds if rep % 2 == 0 else rounds[::-1]:
                 run(rep)
             done = ", ".join(f"{k} {v[-1]:.2f} s" for k, v in bench.times.items())
