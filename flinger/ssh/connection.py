@@ -137,6 +137,8 @@ class Connection:
         self.home: str | None = None  # the login user's $HOME there, once asked (remote_tool)
         self._opened = False
         self._first_said: str | None = None  # what open's `first` printed in the master's first session
+        self._connecting: subprocess.Popen[bytes] | None = None  # the ssh that opens the master, meanwhile
+        self._abandoned = threading.Event()  # abandon(): the run ends; an open still under way stops
 
     def options(self) -> list[str]:
         """What this connection adds to the config: its control socket, the agent (the
@@ -163,14 +165,16 @@ class Connection:
                 self.control.unlink()  # a master that died left its socket
             attempts = self.settings.retries + 1
             for attempt in range(attempts):
-                stderr = self._start_master(first)
+                stderr = self._start_master(first) if not self._abandoned.is_set() else ""
                 if stderr is None:
                     self._opened = True
                     return self._first_said
+                if self._abandoned.is_set():
+                    raise UnreachableError(f"{self.server.name}: connection abandoned: the run ended while it opened")
                 error = connect_error(self.server, self.config, stderr)
                 if not is_transient(stderr) or attempt == attempts - 1:
                     raise error
-                time.sleep(min(0.5 * 2**attempt, 4.0))
+                self._abandoned.wait(min(0.5 * 2**attempt, 4.0))  # a pause before the next try
             raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _start_master(self, first: str) -> str | None:
@@ -185,11 +189,7 @@ class Connection:
         limit = max(1.0, self.settings.connect_timeout) * 3 + 30
         trace.debug("[%s] connecting: %s", self.server.name, shlex.join(argv))
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            try:
-                proc = detached.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=limit)
-                code = proc.returncode
-            except subprocess.TimeoutExpired:
-                code = -1
+            code = self._connect(argv, out, err, limit)
             err.seek(0)
             text = err.read().decode("utf-8", "replace") + self._master_said()
             out.seek(0)
@@ -204,6 +204,35 @@ class Connection:
         if PROXIED in text:  # a master hides its proxy's (a jump host's) words: ask once without
             return self._diagnose(limit) or text
         return text
+
+    def _connect(self, argv: list[str], out: Any, err: Any, limit: float) -> int:
+        """Run the ssh that opens the master: its exit status; -1 when it took longer than
+        `limit` (it is killed), -2 when `abandon` stopped it. Only that ssh is killed, never
+        its process group: once up, the master lives on in a session of its own, and a jump
+        host's ssh in that group is the master's too."""
+        proc = detached.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        self._connecting = proc
+        try:
+            if self._abandoned.is_set():  # abandon() came between the check above and the line before
+                proc.kill()
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = -1
+        finally:
+            self._connecting = None
+        return -2 if self._abandoned.is_set() and code < 0 else code
+
+    def abandon(self) -> None:
+        """The run ends: an open still under way (a connection opened ahead) stops now
+        instead of holding the run's end for its whole connect limit; a master already up
+        is left for close."""
+        self._abandoned.set()
+        proc = self._connecting
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
 
     def _diagnose(self, limit: float) -> str:
         argv = [*self.argv("-o", "ControlPath=none"), "exit 0"]

@@ -51,7 +51,7 @@ class ConnectionPool:
         self.config = SshConfig(settings)
         self._conns: dict[str, Connection] = {}
         self._extra: dict[str, list[Connection]] = {}  # more connections to a busy host
-        self._warming: list[threading.Thread] = []  # connections opened ahead (reserve)
+        self._warming: list[tuple[threading.Thread, Connection]] = []  # connections opened ahead (reserve)
         self._lock = threading.Lock()
         self.keys = SshHostKeys(self)
         self.bulk = OpenSshRsync(self)
@@ -138,13 +138,16 @@ class ConnectionPool:
                 conn.open()
 
         thread = threading.Thread(target=open_it, name=f"warm {conn.server.name}", daemon=True)
-        self._warming.append(thread)
+        self._warming.append((thread, conn))
         thread.start()
 
     def close(self) -> None:
-        """Stop every master, all at once (each is one `ssh -O exit`), once none is still
-        being opened ahead."""
-        for thread in self._warming:
+        """Stop every master, all at once (each is one `ssh -O exit`). A connection still
+        being opened ahead is abandoned first (nobody will use it: the run ends, perhaps
+        because that host does not answer), not waited for up to its connect limit."""
+        for thread, conn in self._warming:
+            if thread.is_alive():
+                conn.abandon()
             thread.join()
         conns = [*self._conns.values(), *(c for extra in self._extra.values() for c in extra)]
         if conns:
