@@ -213,7 +213,7 @@ class Connection:
         proc = detached.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         self._connecting = proc
         try:
-            if self._abandoned.is_set():  # abandon() came between the check above and the line before
+            if self._abandoned.is_set():  # abandon() came before this ssh was there to kill
                 proc.kill()
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
