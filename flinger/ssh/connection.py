@@ -17,6 +17,7 @@ import os
 import queue
 import selectors
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
@@ -199,6 +200,8 @@ class Connection:
             self.home = home if code == 0 or first else None
             self._first_said = rest if code == 0 and home is not None and first else None
             return None
+        if self._abandoned.is_set():
+            return text  # not diagnosed: open says the run ended, at once
         if code == -1:
             return f"{text}\nno answer within {limit:.0f}s (timed out)"
         if PROXIED in text:  # a master hides its proxy's (a jump host's) words: ask once without
@@ -207,14 +210,13 @@ class Connection:
 
     def _connect(self, argv: list[str], out: Any, err: Any, limit: float) -> int:
         """Run the ssh that opens the master: its exit status; -1 when it took longer than
-        `limit` (it is killed), -2 when `abandon` stopped it. Only that ssh is killed, never
-        its process group: once up, the master lives on in a session of its own, and a jump
-        host's ssh in that group is the master's too."""
+        `limit` (then that ssh is killed, not its group: once up, the master lives on in a
+        session of its own, and a jump host's ssh in that group is the master's too)."""
         proc = detached.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         self._connecting = proc
         try:
             if self._abandoned.is_set():  # abandon() came before this ssh was there to kill
-                proc.kill()
+                _kill_group(proc)
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             proc.kill()
@@ -222,17 +224,17 @@ class Connection:
             code = -1
         finally:
             self._connecting = None
-        return -2 if self._abandoned.is_set() and code < 0 else code
+        return code
 
     def abandon(self) -> None:
         """The run ends: an open still under way (a connection opened ahead) stops now
-        instead of holding the run's end for its whole connect limit; a master already up
-        is left for close."""
+        instead of holding the run's end for its whole connect limit, with the ssh to its
+        jump host (nobody will use this connection: a master that came up meanwhile ends
+        too, or is stopped by close)."""
         self._abandoned.set()
         proc = self._connecting
         if proc is not None:
-            with contextlib.suppress(OSError):
-                proc.kill()
+            _kill_group(proc)
 
     def _diagnose(self, limit: float) -> str:
         argv = [*self.argv("-o", "ControlPath=none"), "exit 0"]
@@ -443,6 +445,14 @@ def _feed_stdin(
     if close or feed is not None:
         with contextlib.suppress(OSError):
             pipe.close()  # type: ignore[attr-defined]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill an ssh started in a session of its own (detached) and what it started there: the
+    ssh to its jump host."""
+    if proc.returncode is None:  # not reaped: its pid (the group's id) is still its own
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -15,15 +15,24 @@ from flinger.ssh.pool import ConnectionPool
 from flinger.topology.model import Server, SshSettings
 
 
-def test_close_abandons_a_connection_opened_ahead_to_a_host_that_does_not_answer(tmp_path: Path) -> None:
-    """A builder that accepts TCP and never sends its banner: the run fails on it and ends;
-    the spare connection `reserve` opened ahead must not hold that end for its whole connect
-    limit (here 3 x 30 s + 30 s). Real ssh, a silent listener."""
+@pytest.mark.parametrize("through_jump", [False, True], ids=["direct", "through-jump"])
+def test_close_abandons_a_connection_opened_ahead_to_a_host_that_does_not_answer(
+    tmp_path: Path, through_jump: bool
+) -> None:
+    """A builder (or its jump host) that accepts TCP and never sends its banner: the run fails
+    on it and ends; the spare connection `reserve` opened ahead must not hold that end for its
+    whole connect limit (here 3 x 30 s + 30 s), nor leave its ssh to the jump host behind.
+    Real ssh, a silent listener."""
     silent = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
-    server = Server(name="b", addr="127.0.0.1", user="deploy", port=silent.getsockname()[1])
-    settings = SshSettings(known_hosts=tmp_path / "known_hosts", use_ssh_config=False, connect_timeout=30)
+    port = silent.getsockname()[1]
+    if through_jump:  # the builder behind a jump host that does not answer
+        server = Server(name="b", addr="127.0.0.9", user="deploy", port=22)
+        jump: str | None = f"deploy@127.0.0.1:{port}"
+    else:
+        server, jump = Server(name="b", addr="127.0.0.1", user="deploy", port=port), None
+    settings = SshSettings(known_hosts=tmp_path / "known_hosts", use_ssh_config=False, connect_timeout=30, jump=jump)
     pool = ConnectionPool({"b": server}, settings, agent_for={"b"})
     pool.reserve("b", SESSIONS_PER_CONNECTION + 1)  # two connections needed: one spare opened ahead
     (spare,) = pool._extra["b"]
@@ -38,7 +47,7 @@ def test_close_abandons_a_connection_opened_ahead_to_a_host_that_does_not_answer
     assert not closing.is_alive(), "close waited for a connection nobody will use"
     accepted[0].settimeout(10)
     said = b""
-    while chunk := accepted[0].recv(4096):  # its banner, then the end: that ssh is gone
+    while chunk := accepted[0].recv(4096):  # its banner, then the end: that ssh (or the jump's) is gone
         said += chunk
     assert said.startswith(b"SSH-2.0-")
     with pytest.raises(UnreachableError, match="abandoned"):
